@@ -1,0 +1,1 @@
+"""Front-ends: PyTorch (torch.fx), ONNX and TFLite files to one ModelGraph."""
