@@ -66,7 +66,8 @@ class BitAssignment:
             out = cls(int(default["w"]), int(default["a"]), layers)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise UserError(f"{origin}: not a tap-edge plan ({e.__class__.__name__}: {e})",
-                            "a plan has 'layers': {module: {'w': bits, 'a': bits}}; make one with tap-edge plan") from None
+                            "a plan has 'layers': {module: {'w': bits, 'a': bits}}; "
+                            "make one with tap-edge plan") from None
         for name, lb in out.layers.items():
             if lb.w not in WEIGHT_BITS or lb.a not in ACT_BITS:
                 raise UserError(f"{origin}: layer '{name}' has impossible widths w{lb.w}a{lb.a}")
@@ -80,7 +81,8 @@ class BitAssignment:
         except FileNotFoundError:
             raise UserError(f"{p}: plan file not found", "check the path") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"{p}: unreadable plan ({e.__class__.__name__})", "pass a plan.json written by tap-edge plan") from None
+            raise UserError(f"{p}: unreadable plan ({e.__class__.__name__})",
+                            "pass a plan.json written by tap-edge plan") from None
         if not isinstance(data, dict):
             raise UserError(f"{p}: unreadable plan (expected a JSON object)")
         return cls.from_plan(data, str(p))

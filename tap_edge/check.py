@@ -74,11 +74,14 @@ def unsupported_ops(graph: ModelGraph, bits: BitAssignment, runtime: Runtime) ->
             if w not in runtime.weight_bits(op.op_class):
                 out.append({"op": op.name, "problem": f"{w}-bit weights on {op.op_class} not supported by "
                                                       f"{runtime.name} (supports {runtime.weight_bits(op.op_class)})"})
+        if op.op_class in ("quantize", "variable"):
+            continue  # width converters and state handles: their outputs are not a kernel's activations
         for t in op.outputs:
             a = tb[t]
             if a not in runtime.activation_bits(op.op_class):
+                ok = runtime.activation_bits(op.op_class)
                 out.append({"op": op.name, "problem": f"{a}-bit activations on {op.op_class} not supported by "
-                                                      f"{runtime.name} (supports {runtime.activation_bits(op.op_class)})"})
+                                                      f"{runtime.name} (supports {ok})"})
                 break
     return out
 
@@ -143,7 +146,8 @@ def check_report(graph: ModelGraph, bits: BitAssignment, devices: list[DevicePro
         "schema": "tap-edge/check-report",
         "version": REPORT_SCHEMA_VERSION,
         "model": {"name": graph.name, "frontend": graph.frontend, "ops": len(graph.ops), "params": graph.params,
-                  "macs": graph.macs, "unknown_ops": [{"op": o.name, "op_type": o.op_type} for o in graph.unknown_ops()]},
+                  "macs": graph.macs,
+                  "unknown_ops": [{"op": o.name, "op_type": o.op_type} for o in graph.unknown_ops()]},
         "bits": bits.label(),
         "all_fit": all(r.verdict == "FITS" for r in rows),
         "devices": [r.to_dict() for r in rows],

@@ -3,7 +3,6 @@ measurement disagrees, 2 bad input (one line on stderr says what and how to fix 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -126,7 +125,7 @@ def check_cmd(
     """Will MODEL fit? A device x verdict table; exit 0 only if every target fits."""
     from tap_edge.check import check_report
     from tap_edge.devices import get_device, list_devices
-    from tap_edge.models import load_graph, load_model
+    from tap_edge.models import load_graph
 
     console.set_quiet(quiet or as_json)
     if not device and not all_devices:
@@ -136,9 +135,8 @@ def check_cmd(
         ids += [d for d in list_devices() if d not in ids]
     profiles = [get_device(d) for d in ids]
     t0 = time.perf_counter()
-    lm = load_model(model)
-    graph = load_graph(lm)
-    b = _resolve_bits(bits, plan, lm.frontend)
+    graph = load_graph(model)
+    b = _resolve_bits(bits, plan, graph.frontend)
     report = check_report(graph, b, profiles, runtime)
     report["seconds"] = round(time.perf_counter() - t0, 3)
     if as_json:
@@ -182,6 +180,9 @@ def _margin(margin: int, pct: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the typer app and turns every error into one line and an exit code."""
+    from tap_edge.commands import load_all
+
+    load_all()
     debug = bool(os.environ.get("TAP_EDGE_DEBUG"))
     try:
         rc = app(args=argv, standalone_mode=False)

@@ -22,10 +22,20 @@ from tap_edge.units import parse_bytes
 #: Normalised op classes every front-end maps its ops to (see ``tap_edge.graph``).
 OP_CLASSES = (
     "conv", "dwconv", "fc", "matmul", "add", "mul", "concat", "pool", "global_pool", "act", "softmax",
-    "reshape", "transpose", "pad", "norm", "resize", "slice", "reduce", "quantize", "embedding", "unknown",
+    "reshape", "transpose", "pad", "norm", "resize", "slice", "reduce", "quantize", "embedding", "variable",
+    "unknown",
 )
 Confidence = Literal["high", "medium", "low", "default-guess"]
-Bytes = Annotated[int, BeforeValidator(lambda v: parse_bytes(v, "memory size"))]
+
+
+def _to_bytes(value: Any) -> int:
+    try:
+        return parse_bytes(value, "size")
+    except UserError as e:  # a ValueError lets pydantic name the field that holds the bad size
+        raise ValueError(str(e)) from None
+
+
+Bytes = Annotated[int, BeforeValidator(_to_bytes)]
 
 
 class _Strict(BaseModel):

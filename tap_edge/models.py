@@ -56,8 +56,13 @@ class BundledModel:
 _MODELS: Registry[BundledModel] = Registry("model")
 
 
-def register_model(name: str, preprocess: Preprocess, description: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
-    def deco(fn: Callable[[], Any]) -> Callable[[], Any]:
+Factory = Callable[[], Any]
+
+
+def register_model(name: str, preprocess: Preprocess, description: str) -> Callable[[Factory], Factory]:
+    """Decorator adding a model factory to the bundled-model registry (``list_models()``)."""
+
+    def deco(fn: Factory) -> Factory:
         _MODELS.add(name, BundledModel(fn, preprocess, description))
         return fn
     return deco
@@ -167,9 +172,55 @@ def load_model(spec: str) -> LoadedModel:
                     ".onnx, .tflite")
 
 
+def _cache_path(spec: str) -> Path | None:
+    """Where the graph of a PyTorch model spec is cached (None: caching off or not a cacheable spec).
+
+    The graph depends only on the architecture, so the key is the spec plus the versions of the code that
+    builds it; files (.onnx/.tflite) are read directly, they are fast to parse."""
+    import hashlib
+    import os
+    from importlib.metadata import PackageNotFoundError, version
+
+    if os.environ.get("TAP_EDGE_NO_CACHE") or Path(spec).suffix.lower() in (".onnx", ".tflite"):
+        return None
+    if ":" in spec and not spec.startswith("timm:"):
+        return None  # user code may change at any time
+    versions = []
+    for pkg in ("tap-edge", "torch", "timm"):
+        try:
+            versions.append(version(pkg))
+        except PackageNotFoundError:
+            versions.append("-")
+    from tap_edge import frontends
+
+    src = Path(frontends.__file__).parent / "torch_frontend.py"
+    stamp = f"{spec}|{'|'.join(versions)}|{src.stat().st_mtime_ns}|{Path(__file__).stat().st_mtime_ns}"
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tap-edge" / "graphs"
+    return root / (hashlib.sha256(stamp.encode()).hexdigest()[:24] + ".json")
+
+
 def load_graph(model: LoadedModel | str) -> ModelGraph:
-    """The normalised ModelGraph of a model, whichever front-end it needs."""
+    """The normalised ModelGraph of a model, whichever front-end it needs (PyTorch graphs are cached)."""
+    cache = _cache_path(model) if isinstance(model, str) else None
+    if cache is not None and cache.exists():
+        try:
+            return ModelGraph.load(cache)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a damaged cache entry is rebuilt below
     lm = load_model(model) if isinstance(model, str) else model
+    graph = _build_graph(lm)
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            graph.save(tmp)
+            tmp.replace(cache)
+        except OSError:
+            pass  # a read-only home is fine: no cache
+    return graph
+
+
+def _build_graph(lm: LoadedModel) -> ModelGraph:
     if lm.frontend == "onnx":
         from tap_edge.frontends.onnx_frontend import load_onnx_graph
         return load_onnx_graph(lm.path)

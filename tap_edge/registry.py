@@ -33,7 +33,7 @@ class Registry(Generic[T]):
         """Decorator: ``@registry.register("name")`` (the entry's ``__name__`` when no name is given)."""
 
         def deco(entry: T) -> T:
-            self.add(name or getattr(entry, "__name__"), entry)
+            self.add(name or entry.__name__, entry)
             return entry
 
         return deco

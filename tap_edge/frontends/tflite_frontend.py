@@ -26,6 +26,8 @@ from tap_edge.graph import ModelGraph, Op, Tensor
 
 # ---- op classes ----------------------------------------------------------------------------------------
 _OP_CLASSES: dict[str, str] = {
+    # resource variables (streaming state; TFLM supports them)
+    "CALL_ONCE": "variable", "VAR_HANDLE": "variable", "READ_VARIABLE": "variable", "ASSIGN_VARIABLE": "variable",
     "CONV_2D": "conv", "DEPTHWISE_CONV_2D": "dwconv", "FULLY_CONNECTED": "fc", "BATCH_MATMUL": "matmul",
     "ADD": "add", "SUB": "add", "MUL": "mul", "DIV": "mul", "CONCATENATION": "concat", "PACK": "concat",
     "AVERAGE_POOL_2D": "pool", "MAX_POOL_2D": "pool", "L2_POOL_2D": "pool",
@@ -195,6 +197,8 @@ def _from_flatbuffer(data: bytes) -> _Raw:
                           _options(schema, fb_op, opt_names)))
 
     def const_value(idx: int) -> list[int] | None:
+        if not 0 <= idx < sg.TensorsLength():
+            return None
         t = sg.Tensors(idx)
         buf = buffer_of(t)
         if buf is None or buf.DataLength() == 0 or t.Type() not in (schema.TensorType.INT32,
@@ -237,7 +241,7 @@ def _from_interpreter(interp: Any, fb: _Raw | None) -> _Raw:
             try:
                 interp.get_tensor(i)  # constants have data before allocate_tensors(); activations do not
                 const = True
-            except (ValueError, RuntimeError):
+            except (ValueError, RuntimeError, TypeError):
                 const = False
         scales = len(d.get("quantization_parameters", {}).get("scales", []))
         tensors[i] = _RawTensor(str(d["name"]), [int(x) for x in d["shape"]], dtype, const, scales)
@@ -323,6 +327,9 @@ def _build(raw: _Raw, path: Path) -> ModelGraph:
     for op in raw.ops:
         if op.op_type == "DEQUANTIZE" and op.inputs and op.outputs and is_const(op.inputs[0]):
             dequant_src[op.outputs[0]] = op.inputs[0]
+    weight_store = {dequant_src[r.inputs[1]] for r in raw.ops  # constants stored for a later op's weights
+                    if _OP_CLASSES.get(r.op_type) in ("conv", "dwconv", "fc") and len(r.inputs) > 1
+                    and r.inputs[1] in dequant_src}
 
     claimed: set[int] = set()  # constants already attached (a shared constant is counted once)
     weight_owner: dict[int, str] = {}
@@ -388,6 +395,9 @@ def _build(raw: _Raw, path: Path) -> ModelGraph:
             op.attrs.update({"kernel": [opts["filter_h"], opts["filter_w"]],
                              "stride": [opts.get("stride_h", 1), opts.get("stride_w", 1)]})
         for i in consts:
+            if i in weight_store and r.op_type == "DEQUANTIZE":
+                op.attrs["weight_storage"] = True  # counted as the consuming op's weights
+                continue
             if i == w_src or i in claimed:
                 continue
             claimed.add(i)

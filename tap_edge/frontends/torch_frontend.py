@@ -219,6 +219,8 @@ def trace_module(model: nn.Module, example: torch.Tensor, name: str = "model") -
                     stack.extend(x.values())
             continue
         ins = tensor_inputs(node)
+        is_getitem = (node.op == "call_function" and node.target is operator.getitem
+                      and isinstance(node.args[0], torch.fx.Node))
         if isinstance(meta, list | tuple) and all(isinstance(m, TensorMetadata) for m in meta):
             outs = [f"{node.name}.{i}" for i in range(len(meta))]
             for o, m in zip(outs, meta, strict=True):
@@ -229,12 +231,10 @@ def trace_module(model: nn.Module, example: torch.Tensor, name: str = "model") -
             continue
         if shape is None:
             # getitem on a tuple of tensors: alias the element; other non-tensor values (sizes) are skipped
-            if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], torch.fx.Node):
-                src = node.args[0].name
-                alias[node.name] = f"{src}.{node.args[1]}"
+            if is_getitem:
+                alias[node.name] = f"{node.args[0].name}.{node.args[1]}"
             continue
-        if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], torch.fx.Node) \
-                and not isinstance(node.args[0].meta.get("tensor_meta"), TensorMetadata):
+        if is_getitem and not isinstance(node.args[0].meta.get("tensor_meta"), TensorMetadata):
             alias[node.name] = f"{node.args[0].name}.{node.args[1]}"
             continue
         if not ins:  # a tensor made from constants only (e.g. torch.zeros): a constant, not an op

@@ -1,0 +1,1 @@
+"""Sensitivity proxies: LayerStats -> cost per candidate bit-width (registry: list_proxies())."""

@@ -1,0 +1,94 @@
+"""Every bundled profile loads and validates; broken profiles fail with one line naming file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tap_edge.devices import DeviceProfile, get_device, list_devices, load_profile
+from tap_edge.errors import ProfileError, UserError
+
+ALL = list_devices()
+
+
+def test_at_least_twenty_profiles() -> None:
+    assert len(ALL) >= 20
+
+
+@pytest.mark.parametrize("device_id", ALL)
+def test_profile_validates(device_id: str) -> None:
+    p = get_device(device_id)
+    assert isinstance(p, DeviceProfile)
+    assert p.id == device_id
+    assert p.free_bytes(p.arena_region()) > 0
+    assert p.free_bytes(p.weights_region()) > 0
+    assert p.sources
+    rt = p.runtime()
+    assert rt.weight_bits("conv") and rt.activation_bits("conv")
+
+
+def test_largest_contiguous_region_not_total() -> None:
+    h7 = get_device("stm32h743")
+    total_sram = sum(m.size for m in h7.memories if "arena" in m.holds)
+    assert h7.arena_region().name == "AXI_SRAM"
+    assert h7.arena_region().size == 512 * 1024 < total_sram
+
+
+def test_int8_only_runtime() -> None:
+    tpu = get_device("coral-edgetpu").runtime()
+    assert tpu.weight_bits("conv") == [8] and tpu.activation_bits("conv") == [8]
+
+
+def test_cmsis_nn_int4_only_on_conv_dw_fc() -> None:
+    rt = get_device("stm32h743").runtime("tflm-cmsis-nn")
+    for cls in ("conv", "dwconv", "fc"):
+        assert 4 in rt.weight_bits(cls)
+    assert 4 not in rt.weight_bits("matmul")
+
+
+GOOD = Path(__file__).resolve().parents[1] / "device_profiles" / "stm32h743.yaml"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "board.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda t: t.replace("kind: mcu", "kind: toaster"), "kind"),
+    (lambda t: t.replace("vendor: STMicroelectronics", "vendor: ST\nfavourite_colour: blue"), "favourite_colour"),
+    (lambda t: t.replace("size: 512KB", "size: lots"), "memories"),
+    (lambda t: t.replace("region: AXI_SRAM", "region: NOWHERE"), "reserved"),
+    (lambda t: t.replace("conv: [4, 8]", "conv: [4, 9]"), "runtimes"),
+    (lambda t: t.replace("id: stm32h743", "id: Bad Id!"), "id"),
+])
+def test_bad_profile_names_field(tmp_path: Path, mutate, field: str) -> None:
+    p = _write(tmp_path, mutate(GOOD.read_text()))
+    with pytest.raises(UserError) as e:
+        load_profile(p)
+    msg = str(e.value)
+    assert str(p) in msg and field in msg and "\n" not in msg
+
+
+def test_broken_yaml(tmp_path: Path) -> None:
+    p = _write(tmp_path, "id: x\nmemories: [unclosed\n")
+    with pytest.raises(ProfileError, match="broken YAML at line"):
+        load_profile(p)
+
+
+def test_missing_profile_file(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError, match="not found"):
+        load_profile(tmp_path / "nope.yaml")
+
+
+def test_user_profile_by_path(tmp_path: Path) -> None:
+    text = GOOD.read_text().replace("id: stm32h743", "id: my-board")
+    p = _write(tmp_path, text)
+    assert get_device(str(p)).id == "my-board"
+
+
+def test_unknown_device_suggests() -> None:
+    with pytest.raises(UserError, match="did you mean stm32h743"):
+        get_device("stm32h744")

@@ -1,0 +1,73 @@
+"""The same network through the PyTorch and ONNX front-ends gives the same parameters, MACs and peak."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from tap_edge.bits import BitAssignment
+from tap_edge.frontends.onnx_frontend import load_onnx_graph
+from tap_edge.memory import flash_breakdown, plan_arena
+from tap_edge.models import load_graph, load_model
+
+
+def _randomise_bn(model: torch.nn.Module) -> None:
+    """Trained-looking BatchNorm statistics and biases (exporters fold away identity BNs and zero biases)."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+        elif isinstance(m, torch.nn.Linear | torch.nn.Conv2d) and m.bias is not None:
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)  # zero biases get dropped too
+
+
+@pytest.mark.parametrize("spec", ["resnet8", "ds_cnn", "timm:mobilenetv2_050"])
+def test_torch_and_onnx_agree(spec: str, tmp_path: Path) -> None:
+    lm = load_model(spec)
+    _randomise_bn(lm.module)
+    g_torch = load_graph(lm)
+    onnx_path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(lm.module, torch.zeros(lm.input_shape), str(onnx_path), dynamo=True, verbose=False)
+    g_onnx = load_onnx_graph(onnx_path)
+    assert g_onnx.params == g_torch.params
+    assert g_onnx.macs == g_torch.macs
+    assert [o.op_class for o in g_onnx.ops] == [o.op_class for o in g_torch.ops]
+    for bits in ("w8a8", "w4a16"):
+        b = BitAssignment.parse(bits)
+        assert plan_arena(g_onnx, b).arena_bytes == plan_arena(g_torch, b).arena_bytes
+        assert flash_breakdown(g_onnx, b).total_bytes == flash_breakdown(g_torch, b).total_bytes
+    # weight ops keep their PyTorch module names, so a plan applies to either view
+    assert [o.module for o in g_onnx.quantizable_ops()] == [o.module for o in g_torch.quantizable_ops()]
+
+
+def test_efficientnet_lite0_graph() -> None:
+    g = load_graph("efficientnet_lite0")
+    assert g.params == 4_631_000  # conv weights + folded BN biases + classifier
+    assert len(g.quantizable_ops()) == 50
+    assert not g.unknown_ops()
+    # the activation peak is the first expanded depthwise stage: 112x112x96 in, 56x56x96 out at int8
+    plan = plan_arena(g, BitAssignment.parse("w8a8"))
+    assert plan.peak_live_bytes == 112 * 112 * 96 + 56 * 56 * 96
+
+
+def test_unknown_op_is_named_not_a_crash() -> None:
+    g = load_graph("model_factories:model_with_unknown_op")
+    unknown = g.unknown_ops()
+    assert unknown and unknown[0].op_type in ("fft_fft2", "fft2", "_Weird", "real", "getattr")
+
+
+def test_graph_json_roundtrip(tmp_path: Path) -> None:
+    g = load_graph("resnet8")
+    g.save(tmp_path / "g.json")
+    from tap_edge.graph import ModelGraph
+
+    g2 = ModelGraph.load(tmp_path / "g.json")
+    assert g2.to_dict() == g.to_dict()
