@@ -121,6 +121,7 @@ def check_cmd(
     runtime: Annotated[str | None, typer.Option(help="Runtime name (default: each device's default).")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report here.")] = None,
 ) -> None:
     """Will MODEL fit? A device x verdict table; exit 0 only if every target fits."""
     from tap_edge.check import check_report
@@ -143,6 +144,8 @@ def check_cmd(
         console.print_json(report)
     else:
         _print_check(report)
+    from tap_edge.commands.report import write_html_if_requested
+    write_html_if_requested(report, html)
     if not report["all_fit"]:
         raise typer.Exit(EXIT_FAIL)
 
@@ -178,6 +181,23 @@ def _margin(margin: int, pct: float | None) -> str:
     return f"[{colour}]{fmt_bytes(margin)}" + (f" ({pct:+.0f}%)" if pct is not None else "") + "[/]"
 
 
+def _click_classes(name: str) -> tuple[type[BaseException], ...]:
+    """The exception class ``name`` from click and from the copy of click that typer vendors (typer>=0.20)."""
+    classes: list[type[BaseException]] = [getattr(click.exceptions, name)]
+    try:
+        from typer._click import exceptions as vendored  # noqa: PLC2701 - typer raises its own copies
+
+        classes.append(getattr(vendored, name))
+    except (ImportError, AttributeError):
+        pass
+    return tuple(classes)
+
+
+_CLICK_EXIT = _click_classes("Exit")
+_CLICK_ERRORS = _click_classes("ClickException")
+_CLICK_ABORT = _click_classes("Abort")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the typer app and turns every error into one line and an exit code."""
     from tap_edge.commands import load_all
@@ -189,12 +209,12 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         console.err.print(f"[red]error:[/] {e}", soft_wrap=True)
         sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
+    except _CLICK_EXIT as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
+    except _CLICK_ERRORS as e:
         console.err.print(f"[red]error:[/] {e.format_message()}", soft_wrap=True)
         sys.exit(EXIT_USAGE)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (*_CLICK_ABORT, KeyboardInterrupt):
         console.err.print("interrupted")
         sys.exit(130)
     except Exception as e:  # anything unexpected: still one line, traceback only on request

@@ -133,6 +133,8 @@ BAD_INPUTS = {
     "unsupported file type": (lambda t: ["check", str(t / "model.h5"), "--all"], "unsupported model file type"),
     "bits and plan": (lambda t: ["check", "resnet8", "--all", "--bits", "w8a8", "--plan", "x.json"], "both given"),
     "unknown runtime": (lambda t: ["check", "resnet8", "-d", "stm32h743", "--runtime", "nope"], "no runtime"),
+    "missing argument": (lambda t: ["check"], "Missing argument"),
+    "unknown option": (lambda t: ["check", "resnet8", "--nope"], "No such option"),
 }
 
 
