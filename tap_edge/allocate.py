@@ -57,7 +57,8 @@ from tap_edge.memory import (
     FlashBreakdown,
     flash_breakdown,
     op_weight_bytes,
-    plan_arena,
+    plan_arena_for,
+    runtime_view,
     scratch_bytes,
 )
 from tap_edge.units import fmt_bytes, parse_bytes
@@ -281,12 +282,16 @@ class _Program:
     """The integer program for one (graph, costs, runtime, default_a); solved for many budgets."""
 
     def __init__(self, graph: ModelGraph, costs: Costs, runtime: Runtime, default_a: int = 8) -> None:
-        self.graph, self.runtime, self.default_a = graph, runtime, default_a
+        # plan the graph the runtime executes (e.g. with a converter's PAD ops); its persistent arena
+        # allocations are a constant share of every step's live bytes
+        view, self.persistent = runtime_view(graph, runtime)
+        self.graph, self.runtime, self.default_a = view, runtime, default_a
         self._layers(costs)
         self._sources()
         self._restrict_inherited()
         self._place()
         self._live_matrix()
+        self.live_const = self.live_const + self.persistent
 
     # -- layers and choices
     def _layers(self, costs: Costs) -> None:
@@ -635,8 +640,7 @@ class _Program:
         layers = {lay.key: LayerBits(*lay.choices[j]) for lay, j in zip(self.layers, pick, strict=True)}
         bits = BitAssignment(8, self.default_a, layers)
         fb = flash_breakdown(self.graph, bits, rt.code_bytes)
-        arena = plan_arena(self.graph, bits, alignment=rt.arena_alignment, alias_inplace=rt.alias_inplace,
-                           scratch_model=rt.scratch)
+        arena = plan_arena_for(self.graph, bits, rt)
         bops = int(sum(lay.bops[j] for lay, j in zip(self.layers, pick, strict=True)))
         lat = None
         if clock_hz:

@@ -13,7 +13,7 @@ from typing import Any
 from tap_edge.bits import BitAssignment, tensor_bits
 from tap_edge.devices import DeviceProfile, Runtime
 from tap_edge.graph import ModelGraph
-from tap_edge.memory import ArenaPlan, FlashBreakdown, flash_breakdown, plan_arena
+from tap_edge.memory import ArenaPlan, FlashBreakdown, flash_breakdown, plan_arena_for
 from tap_edge.units import fmt_bytes
 
 REPORT_SCHEMA_VERSION = 1
@@ -98,10 +98,9 @@ class Checker:
         self._flash_model = flash_breakdown(graph, bits)
 
     def arena(self, runtime: Runtime) -> ArenaPlan:
-        key = (runtime.arena_alignment, runtime.alias_inplace, runtime.scratch)
+        key = (runtime.arena_alignment, runtime.alias_inplace, runtime.scratch, runtime.name.split("-")[0])
         if key not in self._arenas:
-            self._arenas[key] = plan_arena(self.graph, self.bits, alignment=runtime.arena_alignment,
-                                           alias_inplace=runtime.alias_inplace, scratch_model=runtime.scratch)
+            self._arenas[key] = plan_arena_for(self.graph, self.bits, runtime)
         return self._arenas[key]
 
     def check(self, device: DeviceProfile, runtime_name: str | None = None) -> DeviceVerdict:

@@ -30,7 +30,7 @@ SCHEMAS: dict[str, str] = {
     "measure": "tap-edge/measure",
     "evolve": "tap-edge/evolve-run",
 }
-KIND_OF_SCHEMA = {v: k for k, v in SCHEMAS.items()}
+KIND_OF_SCHEMA = {v: k for k, v in SCHEMAS.items()} | {"tap-edge/measure-report": "measure"}
 
 #: (id, title) of every section, in page order.
 SECTIONS: list[tuple[str, str]] = [

@@ -88,6 +88,38 @@ def _act_fn(m: nn.Module) -> str | None:
     return None
 
 
+def _same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """TensorFlow SAME padding (before, after) of one spatial dimension."""
+    eff = (k - 1) * d + 1
+    total = max((-(-size // s) - 1) * s + eff - size, 0)
+    return total // 2, total - total // 2
+
+
+def _tflite_padding(m: nn.Module, tname: str, in_shape: list[int]) -> dict[str, Any]:
+    """Padding of a 2-D conv and whether a TFLite converter must emit a separate PAD op before it.
+
+    TFLite convs only pad VALID (none) or SAME (TF's asymmetric rule). PyTorch's symmetric padding that is
+    neither, e.g. every stride-2 3x3 conv with padding 1 on an even input, and timm's Conv2dSame (which pads
+    with F.pad at run time), become PAD + conv in the converted model: one more activation tensor."""
+    h, w = in_shape[2], in_shape[3]
+    (kh, kw), (sh, sw), (dh, dw) = m.kernel_size, m.stride, m.dilation
+    same = (_same_pads(h, kh, sh, dh), _same_pads(w, kw, sw, dw))
+    if tname == "Conv2dSame":
+        pads = same
+        explicit = any(sum(p) for p in same)
+    elif isinstance(m.padding, str):
+        pads = same if m.padding == "same" else ((0, 0), (0, 0))
+        explicit = False
+    else:
+        ph, pw = m.padding
+        pads = ((ph, ph), (pw, pw))
+        explicit = (ph or pw) and pads != same
+    out: dict[str, Any] = {"padding": [pads[0][0], pads[0][1], pads[1][0], pads[1][1]]}
+    if explicit:
+        out["pad_shape"] = [in_shape[0], in_shape[1], h + sum(pads[0]), w + sum(pads[1])]
+    return out
+
+
 def _module_op(name: str, m: nn.Module, inputs: list[str], out: str, out_shape: list[int],
                in_shape: list[int] | None) -> list[Op]:
     """Ops for one leaf module call (BatchNormAct2d gives two: the norm and its activation)."""
@@ -96,9 +128,11 @@ def _module_op(name: str, m: nn.Module, inputs: list[str], out: str, out_shape: 
     if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
         w = list(m.weight.shape)
         cls = "dwconv" if m.groups > 1 and m.groups == m.in_channels and w[1] == 1 else "conv"
+        attrs: dict[str, Any] = {"stride": list(m.stride), "groups": m.groups, "kernel": list(m.kernel_size)}
+        if in_shape is not None and len(in_shape) == 4:
+            attrs.update(_tflite_padding(m, tname, in_shape))
         return [Op(name, tname, cls, inputs, [out], weight_shape=w, bias=m.bias.numel() if m.bias is not None else 0,
-                   macs=conv_macs(out_shape, w), module=name,
-                   attrs={"stride": list(m.stride), "groups": m.groups, "kernel": list(m.kernel_size)})]
+                   macs=conv_macs(out_shape, w), module=name, attrs=attrs)]
     if isinstance(m, nn.Linear):
         w = list(m.weight.shape)
         tokens = max(1, int(torch.Size(out_shape).numel()) // w[0])

@@ -1,0 +1,380 @@
+"""ONNX Runtime backend: a plan becomes an ONNX QDQ model with the planned per-layer widths.
+
+Compile: the model is first put through ``tap_edge.quantize`` with float activations (BatchNorm folded,
+weights on the plan's per-channel grid with MSE-searched clipping), exported with the TorchScript ONNX
+exporter (opset 21; node names keep the module path, ``/stage1/conv1/Conv`` -> ``stage1.conv1``, which is how
+plan entries find their nodes) and pre-processed with ``quant_pre_process`` (static shapes folded, Pad merged
+into Conv). ``onnxruntime.quantization.quantize_static`` then writes QDQ: per-tensor activations calibrated
+(MinMax) on sample inputs, per-channel weights whose scales are given through ``TensorQuantOverrides`` so the
+stored integers are exactly the fake-quant model's:
+
+- weights: 8 -> int8; 2..4 -> INT4 (opset 21 QDQ; 2/3-bit grids stored in the int4 container); 5..7 -> their
+  grid in an int8 container (ONNX has no such types: the flash prediction assumes packing, the manifest's
+  ``actual`` figures show the container); 16/32 -> the layer is left in float;
+- activations: 8 -> uint8 (ORT's fast path), 16 -> int16 on that layer's output; 32 -> float (layer excluded).
+
+The artifact's outputs are compared with the PTQ fake-quant model (``tap_edge.quantize``; the float model
+when that is not available) on sample inputs: top-1 agreement and cosine similarity, stored in the manifest.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tap_edge.backends import (
+    Backend,
+    agreement,
+    module_bits,
+    prediction,
+    reference_outputs,
+    weight_quantized_module,
+    write_manifest,
+)
+
+from tap_edge.errors import UserError
+
+OPSET = 21
+_WEIGHTED = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+
+
+def node_module(node_name: str) -> str | None:
+    """``/stage1/conv1/Conv`` -> ``stage1.conv1`` (the TorchScript exporter's scope naming)."""
+    parts = [p for p in node_name.split("/") if p]
+    if len(parts) < 2:
+        return None
+    return ".".join(parts[:-1])
+
+
+def _dedupe_identity_initializers(model: Any) -> None:
+    """The exporter shares equal constants through Identity nodes; quantization wants initializers."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            arr = numpy_helper.to_array(inits[node.input[0]])
+            model.graph.initializer.append(numpy_helper.from_array(arr.copy(), node.output[0]))
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+
+
+def _preprocess(path: Path) -> Any:
+    """ONNX Runtime's recommended pre-processing (``quant_pre_process``: shape inference + basic graph
+    optimisation) in place: with the static input shape it folds shape arithmetic (timm's Conv2dSame computes
+    its padding at run time) and merges Pad into Conv, so no scalar constant is quantized and TVM can import
+    the graph. Node names are kept. Falls back to the plain export when it fails."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    tmp = path.with_name(path.stem + ".pre.onnx")
+    try:
+        quant_pre_process(str(path), str(tmp), skip_symbolic_shape=True)
+        tmp.replace(path)
+    except Exception:  # noqa: BLE001 - optional clean-up
+        tmp.unlink(missing_ok=True)
+    return onnx.load(str(path))
+
+
+def onnx_weight_bytes(path: Path) -> dict[str, int]:
+    """Bytes of the constants stored in an ONNX file, by role (packed INT4 counted at 4 bits)."""
+    import onnx
+    from onnx import TensorProto
+
+    m = onnx.load(str(path), load_external_data=True)
+    sizes = {
+        TensorProto.INT4: 0.5,
+        TensorProto.UINT4: 0.5,
+        TensorProto.INT8: 1,
+        TensorProto.UINT8: 1,
+        TensorProto.INT16: 2,
+        TensorProto.UINT16: 2,
+        TensorProto.FLOAT16: 2,
+        TensorProto.BFLOAT16: 2,
+        TensorProto.FLOAT: 4,
+        TensorProto.INT32: 4,
+        TensorProto.INT64: 8,
+        TensorProto.DOUBLE: 8,
+        TensorProto.BOOL: 1,
+    }
+    out = {
+        "weights": 0,
+        "weight_scales": 0,
+        "zero_points": 0,
+        "bias": 0,
+        "bias_qparams": 0,
+        "act_qparams": 0,
+        "float": 0,
+        "other": 0,
+    }
+    consts = list(m.graph.initializer)
+    for node in m.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    t = a.t
+                    t.name = node.output[0]
+                    consts.append(t)
+    for t in consts:
+        n = math.prod(t.dims) if t.dims else 1
+        b = int(math.ceil(n * sizes.get(t.data_type, 4)))
+        name = t.name
+        if name.endswith("_quantized") and t.data_type == TensorProto.INT32:
+            out["bias"] += b
+        elif name.endswith(("_quantized_scale", "_quantized_zero_point")):
+            out["bias_qparams"] += b
+        elif name.endswith("_quantized"):
+            out["weights"] += b
+        elif name.endswith("_scale"):
+            out["weight_scales" if n > 1 else "act_qparams"] += b
+        elif name.endswith("_zero_point"):
+            out["zero_points" if n > 1 else "act_qparams"] += b
+        elif t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16):
+            out["float"] += b
+        else:
+            out["other"] += b
+    out["total"] = sum(out.values())
+    # the figures the flash model predicts (QDQ also stores zero points and bias scales: in "total")
+    out["total_planned_form"] = out["weights"] + out["weight_scales"] + out["bias"] + out["float"]
+    return out
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    description = "ONNX QDQ (int8 / INT4 weights, 8/16-bit activations) run with ONNX Runtime on the host"
+    runtimes = ("onnxruntime*", "ort*")
+    kinds = ("phone", "edge-linux")
+    modules = ("onnx", "onnxruntime")
+    extra = None  # core dependencies of tap-edge
+    suffix = ".onnx"
+
+    def compile(
+        self,
+        model: Any,
+        graph: Any,
+        bits: Any,
+        out_dir: Path,
+        *,
+        device: Any = None,
+        calib: np.ndarray | None = None,
+        check: np.ndarray | None = None,
+    ) -> Path:
+        self.require()
+        import onnx
+        import torch
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+        if model.module is None:
+            raise UserError(
+                f"{model.spec}: the onnxruntime backend compiles PyTorch models",
+                "pass a bundled model, timm:NAME or package.module:factory",
+            )
+        if bits.native:
+            raise UserError(
+                "--bits native means the model's stored dtypes; a PyTorch model has none",
+                "pass --bits w8a8 or a --plan",
+            )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = f"{_safe(model.spec)}-{bits.label()}"
+        float_path = out_dir / f"{stem}.float.onnx"
+        q_path = out_dir / f"{stem}.onnx"
+        xs = calib if calib is not None else np.zeros((1, *model.preprocess.input_size), np.float32)
+        t0 = time.perf_counter()
+        example = torch.from_numpy(xs[:1])
+        fp = bits.default_w >= 16 and bits.default_a >= 32 and not bits.layers
+        module, prequant = (model.module, False) if fp else weight_quantized_module(model, bits, xs)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model.module.eval(),
+                (example,),
+                str(float_path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["input"],
+                output_names=["output"],
+                do_constant_folding=True,
+            )
+        m = onnx.load(str(float_path))
+        _dedupe_identity_initializers(m)
+        onnx.save(m, str(float_path))
+        m = _preprocess(float_path)
+
+        overrides: dict[str, list[dict[str, Any]]] = {}
+        exclude: list[str] = []
+        layers: dict[str, dict[str, Any]] = {}
+        inits = {i.name: i for i in m.graph.initializer}
+        consumers: dict[str, list[Any]] = {}
+        for node in m.graph.node:
+            for t in node.input:
+                consumers.setdefault(t, []).append(node)
+        for node in m.graph.node:
+            if node.op_type not in _WEIGHTED:
+                continue
+            mod = node_module(node.name)
+            w, a = module_bits(bits, mod)
+            entry = {"node": node.name, "w": w, "a": a}
+            if w >= 16 or a >= 32:
+                exclude.append(node.name)
+                entry["stored"] = "float32"
+            else:
+                wname = node.input[1] if len(node.input) > 1 else None
+                if wname in inits:
+                    qt = QuantType.QInt4 if w <= 4 else QuantType.QInt8
+                    entry["stored"] = "int4" if w <= 4 else "int8"
+                    if prequant:  # exact: the scales of the grid the weights are already on
+                        overrides[wname] = _grid_overrides(inits[wname], w, _axis(node), qt)
+                    elif w <= 4:
+                        overrides[wname] = [{"quant_type": qt, "axis": _axis(node)}]
+                if a == 16:
+                    overrides[_activation_output(node, consumers)] = [{"quant_type": QuantType.QInt16}]
+                    entry["activation"] = "int16"
+            layers[mod or node.name] = entry
+        if fp:
+            import shutil
+
+            shutil.copyfile(float_path, q_path)
+        else:
+
+            class _Reader(CalibrationDataReader):
+                def __init__(self) -> None:
+                    self._it = iter([{"input": x[None].astype(np.float32)} for x in xs])
+
+                def get_next(self) -> dict[str, np.ndarray] | None:
+                    return next(self._it, None)
+
+            import logging
+
+            logging.getLogger().setLevel(logging.ERROR)
+            quantize_static(
+                str(float_path),
+                str(q_path),
+                _Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=exclude,
+                extra_options={"TensorQuantOverrides": overrides, "WeightSymmetric": True},
+            )
+        compile_s = time.perf_counter() - t0
+        float_path.unlink(missing_ok=True)
+
+        runtime = self.pick_runtime(device) if device is not None else None
+        pred = prediction(graph, bits, runtime)
+        actual = onnx_weight_bytes(q_path)
+        agree = self._agreement(q_path, model, bits, check if check is not None else xs, xs)
+        write_manifest(
+            q_path,
+            {
+                "backend": self.name,
+                "model": model.spec,
+                "bits": bits.to_dict() | {"label": bits.label()},
+                "device": device.id if device is not None else None,
+                "runtime": runtime.name if runtime else None,
+                "input": {"name": "input", "shape": [1, *model.preprocess.input_size], "dtype": "float32"},
+                "compile_s": round(compile_s, 3),
+                "opset": OPSET,
+                "layers": layers,
+                "weights_prequantized": prequant,
+                "prediction": pred,
+                "actual": {"weight_bytes": actual},
+                "agreement": agree,
+            },
+        )
+        return q_path
+
+    def _agreement(
+        self, path: Path, model: Any, bits: Any, xs: np.ndarray, calib: np.ndarray
+    ) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        got = np.stack([sess.run(None, {"input": x[None]})[0][0] for x in xs])
+        ref, label = reference_outputs(model, bits, xs, calib)
+        return {"reference": label, **agreement(ref, got)}
+
+    def child_measure(
+        self,
+        artifact: Path,
+        manifest: dict[str, Any],
+        *,
+        runs: int,
+        warmup: int,
+        baseline: Callable[[], None],
+    ) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        from tap_edge.measure import time_runs, vm_hwm, vm_rss
+
+        baseline()
+        rss0 = vm_rss()
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.intra_op_num_threads = int(manifest.get("measure_options", {}).get("threads", 1))
+        sess = ort.InferenceSession(str(artifact), so, providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        loaded_hwm = vm_hwm()
+        rss_loaded = vm_rss()
+        times = time_runs(lambda: sess.run(None, {inp.name: x}), runs=runs, warmup=warmup)
+        return {
+            "times_ms": times,
+            "threads": so.intra_op_num_threads,
+            "runtime": f"onnxruntime {ort.__version__}",
+            "ort_session_rss_bytes": rss_loaded - rss0,
+            "ort_inference_growth_bytes": max(vm_hwm() - loaded_hwm, 0),
+            "runtime_figures_note": "ONNX Runtime exposes no arena statistics to Python: session RSS = RSS "
+            "after creating the session minus before; inference growth = peak RSS "
+            "during the timed runs minus the peak after loading",
+        }
+
+
+def _grid_overrides(init: Any, bits: int, axis: int, qt: Any) -> list[dict[str, Any]]:
+    """Per-channel ``scale`` / ``zero_point`` overrides that put weights already on a symmetric ``bits`` grid
+    (``k * s``, ``|k| <= 2^(bits-1) - 1``) into the int4/int8 container without moving any value."""
+    from onnx import numpy_helper
+
+    w = np.moveaxis(numpy_helper.to_array(init).astype(np.float64), axis, 0)
+    qmax = 2 ** (bits - 1) - 1
+    absmax = np.abs(w.reshape(len(w), -1)).max(axis=1)
+    scales = np.where(absmax > 0, absmax / qmax, 1.0)
+    return [{"quant_type": qt, "axis": axis, "scale": np.float32(sc), "zero_point": 0} for sc in scales]
+
+
+def _activation_output(node: Any, consumers: dict[str, list[Any]]) -> str:
+    """The tensor the quantizer puts Q/DQ on for ``node``'s output: after a fused Relu / Clip when the output
+    feeds only that activation (QDQ Conv+Relu is one quantized group)."""
+    out = node.output[0]
+    users = consumers.get(out, [])
+    while len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
+        out = users[0].output[0]
+        users = consumers.get(out, [])
+    return out
+
+
+def _axis(node: Any) -> int:
+    if node.op_type == "Gemm":
+        for a in node.attribute:
+            if a.name == "transB" and a.i == 0:
+                return 1
+        return 0
+    if node.op_type == "MatMul":
+        return 1
+    return 0
+
+
+def _safe(spec: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(spec).name)[:60] or "model"

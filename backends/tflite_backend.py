@@ -1,0 +1,586 @@
+"""TFLite backend: a plan becomes a ``.tflite``; LiteRT gives the latency, TFLite Micro the arena truth.
+
+Compile (needs the ``tflite`` extra: ``litert-torch``): the model's weights are first put on the plan's grid
+by ``tap_edge.quantize`` (float activations). Int8 plans are then quantized with PT2E before conversion
+(litert-torch's ``PT2EQuantizer``: per-channel symmetric int8 weights, int8 activations calibrated on sample
+inputs; a layer planned at 32-bit activations stays float through ``set_module_name``), with channel-last
+input (``to_channel_last_io``: no TRANSPOSE at the graph input, as on a microcontroller), and converted with
+``litert_torch.convert``. ``fp32`` plans convert without quantization. Plans with 4-bit conv weights or
+16-bit activations (one activation width for the whole model) go through ai-edge-quantizer per-op recipes
+on the float .tflite (``mixed`` mode); its policy has no int4 depthwise, and TFLite Micro's reference
+FULLY_CONNECTED rejects int4 filters, so those plans are refused with a hint. PT2E is the int8 path rather
+than ai-edge-quantizer because an ai-edge-quantizer int8 MobileNetV2 gave wrong TFLite Micro output here
+while the PT2E one matched; every measurement checks TFLM's outputs against LiteRT's.
+
+Measure (child process): LiteRT (``ai_edge_litert``, one thread) for latency; TFLite Micro's Python
+interpreter (``tflite-micro``, reference kernels on the host) for the arena: ``print_allocations()`` (the
+RecordingMicroAllocator: total = head (the planned activation tensors) + tail (persistent: tensor structs,
+op data, quantization parameters)) and the smallest ``arena_size`` that constructs (binary search);
+TFLM's outputs vs LiteRT's on the same inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tap_edge.backends import (
+    Backend,
+    agreement,
+    module_bits,
+    prediction,
+    reference_outputs,
+    weight_quantized_module,
+    write_manifest,
+)
+
+from tap_edge.errors import UserError
+
+_ALLOC_LINE = re.compile(r"\[RecordingMicroAllocator\] (.+)")
+
+
+def tflite_weight_bytes(path: Path) -> dict[str, int]:
+    """Constant bytes in a .tflite by role: integer weights, int32 biases, float constants (buffers shared by
+    several tensors, e.g. equal all-zero biases, count once, as stored), per-channel weight scales (4 bytes
+    each, in the flatbuffer's quantization tables; the flash model counts them), bias scales and int64 zero
+    points (metadata the flash model does not count). ``total_planned_form`` = the figures the flash model
+    predicts, counted per tensor; ``total_stored`` subtracts buffers the converter shares between equal
+    tensors."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = path.read_bytes()
+    model = schema.Model.GetRootAs(data, 0)
+    out = {
+        "weights": 0,
+        "bias": 0,
+        "float": 0,
+        "other": 0,
+        "scales": 0,
+        "bias_scales": 0,
+        "zero_points": 0,
+        "shared_buffers_saved": 0,
+    }
+    weight_types = {
+        schema.TensorType.INT8: 1,
+        schema.TensorType.INT4: 0.5,
+        schema.TensorType.UINT8: 1,
+        schema.TensorType.INT16: 2,
+    }
+    seen: set[int] = set()
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        for i in range(sg.TensorsLength()):
+            t = sg.Tensors(i)
+            b = t.Buffer()
+            if not 0 < b < model.BuffersLength():
+                continue
+            buf = model.Buffers(b)
+            n = buf.DataLength() if buf.DataLength() > 0 else int(buf.Size()) if buf.Offset() > 1 else 0
+            if n == 0:
+                continue
+            if (
+                b in seen
+            ):  # the converter stores equal constants once (e.g. all-zero biases of an untrained net)
+                out["shared_buffers_saved"] += n
+            seen.add(b)
+            if t.Type() in weight_types:
+                out["weights"] += n
+            elif t.Type() == schema.TensorType.INT32:
+                out["bias"] += n
+            elif t.Type() in (schema.TensorType.FLOAT32, schema.TensorType.FLOAT16):
+                out["float"] += n
+            else:
+                out["other"] += n
+            q = t.Quantization()
+            if q is not None and q.ScaleLength() > 1:
+                key = "scales" if t.Type() in weight_types else "bias_scales"
+                out[key] += 4 * q.ScaleLength()
+                out["zero_points"] += 8 * q.ZeroPointLength()
+    # per tensor, as the flash model counts; the file stores shared buffers once (total_stored)
+    out["total_planned_form"] = out["weights"] + out["bias"] + out["float"] + out["other"] + out["scales"]
+    out["total_stored"] = out["total_planned_form"] - out["shared_buffers_saved"]
+    return out
+
+
+def parse_allocations(text: str) -> dict[str, Any]:
+    """The figures ``print_allocations()`` prints, in bytes."""
+    out: dict[str, Any] = {"items": {}}
+    for line in text.splitlines():
+        m = _ALLOC_LINE.search(line)
+        if not m:
+            continue
+        body = m.group(1)
+        mm = re.match(r"Arena allocation (total|head|tail) (\d+) bytes", body)
+        if mm:
+            out[f"arena_{mm.group(1)}_bytes"] = int(mm.group(2))
+            continue
+        mm = re.match(
+            r"'(.+)' used (\d+) bytes with alignment overhead \(requested (\d+) bytes for (\d+)", body
+        )
+        if mm:
+            out["items"][mm.group(1)] = {
+                "bytes": int(mm.group(2)),
+                "requested": int(mm.group(3)),
+                "count": int(mm.group(4)),
+            }
+    return out
+
+
+@contextlib.contextmanager
+def capture_fds() -> Iterator[dict[str, str]]:
+    """Capture what C code writes to file descriptors 1 and 2 (TFLM's ``MicroPrintf`` writes to stderr)."""
+    import sys
+
+    res: dict[str, str] = {}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield res
+        finally:
+            try:
+                import ctypes
+
+                ctypes.CDLL(None).fflush(None)
+            except OSError:
+                pass
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            tmp.seek(0)
+            res["text"] = tmp.read().decode(errors="replace")
+
+
+class TFLiteBackend(Backend):
+    name = "tflite"
+    description = "int8 .tflite via litert-torch PT2E (int4 conv / 16x8 via ai-edge-quantizer); LiteRT, TFLM"
+    runtimes = ("tflm*", "litert*", "tflite*")
+    kinds = ("mcu", "phone", "edge-linux", "npu")
+    modules = ("litert_torch", "ai_edge_litert", "tflite_micro")
+    measure_modules = ("ai_edge_litert", "tflite_micro")
+    extra = "tflite"
+    suffix = ".tflite"
+
+    # ---- compile -----------------------------------------------------------------------------------------
+    def compile(
+        self,
+        model: Any,
+        graph: Any,
+        bits: Any,
+        out_dir: Path,
+        *,
+        device: Any = None,
+        calib: np.ndarray | None = None,
+        check: np.ndarray | None = None,
+    ) -> Path:
+        self.require()
+        if model.module is None:
+            raise UserError(
+                f"{model.spec}: the tflite backend compiles PyTorch models",
+                "pass a bundled model, timm:NAME or package.module:factory",
+            )
+        if bits.native:
+            raise UserError(
+                "--bits native means the model's stored dtypes; a PyTorch model has none",
+                "pass --bits w8a8 or a --plan",
+            )
+        mode = self._mode(graph, bits)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = f"{_safe(model.spec)}-{bits.label()}"
+        path = out_dir / f"{stem}.tflite"
+        xs = calib if calib is not None else np.zeros((1, *model.preprocess.input_size), np.float32)
+        t0 = time.perf_counter()
+        module, prequant = (
+            (model.module, False) if mode == "float" else weight_quantized_module(model, bits, xs)
+        )
+        self._convert(module.eval(), xs, bits, mode, graph, path)
+        compile_s = time.perf_counter() - t0
+        samples = out_dir / f"{stem}.samples.npy"
+        np.save(samples, xs[:8])
+        runtime = self.pick_runtime(device) if device is not None else None
+        pred = prediction(graph, bits, runtime)
+        pred_host = prediction(graph, bits, None)  # TFLM reference kernels on the host: no scratch
+        pred_artifact = self._artifact_prediction(path, None)
+        xc = check if check is not None else xs
+        got = self._run_litert(path, xc)
+        ref, label = reference_outputs(model, bits, xc, xs)
+        write_manifest(
+            path,
+            {
+                "backend": self.name,
+                "model": model.spec,
+                "bits": bits.to_dict() | {"label": bits.label()},
+                "device": device.id if device is not None else None,
+                "runtime": runtime.name if runtime else None,
+                "mode": mode,
+                "weights_prequantized": prequant,
+                "compile_s": round(compile_s, 3),
+                "samples": samples.name,
+                "input": {"shape": [1, *model.preprocess.input_size], "layout": "NHWC"},
+                "prediction": pred,
+                "prediction_tflm_host": pred_host,
+                "prediction_from_artifact_graph": pred_artifact,
+                "actual": {"weight_bytes": tflite_weight_bytes(path)},
+                "agreement": {"reference": label, "runtime": "litert", **agreement(ref, got)},
+            },
+        )
+        return path
+
+    @staticmethod
+    def _mode(graph: Any, bits: Any) -> str:
+        """``float``, ``int8`` (PT2E) or ``mixed`` (ai-edge-quantizer: int4 conv weights and/or 16x8)."""
+        quant = graph.quantizable_ops()
+        ws = {module_bits(bits, op.module)[0] for op in quant} | {bits.default_w}
+        acts = {module_bits(bits, op.module)[1] for op in quant} | {bits.default_a}
+        if ws <= {32, 16} and acts <= {32}:
+            return "float"
+        if ws <= {8, 32} and acts <= {8, 32}:
+            return "int8"
+        bad_w = ws - {4, 8}
+        if bad_w:
+            raise UserError(
+                f"the tflite backend stores int8 or int4 weights; this plan has {sorted(bad_w)}-bit weights",
+                "use --backend onnxruntime (int4/int8 containers) or plan with 4 and 8 bits",
+            )
+        if len(acts) != 1 or acts - {8, 16}:
+            raise UserError(
+                f"the tflite backend quantizes every activation at one width (8 or 16 bits); this plan has "
+                f"{sorted(acts)}",
+                "use --backend onnxruntime for per-layer activation widths",
+            )
+        for op in quant:
+            if module_bits(bits, op.module)[0] == 4 and op.op_class != "conv":
+                raise UserError(
+                    f"layer '{op.module or op.name}': 4-bit weights on {op.op_class} are not supported by "
+                    "the tflite path (ai-edge-quantizer has no int4 depthwise policy; TFLite Micro's "
+                    "reference FULLY_CONNECTED rejects int4 filters)",
+                    "plan 4-bit weights on conv layers only, or use --backend onnxruntime",
+                )
+        return "mixed"
+
+    def _convert(self, module: Any, xs: np.ndarray, bits: Any, mode: str, graph: Any, path: Path) -> None:
+        import logging
+
+        import torch
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        logging.getLogger("absl").setLevel(logging.ERROR)
+        import litert_torch
+
+        example = (torch.from_numpy(xs[:1]),)
+        cl_module = litert_torch.to_channel_last_io(module, args=[0])
+        cl_example = (example[0].permute(0, 2, 3, 1).contiguous(),)
+        with _quiet():
+            if mode == "float":
+                litert_torch.convert(cl_module, cl_example).export(str(path))
+                return
+            if mode == "mixed":
+                float_path = path.with_name(path.stem + ".float.tflite")
+                litert_torch.convert(cl_module, cl_example).export(str(float_path))
+                try:
+                    _ai_edge_quantize(float_path, path, xs, bits, graph)
+                finally:
+                    float_path.unlink(missing_ok=True)
+                return
+            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+            from litert_torch.quantize.quant_config import QuantConfig
+
+            try:
+                from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+            except ImportError:  # older torch keeps PT2E in torch.ao
+                from torch.ao.quantization.quantize_pt2e import convert_pt2e, prepare_pt2e
+            q = PT2EQuantizer().set_global(
+                get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+            )
+            for op in graph.quantizable_ops():
+                w, a = module_bits(bits, op.module)
+                if op.module and (w >= 16 or a >= 32):
+                    q.set_module_name(op.module, None)
+            exported = torch.export.export(cl_module, cl_example).module()
+            prepared = prepare_pt2e(exported, q)
+            with torch.no_grad():
+                for x in xs:
+                    prepared(torch.from_numpy(x[None]).permute(0, 2, 3, 1).contiguous())
+            converted = convert_pt2e(prepared, fold_quantize=False)
+            litert_torch.convert(converted, cl_example, quant_config=QuantConfig(pt2e_quantizer=q)).export(
+                str(path)
+            )
+
+    @staticmethod
+    def _artifact_prediction(path: Path, runtime: Any) -> dict[str, Any]:
+        """tap-edge's arena plan of the graph actually in the .tflite (isolates planner error from the
+        differences between the PyTorch graph and the converted one)."""
+        from tap_edge.bits import BitAssignment
+        from tap_edge.frontends.tflite_frontend import load_tflite_graph
+
+        g = load_tflite_graph(path)
+        p = prediction(g, BitAssignment.parse("native"), runtime)
+        p["ops"] = [o.op_type for o in g.ops]
+        return p
+
+    @staticmethod
+    def _run_litert(path: Path, xs: np.ndarray) -> np.ndarray:
+        it = _litert(path)
+        return np.stack([_invoke_litert(it, x) for x in xs])
+
+    # ---- measure (runs in the child) ---------------------------------------------------------------------
+    def child_measure(
+        self,
+        artifact: Path,
+        manifest: dict[str, Any],
+        *,
+        runs: int,
+        warmup: int,
+        baseline: Callable[[], None],
+    ) -> dict[str, Any]:
+        import ai_edge_litert
+        from tflite_micro.python.tflite_micro import runtime as tflm
+
+        from tap_edge.measure import latency_stats, time_runs
+
+        baseline()
+        opts = manifest.get("measure_options", {})
+        it = _litert(artifact, threads=int(opts.get("threads", 1)))
+        inp = it.get_input_details()[0]
+        xs = _samples(artifact, manifest, inp)
+        x0 = _quantize_input(it, xs[0])
+        it.set_tensor(inp["index"], x0)
+        times = time_runs(it.invoke, runs=runs, warmup=warmup)
+        res: dict[str, Any] = {
+            "times_ms": times,
+            "runtime": f"ai-edge-litert {_version(ai_edge_litert)}",
+            "threads": int(opts.get("threads", 1)),
+        }
+        if opts.get("skip_tflm"):
+            return res
+        data = artifact.read_bytes()
+        # TFLM: the arena actually used.
+        big = max(len(data) * 10, 4 << 20)
+        with capture_fds() as cap:
+            m = tflm.Interpreter.from_bytes(data, arena_size=big)
+            m.print_allocations()
+        alloc = parse_allocations(cap.get("text", ""))
+        res["tflm"] = alloc
+        res["tflm_min_arena_bytes"] = _smallest_arena(tflm, data, alloc.get("arena_total_bytes", big), big)
+        # TFLM vs LiteRT outputs on the same int8 inputs.
+        tflm_out, lite_out = [], []
+        tflm_times = []
+        for x in xs:
+            q = _quantize_input(it, x)
+            lite_out.append(_invoke_litert_q(it, q))
+            m.set_input(q, 0)
+            t0 = time.perf_counter()
+            m.invoke()
+            tflm_times.append((time.perf_counter() - t0) * 1e3)
+            tflm_out.append(np.asarray(m.get_output(0)).copy())
+        a, b = np.stack(lite_out), np.stack(tflm_out)
+        diff = np.abs(a.astype(np.int64) - b.astype(np.int64)) if a.dtype.kind in "iu" else np.abs(a - b)
+        res["tflm_vs_litert"] = {
+            **agreement(a.astype(np.float64), b.astype(np.float64)),
+            "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+            "output_dtype": str(a.dtype),
+        }
+        res["tflm_latency"] = latency_stats(tflm_times)
+        res["runtime_figures_note"] = (
+            "tflm arena: RecordingMicroAllocator (print_allocations) total = head "
+            "(planned activations) + tail (persistent); min arena = smallest "
+            "arena_size that constructs; TFLM reference kernels on the host"
+        )
+        return res
+
+
+def module_regex(module: str) -> str:
+    """A regex that finds a PyTorch module's ops by the tensor names litert-torch writes
+    (``.../tap_edge.zoo._ResBlock_stage1/torch.nn.modules.conv.Conv2d_conv1;...`` for ``stage1.conv1``)."""
+    parts = [re.escape(p) for p in module.split(".") if p]
+    return r"(^|/)" + "/".join(rf"[^/;]*_{p}" for p in parts) + r"(;|$)"
+
+
+def _ai_edge_quantize(float_path: Path, out: Path, xs: np.ndarray, bits: Any, graph: Any) -> None:
+    """ai-edge-quantizer with per-op recipes: one activation width everywhere (8, or 16 for 16x8), int8
+    per-channel weights, int4 per-channel weights on the conv layers the plan puts at 4 bits."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import quantizer
+
+    a = next(iter({module_bits(bits, op.module)[1] for op in graph.quantizable_ops()} | {bits.default_a}))
+
+    def cfg(wb: int) -> dict[str, Any]:
+        return {
+            "activation_tensor_config": {
+                "num_bits": a,
+                "symmetric": a == 16,
+                "granularity": "TENSORWISE",
+                "dtype": "INT",
+            },
+            "weight_tensor_config": {
+                "num_bits": wb,
+                "symmetric": True,
+                "granularity": "CHANNELWISE",
+                "dtype": "INT",
+            },
+            "compute_precision": "INTEGER",
+            "explicit_dequantize": False,
+            "skip_checks": False,
+            "min_weight_elements": 0,
+        }
+
+    default_w = 4 if bits.default_w == 4 else 8
+    recipe = [
+        {"regex": ".*", "operation": "*", "algorithm_key": "min_max_uniform_quantize", "op_config": cfg(8)}
+    ]
+    if default_w == 4:
+        recipe.append(
+            {
+                "regex": ".*",
+                "operation": "CONV_2D",
+                "algorithm_key": "min_max_uniform_quantize",
+                "op_config": cfg(4),
+            }
+        )
+    for op in graph.quantizable_ops():
+        w = module_bits(bits, op.module)[0]
+        if op.module and op.op_class == "conv" and w != default_w and op.module in bits.layers:
+            recipe.append(
+                {
+                    "regex": module_regex(op.module),
+                    "operation": "CONV_2D",
+                    "algorithm_key": "min_max_uniform_quantize",
+                    "op_config": cfg(w),
+                }
+            )
+    it = Interpreter(model_path=str(float_path))
+    sig = it.get_signature_list()
+    key = next(iter(sig))
+    name = sig[key]["inputs"][0]
+    cal = {key: [{name: x[None].transpose(0, 2, 3, 1).astype(np.float32)} for x in xs]}
+    qt = quantizer.Quantizer(str(float_path), recipe)
+    qt.quantize(qt.calibrate(cal)).export_model(str(out), overwrite=True)
+
+
+# ---- helpers -----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the converter's progress output on stdout/stderr (fd level)."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with (
+        open(os.devnull, "wb") as null,
+        open(os.devnull, "w") as tnull,
+        contextlib.redirect_stdout(tnull),
+        contextlib.redirect_stderr(tnull),
+    ):
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _version(mod: Any) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("ai-edge-litert")
+    except Exception:  # noqa: BLE001
+        return getattr(mod, "__version__", "?")
+
+
+def _litert(path: Path, threads: int = 1) -> Any:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=threads)
+    it.allocate_tensors()
+    return it
+
+
+def _quantize_input(it: Any, x: np.ndarray) -> np.ndarray:
+    """A float NCHW sample -> the interpreter's input (NHWC; int8 with its scale/zero point)."""
+    d = it.get_input_details()[0]
+    shape = list(d["shape"])
+    x = np.asarray(x, np.float32)
+    if x.ndim == 3 and len(shape) == 4 and list(x.shape) != shape[1:]:
+        x = x.transpose(1, 2, 0)
+    x = x.reshape(shape)
+    if d["dtype"] in (np.int8, np.uint8, np.int16):
+        scale, zp = d["quantization"]
+        info = np.iinfo(d["dtype"])
+        return np.clip(np.round(x / (scale or 1.0) + zp), info.min, info.max).astype(d["dtype"])
+    return x.astype(d["dtype"])
+
+
+def _invoke_litert_q(it: Any, q: np.ndarray) -> np.ndarray:
+    it.set_tensor(it.get_input_details()[0]["index"], q)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"]).copy()
+
+
+def _invoke_litert(it: Any, x: np.ndarray) -> np.ndarray:
+    """Float output (dequantized) for one float NCHW sample."""
+    out = _invoke_litert_q(it, _quantize_input(it, x))
+    d = it.get_output_details()[0]
+    if d["dtype"] in (np.int8, np.uint8, np.int16):
+        scale, zp = d["quantization"]
+        return (out.astype(np.float32) - zp) * scale
+    return out.astype(np.float32)
+
+
+def _samples(artifact: Path, manifest: dict[str, Any], inp: dict[str, Any]) -> list[np.ndarray]:
+    name = manifest.get("samples")
+    if name and (artifact.parent / name).exists():
+        arr = np.load(artifact.parent / name)
+        return list(arr[:8])
+    rng = np.random.default_rng(0)
+    shape = list(inp["shape"])
+    return [rng.standard_normal(shape[1:]).astype(np.float32) for _ in range(4)]
+
+
+def _smallest_arena(tflm: Any, data: bytes, hint: int, big: int) -> int | None:
+    """Smallest ``arena_size`` (16-byte steps) with which the TFLM interpreter constructs."""
+
+    def ok(n: int) -> bool:
+        try:
+            with capture_fds():
+                tflm.Interpreter.from_bytes(data, arena_size=n)
+            return True
+        except Exception:  # noqa: BLE001 - construction fails with a RuntimeError when the arena is too small
+            return False
+
+    hi = hint if ok(hint) else big
+    if not ok(hi):
+        return None
+    lo = max(hi // 2, 16)
+    while lo > 16 and ok(lo):
+        lo //= 2
+    while hi - lo > 16:
+        mid = (lo + hi) // 2 // 16 * 16
+        if mid <= lo:
+            break
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _safe(spec: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(spec).name)[:60] or "model"

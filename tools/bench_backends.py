@@ -1,0 +1,253 @@
+"""Benchmark the backends: compile each model with each backend, measure it in a child process, compare with
+tap-edge's prediction, print the tables of issue 5.
+
+    .venv/bin/python tools/bench_backends.py                       # the default models and backends
+    .venv/bin/python tools/bench_backends.py --models resnet8,ds_cnn --backends tflite --json out.json
+
+Every figure says how it was measured. Each (model, backend) runs on its own: a failure is recorded as an
+error row and the results before it are kept (also written to ``--json`` after every row).
+
+- latency: median / p90 of ``--runs`` timed runs after warm-up, host CPU, one thread (LiteRT for .tflite,
+  ONNX Runtime for .onnx); TFLM latency is the reference kernels on the host (not a microcontroller figure).
+- peak memory: the measurement child's VmHWM (= ``wait4`` ru_maxrss), and the same minus the runtime's
+  import baseline.
+- SRAM: tap-edge's arena prediction (``plan_arena``, TFLM host settings: 16-byte alignment, no aliasing, no
+  scratch) vs TFLite Micro's arena (``print_allocations``: head = planned tensors, tail = persistent); also
+  the prediction on the converted .tflite graph, which isolates planner error from graph differences.
+- weights: tap-edge's flash model (weights + per-channel scales + int32 biases + float constants) vs the
+  constant bytes in the artifact, in the same form (the artifact's extra metadata listed apart).
+- agreement: top-1 agreement and cosine of the artifact's outputs with the PTQ fake-quant model on the
+  sample photos (noise inputs for DS-CNN), and TFLM vs LiteRT on the same int8 inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODELS = "resnet8,ds_cnn,efficientnet_lite0,timm:mobilenetv2_100"
+DEFAULT_BACKENDS = "tflite,onnxruntime,tvm"
+
+
+def bench_one(model: str, backend: str, args: argparse.Namespace) -> dict[str, Any]:
+    from tap_edge.backends import get_backend, read_manifest, sample_inputs
+
+    from tap_edge.bits import BitAssignment
+    from tap_edge.devices import get_device
+    from tap_edge.measure import measure_artifact
+    from tap_edge.models import load_graph, load_model
+
+    row: dict[str, Any] = {"model": model, "backend": backend, "bits": args.bits}
+    b = get_backend(backend)
+    b.require()
+    lm = load_model(model)
+    graph = load_graph(lm)
+    bits = BitAssignment.load(args.plan) if args.plan else BitAssignment.parse(args.bits)
+    n_check = args.check_samples if lm.preprocess.input_size[0] == 3 else min(args.check_samples, 64)
+    xs = sample_inputs(lm, max(args.samples, n_check))
+    device = get_device(args.device) if args.device and b.serves(get_device(args.device)) else None
+    if backend == "tvm" and args.cross:
+        device = get_device(args.cross)
+    t0 = time.perf_counter()
+    artifact = b.compile(
+        lm, graph, bits, Path(args.out) / backend, device=device, calib=xs[: args.samples], check=xs[:n_check]
+    )
+    row["compile_s"] = round(time.perf_counter() - t0, 2)
+    man = read_manifest(artifact)
+    row["artifact"] = str(artifact)
+    row["manifest"] = {
+        k: man.get(k)
+        for k in (
+            "prediction",
+            "prediction_tflm_host",
+            "prediction_from_artifact_graph",
+            "actual",
+            "agreement",
+            "relax_memory_plan",
+            "cross_compile",
+            "widened_to_int8",
+        )
+    }
+    meas = measure_artifact(
+        artifact, backend=backend, runs=args.runs, warmup=args.warmup, timeout=args.timeout
+    )
+    meas.pop("child_stdout", None)
+    row["measure"] = meas
+    row["graph"] = {"ops": len(graph.ops), "tensors": len(graph.tensors), "params": graph.params}
+    return row
+
+
+def _pct(m: float | None, p: float | None) -> str:
+    if m is None or not p:
+        return "-"
+    return f"{100.0 * (m - p) / p:+.2f}%"
+
+
+def _kib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1024:.1f}"
+
+
+def print_tables(rows: list[dict[str, Any]]) -> None:
+    ok = [r for r in rows if "error" not in r]
+    print("\n## Latency (host CPU, 1 thread; median / p90 ms)")
+    print("| model | backend | runtime | median | p90 | TFLM ref. kernels median |")
+    print("|---|---|---|---|---|---|")
+    for r in ok:
+        m = r["measure"]
+        lat, tl = m.get("latency", {}), m.get("tflm_latency", {})
+        print(
+            f"| {r['model']} | {r['backend']} | {m.get('runtime')} | {lat.get('median_ms', '-')} | "
+            f"{lat.get('p90_ms', '-')} | {tl.get('median_ms', '-')} |"
+        )
+    print("\n## Memory and artifact (KiB)")
+    print(
+        "| model | backend | artifact | child peak RSS (VmHWM) | wait4 maxrss | peak - import baseline | "
+        "runtime figure |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in ok:
+        m = r["measure"]
+        tf = m.get("tflm") or {}
+        if tf:
+            fig = (
+                f"TFLM arena {tf.get('arena_total_bytes')} B "
+                f"(min constructing {m.get('tflm_min_arena_bytes')} B)"
+            )
+        elif m.get("tvm_planned_bytes") is not None:
+            fig = f"Relax static plan {m['tvm_planned_bytes']} B"
+        else:
+            fig = (
+                f"ORT session RSS {_kib(m.get('ort_session_rss_bytes'))} KiB, inference growth "
+                f"{_kib(m.get('ort_inference_growth_bytes'))} KiB"
+            )
+        print(
+            f"| {r['model']} | {r['backend']} | {_kib(m.get('artifact_bytes'))} | "
+            f"{_kib(m.get('peak_rss_bytes'))} | "
+            f"{_kib(m.get('wait4_maxrss_bytes'))} | {_kib(m.get('model_rss_bytes'))} | {fig} |"
+        )
+    print("\n## Predicted vs measured SRAM (TFLite Micro arena, bytes)")
+    print(
+        "| model | predicted (torch graph) | predicted (.tflite graph) | TFLM head | err head | TFLM tail | "
+        "TFLM total | err total | min arena |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in ok:
+        tf = r["measure"].get("tflm") or {}
+        if not tf:
+            continue
+        host = r["manifest"].get("prediction_tflm_host") or {}
+        p = host.get("arena_bytes")  # head + persistent tail: compared with TFLM's total
+        ph = host.get("arena_head_bytes", p)
+        art = r["manifest"].get("prediction_from_artifact_graph") or {}
+        pa = art.get("arena_head_bytes", art.get("arena_bytes"))
+        h, t, tot = tf.get("arena_head_bytes"), tf.get("arena_tail_bytes"), tf.get("arena_total_bytes")
+        print(
+            f"| {r['model']} | {p} | {pa} ({_pct(h, pa)}) | {h} | {_pct(h, ph)} | {t} | {tot} | "
+            f"{_pct(tot, p)} | "
+            f"{r['measure'].get('tflm_min_arena_bytes')} |"
+        )
+    print("\n## Predicted vs actual weight bytes")
+    print("| model | backend | predicted (flash model) | in artifact, same form | error | artifact extras |")
+    print("|---|---|---|---|---|---|")
+    for r in ok:
+        pred = (r["manifest"].get("prediction") or {}).get("flash", {}).get("model_bytes")
+        wb = (r["manifest"].get("actual") or {}).get("weight_bytes", {})
+        act = wb.get("total_planned_form")
+        extras = ", ".join(
+            f"{k} {v}"
+            for k, v in wb.items()
+            if k in ("zero_points", "bias_qparams", "act_qparams", "bias_scales", "shared_buffers_saved")
+            and v
+        )
+        print(f"| {r['model']} | {r['backend']} | {pred} | {act} | {_pct(act, pred)} | {extras} |")
+    print("\n## Agreement")
+    print(
+        "| model | backend | reference | samples | top-1 agreement | cosine | TFLM vs LiteRT top-1 | "
+        "TFLM vs LiteRT max abs diff |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in ok:
+        a = r["manifest"].get("agreement") or {}
+        if not a:
+            continue
+        tv = r["measure"].get("tflm_vs_litert") or {}
+        tflm = f"{100 * tv['top1_agreement']:.0f}% of {tv['n']}" if tv else "-"
+        print(
+            f"| {r['model']} | {r['backend']} | {a.get('reference')} | {a.get('n')} | "
+            f"{100 * a.get('top1_agreement', 0):.1f}% | {a.get('cosine')} | {tflm} | "
+            f"{tv.get('max_abs_diff', '-')} |"
+        )
+    tvm = {r["model"]: r for r in ok if r["backend"] == "tvm"}
+    ortr = {r["model"]: r for r in ok if r["backend"] == "onnxruntime"}
+    if tvm:
+        print("\n## TVM (untuned) vs ONNX Runtime, host latency in one run")
+        print("| model | ORT median ms | TVM median ms | TVM / ORT | Relax planned B | cross objects |")
+        print("|---|---|---|---|---|---|")
+        for model, r in tvm.items():
+            t = r["measure"].get("latency", {}).get("median_ms")
+            o = ortr.get(model, {}).get("measure", {}).get("latency", {}).get("median_ms")
+            ratio = f"{t / o:.1f}x" if t and o else "-"
+            plan = (r["manifest"].get("relax_memory_plan") or {}).get("planned_bytes")
+            cross = r["manifest"].get("cross_compile") or {}
+            objs = ", ".join(f"{k} {v} B" for k, v in (cross.get("objects") or {}).items()) or cross.get(
+                "error", "-"
+            )
+            trip = (cross.get("target") or {}).get("mtriple", "")
+            print(f"| {model} | {o} | {t} | {ratio} | {plan} | {trip} {objs} |")
+    errs = [r for r in rows if "error" in r]
+    if errs:
+        print("\n## Errors")
+        for r in errs:
+            print(f"- {r['model']} / {r['backend']}: {r['error']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=DEFAULT_MODELS)
+    ap.add_argument("--backends", default=DEFAULT_BACKENDS)
+    ap.add_argument("--bits", default="w8a8")
+    ap.add_argument("--plan", default=None, help="A plan.json instead of --bits (must match every model).")
+    ap.add_argument("--device", default=None, help="Profile whose runtime settings shape the prediction.")
+    ap.add_argument("--cross", default="raspberry-pi-4", help="Device the tvm backend cross-compiles for.")
+    ap.add_argument("--out", default="build/bench")
+    ap.add_argument("--samples", type=int, default=16, help="Calibration samples.")
+    ap.add_argument("--check-samples", type=int, default=496, help="Agreement samples (photos).")
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--json", default=None, help="Write the rows here (after every row).")
+    args = ap.parse_args(argv)
+    rows: list[dict[str, Any]] = []
+    for model in [m for m in args.models.split(",") if m]:
+        for backend in [b for b in args.backends.split(",") if b]:
+            t0 = time.perf_counter()
+            print(f"[bench] {model} / {backend} ...", file=sys.stderr, flush=True)
+            try:
+                row = bench_one(model, backend, args)
+            except Exception as e:  # keep going: one failure must not lose the other rows
+                row = {
+                    "model": model,
+                    "backend": backend,
+                    "error": f"{e.__class__.__name__}: {str(e)[:300]}",
+                    "traceback": traceback.format_exc()[-2000:],
+                }
+            row["seconds"] = round(time.perf_counter() - t0, 1)
+            rows.append(row)
+            print(
+                f"[bench] {model} / {backend}: {row.get('error', 'ok')} ({row['seconds']} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
+    print_tables(rows)
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
