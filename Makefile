@@ -15,14 +15,31 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job on bundled defaults. `check` exits 1 when some device does not fit (a CI gate): expected here.
+# The main job on bundled defaults: check -> plan -> eval -> compile -> measure -> report (a few minutes).
+# `check` and `measure` exit 1 when a target does not fit (a CI gate): expected for some devices here.
+SAMPLE ?= ../shared/data/imagenet-sample
 demo: install
 	mkdir -p $(OUT)
-	$(TAP) devices
-	$(TAP) check efficientnet_lite0 --all --json > $(OUT)/check-efficientnet_lite0.json; test $$? -le 1
+	@echo "== 1. Will it fit? EfficientNet-Lite0 (real ImageNet weights) against every device profile"
 	$(TAP) check efficientnet_lite0 --all; test $$? -le 1
-	$(TAP) check resnet8 --all --bits w4a8; test $$? -le 1
-	$(TAP) check "$$($(PY) -c 'import tap_edge.samples as s; print(s.wakeword_tflite())')" --all; test $$? -le 1
+	$(TAP) check efficientnet_lite0 --all --json > $(OUT)/check-efficientnet_lite0.json; test $$? -le 1
+	$(TAP) check "$$($(PY) -c 'import tap_edge.samples as s; print(s.wakeword_tflite())')" -d stm32h743 -d esp32-s3 -d nrf52840; test $$? -le 1
+	@echo "== 2. Make it fit: TAP proxy on 16 photos + exact ILP, flash budget of uniform 6-bit weights, int8 activations"
+	$(TAP) plan efficientnet_lite0 -d raspberry-pi-5 --runtime onnxruntime --calib $(SAMPLE) --flash-like w6 \
+		--act-bits 8 --out $(OUT)/plan.json
+	$(TAP) eval efficientnet_lite0 --plan $(OUT)/plan.json --data $(SAMPLE) --limit 96 --out $(OUT)/eval-plan.json
+	@echo "== 3. Build it and prove it: ONNX Runtime artifact, measured in a child process"
+	$(TAP) compile efficientnet_lite0 --plan $(OUT)/plan.json --backend onnxruntime -d raspberry-pi-5 --out $(OUT)/ort
+	$(TAP) measure $(OUT)/ort/efficientnet_lite0-plan.onnx -d raspberry-pi-5; test $$? -le 1
+	$(TAP) measure $(OUT)/ort/efficientnet_lite0-plan.onnx -d raspberry-pi-5 --json -q > $(OUT)/measure-ort.json; test $$? -le 1
+	@echo "== 4. A microcontroller: ResNet-8 int8 through TFLite, TFLite Micro's arena is the measured truth"
+	$(TAP) check resnet8 -d stm32h743 --json > $(OUT)/check-resnet8.json; test $$? -le 1
+	$(TAP) compile resnet8 --bits w8a8 --backend tflite -d stm32h743 --out $(OUT)/tflite
+	$(TAP) measure $(OUT)/tflite/resnet8-w8a8.tflite -d stm32h743; test $$? -le 1
+	$(TAP) measure $(OUT)/tflite/resnet8-w8a8.tflite -d stm32h743 --json -q > $(OUT)/measure-tflm.json; test $$? -le 1
+	$(TAP) report $(OUT)/check-efficientnet_lite0.json $(OUT)/check-resnet8.json $(OUT)/plan.json \
+		$(OUT)/eval-plan.json $(OUT)/measure-ort.json $(OUT)/measure-tflm.json --out $(OUT)/report.html
+	@echo "== done: open $(OUT)/report.html"
 
 test: install
 	$(PY) -m pytest -q -m "not slow"

@@ -43,11 +43,19 @@ _WEIGHTED = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
 
 def node_module(node_name: str) -> str | None:
-    """``/stage1/conv1/Conv`` -> ``stage1.conv1`` (the TorchScript exporter's scope naming)."""
+    """``/stage1/conv1/Conv`` -> ``stage1.conv1`` (the TorchScript exporter's scope naming). Children of
+    Sequentials repeat their parent's segment (``/blocks/blocks.3/blocks.3.2/conv_pw/Conv`` is timm's
+    ``blocks.3.2.conv_pw``, ``/stage2/shortcut/shortcut.0/Conv`` is ``stage2.shortcut.0``)."""
     parts = [p for p in node_name.split("/") if p]
     if len(parts) < 2:
         return None
-    return ".".join(parts[:-1])
+    segs: list[str] = []
+    for seg in parts[:-1]:
+        if segs and seg.startswith(segs[-1] + "."):
+            segs[-1] = seg  # "shortcut" then "shortcut.0": the child of a Sequential
+        else:
+            segs.append(seg)
+    return ".".join(segs)
 
 
 def _dedupe_identity_initializers(model: Any) -> None:
@@ -239,6 +247,11 @@ class OnnxRuntimeBackend(Backend):
                     overrides[_activation_output(node, consumers)] = [{"quant_type": QuantType.QInt16}]
                     entry["activation"] = "int16"
             layers[mod or node.name] = entry
+        missing = sorted(set(bits.layers) - set(layers))
+        if missing:  # a plan layer that maps to no ONNX node would silently stay at the default width
+            raise UserError(f"{len(missing)} plan layer(s) have no node in the exported ONNX graph, e.g. "
+                            f"'{missing[0]}' (nodes map to e.g. '{next(iter(layers), '?')}')",
+                            "was the plan made for this model? (tap-edge plan MODEL ...)")
         if fp:
             import shutil
 

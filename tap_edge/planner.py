@@ -29,6 +29,7 @@ class PlanRequest:
     latency_ms: float | None = None
     sweep: int = 0  # number of flash budgets for a Pareto sweep (0: none)
     weight_bits: list[int] | None = None  # override the runtime's supported widths (research / fake-quant)
+    act_bits: list[int] | None = None  # restrict activation widths (e.g. [8] for an all-integer model)
     default_a: int = 8
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -58,6 +59,12 @@ def make_plan(req: PlanRequest) -> dict[str, Any]:
     runtime = device.runtime(req.runtime)
     if req.weight_bits:
         runtime = runtime.model_copy(update={"weights": {"default": sorted(req.weight_bits)}})
+    if req.act_bits:
+        allowed = {k: [b for b in v if b in req.act_bits] for k, v in runtime.activations.items()}
+        if not allowed["default"]:
+            raise UserError(f"{runtime.name} runs none of the activation widths {req.act_bits}",
+                            f"it supports {runtime.activations['default']}")
+        runtime = runtime.model_copy(update={"activations": {k: v or allowed["default"] for k, v in allowed.items()}})
     get_proxy(req.proxy)  # fail fast on an unknown proxy name
     lm = _torch_model(req.model)
     graph = load_graph(lm)

@@ -19,6 +19,10 @@ One config object (:class:`PTQConfig`, torchao style) describes the whole transf
   already quantized: ``act_calib="minmax"`` (default; the TFLite converter's choice) or ``"percentile"``
   (``act_percentile`` of the values, on a strided subsample of at most 2**20 values per tensor).
 - Biases stay float (an int32 bias at scale ``s_w * s_a`` adds no visible error).
+
+Many small tensor ops (the clipping search of 50 layers, batch-1 passes) run on :func:`run_tasks`: one worker
+thread per core, each with a single OpenMP thread. That beats intra-op threading on such work and, unlike it,
+does not collapse (spinning OpenMP barriers) when other jobs share the cores.
 """
 
 from __future__ import annotations

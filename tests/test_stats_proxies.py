@@ -23,7 +23,12 @@ from tap_edge.proxies import (
     list_proxies,
     register_proxy,
 )
-from tap_edge.proxies.builtin import hutchinson_traces, orthogonality_matrix, tap_program_source
+from tap_edge.proxies.builtin import (
+    hutchinson_traces,
+    orthogonality_matrix,
+    output_space_traces,
+    tap_program_source,
+)
 from tap_edge.quantize import folded_copy
 from tap_edge.stats import LAYERSTATS_API, compute_layer_stats, load_layer_stats, save_layer_stats
 
@@ -208,6 +213,19 @@ def test_ompq_orthogonality_and_modes(setups: dict) -> None:
         get_proxy("ompq")(stats, None, per_bit="square")
 
 
+def test_hawq_estimators_agree_on_ranking(setups: dict) -> None:
+    from scipy.stats import spearmanr
+
+    s = setups["resnet8"]
+    a = get_proxy("hawq")(s["stats"], s["ctx"])
+    b = get_proxy("hawq")(s["stats"], s["ctx"], estimator="params", max_iter=40)
+    ra = [a[st.name][4] for st in s["stats"]]
+    rb = [b[st.name][4] for st in s["stats"]]
+    assert spearmanr(ra, rb).correlation > 0.5
+    with pytest.raises(UserError, match="estimator"):
+        get_proxy("hawq")(s["stats"], s["ctx"], estimator="exact")
+
+
 def test_qerror_model_level(setups: dict) -> None:
     s = setups["resnet8"]
     kl = get_proxy("qerror")(s["stats"], s["ctx"], level="model")
@@ -225,10 +243,14 @@ def test_hutchinson_matches_exact_trace() -> None:
     try:
         tr, it = hutchinson_traces(lin, x, [lin.weight], "argmax_ce", max_iter=400, min_iter=400)
         tr_kl, _ = hutchinson_traces(lin, x, [lin.weight], max_iter=400, min_iter=400)
+        lin.weight.requires_grad_(True)
+        tr_out = output_space_traces(lin, x, [lin.weight], probes=200)
+        lin.weight.requires_grad_(False)
     finally:
         torch.set_num_threads(n)
     p = torch.softmax(lin(x), 1).detach()
     exact = float(((p * (1 - p)).sum(1) * (x ** 2).sum(1)).mean())
     assert it == 400 and tr[0] == pytest.approx(exact, rel=0.1)
     assert tr_kl[0] == pytest.approx(exact, rel=0.1)  # a linear model: the CE Hessian is the Gauss-Newton one
+    assert tr_out[0] == pytest.approx(exact, rel=0.1)
     assert not lin.weight.requires_grad

