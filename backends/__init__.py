@@ -88,6 +88,15 @@ class Backend:
                 f"backend '{self.name}' needs {', '.join(miss)}, which is not installed", self.install_hint()
             )
 
+    def require_pytorch(self, model: Any, bits: Any) -> None:
+        """Backends here compile PyTorch models at explicit widths: say so in one line otherwise."""
+        if model.module is None:
+            raise UserError(f"{model.spec}: the {self.name} backend compiles PyTorch models",
+                            "pass a bundled model, timm:NAME or package.module:factory")
+        if bits.native:
+            raise UserError("--bits native means the model's stored dtypes; a PyTorch model has none",
+                            "pass --bits w8a8 or a --plan")
+
     # ---- what it serves --------------------------------------------------------------------------------
     def serves_runtime(self, runtime: str) -> bool:
         return any(fnmatch.fnmatch(runtime, p) for p in self.runtimes)

@@ -179,16 +179,7 @@ class OnnxRuntimeBackend(Backend):
         import torch
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-        if model.module is None:
-            raise UserError(
-                f"{model.spec}: the onnxruntime backend compiles PyTorch models",
-                "pass a bundled model, timm:NAME or package.module:factory",
-            )
-        if bits.native:
-            raise UserError(
-                "--bits native means the model's stored dtypes; a PyTorch model has none",
-                "pass --bits w8a8 or a --plan",
-            )
+        self.require_pytorch(model, bits)
         out_dir.mkdir(parents=True, exist_ok=True)
         stem = f"{_safe(model.spec)}-{bits.label()}"
         float_path = out_dir / f"{stem}.float.onnx"

@@ -185,16 +185,7 @@ class TFLiteBackend(Backend):
         check: np.ndarray | None = None,
     ) -> Path:
         self.require()
-        if model.module is None:
-            raise UserError(
-                f"{model.spec}: the tflite backend compiles PyTorch models",
-                "pass a bundled model, timm:NAME or package.module:factory",
-            )
-        if bits.native:
-            raise UserError(
-                "--bits native means the model's stored dtypes; a PyTorch model has none",
-                "pass --bits w8a8 or a --plan",
-            )
+        self.require_pytorch(model, bits)
         mode = self._mode(graph, bits)
         out_dir.mkdir(parents=True, exist_ok=True)
         stem = f"{_safe(model.spec)}-{bits.label()}"
