@@ -333,6 +333,9 @@ def test_loop_end_to_end_with_scripted_llm(tmp_path: Path, script_all: list[str]
     assert r.code == 0 and "## Best program" in (tmp_path / "run.md").read_text()
     r = run_cli("evolve", "--report", str(tmp_path / "run"), "--json")
     assert json.loads(r.out)["valid"] == summary["valid"]
+    # the summary is a result the HTML report renders (TAP search section)
+    r = run_cli("evolve", "--report", str(tmp_path / "run"), "-q", "--html", str(tmp_path / "run.html"))
+    assert r.code == 0 and '<section id="search"' in (tmp_path / "run.html").read_text()
 
 
 def test_repair_deletes_the_failing_statement(tmp_path: Path) -> None:

@@ -197,6 +197,7 @@ def measure_cmd(
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs.")] = 3,
     timeout: Annotated[float, typer.Option(help="Seconds before the measurement child is killed.")] = 300.0,
     threads: Annotated[int, typer.Option(min=1, help="Runtime threads.")] = 1,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report here.")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -223,6 +224,9 @@ def measure_cmd(
         console.print_json(report)
     else:
         print_report(report)
+    from tap_edge.commands.report import write_html_if_requested
+
+    write_html_if_requested(report, html)
     if report["verdict"] not in ("FITS", "MEASURED") or report["flags"]:
         raise typer.Exit(EXIT_FAIL)
 

@@ -51,6 +51,7 @@ def evolve_cmd(
     templates: Annotated[Path | None, typer.Option(help="Folder with your own evolve_*.txt templates.")] = None,
     cpu_seconds: Annotated[float, typer.Option(help="CPU limit of one program run.")] = 10.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report of the run here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Search for a sensitivity proxy with an LLM (TAP): evolve programs, score them on search tasks."""
@@ -69,6 +70,7 @@ def evolve_cmd(
             console.print_json(summary)
         else:
             print_report(summary)
+        _html(summary, html)
         return
     from tap_edge.evolve.prompts import GRAMMARS
 
@@ -120,6 +122,13 @@ def evolve_cmd(
         console.print_json(summary)
     else:
         print_report(summary)
+    _html(summary, html)
+
+
+def _html(summary: dict, html: Path | None) -> None:
+    from tap_edge.commands.report import write_html_if_requested
+
+    write_html_if_requested(summary, html)
 
 
 def print_report(summary: dict) -> None:

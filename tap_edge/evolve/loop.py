@@ -647,12 +647,16 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
             "best_fitness", "best_id", "median_population_fitness", "templates_used", "probs_before",
             "probs_after")})
         generations[-1]["n_pairs"] = (e.get("dpo") or {}).get("n_pairs")
+        # the names the HTML report reads (tap_edge.report, schema tap-edge/evolve-run)
+        generations[-1].update(gen=g, median_fitness=e.get("median_child_fitness"),
+                               template_probs=e.get("probs_after"))
     times = [ev["t"] for ev in events if "t" in ev]
     settings = doc.get("settings", {})
     llm = dict(settings.get("llm", {}))
     if isinstance(llm.get("extra_body"), dict) and "grammar" in llm["extra_body"]:
         llm["extra_body"] = {**llm["extra_body"], "grammar": "<GBNF>"}
     return {
+        "schema": RUN_FORMAT, "version": RUN_VERSION,
         "run_dir": str(d), "created": doc.get("created"), "settings": {**settings, "llm": llm},
         "tasks": tasks, "generations": generations, "best": best,
         "candidates": len(prompts), "evaluated": len(fits), "valid": len(valid),
