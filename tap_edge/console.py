@@ -34,9 +34,9 @@ def print_json(data: Any) -> None:
 
 @contextmanager
 def progress(description: str, total: int | None = None) -> Iterator[Any]:
-    """A progress bar on stderr (hidden with --quiet or when stderr is not a terminal and total is None)."""
+    """A progress bar on stderr (hidden with --quiet and when stderr is not a terminal, e.g. in CI logs)."""
     p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                 console=err, disable=_state["quiet"], transient=True)
+                 console=err, disable=_state["quiet"] or not err.is_terminal, transient=True)
     with p:
         task = p.add_task(description, total=total)
 

@@ -46,7 +46,8 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             close = difflib.get_close_matches(name, list(self._entries), n=3)
-            hint = f"did you mean {', '.join(close)}?" if close else f"see the list of {self.kind}s"
+            plural = self.kind[:-1] + "ies" if self.kind.endswith("y") else self.kind + "s"
+            hint = f"did you mean {', '.join(close)}?" if close else f"see the list of {plural}"
             raise UserError(f"unknown {self.kind} '{name}'", hint) from None
 
     def __contains__(self, name: object) -> bool:
