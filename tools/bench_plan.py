@@ -94,6 +94,8 @@ def main() -> None:
                    "-" if s3 is None else f"{s3:.3f}")
     con.print(t1)
 
+    if args.random_plans <= 0:
+        return
     # ---- random feasible plans at the 4-bit budget --------------------------------------------------------
     rng = np.random.default_rng(0)
     plans, measured = [], []

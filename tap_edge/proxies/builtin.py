@@ -338,6 +338,14 @@ def qerror(stats: list[LayerStats], ctx: ProxyContext, level: str = "layer") -> 
     raise UserError(f"unknown qerror level '{level}'", "use layer or model")
 
 
+@register_proxy("kl", needs_model=True)
+def kl(stats: list[LayerStats], ctx: ProxyContext) -> Costs:
+    """design.md's expensive baseline: ``cost_i(b) = mean KL(p_float || p_b,i)`` of the model output on the
+    calibration batch when only layer ``i`` is quantized at ``b`` bits (``qerror`` with ``level="model"``;
+    one forward pass per layer and width, minutes on EfficientNet-Lite0)."""
+    return _table(stats, _model_output_kl(stats, ctx))
+
+
 # ---- baselines --------------------------------------------------------------------------------------------
 def _noise_shape(bits: list[int]) -> np.ndarray:
     """``4^(8 - b) / 4^6``: quantization noise power relative to 2 bits (1 at 2 bits, 1/4096 at 8)."""
