@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tap_edge.errors import UserError
+from tap_edge.serialize import json_default
 
 MANIFEST_SCHEMA = "tap-edge/artifact"
 MANIFEST_VERSION = 1
@@ -221,7 +222,7 @@ def write_manifest(artifact: Path, data: dict[str, Any]) -> Path:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **data,
     }
-    p.write_text(json.dumps(full, indent=2, default=_jsonable))
+    p.write_text(json.dumps(full, indent=2, default=json_default))
     return p
 
 
@@ -236,16 +237,6 @@ def read_manifest(artifact: Path) -> dict[str, Any]:
             f"{p}: unreadable manifest ({e.__class__.__name__})", "re-run tap-edge compile"
         ) from None
     return data if isinstance(data, dict) else {}
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
 
 
 # ---- helpers shared by backends ----------------------------------------------------------------------------

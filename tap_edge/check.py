@@ -98,7 +98,7 @@ class Checker:
         self._flash_model = flash_breakdown(graph, bits)
 
     def arena(self, runtime: Runtime) -> ArenaPlan:
-        key = (runtime.arena_alignment, runtime.alias_inplace, runtime.scratch, runtime.name.split("-")[0])
+        key = (runtime.name, runtime.arena_alignment, runtime.alias_inplace, runtime.scratch)
         if key not in self._arenas:
             self._arenas[key] = plan_arena_for(self.graph, self.bits, runtime)
         return self._arenas[key]

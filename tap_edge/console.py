@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from tap_edge.serialize import json_default
+
 # Wide tables stay on one line when piped (rich assumes 80 columns without a terminal).
 out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 180)
 err = Console(stderr=True, highlight=False)
@@ -29,7 +31,7 @@ def info(msg: str) -> None:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(data, indent=2, default=json_default) + "\n")
 
 
 @contextmanager

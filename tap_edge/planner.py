@@ -102,11 +102,11 @@ def make_plan(req: PlanRequest) -> dict[str, Any]:
     plan["proxy_scores"] = scores
     plan["calibration"] = {"folder": str(req.calib), "samples": len(calib)}
     if req.sweep:
-        plan["sweep"] = _sweep(graph, costs, runtime, budgets, req, device)
+        plan["sweep"] = _sweep(graph, costs, runtime, budgets, req)
     return plan
 
 
-def _sweep(graph: Any, costs: Any, runtime: Any, budgets: Any, req: PlanRequest, device: Any) -> list[dict[str, Any]]:
+def _sweep(graph: Any, costs: Any, runtime: Any, budgets: Any, req: PlanRequest) -> list[dict[str, Any]]:
     """Pareto front over flash budgets from uniform 2-bit to uniform 8-bit weights."""
     from tap_edge.allocate import pareto_sweep, parse_flash_like
 

@@ -73,6 +73,7 @@ from tap_edge.evolve.prompts import (
 )
 from tap_edge.llm import LLMClient, LLMConfig, LLMError
 from tap_edge.sandbox import SandboxRejection, vet_source
+from tap_edge.serialize import json_default
 
 RUN_FORMAT = "tap-edge/evolve-run"
 RUN_VERSION = 1
@@ -142,7 +143,7 @@ class RunLog:
 
     def append(self, event: dict[str, Any]) -> None:
         event = {"t": round(time.time(), 3), **event}
-        line = json.dumps(event, default=_json_default) + "\n"
+        line = json.dumps(event, default=json_default) + "\n"
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
@@ -169,16 +170,6 @@ def read_events(path: Path) -> list[dict[str, Any]]:
             if isinstance(ev, dict):
                 out.append(ev)
     return out
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,7 +240,7 @@ class Evolution:
                "settings": asdict(settings)}
         templates = load_templates(settings.templates_dir)
         doc["templates_digest"] = templates_digest(templates)
-        (d / "run.json").write_text(json.dumps(doc, indent=2, default=_json_default))
+        (d / "run.json").write_text(json.dumps(doc, indent=2, default=json_default))
         return cls(d, settings, [], client, tasks)
 
     @classmethod
@@ -416,7 +407,7 @@ class Evolution:
                     "llm": self.client.totals() if self.client else None,
                     "evaluated_now": self.evaluated_now, "llm_calls_now": self.llm_calls_now})
         summary = summarize(self.dir)
-        (self.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+        (self.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
         if best and best.get("code"):
             (self.dir / "best_proxy.py").write_text(best_program_text(summary))
         return summary
