@@ -194,7 +194,7 @@ class OnnxRuntimeBackend(Backend):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model.module.eval(),
+                module.eval(),
                 (example,),
                 str(float_path),
                 dynamo=False,

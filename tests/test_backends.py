@@ -203,6 +203,35 @@ def test_onnx_plan_int4_weights_and_int16_activations(tiny: LoadedModel, tmp_pat
     assert man["agreement"]["cosine"] > 0.9
 
 
+def test_onnx_weights_are_the_fake_quant_weights(tiny: LoadedModel, tmp_path: Path) -> None:
+    """The artifact stores exactly the fake-quant model's weights (MSE-clipped grid), not a re-quantization
+    of the float weights with the runtime's own absmax scales."""
+    import onnx
+    from onnx import numpy_helper
+
+    from tap_edge.backends.onnxruntime_backend import node_module
+    from tap_edge.quantize import quantize_model
+
+    plan = BitAssignment.from_plan({"default": {"w": 8, "a": 8}, "layers": {"conv2": {"w": 4, "a": 8}}})
+    xs = _inputs()
+    art = get_backend("onnxruntime").compile(tiny, load_graph(tiny), plan, tmp_path, calib=xs)
+    m = onnx.load(str(art))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    deq = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    fq = dict(quantize_model(tiny.module, plan, torch.from_numpy(xs)).named_modules())
+    checked = 0
+    for node in m.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or node.input[1] not in deq:
+            continue
+        d = deq[node.input[1]]
+        q, scale = inits[d.input[0]].astype(np.float64), inits[d.input[1]].astype(np.float64)
+        stored = q * scale.reshape(-1, *([1] * (q.ndim - 1)))
+        want = fq[node_module(node.name)].weight.detach().double().numpy()
+        np.testing.assert_allclose(stored, want, rtol=1e-5, atol=1e-7)
+        checked += 1
+    assert checked == 3
+
+
 def test_onnx_measure_in_child(tiny: LoadedModel, tmp_path: Path) -> None:
     b = get_backend("onnxruntime")
     art = b.compile(tiny, load_graph(tiny), BitAssignment.parse("w8a8"), tmp_path, calib=_inputs(4))
