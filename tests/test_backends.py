@@ -208,8 +208,8 @@ def test_onnx_weights_are_the_fake_quant_weights(tiny: LoadedModel, tmp_path: Pa
     of the float weights with the runtime's own absmax scales."""
     import onnx
     from onnx import numpy_helper
-
     from tap_edge.backends.onnxruntime_backend import node_module
+
     from tap_edge.quantize import quantize_model
 
     plan = BitAssignment.from_plan({"default": {"w": 8, "a": 8}, "layers": {"conv2": {"w": 4, "a": 8}}})

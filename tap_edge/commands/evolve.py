@@ -34,8 +34,9 @@ def evolve_cmd(
     grammar: Annotated[str | None, typer.Option(
         help="llama.cpp GBNF grammar sent with each request: off; full (forces the reply format and the "
              "function header); score (forces a skeleton, the LLM writes the score lines); edit (score for init, "
-             "mutation/crossover insert 1-8 LLM lines into the parent). Default: edit with --local-llm, else "
-             "off.")] = None,
+             "mutation/crossover insert 1-8 LLM lines into the parent); reweight (score for init, "
+             "mutation/crossover write a per-layer weight expression and a width power that reshape the "
+             "parent's costs). Default: edit with --local-llm, else off.")] = None,
     repair: Annotated[bool, typer.Option("--repair/--no-repair", help="Delete failing statements of a program "
                                                                       "before giving up on it.")] = True,
     population: Annotated[int, typer.Option(help="Candidates per generation.")] = 10,

@@ -58,12 +58,15 @@ from tap_edge.evolve.fitness import (
     init_worker,
 )
 from tap_edge.evolve.prompts import (
-    EDIT_GRAMMAR,
+    EDIT_MODES,
     GRAMMARS,
+    REWEIGHT_FEATURES,
     SYSTEM_PROMPT,
     TEMPLATES,
     apply_edit,
+    apply_reweight,
     compact_code,
+    grammar_for,
     layerstats_api,
     load_templates,
     parse_reply,
@@ -92,7 +95,7 @@ class EvolveSettings:
     tournament: int = 2
     workers: int = 2
     executor: str = "process"  # "process" | "thread"
-    grammar: str = "off"  # off | full | score | edit (see prompts.GRAMMARS); llama.cpp servers only
+    grammar: str = "off"  # off | full | score | edit | reweight (see prompts.GRAMMARS); llama.cpp servers only
     repair: bool = True  # delete failing statements of a program before giving up on it
     templates_dir: str | None = None
     llm: dict[str, Any] = field(default_factory=lambda: asdict(LLMConfig()))
@@ -339,7 +342,7 @@ class Evolution:
 
     def _edit_base(self, template: str, parents: list[Candidate]) -> Candidate | None:
         """In ``--grammar edit`` mode, the parent a mutation / crossover child is an edit of (None: rewrite)."""
-        if self.settings.grammar != "edit" or template not in ("mutation", "crossover") or not parents:
+        if self.settings.grammar not in EDIT_MODES or template not in ("mutation", "crossover") or not parents:
             return None
         return parents[0] if parents[0].code and split_at_final_return(parents[0].code) else None
 
@@ -358,8 +361,10 @@ class Evolution:
         base = self._edit_base(template, parents)
         if base is not None:
             _, tail, names = split_at_final_return(base.code or "") or ([], [""], [])
-            user = user.rstrip() + "\n" + render(self.templates["edit"], return_line=tail[0].strip(),
-                                                  variables=", ".join(names) or "none")
+            suffix = self.templates["reweight" if self.settings.grammar == "reweight" else "edit"]
+            user = user.rstrip() + "\n" + render(suffix, return_line=tail[0].strip(),
+                                                  variables=", ".join(names) or "none",
+                                                  features="\n".join(f"  {f}" for f in REWEIGHT_FEATURES))
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
     # -- the run
@@ -477,7 +482,8 @@ class Evolution:
                 text = rec["reply"]["text"]
             else:
                 try:
-                    grammar = EDIT_GRAMMAR if base is not None else GRAMMARS.get(self.settings.grammar)
+                    grammar = grammar_for(self.settings.grammar, template) if base is not None \
+                        else GRAMMARS.get(self.settings.grammar)
                     reply = self._client().chat(messages or [], extra_body=(
                         {**(self.settings.llm.get("extra_body") or {}), "grammar": grammar} if grammar else None))
                 except LLMError as e:
@@ -499,8 +505,12 @@ class Evolution:
             code, reasoning, problem = parsed.code, parsed.reasoning, parsed.problem
         edit = None
         if base is not None and code is not None:
-            edit, code = code, apply_edit(base.code or "", code)
-            problem = None if code else "the parent has no final return to insert the edit before"
+            if self.settings.grammar == "reweight":
+                edit, code = code, apply_reweight(base.code or "", code)
+                problem = None if code else "the edit is not 'layer_weight = ...' and 'width_power = ...'"
+            else:
+                edit, code = code, apply_edit(base.code or "", code)
+                problem = None if code else "the parent has no final return to insert the edit before"
         if "program" in rec:  # recorded before the crash: the same program
             code, reasoning = rec["program"].get("code"), rec["program"].get("reasoning", "")
         cand.code, cand.reasoning = code, reasoning

@@ -80,15 +80,54 @@ EDIT_GRAMMAR = (
     'line ::= [^\\n`]{1,90} "\\n"\n'
 )
 
+#: Features a ``reweight`` edit may combine: LayerStats entries (tap_edge.stats.LAYERSTATS_API) put on an O(1)
+#: scale, so that a small model's arithmetic on them stays meaningful.
+REWEIGHT_FEATURES = (
+    'layer["position"]',
+    '(1.0 - layer["position"])',
+    'math.log10(layer["params"])',
+    'math.log10(layer["macs"] + 1.0)',
+    'layer["in_zero_frac"]',
+    'layer["out_zero_frac"]',
+    'math.log10(layer["in_p999"] / (layer["in_std"] + 1e-9) + 1.0)',
+    'math.log10(layer["out_p999"] / (layer["out_std"] + 1e-9) + 1.0)',
+    'float(layer["op_class"] == "dwconv")',
+    'float(layer["op_class"] == "fc")',
+    'float(layer["index"] == 0)',
+    'float(layer["index"] == layer["num_layers"] - 1)',
+)
+
+#: llama.cpp GBNF grammar of a ``reweight`` edit (mutation / crossover under ``--grammar reweight``): the model
+#: writes a per-layer weight (an expression over :data:`REWEIGHT_FEATURES` and constants) and the power that
+#: shapes how the parent's cost falls with the width; :func:`apply_reweight` applies both to the parent's
+#: costs. This is the paper's "change the allocation parameters" mutation in a form a 135M model gets right.
+REWEIGHT_GRAMMAR = (
+    'root ::= "REASONING: " reason "\\n\\n```python\\nlayer_weight = " expr "\\nwidth_power = " power "\\n```"\n'
+    'reason ::= [^\\n`]{8,300}\n'
+    'expr ::= term (" " op " " term){0,3}\n'
+    'op ::= "+" | "-" | "*"\n'
+    'term ::= num | feat | num " * " feat\n'
+    'num ::= [0-9] "." [0-9] [0-9]?\n'
+    'power ::= [0-2] "." [0-9] [0-9]?\n'
+    "feat ::= " + " | ".join(_gbnf_literal(f) for f in REWEIGHT_FEATURES) + "\n"
+)
+
 #: ``--grammar``: off | full (header forced) | score (skeleton forced) | edit (score skeleton for init;
-#: mutation and crossover insert 1-8 lines before the parent's final return, see :func:`apply_edit`).
-GRAMMARS = {"off": None, "full": PROXY_GRAMMAR, "score": SCORE_GRAMMAR, "edit": SCORE_GRAMMAR}
+#: mutation and crossover insert 1-8 lines before the parent's final return, see :func:`apply_edit`) |
+#: reweight (score skeleton for init; mutation and crossover reweight the parent's costs per layer and
+#: reshape their fall with the width, see :func:`apply_reweight`).
+GRAMMARS = {"off": None, "full": PROXY_GRAMMAR, "score": SCORE_GRAMMAR, "edit": SCORE_GRAMMAR,
+            "reweight": SCORE_GRAMMAR}
+#: Grammar modes whose mutation / crossover children are edits of their first parent.
+EDIT_MODES = ("edit", "reweight")
 
 
 def grammar_for(mode: str, template: str) -> str | None:
     """The GBNF grammar sent for ``template`` under ``--grammar mode``."""
     if mode == "edit" and template in ("mutation", "crossover"):
         return EDIT_GRAMMAR
+    if mode == "reweight" and template in ("mutation", "crossover"):
+        return REWEIGHT_GRAMMAR
     return GRAMMARS.get(mode)
 
 
@@ -138,6 +177,38 @@ def apply_edit(parent_code: str, edit: str) -> str | None:
     return "\n".join([*head, *new, *tail]).rstrip() + "\n"
 
 
+def apply_reweight(parent_code: str, edit: str) -> str | None:
+    """Apply a ``reweight`` edit (``layer_weight = EXPR`` and ``width_power = NUMBER``) to the parent: its final
+    ``return COSTS`` becomes ``return [w * c ** p for c in COSTS]`` with ``w`` = the layer weight clipped to
+    [0.05, 20] and ``p`` the power clipped to [0.25, 2]. None when the edit is not exactly these two
+    assignments or the parent has no final return."""
+    if split_at_final_return(parent_code) is None:
+        return None
+    try:
+        tree = ast.parse(textwrap.dedent(edit).strip())
+    except (SyntaxError, ValueError):
+        return None
+    assigned = {t.id for st in tree.body if isinstance(st, ast.Assign) for t in st.targets if isinstance(t, ast.Name)}
+    if len(tree.body) != 2 or not all(isinstance(st, ast.Assign) for st in tree.body) \
+            or assigned != {"layer_weight", "width_power"}:
+        return None
+    fn = [st for st in ast.parse(parent_code).body if isinstance(st, ast.FunctionDef) and st.name == "proxy"][-1]
+    ret = fn.body[-1]
+    assert isinstance(ret, ast.Return)
+    if ret.value is None:
+        return None
+    lines = parent_code.splitlines()
+    first = lines[ret.lineno - 1]
+    indent = first[:len(first) - len(first.lstrip())]
+    new = [f"{indent}parent_costs = [max(0.0, float(c)) for c in {ast.unparse(ret.value)}]"] + [
+        indent + ast.unparse(st) for st in tree.body] + [
+        f"{indent}layer_weight = min(20.0, max(0.05, float(layer_weight)))",
+        f"{indent}width_power = min(2.0, max(0.25, float(width_power)))",
+        f"{indent}return [layer_weight * c ** width_power for c in parent_costs]",
+    ]
+    return "\n".join([*lines[:ret.lineno - 1], *new, *lines[ret.end_lineno or ret.lineno:]]).rstrip() + "\n"
+
+
 def normalize_edit(edit: str) -> list[str]:
     """The lines of an edit, undoing what small models do instead of following the edit instructions: a whole
     ``def proxy(...)`` is replaced by its body, and imports are dropped (numpy and math are already there)."""
@@ -165,13 +236,13 @@ def layerstats_api() -> str:
 
 
 def load_templates(folder: str | Path | None = None) -> dict[str, str]:
-    """Read the three templates and the edit-mode suffix (from ``folder`` when given, else the packaged ones)."""
+    """Read the three templates and the edit-mode suffixes (from ``folder`` when given, else the packaged ones)."""
     out: dict[str, str] = {}
-    for name in (*TEMPLATES, "edit"):
+    for name in (*TEMPLATES, "edit", "reweight"):
         fname = f"evolve_{name}.txt"
-        if folder is not None:
+        if folder is not None and (name in TEMPLATES or (Path(folder) / fname).is_file()):
             out[name] = (Path(folder) / fname).read_text()
-        else:
+        else:  # the edit-mode suffixes fall back to the packaged ones
             out[name] = resources.files("tap_edge").joinpath("templates", fname).read_text()
     return out
 

@@ -1,0 +1,109 @@
+"""``--grammar reweight``: mutation / crossover children reshape a working parent's costs per layer (an LLM-written
+weight expression and width power, forced by a llama.cpp grammar), so even a very small model makes valid,
+different children."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+from test_evolve import ScriptedLLM, _settings
+
+from tap_edge.evolve.loop import Evolution, builtin_seed_programs, read_events
+from tap_edge.evolve.prompts import (
+    REWEIGHT_FEATURES,
+    REWEIGHT_GRAMMAR,
+    SCORE_GRAMMAR,
+    apply_reweight,
+    grammar_for,
+    load_templates,
+)
+from tap_edge.llm import LLMClient, LLMConfig
+from tap_edge.sandbox import run_proxy_program, vet_source
+
+PARENT = "import numpy as np\n\ndef proxy(layer, bits):\n    costs = [4.0 ** (-b) for b in bits]\n    return costs\n"
+
+
+def _layer(position: float, op_class: str = "conv") -> dict:
+    return {"position": position, "op_class": op_class, "index": 1, "num_layers": 3, "params": 1000, "macs": 10**6,
+            "in_zero_frac": 0.5, "out_zero_frac": 0.25, "in_p999": 3.0, "in_std": 1.0, "out_p999": 2.0,
+            "out_std": 1.0}
+
+
+def test_reweight_scales_the_parent_costs() -> None:
+    child = apply_reweight(PARENT, 'layer_weight = 1.0 + 2.0 * layer["position"]\nwidth_power = 0.5')
+    assert child is not None
+    vet_source(child)
+    ns: dict = {}
+    exec(compile(child, "child", "exec"), ns)  # trusted: built here from a fixed parent and edit
+    got = ns["proxy"](_layer(0.5), [2, 8])
+    assert got == pytest.approx([2.0 * (4.0 ** -2) ** 0.5, 2.0 * (4.0 ** -8) ** 0.5])
+
+
+def test_reweight_clips_weight_and_power_and_composes() -> None:
+    once = apply_reweight(PARENT, "layer_weight = 0.0\nwidth_power = 9.0")
+    twice = apply_reweight(once or "", 'layer_weight = 3.0 * float(layer["op_class"] == "fc")\nwidth_power = 1.0')
+    assert twice is not None
+    ns: dict = {}
+    exec(compile(twice, "child", "exec"), ns)
+    # first edit: weight clipped to 0.05, power to 2.0; second: weight 0 -> 0.05 (conv), power 1
+    want = [0.05 * (0.05 * (4.0 ** -b) ** 2.0) for b in (2, 4)]
+    assert ns["proxy"](_layer(0.0), [2, 4]) == pytest.approx(want)
+    assert ns["proxy"](_layer(0.0, "fc"), [2, 4]) == pytest.approx([w / 0.05 * 3.0 for w in want])
+
+
+@pytest.mark.parametrize("edit", [
+    "layer_weight = 1.0",  # one line only
+    "layer_weight = 1.0\nwidth_power = 1.0\nx = 2",  # extra statement
+    "weight = 1.0\nwidth_power = 1.0",  # wrong name
+    "layer_weight = (\nwidth_power = 1.0",  # syntax error
+    "import os\nwidth_power = 1.0",
+])
+def test_reweight_rejects_anything_but_the_two_assignments(edit: str) -> None:
+    assert apply_reweight(PARENT, edit) is None
+
+
+def test_reweight_children_of_every_seed_run_in_the_sandbox() -> None:
+    """Every built-in seed, reweighted with every feature, gives a valid program on a real-looking layer."""
+    from tap_edge.evolve.fitness import SyntheticTask, TaskSpec
+
+    layers = SyntheticTask(TaskSpec.parse("synthetic")).program_layers()[:3]
+    expr = " + ".join(f"0.1 * {f}" for f in REWEIGHT_FEATURES)
+    for name, code in builtin_seed_programs().items():
+        child = apply_reweight(code, f"layer_weight = 1.0 + {expr}\nwidth_power = 1.1")
+        assert child is not None, name
+        res = run_proxy_program(child, layers, [2, 4, 8])
+        assert res.ok, (name, res.reason)
+        assert all(math.isfinite(c) and c >= 0 for row in res.costs for c in row)
+
+
+def test_reweight_grammar_names_every_feature_and_the_template_lists_them() -> None:
+    assert grammar_for("reweight", "mutation") == REWEIGHT_GRAMMAR == grammar_for("reweight", "crossover")
+    assert grammar_for("reweight", "init") == SCORE_GRAMMAR
+    for f in REWEIGHT_FEATURES:
+        assert f.replace('"', '\\"') in REWEIGHT_GRAMMAR
+    assert "${features}" in load_templates()["reweight"]
+
+
+def test_loop_in_reweight_mode(tmp_path: Path) -> None:
+    def script(body: dict) -> str:
+        g = body.get("grammar")
+        if g == REWEIGHT_GRAMMAR:
+            assert 'layer["position"]' in body["messages"][-1]["content"]  # the features are listed
+            return 'REASONING: late layers matter more\n```python\nlayer_weight = 1.0 + 1.5 * layer["position"]\n' \
+                   "width_power = 1.2\n```"
+        assert g == SCORE_GRAMMAR
+        return "REASONING: default skeleton\n```python\n" + \
+            "import numpy as np\nimport math\n\ndef proxy(layer, bits):\n    return [1.0 for b in bits]\n```"
+
+    with ScriptedLLM(script) as srv:
+        s = _settings(srv.base_url, grammar="reweight", population=4, generations=2)
+        summary = Evolution.create(tmp_path / "run", s, LLMClient(LLMConfig(**s.llm))).run(show_progress=False)
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    edits = [e for e in events if e["type"] == "program" and e.get("edit")]
+    assert edits, "no mutation / crossover child in generation 1"
+    for e in edits:
+        assert re.search(r"return \[layer_weight \* c \*\* width_power for c in parent_costs\]", e["code"])
+    assert summary["valid"] == len([e for e in events if e["type"] == "program"])
