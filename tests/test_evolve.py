@@ -214,7 +214,7 @@ def test_parse_reply_is_tolerant(text: str, has_code: bool, reason_part: str) ->
 
 def test_templates_are_files_with_the_contract() -> None:
     t = load_templates()
-    assert set(t) == {"init", "mutation", "crossover", "edit"}
+    assert set(t) == {"init", "mutation", "crossover", "edit", "reweight"}
     assert "${return_line}" in t["edit"] and "${variables}" in t["edit"]
     assert "more sensitive layers need more bits" in t["init"].lower()
     for name in ("mutation", "crossover"):
