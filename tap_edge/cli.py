@@ -200,6 +200,8 @@ _CLICK_ABORT = _click_classes("Abort")
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the typer app and turns every error into one line and an exit code."""
+    from rich.markup import escape  # messages are text, not markup: keep e.g. the [ray] of tap-edge[ray]
+
     from tap_edge.commands import load_all
 
     load_all()
@@ -207,12 +209,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rc = app(args=argv, standalone_mode=False)
     except UserError as e:
-        console.err.print(f"[red]error:[/] {e}", soft_wrap=True)
+        console.err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
         sys.exit(e.exit_code)
     except _CLICK_EXIT as e:
         sys.exit(e.exit_code)
     except _CLICK_ERRORS as e:
-        console.err.print(f"[red]error:[/] {e.format_message()}", soft_wrap=True)
+        console.err.print(f"[red]error:[/] {escape(e.format_message())}", soft_wrap=True)
         sys.exit(EXIT_USAGE)
     except (*_CLICK_ABORT, KeyboardInterrupt):
         console.err.print("interrupted")
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # anything unexpected: still one line, traceback only on request
         if debug:
             raise
-        console.err.print(f"[red]internal error:[/] {e.__class__.__name__}: {str(e)[:300]} "
+        console.err.print(f"[red]internal error:[/] {e.__class__.__name__}: {escape(str(e)[:300])} "
                           "(set TAP_EDGE_DEBUG=1 for the traceback and please report it)", soft_wrap=True)
         sys.exit(EXIT_INTERNAL)
     sys.exit(rc if isinstance(rc, int) else 0)

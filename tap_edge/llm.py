@@ -177,13 +177,14 @@ def find_local_model(package: str = LOCAL_MODEL_PACKAGE) -> str:
 
 
 def _die_with_parent() -> None:
-    """In the server's child process (Linux): get SIGTERM when the process that started it dies, even by
-    ``kill -9``, so no server outlives ``tap-edge evolve --local-llm``."""
+    """In the server's child process (Linux): get SIGKILL when the process that started it dies, even by
+    ``kill -9``, so no server outlives ``tap-edge evolve --local-llm`` (SIGKILL, not SIGTERM: on SIGTERM the
+    server first finishes the generation in progress, for up to a minute here; it has nothing to save)."""
     try:
         import ctypes
         import signal
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001 - other systems: best effort
         pass
 

@@ -546,3 +546,87 @@ def test_apply_edit_and_split() -> None:
     whole = "import numpy as np\nfrom math import exp\ndef proxy(layer):\n    s = s + 1.0\n    t = 2\n"
     assert apply_edit(parent, whole) == "import numpy as np\n\ndef proxy(layer, bits):\n    s = 1.0\n" \
                                         "    s = s + 1.0\n    t = 2\n    return [s for b in bits]\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the Ray executor (the ray extra; a local Ray instance)
+
+SPIN = "REASONING: never ends\n```python\ndef proxy(layer, bits):\n    x = 0\n    while x >= 0:\n        x += 1\n" \
+       "    return [1.0] * len(bits)\n```"
+NEEDS_RAY = "the ray extra is not installed: pip install 'tap-edge[ray]'"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # starts a local Ray instance: 27-40 s here
+def test_ray_executor_scores_like_the_process_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ray = pytest.importorskip("ray", reason=NEEDS_RAY)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a local instance with `workers` CPUs
+    t0 = time.perf_counter()
+    fits: dict[str, dict[str, tuple[bool, float | None, str | None]]] = {}
+    for executor in ("process", "ray"):
+        with ScriptedLLM([SPIN, GOOD_GRAD, GOOD_SIZE, NAN, GOOD_GRAD, GOOD_SIZE]) as srv:
+            s = _settings(srv.base_url, executor=executor, workers=2, population=4, generations=2,
+                          limits={"cpu_seconds": 1, "memory_mb": 512, "wall_seconds": 2})
+            summary = Evolution.create(tmp_path / executor, s, LLMClient(LLMConfig(**s.llm))).run(show_progress=False)
+        assert summary["finished"] and summary["valid"] >= 3
+        fits[executor] = {e["cid"]: (e["ok"], e.get("fitness"), e.get("stage"))
+                          for e in read_events(tmp_path / executor / "events.jsonl") if e["type"] == "fitness"}
+    assert fits["ray"] == fits["process"]  # the same programs, the same fitness, the same failures
+    reasons = " ".join(summary["invalid_reasons"])
+    assert "limit exceeded" in reasons  # the sandbox's limits hold inside a Ray worker
+    doc = json.loads((tmp_path / "ray" / "run.json").read_text())["settings"]
+    info = doc["executor_info"]
+    assert doc["executor"] == "ray" and info["executor"] == "ray" and info["ray_started_here"]
+    assert info["ray_resources"]["CPU"] == 2 and info["ray_nodes"] == 1 and ":" in info["ray_address"]
+    assert summary["settings"]["executor_info"] == info
+    start = next(e for e in read_events(tmp_path / "ray" / "events.jsonl") if e["type"] == "run_start")
+    assert start["settings"]["executor_info"] == info
+    assert json.loads((tmp_path / "process" / "run.json").read_text())["settings"]["executor_info"] == {
+        "executor": "process", "workers": 2}
+    assert not ray.is_initialized()  # the instance it started is shut down
+    assert time.perf_counter() - t0 < 60
+
+
+def test_ray_executor_without_ray_names_the_extra(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if the extra were not installed
+    r = run_cli("evolve", "--executor", "ray", "--run-dir", str(tmp_path / "run"), "--task", "synthetic", "-q")
+    assert r.code == 2 and "pip install 'tap-edge[ray]'" in r.err
+    assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+    assert not (tmp_path / "run").exists()
+    r = run_cli("evolve", "--ray-address", "auto", "--run-dir", str(tmp_path / "run"), "-q")
+    assert r.code == 2 and "--executor ray" in r.err
+    r = run_cli("evolve", "--executor", "dask", "--run-dir", str(tmp_path / "run"), "-q")
+    assert r.code == 2 and "unknown --executor" in r.err
+
+
+def test_unreachable_ray_address_is_a_one_line_error(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+                                                     ) -> None:
+    from tap_edge.errors import UserError
+
+    pytest.importorskip("ray", reason=NEEDS_RAY)
+    address = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    t0 = time.perf_counter()
+    r = run_cli("evolve", "--executor", "ray", "--ray-address", address, "--run-dir", str(tmp_path / "run"),
+                "--task", "synthetic", "-q")
+    assert r.code == 2 and f"cannot reach the Ray cluster at {address}" in r.err
+    assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv("RAY_ADDRESS", address)  # no --ray-address: auto, i.e. RAY_ADDRESS
+    r = run_cli("evolve", "--executor", "ray", "--run-dir", str(tmp_path / "run"), "--task", "synthetic", "-q")
+    assert r.code == 2 and address in r.err
+    r = run_cli("evolve", "--executor", "ray", "--ray-address", "head-node", "--run-dir", str(tmp_path / "run"))
+    assert r.code == 2 and "not HOST:PORT" in r.err
+    # through the API (e.g. a resumed run whose cluster is gone): refused before anything is logged
+    s = _settings("http://127.0.0.1:9/v1", executor="ray", ray_address=address)
+    evo = Evolution.create(tmp_path / "api", s)
+    with pytest.raises(UserError, match="cannot reach"):
+        evo.run(show_progress=False)
+    assert read_events(tmp_path / "api" / "events.jsonl") == []
+    assert time.perf_counter() - t0 < 30

@@ -48,10 +48,10 @@ def test_reweight_clips_weight_and_power_and_composes() -> None:
     assert twice is not None
     ns: dict = {}
     exec(compile(twice, "child", "exec"), ns)
-    # first edit: weight clipped to 0.05, power to 2.0; second: weight 0 -> 0.05 (conv), power 1
-    want = [0.05 * (0.05 * (4.0 ** -b) ** 2.0) for b in (2, 4)]
+    # first edit: weight clipped to 0.2, power to 1.5; second: weight 0 -> 0.2 (conv), power 1
+    want = [0.2 * (0.2 * (4.0 ** -b) ** 1.5) for b in (2, 4)]
     assert ns["proxy"](_layer(0.0), [2, 4]) == pytest.approx(want)
-    assert ns["proxy"](_layer(0.0, "fc"), [2, 4]) == pytest.approx([w / 0.05 * 3.0 for w in want])
+    assert ns["proxy"](_layer(0.0, "fc"), [2, 4]) == pytest.approx([w / 0.2 * 3.0 for w in want])
 
 
 @pytest.mark.parametrize("edit", [
@@ -107,3 +107,18 @@ def test_loop_in_reweight_mode(tmp_path: Path) -> None:
     for e in edits:
         assert re.search(r"return \[layer_weight \* c \*\* width_power for c in parent_costs\]", e["code"])
     assert summary["valid"] == len([e for e in events if e["type"] == "program"])
+
+
+def test_survivors_are_distinct_behaviours(tmp_path: Path) -> None:
+    """Init replies that all reduce to the same program occupy one population slot, not many."""
+    same = "REASONING: same\n```python\nimport numpy as np\nimport math\n\ndef proxy(layer, bits):\n" \
+           "    return [float(layer['params']) * 4.0 ** (-b) for b in bits]\n```"
+    with ScriptedLLM([same] * 64) as srv:
+        s = _settings(srv.base_url, population=4, generations=2, seed_builtins=False)
+        Evolution.create(tmp_path / "run", s, LLMClient(LLMConfig(**s.llm))).run(show_progress=False)
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    details = {e["cid"]: e.get("tasks") for e in events if e["type"] == "fitness" and e.get("ok")}
+    assert len(details) >= 4
+    last = [e for e in events if e["type"] == "generation"][-1]["population"]
+    assert len(last) == 1, last  # every candidate allocated the same widths
+    assert details[last[0]][0]["bits"]

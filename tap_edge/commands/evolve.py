@@ -48,7 +48,12 @@ def evolve_cmd(
     seed_builtins: Annotated[bool, typer.Option("--seed-builtins/--no-seed-builtins",
                                                 help="Put the built-in proxy programs in generation 0.")] = True,
     workers: Annotated[int, typer.Option(help="Fitness evaluations in parallel.")] = 2,
-    executor: Annotated[str, typer.Option(help="process (local pool) or thread.")] = "process",
+    executor: Annotated[str | None, typer.Option(
+        help="Where fitness evaluations run: process (local pool, default), thread, or ray (a Ray cluster; "
+             "needs the ray extra). With --resume: default the run's own.")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="With --executor ray: the cluster's HOST:PORT or auto. Default: auto if RAY_ADDRESS is set, else a "
+             "local Ray instance with --workers CPUs.")] = None,
     templates: Annotated[Path | None, typer.Option(help="Folder with your own evolve_*.txt templates.")] = None,
     cpu_seconds: Annotated[float, typer.Option(help="CPU limit of one program run.")] = 10.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -77,8 +82,12 @@ def evolve_cmd(
 
     if grammar is not None and grammar not in GRAMMARS:
         raise UserError(f"unknown --grammar '{grammar}'", f"use one of {', '.join(GRAMMARS)}")
-    if executor == "ray":
-        raise UserError("--executor ray is not available in this version", "use --executor process")
+    if executor not in (None, "process", "thread", "ray"):
+        raise UserError(f"unknown --executor '{executor}'", "use process, thread or ray")
+    if ray_address is not None and (executor or ("ray" if resume is not None else "process")) != "ray":
+        raise UserError("--ray-address is only used with --executor ray", "add --executor ray")
+    if executor == "ray":  # before anything starts or is created: Ray installed, the cluster reachable
+        _check_ray(ray_address)
     server = None
     try:
         if local_llm:
@@ -97,7 +106,11 @@ def evolve_cmd(
             if grammar is None:
                 grammar = "edit"
         if resume is not None:
-            evo = Evolution.resume(resume, overrides={"workers": workers})
+            execution = {"executor": executor, "ray_address": ray_address}
+            evo = Evolution.resume(resume, overrides={"workers": workers,
+                                                      **{k: v for k, v in execution.items() if v is not None}})
+            if executor is None and evo.settings.executor == "ray":
+                _check_ray(evo.settings.ray_address)
             if server is not None:
                 evo.settings.llm["base_url"] = server.base_url  # a new port; the model is the same
             evo.client = LLMClient(LLMConfig(**evo.settings.llm))
@@ -105,7 +118,8 @@ def evolve_cmd(
             llm = LLMConfig(base_url=llm_base_url, model=llm_model, temperature=temperature, max_tokens=max_tokens)
             settings = EvolveSettings(
                 population=population, generations=generations, tasks=list(task or EvolveSettings().tasks),
-                alpha=alpha, seed=seed, seed_builtins=seed_builtins, workers=workers, executor=executor,
+                alpha=alpha, seed=seed, seed_builtins=seed_builtins, workers=workers,
+                executor=executor or "process", ray_address=ray_address,
                 grammar=grammar or "off", repair=repair, templates_dir=str(templates) if templates else None,
                 llm=asdict(llm),
                 limits={"cpu_seconds": cpu_seconds, "memory_mb": 1024, "wall_seconds": 2 * cpu_seconds})
@@ -124,6 +138,18 @@ def evolve_cmd(
     else:
         print_report(summary)
     _html(summary, html)
+
+
+def _check_ray(address: str | None) -> None:
+    """Ray installed and its cluster reachable and willing (joined once, then left), else a one-line error
+    before a run directory exists."""
+    from tap_edge.evolve.loop import import_ray, join_ray_cluster, resolve_ray_address
+
+    ray = import_ray()
+    target = resolve_ray_address(address)
+    if target is not None and not ray.is_initialized():
+        join_ray_cluster(target)
+        ray.shutdown()
 
 
 def _html(summary: dict, html: Path | None) -> None:

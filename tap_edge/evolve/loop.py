@@ -94,7 +94,9 @@ class EvolveSettings:
     seed_builtins: bool = True
     tournament: int = 2
     workers: int = 2
-    executor: str = "process"  # "process" | "thread"
+    executor: str = "process"  # "process" | "thread" | "ray" (the ray extra)
+    ray_address: str | None = None  # --executor ray: HOST:PORT or auto; None: auto if RAY_ADDRESS is set, else local
+    executor_info: dict[str, Any] | None = None  # set when evaluations start: executor, Ray address, resources
     grammar: str = "off"  # off | full | score | edit | reweight (see prompts.GRAMMARS); llama.cpp servers only
     repair: bool = True  # delete failing statements of a program before giving up on it
     templates_dir: str | None = None
@@ -177,6 +179,14 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------------------
 # seeds: the built-in proxies as programs
+
+def behaviour_key(cand: Candidate) -> str:
+    """What a candidate did on the search tasks (its widths per task); its id when that is not recorded."""
+    widths = [(t.get("task"), t.get("bits")) for t in (cand.details or []) if isinstance(t, dict)]
+    if not widths or any(w is None for _, w in widths):
+        return cand.id
+    return json.dumps(widths, sort_keys=True, default=str)
+
 
 def builtin_seed_programs() -> dict[str, str]:
     """Program sources shipped in ``tap_edge/proxies/programs/*.py`` (the seed TAP program and any others)
@@ -373,12 +383,13 @@ class Evolution:
         tasks = self.tasks()
         # seeds fill at most half of generation 0, so the init template is used too (tap_seed comes first)
         seeds = list(builtin_seed_programs().items())[:max(1, s.population // 2)] if s.seed_builtins else []
+        executor = self._executor()  # first: an unreachable Ray cluster stops the run before anything is logged
         if not self.started:
             self._emit({"type": "run_start", "settings": asdict(s), "tasks": describe_tasks(tasks),
                         "seeds": [n for n, _ in seeds], "templates_digest": templates_digest(self.templates)})
         else:
-            self._emit({"type": "resume", "recorded_candidates": len(self.recorded)})
-        executor = self._executor()
+            self._emit({"type": "resume", "recorded_candidates": len(self.recorded),
+                        "executor_info": s.executor_info})
         total = s.generations * s.population
         failures = 0
         try:
@@ -424,23 +435,46 @@ class Evolution:
                    f"gen {gen + 1}/{self.settings.generations} cand {idx + 1}/{self.settings.population}")
 
     def _executor(self) -> Any:
+        """The pool fitness evaluations run on: a local process pool (default), threads (tests), or Ray
+        tasks (:class:`RayExecutor`). What was used, and where, is recorded in ``run.json``."""
         s = self.settings
-        if s.executor == "thread":
+        info: dict[str, Any] = {"executor": s.executor, "workers": max(1, s.workers)}
+        if s.executor == "ray":
+            ex: Any = RayExecutor([TaskSpec.parse(t) for t in s.tasks], s.cache_dir, s.ray_address, s.workers)
+            info.update(ex.info)
+        elif s.executor == "thread":
             tasks = self.tasks()
             ex = ThreadPoolExecutor(max_workers=max(1, s.workers))
             ex.tasks = tasks  # type: ignore[attr-defined]
-            return ex
-        if s.executor != "process":
-            raise UserError(f"unknown executor '{s.executor}'", "use process or thread")
-        import multiprocessing as mp
+        elif s.executor == "process":
+            import multiprocessing as mp
 
-        specs = [TaskSpec.parse(t) for t in s.tasks]
-        return ProcessPoolExecutor(max_workers=max(1, s.workers), mp_context=mp.get_context("spawn"),
-                                   initializer=init_worker, initargs=(specs, s.cache_dir))
+            specs = [TaskSpec.parse(t) for t in s.tasks]
+            ex = ProcessPoolExecutor(max_workers=max(1, s.workers), mp_context=mp.get_context("spawn"),
+                                     initializer=init_worker, initargs=(specs, s.cache_dir))
+        else:
+            raise UserError(f"unknown executor '{s.executor}'", "use process, thread or ray")
+        self._record_executor(info)
+        return ex
+
+    def _record_executor(self, info: dict[str, Any]) -> None:
+        """Write this session's executor settings into ``run.json`` (a resume may change them: they do not
+        change results)."""
+        s = self.settings
+        s.executor_info = info
+        meta = self.dir / "run.json"
+        doc = json.loads(meta.read_text())
+        doc.setdefault("settings", {}).update(executor=s.executor, workers=s.workers, ray_address=s.ray_address,
+                                              executor_info=info)
+        tmp = meta.with_name("run.json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2, default=json_default))
+        os.replace(tmp, meta)
 
     def _submit(self, executor: Any, code: str) -> Future:
         self.evaluated_now += 1
         s = self.settings
+        if isinstance(executor, RayExecutor):
+            return executor.evaluate(code, s.alpha, self.limits, s.repair)
         tasks = executor.tasks if isinstance(executor, ThreadPoolExecutor) else None
         return executor.submit(evaluate_program, code, s.alpha, self.limits, tasks, s.repair)
 
@@ -552,8 +586,17 @@ class Evolution:
         pairs = preference_pairs([(c.template, c.fitness) for c in children if c.template in TEMPLATES])
         rec = self.controller.update(pairs)
         merged = {c.id: c for c in [*self.population, *children] if c.valid}
-        self.population = sorted(merged.values(), key=lambda c: (-(c.fitness or 0.0), c.id))[
-            :self.settings.population]
+        ranked = sorted(merged.values(), key=lambda c: (-(c.fitness or 0.0), c.id))
+        # survivors: one per behaviour (same widths on every task = the same program to the search), so copies
+        # of one program (e.g. init replies the repair step reduced to the same lines) do not fill the population
+        seen: set[str] = set()
+        self.population = []
+        for c in ranked:
+            key = behaviour_key(c)
+            if key not in seen:
+                seen.add(key)
+                self.population.append(c)
+        self.population = self.population[:self.settings.population]
         if gen in self.gen_done:
             return
         fits = [c.fitness for c in children if c.valid]
@@ -571,6 +614,175 @@ class Evolution:
                     "templates_used": counts, "probs_before": before, "probs_after": rec["probs_after"],
                     "dpo": rec, "population": [c.id for c in self.population]})
         self.gen_done.add(gen)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the Ray executor (optional extra: pip install 'tap-edge[ray]')
+
+RAY_INSTALL = "pip install 'tap-edge[ray]'"
+RAY_HINT = "start one with `ray start --head`, or fix --ray-address / RAY_ADDRESS"
+RAY_AUTH_HINT = ("is it a Ray head node (GCS port) of the same Ray version? with token authentication (Ray's "
+                 "default) set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
+_RAY_TASKS: dict[tuple[tuple[TaskSpec, ...], str | None], list[SearchTask]] = {}
+
+
+def _ray_evaluate(code: str, alpha: float, limits: Limits, repair: bool, specs: tuple[TaskSpec, ...],
+                  cache_dir: str | None) -> dict[str, Any]:
+    """One Ray task: the search tasks are built once per Ray worker process (as the process pool's initializer
+    does), then the same :func:`evaluate_program`, whose sandbox runs the program in a limited child process."""
+    key = (specs, cache_dir)
+    if key not in _RAY_TASKS:
+        _RAY_TASKS[key] = [build_task(spec, Path(cache_dir) if cache_dir else None) for spec in specs]
+    return evaluate_program(code, alpha, limits, _RAY_TASKS[key], repair)
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a one-line error naming the extra."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray, which is not installed", RAY_INSTALL) from None
+    return ray
+
+
+def probe_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Fail fast when nothing listens at ``address``: ``ray.init`` would retry for minutes."""
+    import socket
+
+    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UserError(f"Ray address '{address}' is not HOST:PORT", "give the head node's GCS address, e.g. "
+                                                                    "10.0.0.5:6379, or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({e.strerror or e})", RAY_HINT) from None
+
+
+def resolve_ray_address(requested: str | None) -> str | None:
+    """What to pass to ``ray.init(address=...)``, or None to start a local instance. ``requested`` None means
+    ``auto`` when RAY_ADDRESS is set, else local; ``auto`` means RAY_ADDRESS, else the last ``ray start`` on
+    this machine. The cluster is probed first, so an unreachable one is a one-line error, not a long hang.
+    ``auto`` is passed on as such: Ray then also picks up a local cluster's authentication token."""
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    address = requested or ("auto" if env else "local")
+    if address == "local" or (address == "auto" and env == "local"):
+        return None
+    if address != "auto":
+        probe_ray_address(address)
+        return address
+    if env and env != "auto":
+        probe_ray_address(env)
+        return address
+    import_ray()
+    try:
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+    except ImportError:  # a Ray without this helper: ray.init looks the cluster up itself
+        return address
+    try:
+        found = canonicalize_bootstrap_address_or_die("auto")
+    except (ConnectionError, ValueError) as e:
+        raise UserError(f"--ray-address auto: no running Ray cluster found ({str(e).splitlines()[0]})",
+                        RAY_HINT) from None
+    probe_ray_address(found)
+    return address
+
+
+def join_ray_cluster(target: str) -> None:
+    """``ray.init`` on a cluster. Ray's core logs each failed attempt of its ~20 s connect window straight to
+    file descriptor 2; those lines are caught, and on failure the last one is the reason given (e.g. a missing
+    authentication token), so the error stays one line. On success they are passed on."""
+    import logging
+    import re
+    import sys
+    import tempfile
+
+    ray = import_ray()
+    with tempfile.TemporaryFile() as log:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            ray.init(address=target, logging_level=logging.ERROR, log_to_driver=False)
+            failure: Exception | None = None
+        except Exception as e:  # Ray raises many kinds here (ConnectionError, RayError, ValueError, ...)
+            failure = e
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        text = log.read().decode(errors="replace")
+    if failure is None:
+        sys.stderr.write(text)
+        return
+    reasons = re.findall(r"\] \S+:\d+: (.+)", text) or [str(failure).strip().split("\n")[0]]
+    raise UserError(f"cannot join the Ray cluster at {target}: {reasons[-1].strip()}", RAY_AUTH_HINT)
+
+
+class RayExecutor:
+    """Fitness evaluations as Ray tasks, behind the two calls the loop makes on a pool: :meth:`evaluate`
+    returns a ``concurrent.futures.Future`` (``ObjectRef.future()``) and :meth:`shutdown`. Connects to a
+    cluster, or starts a local instance with ``workers`` CPUs; shuts down only what it started (a Ray session
+    opened before it is left alone). ``info`` describes the cluster for ``run.json``."""
+
+    def __init__(self, specs: list[TaskSpec], cache_dir: str | None, address: str | None, workers: int) -> None:
+        import logging
+
+        ray = import_ray()
+        self._ray = ray
+        self._owns = not ray.is_initialized()
+        target = resolve_ray_address(address) if self._owns else None
+        if self._owns and target is not None:
+            join_ray_cluster(target)
+        elif self._owns:
+            try:
+                ray.init(num_cpus=max(1, workers), include_dashboard=False, object_store_memory=256 << 20,
+                         logging_level=logging.ERROR, log_to_driver=False)
+            except Exception as e:  # Ray raises many kinds here (RuntimeError, RayError, ValueError, ...)
+                raise UserError(f"cannot start a local Ray instance: {str(e).strip().splitlines()[0]}",
+                                "see /tmp/ray/session_latest/logs") from None
+        self._remote = ray.remote(_ray_evaluate)
+        self._specs = tuple(specs)
+        self._cache_dir = cache_dir
+        self._pending: list[tuple[Any, Future]] = []
+        try:
+            resources = ray.cluster_resources()
+            self.info: dict[str, Any] = {
+                "ray_version": ray.__version__, "ray_address": ray.get_runtime_context().gcs_address,
+                "ray_started_here": self._owns and target is None,
+                "ray_nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
+                "ray_resources": {k: v for k, v in sorted(resources.items()) if not k.startswith("node:")}}
+        except BaseException:
+            self.shutdown(wait=False)
+            raise
+
+    def evaluate(self, code: str, alpha: float, limits: Limits, repair: bool) -> Future:
+        """Submit one program's fitness evaluation (the references are kept until done, so none is freed)."""
+        self._pending = [(r, f) for r, f in self._pending if not f.done()]
+        ref = self._remote.remote(code, alpha, limits, repair, self._specs, self._cache_dir)
+        fut = ref.future()
+        self._pending.append((ref, fut))
+        return fut
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        """Cancel (or wait for) what is still running, then stop the Ray session this executor opened."""
+        from concurrent.futures import wait as wait_all
+
+        ray = self._ray
+        if cancel_futures:
+            for ref, fut in self._pending:
+                if not fut.done():
+                    try:
+                        ray.cancel(ref)
+                    except Exception:  # already finished, or the cluster is gone
+                        pass
+        elif wait:
+            wait_all([f for _, f in self._pending])
+        self._pending = []
+        if self._owns and ray.is_initialized():
+            ray.shutdown()
 
 
 class _NoBar:
