@@ -490,15 +490,20 @@ def local_llm() -> Iterator[str]:
 def test_real_local_llm_end_to_end(tmp_path: Path, local_llm: str) -> None:
     from dataclasses import asdict
 
-    llm = LLMConfig(base_url=local_llm, model="smollm2", temperature=0.2, max_tokens=400, timeout=300)
-    s = _settings(local_llm, population=3, generations=2, grammar="score", seed_builtins=False, llm=asdict(llm),
+    llm = LLMConfig(base_url=local_llm, model="smollm2", temperature=0.7, max_tokens=450, timeout=300)
+    # seed 0, population 3: generation 1 draws crossover for every slot (mutation when fewer than two parents
+    # are valid), so all three are reweight edits of working programs (the seed at least)
+    s = _settings(local_llm, population=3, generations=2, grammar="reweight", seed_builtins=True, llm=asdict(llm),
                   limits={"cpu_seconds": 5, "memory_mb": 1024, "wall_seconds": 10})
     evo = Evolution.create(tmp_path / "run", s, LLMClient(llm))
     summary = evo.run(show_progress=False)
     assert summary["finished"] and summary["candidates"] == 6
     events = read_events(tmp_path / "run" / "events.jsonl")
     replies = [e for e in events if e["type"] == "reply"]
-    assert replies and all(e["text"].startswith("REASONING: ") for e in replies)
+    assert len(replies) == 5 and all(e["text"].startswith("REASONING: ") for e in replies)
+    edits = {e["cid"] for e in events if e["type"] == "program" and e.get("edit")}
+    ok = {e["cid"] for e in events if e["type"] == "fitness" and e.get("ok")}
+    assert edits & ok, "no valid reweight child from the real LLM"
     assert summarize(tmp_path / "run")["best"] is not None
 
 

@@ -122,3 +122,30 @@ def test_survivors_are_distinct_behaviours(tmp_path: Path) -> None:
     last = [e for e in events if e["type"] == "generation"][-1]["population"]
     assert len(last) == 1, last  # every candidate allocated the same widths
     assert details[last[0]][0]["bits"]
+
+
+def test_lineage_and_best_program_header() -> None:
+    """An edit child's saved program names its chain of edits and drops the module docstring it inherited (a
+    seed's "hand-written" label would be false for it)."""
+    from tap_edge.evolve.loop import best_program_text, lineage
+
+    seed = ('"""HAND-WRITTEN SEED doc."""\n\nimport numpy as np\n\n\ndef proxy(layer, bits):\n'
+            "    costs = [1.0 for b in bits]\n    return costs\n")
+    edit = 'layer_weight = 1.0 + 0.5 * layer["position"]\nwidth_power = 1.2'
+    child = apply_reweight(seed, edit)
+    assert child is not None
+    progs = {"g0c0": {"code": seed, "reasoning": "seed"},
+             "g1c3": {"code": child, "edit": edit, "edit_base": "g0c0", "reasoning": "late layers"}}
+    prompts = {"g0c0": {"template": "seed", "seed": "tap_seed"}, "g1c3": {"template": "mutation"}}
+    fits = {"g0c0": {"fitness": 1.0}, "g1c3": {"fitness": 1.25}}
+    chain = lineage("g1c3", progs, prompts, fits)
+    assert [c["id"] for c in chain] == ["g1c3", "g0c0"] and chain[1]["seed"] == "tap_seed"
+    summary = {"run_dir": "runs/r9", "settings": {"llm": {"model": "m"}, "tasks": ["synthetic"]}, "generations": [],
+               "best": {"id": "g1c3", "fitness": 1.25, "template": "mutation", "code": child, "lineage": chain}}
+    text = best_program_text(summary)
+    assert "HAND-WRITTEN SEED" not in text and "def proxy" in text
+    assert "# Lineage: g1c3 (mutation) = LLM edit of g0c0" in text and "built-in seed 'tap_seed'" in text
+    assert max(len(ln) for ln in text.splitlines()) <= 120
+    ns: dict = {}
+    exec(compile(text, "best", "exec"), ns)
+    assert ns["proxy"]({"position": 1.0}, [2, 4]) == pytest.approx([1.5, 1.5])

@@ -154,7 +154,7 @@ def test_activation_costs_and_table(setups: dict) -> None:
 
 def test_registry() -> None:
     names = list_proxies()
-    for n in ("hawq", "ompq", "fisher", "qerror", "uniform", "random", "tap"):
+    for n in ("hawq", "ompq", "fisher", "qerror", "uniform", "random", "tap", "tap-seed"):
         assert n in names
     assert list_proxies("h*") == ["hawq"]
     with pytest.raises(UserError, match="did you mean hawq"):
@@ -186,19 +186,45 @@ def test_custom_proxy_and_contract(setups: dict) -> None:
         get_proxy("hawq")(stats, ProxyContext())
 
 
-def test_tap_seed_program_in_process_matches_sandbox(setups: dict) -> None:
+@pytest.mark.parametrize(("proxy", "program", "first_line"), [
+    ("tap-seed", "tap_seed.py", "HAND-WRITTEN SEED"),
+    ("tap", "tap_discovered.py", "DISCOVERED BY SEARCH"),
+])
+def test_tap_programs_in_process_match_sandbox(setups: dict, proxy: str, program: str, first_line: str) -> None:
+    from tap_edge.proxies.builtin import PROGRAMS
+
     stats = setups["resnet8"]["stats"]
-    src = tap_program_source()
-    assert "HAND-WRITTEN SEED" in src.splitlines()[0]
+    src = (PROGRAMS / program).read_text()
+    if proxy == "tap":
+        assert tap_program_source() == src  # the tap proxy runs the shipped discovered program
+    assert first_line in src
     ns: dict = {}
-    exec(compile(src, "tap_seed.py", "exec"), ns)  # the shipped seed is trusted code
+    exec(compile(src, program, "exec"), ns)  # the shipped programs are trusted code
     direct = [ns["proxy"](s.to_program_input(), list(s.bits)) for s in stats]
-    via = get_proxy("tap")(stats, None)
+    via = get_proxy(proxy)(stats, None)
     for s, row in zip(stats, direct, strict=True):
         assert np.allclose([via[s.name][b] for b in s.bits], row, rtol=1e-9)
         assert all(row[i] >= row[i + 1] for i in range(len(row) - 1))  # fewer bits never cheaper
     with pytest.raises(UserError, match="TAP proxy program failed"):
         get_proxy("tap")(stats, None, source="import os\ndef proxy(layer, bits):\n    return [0.0] * len(bits)\n")
+
+
+def test_discovered_program_has_its_provenance() -> None:
+    """The shipped program names its run and candidate, and that run's summary beside it has the same code."""
+    import re
+
+    from tap_edge.proxies.builtin import DISCOVERED_PROGRAM, PROGRAMS
+
+    src = DISCOVERED_PROGRAM.read_text()
+    m = re.search(r"run (\w+), candidate (g\d+c\d+)", src)
+    assert m, "no run / candidate in the header"
+    summaries = [p.read_text() for p in PROGRAMS.glob("search_*.md")
+                 if f"# TAP search run `{m.group(1)}`" in p.read_text()]
+    assert len(summaries) == 1
+    md = summaries[0]
+    assert f"## Best program: {m.group(2)} " in md
+    body = src[src.index("import numpy as np"):]
+    assert body.strip() in md  # the code is the run's best program, unchanged
 
 
 def test_ompq_orthogonality_and_modes(setups: dict) -> None:

@@ -29,14 +29,16 @@ def evolve_cmd(
     llm_model: Annotated[str, typer.Option(help="Model name sent to the endpoint.")] = "local",
     local_llm: Annotated[bool, typer.Option("--local-llm", help="Start the offline llama.cpp server with "
                                                                 "SmolLM2-135M (implies --grammar).")] = False,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature (0-0.3 suits small models).")] = 0.2,
+    temperature: Annotated[float | None, typer.Option(
+        help="Sampling temperature. Default 0.2 (free-form code from a small model needs it low); 0.7 with "
+             "--grammar reweight, where the grammar keeps replies valid and variety helps the search.")] = None,
     max_tokens: Annotated[int, typer.Option(help="Reply length limit.")] = 600,
     grammar: Annotated[str | None, typer.Option(
         help="llama.cpp GBNF grammar sent with each request: off; full (forces the reply format and the "
              "function header); score (forces a skeleton, the LLM writes the score lines); edit (score for init, "
              "mutation/crossover insert 1-8 LLM lines into the parent); reweight (score for init, "
              "mutation/crossover write a per-layer weight expression and a width power that reshape the "
-             "parent's costs). Default: edit with --local-llm, else off.")] = None,
+             "parent's costs). Default: reweight with --local-llm, else off.")] = None,
     repair: Annotated[bool, typer.Option("--repair/--no-repair", help="Delete failing statements of a program "
                                                                       "before giving up on it.")] = True,
     population: Annotated[int, typer.Option(help="Candidates per generation.")] = 10,
@@ -104,7 +106,7 @@ def evolve_cmd(
             llm_base_url, llm_model = server.base_url, "smollm2"
             max_tokens = min(max_tokens, 450)  # prompt + reply must fit the 2048-token context
             if grammar is None:
-                grammar = "edit"
+                grammar = "reweight"
         if resume is not None:
             execution = {"executor": executor, "ray_address": ray_address}
             evo = Evolution.resume(resume, overrides={"workers": workers,
@@ -115,6 +117,8 @@ def evolve_cmd(
                 evo.settings.llm["base_url"] = server.base_url  # a new port; the model is the same
             evo.client = LLMClient(LLMConfig(**evo.settings.llm))
         else:
+            if temperature is None:
+                temperature = 0.7 if grammar == "reweight" else 0.2
             llm = LLMConfig(base_url=llm_base_url, model=llm_model, temperature=temperature, max_tokens=max_tokens)
             settings = EvolveSettings(
                 population=population, generations=generations, tasks=list(task or EvolveSettings().tasks),

@@ -31,10 +31,12 @@ edit and deletion is logged. Rejection reasons go back to the LLM in the next mu
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
 import statistics
+import textwrap
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -846,7 +848,7 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
                 "seed": prompts.get(best_id, {}).get("seed") or None,
                 "reasoning": progs.get(best_id, {}).get("reasoning"), "code": progs.get(best_id, {}).get("code"),
                 "repairs": progs.get(best_id, {}).get("repairs"),
-                "tasks": valid[best_id].get("tasks")}
+                "tasks": valid[best_id].get("tasks"), "lineage": lineage(best_id, progs, prompts, fits)}
     reasons: dict[str, int] = {}
     for f in fits.values():
         if not f.get("ok"):
@@ -883,6 +885,35 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     }
 
 
+def lineage(cid: str, progs: dict[str, dict[str, Any]], prompts: dict[str, dict[str, Any]],
+            fits: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chain of edits that made ``cid``: itself, the parent it is an edit of, ... down to a program the LLM
+    wrote whole or a built-in seed (each with template, fitness and the LLM's edit)."""
+    out: list[dict[str, Any]] = []
+    while cid and cid in progs and len(out) < 100:
+        p, pr = progs[cid], prompts.get(cid, {})
+        out.append({"id": cid, "template": pr.get("template"), "seed": pr.get("seed") or None,
+                    "fitness": fits.get(cid, {}).get("fitness"), "edit": p.get("edit"),
+                    "reasoning": p.get("reasoning")})
+        cid = p.get("edit_base") if p.get("edit") else None
+    return out
+
+
+def _without_module_docstring(code: str) -> str:
+    """``code`` without its module docstring (an edit child inherits its ancestor's, which describes the
+    ancestor: e.g. a seed's "hand-written" label)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return code
+    first = tree.body[0] if tree.body else None
+    if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+            and isinstance(first.value.value, str)):
+        return code
+    lines = code.splitlines()
+    return "\n".join(lines[:first.lineno - 1] + lines[first.end_lineno or first.lineno:]).lstrip("\n")
+
+
 def best_program_text(summary: dict[str, Any]) -> str:
     """The best program with its provenance as a comment header (a file ``plan --proxy`` can load)."""
     best = summary["best"]
@@ -901,9 +932,23 @@ def best_program_text(summary: dict[str, Any]) -> str:
         "# Reasoning: " + " ".join((best.get("reasoning") or "").split())[:600],
         *([f"# Repair removed {len(best['repairs'])} failing statement(s) of the LLM's program."]
           if best.get("repairs") else []),
-        "",
     ]
-    return "\n".join(lines) + (best.get("code") or "").rstrip() + "\n"
+    chain = best.get("lineage") or []
+    for step, parent in zip(chain, chain[1:], strict=False):
+        edit = " ; ".join(ln.strip() for ln in (step.get("edit") or "").splitlines() if ln.strip())
+        lines.append(f"# Lineage: {step['id']} ({step.get('template')}) = LLM edit of {parent['id']}: {edit[:300]}")
+    if len(chain) > 1:
+        root = chain[-1]
+        lines.append(f"# Lineage: {root['id']} = " + (f"built-in seed '{root['seed']}'" if root.get("seed") else
+                                                      f"written whole by the LLM ({root.get('template')})")
+                     + (f", fitness {root['fitness']:.4f}" if root.get("fitness") is not None else "")
+                     + "; its module docstring (about that program) is dropped here.")
+    code = best.get("code") or ""
+    if len(chain) > 1:
+        code = _without_module_docstring(code)
+    wrapped = [w for ln in lines for w in textwrap.wrap(ln, 116, subsequent_indent="#   ", break_long_words=False,
+                                                        break_on_hyphens=False)]
+    return "\n".join([*wrapped, ""]) + code.rstrip() + "\n"
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -949,5 +994,17 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         if best.get("repairs"):
             out += ["", "Statements the repair step deleted from the LLM's program:", ""]
             out += [f"- `{r['removed'][:100]}` ({r['error'][:100]})" for r in best["repairs"]]
-        out += ["", "```python", (best.get("code") or "").rstrip(), "```", ""]
+        chain = best.get("lineage") or []
+        code = best.get("code") or ""
+        if len(chain) > 1:
+            out += ["", "Lineage (each step an LLM edit of the next):", ""]
+            for step in chain:
+                fit = f"{step['fitness']:.4f}" if step.get("fitness") is not None else "-"
+                what = (f"`{' ; '.join(ln.strip() for ln in step['edit'].splitlines() if ln.strip())}`"
+                        if step.get("edit") else f"built-in seed '{step['seed']}'" if step.get("seed")
+                        else f"written whole by the LLM ({step.get('template')})")
+                out.append(f"- {step['id']} ({step.get('template')}, fitness {fit}): {what}")
+            code = _without_module_docstring(code)
+            out += ["", "The program (its ancestor's module docstring dropped):"]
+        out += ["", "```python", code.rstrip(), "```", ""]
     return "\n".join(out)

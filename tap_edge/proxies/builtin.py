@@ -20,8 +20,17 @@ from tap_edge.proxies import Costs, ProxyContext, register_proxy
 from tap_edge.quantize import quantize_weight
 from tap_edge.stats import LayerStats, label_free_loss, model_logits, pseudo_targets, run_tasks, worker_threads
 
-#: The TAP program used by the ``tap`` proxy until the search ships a discovered one.
-SEED_PROGRAM = Path(__file__).resolve().parent / "programs" / "tap_seed.py"
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+#: The hand-written starting program of the search (the ``tap-seed`` proxy).
+SEED_PROGRAM = PROGRAMS / "tap_seed.py"
+#: The best program of a real ``tap-edge evolve`` run (provenance in its header and ``programs/search_*.md``):
+#: the ``tap`` proxy's program.
+DISCOVERED_PROGRAM = PROGRAMS / "tap_discovered.py"
+
+
+def default_tap_program() -> Path:
+    """The ``tap`` proxy's program: the discovered one when shipped, else the seed."""
+    return DISCOVERED_PROGRAM if DISCOVERED_PROGRAM.is_file() else SEED_PROGRAM
 
 
 def _rel_qerr(s: LayerStats) -> np.ndarray:
@@ -375,8 +384,8 @@ def random(stats: list[LayerStats], ctx: ProxyContext, seed: int | None = None) 
 
 # ---- TAP --------------------------------------------------------------------------------------------------
 def tap_program_source(path: str | Path | None = None) -> str:
-    """The text of a TAP proxy program (default: the shipped program, :data:`SEED_PROGRAM`)."""
-    p = Path(path) if path else SEED_PROGRAM
+    """The text of a TAP proxy program (default: the shipped program, :func:`default_tap_program`)."""
+    p = Path(path) if path else default_tap_program()
     try:
         return p.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -391,9 +400,9 @@ def tap(stats: list[LayerStats], ctx: ProxyContext, source: str | None = None, p
         wall_seconds: float = 60) -> Costs:
     """A TAP proxy program: Python source defining ``proxy(layer: dict, bits: list[int]) -> list[float]``, called
     once per layer with ``LayerStats.to_program_input()`` (``tap_edge.stats.LAYERSTATS_API``), run vetted in
-    the sandbox (``tap_edge.sandbox.run_proxy_program``). Default program: ``programs/tap_seed.py`` (the
-    hand-written seed until the search ships a discovered one); ``source`` / ``path`` give another;
-    ``layers`` reuses already built program inputs."""
+    the sandbox (``tap_edge.sandbox.run_proxy_program``). Default program: ``programs/tap_discovered.py``, the
+    best program of a real search run (``programs/tap_seed.py``, the hand-written seed, when absent);
+    ``source`` / ``path`` give another; ``layers`` reuses already built program inputs."""
     from tap_edge.sandbox import run_proxy_program  # lazy: the sandbox is only needed for TAP programs
 
     src = source if source is not None else tap_program_source(path)
@@ -404,3 +413,10 @@ def tap(stats: list[LayerStats], ctx: ProxyContext, source: str | None = None, p
     if not res.ok or res.costs is None:
         raise UserError(f"TAP proxy program failed: {res.reason}", "check the program (tap-edge evolve logs why)")
     return _table(stats, [np.asarray(row, np.float64) for row in res.costs])
+
+
+@register_proxy("tap-seed")
+def tap_seed(stats: list[LayerStats], ctx: ProxyContext, layers: list[dict[str, Any]] | None = None) -> Costs:
+    """The hand-written seed of the TAP search (``programs/tap_seed.py``), run like ``tap``: the baseline the
+    discovered program is compared with."""
+    return tap(stats, ctx, path=SEED_PROGRAM, layers=layers)
