@@ -16,10 +16,10 @@ fitness is never evaluated again, a recorded reply is never asked again, and onl
 A torn last line (``kill -9`` while writing) is ignored.
 
 Generation 0 is the initial population (init template, plus the built-in seed programs with
-``seed_builtins``: at most half of it, ``tap_seed`` first); generations 1.. sample a template per child from
-the controller: ``mutation`` (one parent by tournament, its code, reasoning, fitness and the errors it caused),
-``crossover`` (two parents) or ``init``. Survivors are the best ``population`` valid programs of parents and
-children (elitism). After every generation the controller takes preference pairs from that generation's
+``seed_builtins``: at most half of it, the shipped ``tap_discovered`` and ``tap_seed`` first); generations 1..
+sample a template per child from the controller: ``mutation`` (one parent by tournament, its code, reasoning,
+fitness and the errors it caused), ``crossover`` (two parents) or ``init``. Survivors are the best
+``population`` valid programs of parents and children (elitism), one per behaviour (widths on every task). After every generation the controller takes preference pairs from that generation's
 children.
 
 For weak local models: ``grammar`` sends a llama.cpp GBNF grammar (``full``: forced reply format and function
@@ -383,7 +383,7 @@ class Evolution:
     def run(self, *, show_progress: bool = True) -> dict[str, Any]:
         s = self.settings
         tasks = self.tasks()
-        # seeds fill at most half of generation 0, so the init template is used too (tap_seed comes first)
+        # seeds fill at most half of generation 0, so the init template is used too (shipped TAP programs first)
         seeds = list(builtin_seed_programs().items())[:max(1, s.population // 2)] if s.seed_builtins else []
         executor = self._executor()  # first: an unreachable Ray cluster stops the run before anything is logged
         if not self.started:
