@@ -19,13 +19,14 @@ Generation 0 is the initial population (init template, plus the built-in seed pr
 ``seed_builtins``: at most half of it, the shipped ``tap_discovered`` and ``tap_seed`` first); generations 1..
 sample a template per child from the controller: ``mutation`` (one parent by tournament, its code, reasoning,
 fitness and the errors it caused), ``crossover`` (two parents) or ``init``. Survivors are the best
-``population`` valid programs of parents and children (elitism), one per behaviour (widths on every task). After every generation the controller takes preference pairs from that generation's
-children.
+``population`` valid programs of parents and children (elitism), one per behaviour (widths on every task).
+After every generation the controller takes preference pairs from that generation's children.
 
 For weak local models: ``grammar`` sends a llama.cpp GBNF grammar (``full``: forced reply format and function
 header; ``score``: a forced skeleton in which the model writes the score lines; ``edit``: ``score`` for init,
 while mutation / crossover children are the parent's program plus 1-8 lines the model inserts before its final
-``return``), and ``repair`` deletes the statements the sandbox reports as failing (``evolve/repair.py``); every
+``return``; ``reweight``: ``score`` for init, while mutation / crossover children reshape the parent's costs per
+layer with a weight expression and a width power the model writes), and ``repair`` deletes the statements the sandbox reports as failing (``evolve/repair.py``); every
 edit and deletion is logged. Rejection reasons go back to the LLM in the next mutation / crossover prompt.
 """
 
