@@ -26,8 +26,9 @@ For weak local models: ``grammar`` sends a llama.cpp GBNF grammar (``full``: for
 header; ``score``: a forced skeleton in which the model writes the score lines; ``edit``: ``score`` for init,
 while mutation / crossover children are the parent's program plus 1-8 lines the model inserts before its final
 ``return``; ``reweight``: ``score`` for init, while mutation / crossover children reshape the parent's costs per
-layer with a weight expression and a width power the model writes), and ``repair`` deletes the statements the sandbox reports as failing (``evolve/repair.py``); every
-edit and deletion is logged. Rejection reasons go back to the LLM in the next mutation / crossover prompt.
+layer with a weight expression and a width power the model writes), and ``repair`` deletes the statements the
+sandbox reports as failing (``evolve/repair.py``); every edit and deletion is logged.
+Rejection reasons go back to the LLM in the next mutation / crossover prompt.
 """
 
 from __future__ import annotations
