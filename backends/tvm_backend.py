@@ -4,34 +4,63 @@ Compile (needs the ``tvm`` extra: ``apache-tvm==0.26.0`` with ``apache-tvm-ffi==
 shares an environment with litert-torch): the model goes through the onnxruntime backend's export first (an
 int8 QDQ graph at the plan's widths, or the float graph for ``fp32``). TVM cannot import INT4 initializers
 or MatMulNBits, so layers planned below 8 bits are given to TVM at int8 (recorded in the manifest). The ONNX
-graph is imported with ``tvm.relax.frontend.onnx``, built with ``tvm.compile`` for the host (``llvm``) and
-saved as a shared library; Relax's static memory plan is read after block-memory planning (the bytes of the
+graph is imported with ``tvm.relax.frontend.onnx``, built with ``tvm.compile`` for this machine's CPU
+(``llvm`` with the host ``mcpu``, one thread: ``measure`` and ONNX Runtime run one thread) and saved as a
+shared library; Relax's static memory plan is read after block-memory planning (the bytes of the
 ``alloc_storage`` calls that ``StaticPlanBlockMemory`` leaves, and ``estimate_memory_usage``'s text). With
-``--device``, the same module is cross-compiled for the profile's CPU (aarch64 for phones and Raspberry Pi,
-Cortex-M triples for microcontrollers) and the object sizes are reported (code ``lib0.o`` and constants
-``devc.o``; no cross linker is needed).
+``--device``, the same (untuned) module is cross-compiled for the profile's CPU (aarch64 for phones and
+Raspberry Pi, Cortex-M triples for microcontrollers) and the object sizes are reported (code ``lib0.o`` and
+constants ``devc.o``; no cross linker is needed). The artifact's outputs are compared with ONNX Runtime's on
+the same ONNX graph (``agreement`` in the manifest, with the largest absolute difference).
 
-TVM keeps the int8 weights and their ``DequantizeLinear`` (it runs them at every inference: slow untuned);
-the weight bytes reported are the constants of the graph given to TVM (the cross build's ``devc.o`` holds
-them). Untuned: no
-MetaSchedule tuning is run here (80 trials took 27 minutes on 2 cores in issue 5); the latency is the
-untuned default schedule, reported as a ratio to ONNX Runtime by ``tools/bench_backends.py``.
+Untuned, TVM runs its default schedules (plain loop nests, one TIR function per operator): tens of times
+slower than ONNX Runtime. ``--tune-trials N`` tunes the kernels with MetaSchedule (``tvm.s_tir.meta_schedule``)
+on this machine for at most N measured trials in total and builds with the best schedules found
+(``compile_relax``: legalize, fold constants, fuse, ``MetaScheduleApplyDatabase``). Constant folding also
+evaluates ``DequantizeLinear`` of the constant int8 weights at build time, so a tuned ``w8a8`` artifact holds
+float32 weights and dequantizes only activations at run time (``relax_constants`` in the manifest gives the
+bytes). The tuning database (MetaSchedule's ``JSONDatabase``: ``database_workload.json`` and
+``database_tuning_record.json``, plus ``tap-edge-tuning.json`` with the trials and seconds spent per workload)
+lives in ``--tune-db DIR``, by default ``~/.cache/tap-edge/tvm-tuning/<workload key>/``; the key hashes the
+extracted kernels and the target, so a second compile of the same model for the same machine reuses the
+database without tuning again (``tuning.reused`` in the manifest) and a larger N only runs the difference.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
+import logging
+import math
+import os
 import re
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tap_edge.backends import Backend, prediction, write_manifest
+from tap_edge.backends import Backend, agreement, prediction, write_manifest
 
+from tap_edge import console
 from tap_edge.errors import UserError
+
+#: Bookkeeping beside MetaSchedule's two JSONDatabase files: trials and seconds spent per workload key.
+TUNING_STATE_FILE = "tap-edge-tuning.json"
+#: At most this many check inputs are run through TVM and ONNX Runtime for the agreement (untuned TVM takes
+#: seconds per image on large models).
+AGREEMENT_SAMPLES = 32
+#: Seconds one MetaSchedule candidate may take to build / to run. Two shared cores build slowly: the default
+#: 30 s build timeout loses valid candidates.
+BUILD_TIMEOUT_S = 600.0
+RUN_TIMEOUT_S = 120.0
+#: Most trials MetaSchedule measures per task and round (see ``_run_meta_schedule``).
+MAX_TRIALS_PER_ITER = 64
 
 #: LLVM target per device core ISA (the first core of the profile).
 _TRIPLES = {
@@ -121,6 +150,332 @@ def _plan_memory(mod: Any) -> tuple[int, str]:
     return planned_storage_bytes(planned), str(relax.analysis.estimate_memory_usage(planned)).strip()
 
 
+def host_target() -> dict[str, Any]:
+    """The LLVM target of this machine's CPU (``mcpu`` as LLVM detects it), for one thread: ``tap-edge measure``
+    and ONNX Runtime run one thread, and MetaSchedule needs ``num-cores`` to size its parallel loops."""
+    from tvm.target import codegen
+
+    return {"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu()), "num-cores": 1}
+
+
+def default_tuning_root() -> Path:
+    """Where tuning databases go when ``--tune-db`` is not given (one folder per workload key)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tap-edge" / "tvm-tuning"
+
+
+def check_tuning_options(backend: str, trials: int | None, database: Path | None) -> None:
+    """One-line errors for tuning options that cannot work, before any model is loaded."""
+    if trials is None and database is None:
+        return
+    flag = "--tune-trials" if trials is not None else "--tune-db"
+    if backend != "tvm":
+        raise UserError(
+            f"{flag} tunes TVM kernels with MetaSchedule; backend '{backend}' has no tuning step",
+            "pass --backend tvm, or drop the tuning options",
+        )
+    if trials is not None and trials < 0:
+        raise UserError(
+            f"--tune-trials must be 0 or more, got {trials}",
+            "pass a trial budget such as --tune-trials 200 (0: apply an existing database only)",
+        )
+    if database is not None and database.exists() and not database.is_dir():
+        raise UserError(f"--tune-db {database}: not a directory", "pass a folder for the tuning database")
+
+
+@dataclass
+class TuningSummary:
+    """What a tuning call did, as recorded in the artifact's manifest under ``tuning``."""
+
+    database: str
+    workload_key: str
+    target: dict[str, Any]
+    trials_requested: int
+    trials_budget_total: int
+    trials_run: int
+    trials_measured_total: int
+    tuning_s: float
+    tuning_s_total: float
+    reused: bool
+    tasks: int
+    tasks_with_records: int
+    cost_model: str
+    search_strategy: str
+    task_names: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def prepare_for_tuning(mod: Any, target: Any) -> Any:
+    """The passes ``compile_relax`` runs before ``MetaScheduleApplyDatabase`` (library dispatch, legalize,
+    constant folding, fusion): the kernels of this module are the workloads tuned and later looked up."""
+    import tvm
+    from tvm import relax
+
+    seq = tvm.transform.Sequential(
+        [
+            *relax.pipeline.library_dispatch_passes(target),
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+        ]
+    )
+    with target, tvm.transform.PassContext(opt_level=3):
+        return seq(mod)
+
+
+def workload_key(tasks: list[Any], target: Any) -> str:
+    """A stable hash of the kernels to tune (their TIR text) and the target: the same model compiled for the
+    same machine gets the same key, whatever its weights."""
+    h = hashlib.sha256(json.dumps(target.export(), sort_keys=True, default=str).encode())
+    for text in sorted(t.dispatched[0].script() for t in tasks):
+        h.update(text.encode())
+    return h.hexdigest()[:16]
+
+
+def relax_constant_bytes(mod: Any) -> int:
+    """Bytes of the constants in the Relax functions of ``mod`` (after folding: what the artifact stores)."""
+    from tvm import relax
+
+    total = [0]
+
+    @relax.expr_functor.visitor
+    class _Constants(relax.expr_functor.PyExprVisitor):
+        def visit_constant_(self, op: Any) -> None:
+            total[0] += math.prod(int(d) for d in op.data.shape) * np.dtype(op.data.dtype).itemsize
+
+    for fn in mod.functions.values():
+        if isinstance(fn, relax.Function):
+            _Constants().visit_expr(fn)
+    return total[0]
+
+
+def _search_choice() -> tuple[str, str]:
+    """MetaSchedule's learned cost model needs xgboost; without it the evolutionary search would rank
+    candidates with a random model, so sample the design space directly instead (replay-trace)."""
+    if importlib.util.find_spec("xgboost") is not None:
+        return "xgb", "evolutionary"
+    return "random", "replay-trace"
+
+
+def _build_candidate(mod: Any, target: Any, _params: Any) -> Any:
+    """MetaSchedule's ``default_build`` minus its ``import tvm.s_tir.tensor_intrin``, which also parses the CUDA,
+    ROCm and Hexagon intrinsics: a batch took 33 s instead of 4 s here, as the builder starts fresh processes
+    for every batch. A tensorized candidate already carries its intrinsic's body."""
+    from tvm.driver import build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+#: The tensor-intrinsic modules of ``tvm.s_tir.tensor_intrin`` a CPU tuning may use, per host architecture.
+_CPU_INTRINSICS = {"x86_64": "x86", "amd64": "x86", "aarch64": "arm_cpu", "arm64": "arm_cpu", "riscv64": "riscv_cpu"}
+
+
+def _register_cpu_tensor_intrinsics() -> None:
+    """Register only this CPU's tensor intrinsics before MetaSchedule asks for all of them.
+
+    ``TuneContext`` runs ``import tvm.s_tir.tensor_intrin``, whose package ``__init__`` also parses the CUDA,
+    ROCm and Hexagon intrinsics: 22 s on 2 cores here, 106 s under load, for intrinsics a CPU schedule never
+    uses. The package is put in ``sys.modules`` without running its ``__init__`` and
+    the host's own module (x86, arm_cpu or riscv_cpu) is imported under it; TVM's later import is then a
+    no-op. On another architecture, or once the package is imported, nothing changes."""
+    import platform
+    import sys
+
+    name = "tvm.s_tir.tensor_intrin"
+    module = _CPU_INTRINSICS.get(platform.machine().lower())
+    if name in sys.modules or module is None:
+        return
+    import importlib
+
+    import tvm.s_tir
+
+    spec = importlib.util.find_spec(name)
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[name] = package
+    try:
+        importlib.import_module(f"{name}.{module}")
+    except Exception:
+        del sys.modules[name]
+        raise
+    tvm.s_tir.tensor_intrin = package
+
+
+@contextmanager
+def _tuning_environment(threads: int) -> Iterator[None]:
+    """MetaSchedule's runner processes time candidates with ``threads`` TVM threads (inherited through the
+    environment); its console log (stdout) is kept to warnings, the full log goes to ``DIR/logs``."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    old_level, old_threads = logger.level, os.environ.get("TVM_NUM_THREADS")
+    logger.setLevel(logging.WARNING)
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        logger.setLevel(old_level)
+        if old_threads is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = old_threads
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"workloads": {}}
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable tuning state ({e.__class__.__name__})", "delete the file") from None
+    return data if isinstance(data.get("workloads"), dict) else {"workloads": {}}
+
+
+def tune_relax_module(
+    prepared: Any, target: Any, *, trials: int, database_dir: Path | None = None
+) -> tuple[Any, TuningSummary]:
+    """Tune the kernels of ``prepared`` (a module from :func:`prepare_for_tuning`) for ``target`` with
+    MetaSchedule and return (database, summary).
+
+    ``trials`` caps the trials measured for this workload over every call: a database that already holds
+    that many is reused as it is (no tuning), a larger budget runs only the difference. ``trials=0`` applies
+    an existing database and fails when it has no record for these kernels. Each call seeds the search with
+    the number of earlier calls on this workload, so a later call samples other schedules than the first."""
+    from tvm.s_tir import meta_schedule as ms
+
+    tasks = ms.relax_integration.extract_tasks(prepared, target)
+    if not tasks:
+        raise UserError("TVM found no kernels to tune in this model", "compile without --tune-trials")
+    key = workload_key(tasks, target)
+    db_dir = Path(database_dir) if database_dir is not None else default_tuning_root() / key
+    db_dir.mkdir(parents=True, exist_ok=True)
+    database = ms.database.JSONDatabase(work_dir=str(db_dir))
+    state_path = db_dir / TUNING_STATE_FILE
+    state = _read_state(state_path)
+    entry = state["workloads"].get(key, {})
+    done = int(entry.get("trials_budget", 0))
+    new_trials = max(0, trials - done)
+    seed = len(entry.get("sessions", []))
+    cost_model, strategy = _search_choice()
+    records_before = len(database)
+    seconds = 0.0
+    if new_trials:
+        t0 = time.perf_counter()
+        _run_meta_schedule(tasks, target, database, db_dir, new_trials, seed, cost_model, strategy)
+        seconds = time.perf_counter() - t0
+    records_added = len(database) - records_before
+    with_records = sum(
+        database.query_tuning_record(t.dispatched[0], target, "main") is not None for t in tasks
+    )
+    if not with_records:
+        if new_trials:
+            raise UserError(
+                f"MetaSchedule measured no valid schedule in {new_trials} trials", f"see the log in {db_dir}/logs"
+            )
+        raise UserError(
+            f"{db_dir}: no tuning record for this model's {len(tasks)} kernels on {target.attrs.get('mcpu')}",
+            "pass --tune-trials N (N > 0) to tune them",
+        )
+    if new_trials:
+        entry = {
+            "trials_budget": done + new_trials,
+            "trials_measured": int(entry.get("trials_measured", 0)) + records_added,
+            "tuning_s": round(float(entry.get("tuning_s", 0.0)) + seconds, 1),
+            "tasks": len(tasks),
+            "target": target.export(),
+            "cost_model": cost_model,
+            "search_strategy": strategy,
+            "sessions": [
+                *entry.get("sessions", []),
+                {
+                    "trials": new_trials,
+                    "records": records_added,
+                    "seed": seed,
+                    "seconds": round(seconds, 1),
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                },
+            ],
+        }
+        state["workloads"][key] = entry
+        state_path.write_text(json.dumps(state, indent=1, default=str))
+    summary = TuningSummary(
+        database=str(db_dir),
+        workload_key=key,
+        target={k: v for k, v in target.export().items() if k in ("kind", "mcpu", "num-cores", "mtriple")},
+        trials_requested=trials,
+        trials_budget_total=int(entry.get("trials_budget", 0)),
+        trials_run=records_added,
+        trials_measured_total=int(entry.get("trials_measured", records_added)),
+        tuning_s=round(seconds, 1),
+        tuning_s_total=float(entry.get("tuning_s", 0.0)),
+        reused=new_trials == 0,
+        tasks=len(tasks),
+        tasks_with_records=with_records,
+        cost_model=str(entry.get("cost_model", cost_model)),
+        search_strategy=str(entry.get("search_strategy", strategy)),
+        task_names=[t.task_name for t in tasks],
+    )
+    return database, summary
+
+
+def _run_meta_schedule(
+    tasks: list[Any],
+    target: Any,
+    database: Any,
+    db_dir: Path,
+    trials: int,
+    seed: int,
+    cost_model: str,
+    strategy: str,
+) -> None:
+    """One MetaSchedule session: ``trials`` more trials over ``tasks``, records committed to ``database``, a
+    progress bar on stderr. Half the trials go to a first round over every kernel (so each gets some), the
+    gradient task scheduler gives the rest where the estimated latency drops most."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.builder import PyBuilder
+
+    _register_cpu_tensor_intrinsics()
+    per_iter = max(1, min(MAX_TRIALS_PER_ITER, trials // (2 * len(tasks))))
+    with (
+        _tuning_environment(int(target.attrs.get("num-cores", 1))),
+        console.progress(f"tuning {len(tasks)} TVM kernels", total=trials) as bar,
+    ):
+
+        @derived_object
+        class _CountingBuilder(PyBuilder):
+            """MetaSchedule's LocalBuilder, advancing the progress bar by the candidates built (measure
+            callbacks only run when a task's results are collected, which can be a whole round later)."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S, f_build=_build_candidate)
+
+            def build(self, build_inputs: list[Any]) -> list[Any]:
+                results = self.inner.build(build_inputs)
+                bar.advance(len(build_inputs))
+                return results
+
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks, str(db_dir), strategy=strategy, seed=seed, num_threads=os.cpu_count() or 1
+        )
+        ms.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(db_dir),
+            max_trials_global=trials,
+            num_trials_per_iter=per_iter,
+            builder=_CountingBuilder(),
+            runner=ms.runner.LocalRunner(
+                timeout_sec=RUN_TIMEOUT_S,
+                evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=30),
+            ),
+            database=database,
+            cost_model=cost_model,
+        )
+
+
 class TVMBackend(Backend):
     name = "tvm"
     description = (
@@ -154,11 +509,17 @@ class TVMBackend(Backend):
         device: Any = None,
         calib: np.ndarray | None = None,
         check: np.ndarray | None = None,
+        tune_trials: int | None = None,
+        tune_db: Path | None = None,
     ) -> Path:
+        """Build the host artifact (tuned with MetaSchedule when ``tune_trials`` or ``tune_db`` is given, see
+        :func:`tune_relax_module`), cross-compile for ``device`` and write the manifest."""
         self.require()
+        check_tuning_options(self.name, tune_trials, tune_db)
         import onnx
         import tvm
         from tap_edge.backends import get_backend
+        from tvm import relax
         from tvm.relax.frontend.onnx import from_onnx
 
         from tap_edge.bits import BitAssignment, LayerBits
@@ -176,21 +537,43 @@ class TVMBackend(Backend):
         t0 = time.perf_counter()
         from tap_edge.backends.onnxruntime_backend import onnx_weight_bytes
 
+        xs_check = check if check is not None else calib
+        xs_check = xs_check[:AGREEMENT_SAMPLES] if xs_check is not None else None
         with tempfile.TemporaryDirectory(prefix="tap-edge-tvm-") as tmp:
             onnx_path = get_backend("onnxruntime").compile(
                 model, graph, tvm_bits, Path(tmp), calib=calib, check=calib[:2] if calib is not None else None
             )
             proto = onnx.load(str(onnx_path))
             given = onnx_weight_bytes(onnx_path)
+            ort_outputs = _onnxruntime_outputs(onnx_path, xs_check) if xs_check is not None else None
         stripped = strip_scalar_qdq(proto)
         shape = [1, *model.preprocess.input_size]
-        mod = from_onnx(proto, {"input": shape}, keep_params_in_input=False)
+        mod = relax.transform.DecomposeOpsForInference()(from_onnx(proto, {"input": shape}, keep_params_in_input=False))
         planned, estimate = _plan_memory(mod)
-        ex = tvm.compile(mod, target=tvm.target.Target("llvm"))
+        target = tvm.target.Target(host_target())
+        tuning: TuningSummary | None = None
+        if tune_trials is not None or tune_db is not None:
+            from tvm.s_tir import meta_schedule as ms
+
+            prepared = prepare_for_tuning(mod, target)
+            database, tuning = tune_relax_module(prepared, target, trials=tune_trials or 0, database_dir=tune_db)
+            ex = ms.relax_integration.compile_relax(database, mod, target, params=None)
+            constant_bytes = relax_constant_bytes(prepared)
+        else:
+            ex = tvm.compile(mod, target=target)
+            constant_bytes = relax_constant_bytes(mod)
         stem = f"{_safe(model.spec)}-{bits.label()}"
         path = out_dir / f"{stem}.tvm.so"
         ex.export_library(str(path))
         compile_s = time.perf_counter() - t0
+        agree = None
+        if ort_outputs is not None:
+            got = _vm_outputs(relax.VirtualMachine(ex, tvm.cpu()), xs_check)
+            agree = {
+                "reference": "ONNX Runtime (same graph)",
+                **agreement(ort_outputs, got),
+                "max_abs_diff": float(np.abs(ort_outputs.astype(np.float64) - got).max()),
+            }
         cross: dict[str, Any] = {}
         runtime = self.pick_runtime(device) if device is not None else None
         if device is not None:
@@ -200,6 +583,7 @@ class TVMBackend(Backend):
             else:
                 cross = {
                     "target": tgt,
+                    "tuned": False,
                     **self._cross_compile(mod, tgt, out_dir / f"{stem}.{tgt['mtriple']}.tar"),
                 }
         pred = prediction(graph, bits, runtime)
@@ -214,18 +598,26 @@ class TVMBackend(Backend):
                 "input": {"name": "input", "shape": shape, "dtype": "float32"},
                 "compile_s": round(compile_s, 3),
                 "tvm_version": tvm.__version__,
+                "host_target": host_target(),
                 "widened_to_int8": widened,
                 "scalar_qdq_removed": stripped,
-                "tuned": False,
+                "tuned": tuning is not None,
+                "tuning": tuning.to_dict() if tuning is not None else None,
                 "prediction": pred,
                 "relax_memory_plan": {"planned_bytes": planned, "estimate": estimate},
+                "relax_constants": {
+                    "bytes": constant_bytes,
+                    "note": "constants of the built Relax module: a tuned build folds DequantizeLinear of "
+                    "constant int8 weights into float32 weights; the untuned build keeps the int8 weights",
+                },
                 "actual": {
                     "weight_bytes": {
                         **given,
-                        "note": "constants of the QDQ graph given to TVM (int8 weights "
-                        "kept; devc.o of a cross build holds them)",
+                        "note": "constants of the ONNX graph given to TVM (QDQ: int8 weights; the cross "
+                        "build's devc.o holds them)",
                     }
                 },
+                "agreement": agree,
                 "cross_compile": cross,
             },
         )
@@ -259,6 +651,8 @@ class TVMBackend(Backend):
         warmup: int,
         baseline: Callable[[], None],
     ) -> dict[str, Any]:
+        threads = int(manifest.get("measure_options", {}).get("threads", 1))
+        os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts
         import tvm
         from tvm import relax
 
@@ -277,12 +671,37 @@ class TVMBackend(Backend):
         fn = vm["main"]
         times = time_runs(lambda: fn(xt), runs=runs, warmup=warmup)
         plan = manifest.get("relax_memory_plan") or {}
+        tuning = manifest.get("tuning") or {}
+        how = f"tuned, {tuning.get('trials_budget_total')} trials" if tuning else "untuned"
         return {
             "times_ms": times,
-            "runtime": f"tvm {tvm.__version__} (untuned)",
+            "threads": threads,
+            "runtime": f"tvm {tvm.__version__} ({how})",
+            "tvm_tuning": tuning or None,
             "tvm_planned_bytes": plan.get("planned_bytes"),
             "runtime_figures_note": "tvm planned bytes: Relax StaticPlanBlockMemory constant-size storage",
         }
+
+
+def _onnxruntime_outputs(onnx_path: Path, xs: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's outputs on ``xs`` (one at a time, batch 1 as exported), the reference for TVM's."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    return np.stack([sess.run(None, {"input": x[None]})[0][0] for x in xs])
+
+
+def _vm_outputs(vm: Any, xs: np.ndarray) -> np.ndarray:
+    """The Relax VM's first output on each of ``xs`` (batch 1)."""
+    import tvm
+
+    outs = []
+    for x in xs:
+        out = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x[None])))
+        outs.append((out.numpy() if hasattr(out, "numpy") else out[0].numpy())[0])
+    return np.stack(outs)
 
 
 def _safe(spec: str) -> str:

@@ -457,3 +457,101 @@ def test_tflite_int4_conv_plan_measured_by_tflm(tmp_path: Path) -> None:
     assert r["tflm_vs_litert"]["top1_agreement"] == 1.0
     # TFLite Micro's reference conv unpacks int4 filters into a scratch buffer of out x in x kh x kw bytes
     assert r["tflm"]["arena_head_bytes"] >= man["prediction_tflm_host"]["arena_head_bytes"] + 64 * 64
+
+
+# ---- tvm: MetaSchedule tuning ------------------------------------------------------------------------------
+HAS_TVM = importlib.util.find_spec("tvm") is not None
+
+
+class OneConv(nn.Module):
+    """One conv + ReLU: the fewest kernels to tune (a tuning test stays short)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv(x))
+
+
+def test_tvm_tuning_options_are_validated() -> None:
+    from tap_edge.backends.tvm_backend import check_tuning_options
+
+    check_tuning_options("onnxruntime", None, None)  # no tuning asked: nothing to check
+    with pytest.raises(UserError, match="backend 'onnxruntime' has no tuning step"):
+        check_tuning_options("onnxruntime", 10, None)
+    with pytest.raises(UserError, match="--tune-db tunes TVM kernels"):
+        check_tuning_options("tflite", None, Path("db"))
+    with pytest.raises(UserError, match="--tune-trials must be 0 or more, got -1"):
+        check_tuning_options("tvm", -1, None)
+
+
+def test_cli_tvm_tuning_options_are_one_line_errors(run_cli, tmp_path: Path) -> None:
+    r = run_cli("compile", "resnet8", "--backend", "onnxruntime", "--tune-trials", "5", "--out", str(tmp_path))
+    assert r.code == 2 and "has no tuning step" in r.err and len(r.err.strip().splitlines()) == 1
+    r = run_cli("compile", "resnet8", "--backend", "tvm", "--tune-trials", "-3", "--out", str(tmp_path))
+    assert r.code == 2 and "--tune-trials must be 0 or more" in r.err and len(r.err.strip().splitlines()) == 1
+    f = tmp_path / "a-file"
+    f.write_text("")
+    r = run_cli("compile", "resnet8", "--backend", "tvm", "--tune-db", str(f), "--out", str(tmp_path))
+    assert r.code == 2 and "not a directory" in r.err
+    assert not list(tmp_path.glob("*.so"))
+
+
+@pytest.fixture(scope="module")
+def one_conv() -> LoadedModel:
+    return LoadedModel(
+        "one_conv", "torch", OneConv().eval(), preprocess=Preprocess((3, 8, 8), 8, (0.0,) * 3, (1.0,) * 3)
+    )
+
+
+def _conv_inputs(n: int = 4) -> np.ndarray:
+    return np.random.default_rng(2).standard_normal((n, 3, 8, 8)).astype(np.float32)
+
+
+@pytest.mark.skipif(not HAS_TVM, reason="pip install 'tap-edge[tvm]'")
+def test_tvm_tuning_database_is_written_applied_and_reused(one_conv: LoadedModel, tmp_path: Path) -> None:
+    g, bits, xs = load_graph(one_conv), BitAssignment.parse("fp32"), _conv_inputs()
+    b, db = get_backend("tvm"), tmp_path / "db"
+
+    tuned = b.compile(one_conv, g, bits, tmp_path / "tuned", calib=xs, tune_trials=2, tune_db=db)
+    man = read_manifest(tuned)
+    first = man["tuning"]
+    assert man["tuned"] and not first["reused"] and first["trials_run"] >= 1 and first["tuning_s"] > 0
+    assert first["tasks_with_records"] == first["tasks"] >= 1 and first["database"] == str(db)
+    records = (db / "database_tuning_record.json").read_text().splitlines()
+    assert len(records) == first["trials_run"] and (db / "database_workload.json").stat().st_size > 0
+    state = json.loads((db / "tap-edge-tuning.json").read_text())["workloads"][first["workload_key"]]
+    assert state["trials_budget"] == 2 and state["sessions"][0]["records"] == first["trials_run"]
+    assert state["sessions"][0]["seed"] == 0
+    # built with the database's schedules, it computes what ONNX Runtime computes on the same graph
+    assert man["agreement"]["max_abs_diff"] < 1e-4 and man["agreement"]["top1_agreement"] == 1.0
+
+    # the same model, target and database again: reused, nothing tuned, no record added
+    again = read_manifest(b.compile(one_conv, g, bits, tmp_path / "again", calib=xs, tune_trials=2, tune_db=db))
+    tu = again["tuning"]
+    assert tu["reused"] and tu["tuning_s"] == 0 and tu["trials_run"] == 0 and tu["trials_budget_total"] == 2
+    assert tu["workload_key"] == first["workload_key"] and tu["tasks_with_records"] == first["tasks_with_records"]
+    assert (db / "database_tuning_record.json").read_text().splitlines() == records
+    assert again["agreement"]["max_abs_diff"] < 1e-4
+
+    r = measure_artifact(tuned, runs=3, warmup=1, timeout=300)
+    assert r["latency"]["runs"] == 3 and "tuned" in r["runtime"] and r["threads"] == 1
+    assert r["tvm_tuning"]["workload_key"] == first["workload_key"]
+
+
+@pytest.mark.skipif(not HAS_TVM, reason="pip install 'tap-edge[tvm]'")
+def test_tvm_apply_only_needs_records(one_conv: LoadedModel, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no tuning record for this model's 1 kernels"):
+        get_backend("tvm").compile(
+            one_conv,
+            load_graph(one_conv),
+            BitAssignment.parse("fp32"),
+            tmp_path,
+            calib=_conv_inputs(2),
+            tune_trials=0,
+            tune_db=tmp_path / "empty-db",
+        )
+    assert not list(tmp_path.glob("*.so"))

@@ -17,13 +17,21 @@ error row and the results before it are kept (also written to ``--json`` after e
 - weights: tap-edge's flash model (weights + per-channel scales + int32 biases + float constants) vs the
   constant bytes in the artifact, in the same form (the artifact's extra metadata listed apart).
 - agreement: top-1 agreement and cosine of the artifact's outputs with the PTQ fake-quant model on the
-  sample photos (noise inputs for DS-CNN), and TFLM vs LiteRT on the same int8 inputs.
+  sample photos (noise inputs for DS-CNN), and TFLM vs LiteRT on the same int8 inputs; TVM's with ONNX
+  Runtime on the same ONNX graph.
+- TVM: untuned, and with ``--tvm-tune-trials N`` also tuned by MetaSchedule (at most N trials; the database
+  in ``--tvm-tune-db`` or tap-edge's cache is reused when it already holds them, shown as ``reused``); the
+  TVM / ONNX Runtime latency ratio is taken from the same run, with the 1-minute load average at measurement.
+
+    .venv/bin/python tools/bench_backends.py --models resnet8 --backends onnxruntime,tvm --bits fp32 \
+        --tvm-tune-trials 300 --runs 200
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -34,7 +42,10 @@ DEFAULT_MODELS = "resnet8,ds_cnn,efficientnet_lite0,timm:mobilenetv2_100"
 DEFAULT_BACKENDS = "tflite,onnxruntime,tvm"
 
 
-def bench_one(model: str, backend: str, args: argparse.Namespace) -> dict[str, Any]:
+def bench_one(
+    model: str, backend: str, args: argparse.Namespace, tune_trials: int | None = None
+) -> dict[str, Any]:
+    """Compile, then measure in a child process; ``tune_trials``: the tvm backend's MetaSchedule budget."""
     from tap_edge.backends import get_backend, read_manifest, sample_inputs
 
     from tap_edge.bits import BitAssignment
@@ -42,7 +53,12 @@ def bench_one(model: str, backend: str, args: argparse.Namespace) -> dict[str, A
     from tap_edge.measure import measure_artifact
     from tap_edge.models import load_graph, load_model
 
-    row: dict[str, Any] = {"model": model, "backend": backend, "bits": args.bits}
+    row: dict[str, Any] = {
+        "model": model,
+        "backend": backend,
+        "bits": args.bits,
+        "variant": _variant(backend, tune_trials),
+    }
     b = get_backend(backend)
     b.require()
     lm = load_model(model)
@@ -53,12 +69,19 @@ def bench_one(model: str, backend: str, args: argparse.Namespace) -> dict[str, A
     device = get_device(args.device) if args.device and b.serves(get_device(args.device)) else None
     if backend == "tvm" and args.cross:
         device = get_device(args.cross)
+    tuning: dict[str, Any] = {}
+    out_dir = Path(args.out) / backend
+    if tune_trials is not None:
+        tuning = {"tune_trials": tune_trials, "tune_db": Path(args.tvm_tune_db) if args.tvm_tune_db else None}
+        out_dir = Path(args.out) / f"{backend}-tuned"
     t0 = time.perf_counter()
     artifact = b.compile(
-        lm, graph, bits, Path(args.out) / backend, device=device, calib=xs[: args.samples], check=xs[:n_check]
+        lm, graph, bits, out_dir, device=device, calib=xs[: args.samples], check=xs[:n_check], **tuning
     )
     row["compile_s"] = round(time.perf_counter() - t0, 2)
     man = read_manifest(artifact)
+    if man.get("tuning"):  # the database may hold a larger budget than asked for (reused as it is)
+        row["variant"] = f"tuned, {man['tuning']['trials_budget_total']} trials"
     row["artifact"] = str(artifact)
     row["manifest"] = {
         k: man.get(k)
@@ -71,8 +94,12 @@ def bench_one(model: str, backend: str, args: argparse.Namespace) -> dict[str, A
             "relax_memory_plan",
             "cross_compile",
             "widened_to_int8",
+            "tuning",
+            "relax_constants",
+            "host_target",
         )
     }
+    row["load_avg_1min"] = round(os.getloadavg()[0], 2)
     meas = measure_artifact(
         artifact, backend=backend, runs=args.runs, warmup=args.warmup, timeout=args.timeout
     )
@@ -80,6 +107,20 @@ def bench_one(model: str, backend: str, args: argparse.Namespace) -> dict[str, A
     row["measure"] = meas
     row["graph"] = {"ops": len(graph.ops), "tensors": len(graph.tensors), "params": graph.params}
     return row
+
+
+def _variant(backend: str, tune_trials: int | None) -> str:
+    if backend != "tvm":
+        return ""
+    return "untuned" if tune_trials is None else f"tuned, {tune_trials} trials"
+
+
+def _label(r: dict[str, Any]) -> str:
+    return f"{r['backend']} ({r['variant']})" if r.get("variant") else r["backend"]
+
+
+def _ratio(t: float | None, o: float | None) -> str:
+    return f"{t / o:.2f}x" if t and o else "-"
 
 
 def _pct(m: float | None, p: float | None) -> str:
@@ -92,6 +133,10 @@ def _kib(n: float | None) -> str:
     return "-" if n is None else f"{n / 1024:.1f}"
 
 
+def _median(row: dict[str, Any]) -> float | None:
+    return ((row.get("measure") or {}).get("latency") or {}).get("median_ms")
+
+
 def print_tables(rows: list[dict[str, Any]]) -> None:
     ok = [r for r in rows if "error" not in r]
     print("\n## Latency (host CPU, 1 thread; median / p90 ms)")
@@ -101,7 +146,7 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
         m = r["measure"]
         lat, tl = m.get("latency", {}), m.get("tflm_latency", {})
         print(
-            f"| {r['model']} | {r['backend']} | {m.get('runtime')} | {lat.get('median_ms', '-')} | "
+            f"| {r['model']} | {_label(r)} | {m.get('runtime')} | {lat.get('median_ms', '-')} | "
             f"{lat.get('p90_ms', '-')} | {tl.get('median_ms', '-')} |"
         )
     print("\n## Memory and artifact (KiB)")
@@ -126,7 +171,7 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
                 f"{_kib(m.get('ort_inference_growth_bytes'))} KiB"
             )
         print(
-            f"| {r['model']} | {r['backend']} | {_kib(m.get('artifact_bytes'))} | "
+            f"| {r['model']} | {_label(r)} | {_kib(m.get('artifact_bytes'))} | "
             f"{_kib(m.get('peak_rss_bytes'))} | "
             f"{_kib(m.get('wait4_maxrss_bytes'))} | {_kib(m.get('model_rss_bytes'))} | {fig} |"
         )
@@ -164,7 +209,7 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
             if k in ("zero_points", "bias_qparams", "act_qparams", "bias_scales", "shared_buffers_saved")
             and v
         )
-        print(f"| {r['model']} | {r['backend']} | {pred} | {act} | {_pct(act, pred)} | {extras} |")
+        print(f"| {r['model']} | {_label(r)} | {pred} | {act} | {_pct(act, pred)} | {extras} |")
     print("\n## Agreement")
     print(
         "| model | backend | reference | samples | top-1 agreement | cosine | TFLM vs LiteRT top-1 | "
@@ -178,32 +223,55 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
         tv = r["measure"].get("tflm_vs_litert") or {}
         tflm = f"{100 * tv['top1_agreement']:.0f}% of {tv['n']}" if tv else "-"
         print(
-            f"| {r['model']} | {r['backend']} | {a.get('reference')} | {a.get('n')} | "
+            f"| {r['model']} | {_label(r)} | {a.get('reference')} | {a.get('n')} | "
             f"{100 * a.get('top1_agreement', 0):.1f}% | {a.get('cosine')} | {tflm} | "
             f"{tv.get('max_abs_diff', '-')} |"
         )
-    tvm = {r["model"]: r for r in ok if r["backend"] == "tvm"}
+    untuned = {r["model"]: r for r in ok if r["backend"] == "tvm" and r.get("variant") == "untuned"}
+    tuned = {r["model"]: r for r in ok if r["backend"] == "tvm" and r.get("variant", "").startswith("tuned")}
     ortr = {r["model"]: r for r in ok if r["backend"] == "onnxruntime"}
-    if tvm:
-        print("\n## TVM (untuned) vs ONNX Runtime, host latency in one run")
-        print("| model | ORT median ms | TVM median ms | TVM / ORT | Relax planned B | cross objects |")
+    if untuned or tuned:
+        print(f"\n## TVM vs ONNX Runtime, host latency in one run (median ms, 1 thread, --bits {rows[0]['bits']})")
+        print(
+            "| model | ORT | TVM untuned | untuned / ORT | TVM tuned | tuned / ORT | trials (budget / measured) | "
+            "tuning s (this run / all) | workload key | load (1 min) ORT / untuned / tuned |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for model in dict.fromkeys([*untuned, *tuned]):
+            o_row, u_row, t_row = ortr.get(model, {}), untuned.get(model, {}), tuned.get(model, {})
+            o, u, t = (_median(x) for x in (o_row, u_row, t_row))
+            tu = (t_row.get("manifest") or {}).get("tuning") or {}
+            trials = f"{tu.get('trials_budget_total')} / {tu.get('trials_measured_total')}" if tu else "-"
+            secs = f"{tu['tuning_s']} / {tu['tuning_s_total']}" + (" (reused)" if tu["reused"] else "") if tu else "-"
+            load = " / ".join(str(x.get("load_avg_1min", "-")) for x in (o_row, u_row, t_row))
+            print(
+                f"| {model} | {o or '-'} | {u or '-'} | {_ratio(u, o)} | {t or '-'} | {_ratio(t, o)} | {trials} | "
+                f"{secs} | {tu.get('workload_key', '-')} | {load} |"
+            )
+        print("\n## TVM artifacts")
+        print("| model | variant | Relax planned B | constants B | agreement with ORT (max abs diff) | cross objects |")
         print("|---|---|---|---|---|---|")
-        for model, r in tvm.items():
-            t = r["measure"].get("latency", {}).get("median_ms")
-            o = ortr.get(model, {}).get("measure", {}).get("latency", {}).get("median_ms")
-            ratio = f"{t / o:.1f}x" if t and o else "-"
-            plan = (r["manifest"].get("relax_memory_plan") or {}).get("planned_bytes")
-            cross = r["manifest"].get("cross_compile") or {}
+        for r in [*untuned.values(), *tuned.values()]:
+            man = r["manifest"]
+            plan = (man.get("relax_memory_plan") or {}).get("planned_bytes")
+            consts = (man.get("relax_constants") or {}).get("bytes")
+            a = man.get("agreement") or {}
+            agree = (
+                f"top-1 {100 * a.get('top1_agreement', 0):.0f}% of {a.get('n')} ({a.get('max_abs_diff')})"
+                if a
+                else "-"
+            )
+            cross = man.get("cross_compile") or {}
             objs = ", ".join(f"{k} {v} B" for k, v in (cross.get("objects") or {}).items()) or cross.get(
                 "error", "-"
             )
             trip = (cross.get("target") or {}).get("mtriple", "")
-            print(f"| {model} | {o} | {t} | {ratio} | {plan} | {trip} {objs} |")
+            print(f"| {r['model']} | {r['variant']} | {plan} | {consts} | {agree} | {trip} {objs} |")
     errs = [r for r in rows if "error" in r]
     if errs:
         print("\n## Errors")
         for r in errs:
-            print(f"- {r['model']} / {r['backend']}: {r['error']}")
+            print(f"- {r['model']} / {_label(r)}: {r['error']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,28 +289,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--json", default=None, help="Write the rows here (after every row).")
+    ap.add_argument(
+        "--tvm-tune-trials",
+        type=int,
+        default=0,
+        help="Also compile the tvm backend tuned with MetaSchedule, at most N trials per model (0: untuned only).",
+    )
+    ap.add_argument("--tvm-tune-db", default=None, help="Tuning database folder (default: tap-edge's cache).")
+    ap.add_argument("--tvm-skip-untuned", action="store_true", help="With --tvm-tune-trials: no untuned tvm row.")
     args = ap.parse_args(argv)
+    if args.tvm_tune_trials < 0:
+        ap.error("--tvm-tune-trials must be 0 or more")
     rows: list[dict[str, Any]] = []
     for model in [m for m in args.models.split(",") if m]:
         for backend in [b for b in args.backends.split(",") if b]:
-            t0 = time.perf_counter()
-            print(f"[bench] {model} / {backend} ...", file=sys.stderr, flush=True)
-            try:
-                row = bench_one(model, backend, args)
-            except Exception as e:  # keep going: one failure must not lose the other rows
-                row = {
-                    "model": model,
-                    "backend": backend,
-                    "error": f"{e.__class__.__name__}: {str(e)[:300]}",
-                    "traceback": traceback.format_exc()[-2000:],
-                }
-            row["seconds"] = round(time.perf_counter() - t0, 1)
-            rows.append(row)
-            print(
-                f"[bench] {model} / {backend}: {row.get('error', 'ok')} ({row['seconds']} s)",
-                file=sys.stderr,
-                flush=True,
-            )
+            budgets: list[int | None] = [None]
+            if backend == "tvm" and args.tvm_tune_trials:
+                budgets = [args.tvm_tune_trials] if args.tvm_skip_untuned else [None, args.tvm_tune_trials]
+            for tune_trials in budgets:
+                name = f"{model} / {backend}" + (f" tuned ({tune_trials} trials)" if tune_trials else "")
+                t0 = time.perf_counter()
+                print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+                try:
+                    row = bench_one(model, backend, args, tune_trials)
+                except Exception as e:  # keep going: one failure must not lose the other rows
+                    row = {
+                        "model": model,
+                        "backend": backend,
+                        "variant": _variant(backend, tune_trials),
+                        "error": f"{e.__class__.__name__}: {str(e)[:300]}",
+                        "traceback": traceback.format_exc()[-2000:],
+                    }
+                row["seconds"] = round(time.perf_counter() - t0, 1)
+                rows.append(row)
+                print(f"[bench] {name}: {row.get('error', 'ok')} ({row['seconds']} s)", file=sys.stderr, flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
     print_tables(rows)

@@ -109,6 +109,17 @@ def compile_cmd(
             min=1, max=4096, help="Samples on which the artifact's outputs are compared with the reference."
         ),
     ] = 16,
+    tune_trials: Annotated[
+        int | None,
+        typer.Option(
+            help="tvm: tune the kernels with MetaSchedule, at most N trials in all (a database that has them "
+            "is reused; 0: apply the database only)."
+        ),
+    ] = None,
+    tune_db: Annotated[
+        Path | None,
+        typer.Option(help="tvm: tuning database folder (default ~/.cache/tap-edge/tvm-tuning/<workload key>/)."),
+    ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -119,6 +130,10 @@ def compile_cmd(
 
     console.set_quiet(quiet or as_json)
     b = get_backend(backend)
+    from tap_edge.backends.tvm_backend import check_tuning_options
+
+    check_tuning_options(b.name, tune_trials, tune_db)
+    tuning = {"tune_trials": tune_trials, "tune_db": tune_db} if tune_trials is not None or tune_db else {}
     b.require()
     prof = get_device(device) if device else None
     if prof is not None:
@@ -133,7 +148,9 @@ def compile_cmd(
     ba.check_names(graph)
     xs = sample_inputs(lm, max(samples, check_samples), calib)
     console.info(f"compiling {model} ({ba.label()}) with {b.name} ...")
-    artifact = b.compile(lm, graph, ba, out, device=prof, calib=xs[:samples], check=xs[:check_samples])
+    artifact = b.compile(
+        lm, graph, ba, out, device=prof, calib=xs[:samples], check=xs[:check_samples], **tuning
+    )
     man = read_manifest(artifact)
     if as_json:
         console.print_json({**man, "artifact": str(artifact)})
@@ -162,6 +179,14 @@ def _print_compile(artifact: Path, man: dict[str, Any]) -> None:
         console.out.print(
             f"  agreement with the {ag.get('reference')} model on {ag.get('n')} samples: top-1 "
             f"{100 * ag.get('top1_agreement', 0):.1f}%, cosine {ag.get('cosine')}"
+        )
+    tu = man.get("tuning")
+    if tu:
+        how = "reused, no new trials" if tu["reused"] else f"{tu['trials_run']} trials in {tu['tuning_s']:.0f} s"
+        console.out.print(
+            f"  tuned with MetaSchedule ({how}): budget {tu['trials_budget_total']} trials, "
+            f"{tu['trials_measured_total']} measured in {tu['tuning_s_total']:.0f} s in all; "
+            f"{tu['tasks_with_records']}/{tu['tasks']} kernels have records; database {tu['database']}"
         )
     console.out.print(
         f"  next: tap-edge measure {artifact}" + (f" --device {man['device']}" if man.get("device") else "")
