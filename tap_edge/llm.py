@@ -192,7 +192,7 @@ def _die_with_parent() -> None:
 class LocalLLMServer:
     """Start, wait for and stop ``python -m llama_cpp.server`` on 127.0.0.1 (a context manager too)."""
 
-    def __init__(self, model: str | None = None, port: int | None = None, n_ctx: int = 2048, n_threads: int = 1,
+    def __init__(self, model: str | None = None, port: int | None = None, n_ctx: int = 4096, n_threads: int = 1,
                  log_path: str | None = None, alias: str = "smollm2", die_with_parent: bool = True) -> None:
         self.model = model
         self.port = port

@@ -14,7 +14,7 @@ Then:
     python tools/llm_server.py model                  # print the .gguf path
     python tools/llm_server.py run [--port 8080]      # foreground (Ctrl-C stops it)
 
-The server is ``python -m llama_cpp.server --model FILE --host 127.0.0.1 --port P --n_ctx 2048 --n_threads 1``
+The server is ``python -m llama_cpp.server --model FILE --host 127.0.0.1 --port P --n_ctx 4096 --n_threads 1``
 (one thread stays fast when the cores are shared). Point ``tap-edge evolve --llm-base-url
 http://127.0.0.1:P/v1 --llm-model smollm2 --grammar`` at it, or let ``tap-edge evolve --local-llm`` start and
 stop its own.
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("action", choices=["start", "stop", "status", "wait", "model", "run"])
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--ctx", type=int, default=2048)
+    ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--log", default="llm_server.log")
     ap.add_argument("--timeout", type=float, default=180.0)
     a = ap.parse_args(argv)

@@ -104,7 +104,7 @@ def evolve_cmd(
             server = LocalLLMServer(log_path=log).start()
             server.wait_ready()
             llm_base_url, llm_model = server.base_url, "smollm2"
-            max_tokens = min(max_tokens, 450)  # prompt + reply must fit the 2048-token context
+            max_tokens = min(max_tokens, 450)  # a crossover prompt (two parents) + the reply fit the 4096-token context
             if grammar is None:
                 grammar = "reweight"
         if resume is not None:
