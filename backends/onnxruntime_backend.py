@@ -13,6 +13,11 @@ stored integers are exactly the fake-quant model's:
   ``actual`` figures show the container); 16/32 -> the layer is left in float;
 - activations: 8 -> uint8 (ORT's fast path), 16 -> int16 on that layer's output; 32 -> float (layer excluded).
 
+``linear_int4="matmulnbits"`` then rewrites each INT4 QDQ Gemm into ONNX Runtime's 4-bit weight-only kernel
+(``com.microsoft.MatMulNBits``, float compute): its input stays the DequantizeLinear output (activation
+semantics unchanged), its packed uint4 weights are the same integers + 8 (the default zero point, so no zero
+points are stored), every block of an output channel carries that channel's scale (the same weights exactly).
+
 The artifact's outputs are compared with the PTQ fake-quant model (``tap_edge.quantize``; the float model
 when that is not available) on sample inputs: top-1 agreement and cosine similarity, stored in the manifest.
 """
@@ -40,6 +45,8 @@ from tap_edge.errors import UserError
 
 OPSET = 21
 _WEIGHTED = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+LINEAR_INT4 = ("qdq", "matmulnbits")
+_BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two >= 16 (MLAS' fast kernels: up to 256)
 
 
 def node_module(node_name: str) -> str | None:
@@ -130,11 +137,20 @@ def onnx_weight_bytes(path: Path) -> dict[str, int]:
                     t = a.t
                     t.name = node.output[0]
                     consts.append(t)
+    # MatMulNBits (com.microsoft): B is packed uint8 (two 4-bit weights a byte), its scales are per block
+    nbits_role: dict[str, str] = {}
+    for node in m.graph.node:
+        if node.op_type == "MatMulNBits":
+            for i, role in ((1, "weights"), (2, "weight_scales"), (3, "zero_points")):
+                if len(node.input) > i and node.input[i]:
+                    nbits_role[node.input[i]] = role
     for t in consts:
         n = math.prod(t.dims) if t.dims else 1
         b = int(math.ceil(n * sizes.get(t.data_type, 4)))
         name = t.name
-        if name.endswith("_quantized") and t.data_type == TensorProto.INT32:
+        if name in nbits_role:
+            out[nbits_role[name]] += b
+        elif name.endswith("_quantized") and t.data_type == TensorProto.INT32:
             out["bias"] += b
         elif name.endswith(("_quantized_scale", "_quantized_zero_point")):
             out["bias_qparams"] += b
@@ -173,7 +189,12 @@ class OnnxRuntimeBackend(Backend):
         device: Any = None,
         calib: np.ndarray | None = None,
         check: np.ndarray | None = None,
+        linear_int4: str = "qdq",
     ) -> Path:
+        """``linear_int4``: how Gemm layers planned at <= 4 bits are stored: ``"qdq"`` (INT4 QDQ, per-channel)
+        or ``"matmulnbits"`` (com.microsoft MatMulNBits, 4-bit blocks carrying the same per-channel scales)."""
+        if linear_int4 not in LINEAR_INT4:
+            raise UserError(f"linear_int4 must be one of {', '.join(LINEAR_INT4)}, not '{linear_int4}'")
         self.require()
         import onnx
         import torch
@@ -270,6 +291,9 @@ class OnnxRuntimeBackend(Backend):
                 nodes_to_exclude=exclude,
                 extra_options={"TensorQuantOverrides": overrides, "WeightSymmetric": True},
             )
+        nbits: dict[str, Any] = {}
+        if linear_int4 == "matmulnbits" and not fp:
+            nbits = _gemm_int4_to_matmulnbits(q_path, layers)
         compile_s = time.perf_counter() - t0
         float_path.unlink(missing_ok=True)
 
@@ -290,6 +314,8 @@ class OnnxRuntimeBackend(Backend):
                 "opset": OPSET,
                 "layers": layers,
                 "weights_prequantized": prequant,
+                "linear_int4": linear_int4,
+                **({"matmulnbits": nbits} if nbits else {}),
                 "prediction": pred,
                 "actual": {"weight_bytes": actual},
                 "agreement": agree,
@@ -344,6 +370,91 @@ class OnnxRuntimeBackend(Backend):
             "after creating the session minus before; inference growth = peak RSS "
             "during the timed runs minus the peak after loading",
         }
+
+
+def _gemm_int4_to_matmulnbits(path: Path, layers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Rewrite, in place, each Gemm stored ``int4`` (QDQ: ``Gemm(DQ(a), DQ(W_int4, s, 0), DQ(bias))``) into
+    ``MatMulNBits(DQ(a), B, scales, bias=DQ(bias))``: bits 4, B = the same int4 integers + 8 (unsigned, the
+    default zero point 8, so no zero points are stored) packed two a byte (low nibble first), shape
+    [N, n_blocks, block_size / 2], K padded with zeros (stored 8) to n_blocks * block_size; scales [N, n_blocks]
+    with every block of a channel holding that channel's scale. Weights, activation Q/DQ and bias are the QDQ
+    graph's own, so the only numerical difference is float vs ORT's QGemm arithmetic. Gemms with transA,
+    alpha or beta != 1, or non-zero weight zero points stay QDQ. Returns what the manifest records."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(path))
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    by_node = {e["node"]: (mod, e) for mod, e in layers.items()}
+    drop_nodes: list[Any] = []
+    new_nodes: dict[int, Any] = {}
+    converted: dict[str, Any] = {}
+    for idx, node in enumerate(g.node):
+        if node.op_type != "Gemm" or node.name not in by_node:
+            continue
+        mod, entry = by_node[node.name]
+        if entry.get("stored") != "int4":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            continue
+        dq = producer.get(node.input[1])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            continue
+        q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.int16)
+        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
+        zp = numpy_helper.to_array(inits[dq.input[2]]).astype(np.int16) if len(dq.input) > 2 and dq.input[2] else 0
+        if np.any(zp != 0) or q.ndim != 2:
+            continue
+        if not attrs.get("transB", 0):
+            q = q.T  # [K, N] -> [N, K]
+        n_out, k = q.shape
+        if scale.size != n_out or q.min() < -8 or q.max() > 7:
+            continue
+        # the block size storing the fewest bytes (packed weights + per-block float scales); ties: the larger
+        bs = min(_BLOCK_SIZES, key=lambda b: (-(-k // b) * (b // 2 + 4), -b))
+        n_blocks = -(-k // bs)
+        u = np.full((n_out, n_blocks * bs), 8, np.uint8)  # padding: 8 - 8 = 0
+        u[:, :k] = (q + 8).astype(np.uint8)
+        packed = (u[:, 0::2] | (u[:, 1::2] << 4)).astype(np.uint8).reshape(n_out, n_blocks, bs // 2)
+        scales = np.repeat(scale.reshape(n_out, 1), n_blocks, axis=1).astype(np.float32)
+        base = dq.input[0].removesuffix("_quantized") or dq.input[0]
+        b_name, s_name = f"{base}_MatMulNBits_B", f"{base}_MatMulNBits_scales"
+        g.initializer.extend([numpy_helper.from_array(packed, b_name), numpy_helper.from_array(scales, s_name)])
+        inputs = [node.input[0], b_name, s_name]
+        if len(node.input) > 2 and node.input[2]:
+            inputs += ["", "", node.input[2]]  # zero_points (default 8), g_idx: absent; bias
+        new_nodes[idx] = helper.make_node(
+            "MatMulNBits", inputs, [node.output[0]], name=node.name, domain="com.microsoft",
+            K=k, N=n_out, bits=4, block_size=bs,
+        )
+        drop_nodes.append(dq)
+        entry["stored"] = "int4-matmulnbits"
+        entry["block_size"] = bs
+        converted[mod] = {"K": k, "N": n_out, "block_size": bs, "n_blocks": n_blocks}
+    if not converted:
+        return {}
+    nodes = [new_nodes.get(i, n) for i, n in enumerate(g.node)]
+    used = {t for n in nodes if all(n is not d for d in drop_nodes) for t in n.input}
+    nodes = [n for n in nodes if all(n is not d for d in drop_nodes) or any(o in used for o in n.output)]
+    used = {t for n in nodes for t in n.input}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    if not any(o.domain == "com.microsoft" for o in m.opset_import):
+        m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(m, str(path))
+    return {
+        "layers": converted,
+        "form": "MatMulNBits (com.microsoft), bits 4, float compute (accuracy_level 0) on the DequantizeLinear "
+        "output: weights = the INT4 QDQ integers + 8 packed two a byte; no zero points stored (default 8); "
+        "differs from the planned form in weight_scales (one float scale per block: N * n_blocks, all blocks of "
+        "a channel equal to its per-channel scale) and in K padded to a multiple of block_size",
+    }
 
 
 def _grid_overrides(init: Any, bits: int, axis: int, qt: Any) -> list[dict[str, Any]]:

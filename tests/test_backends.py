@@ -555,3 +555,88 @@ def test_tvm_apply_only_needs_records(one_conv: LoadedModel, tmp_path: Path) -> 
             tune_db=tmp_path / "empty-db",
         )
     assert not list(tmp_path.glob("*.so"))
+
+
+# ---- onnxruntime: MatMulNBits for 4-bit linear layers -------------------------------------------------------
+def _decode_matmulnbits(node, inits: dict) -> np.ndarray:
+    """MatMulNBits (bits 4) -> the float weights [N, K] it multiplies by: unpack B (low nibble first), subtract
+    the zero point (default 8), scale per block, drop the K padding."""
+    attrs = {a.name: a.i for a in node.attribute}
+    k, n, bs = attrs["K"], attrs["N"], attrs["block_size"]
+    packed = inits[node.input[1]]
+    n_blocks = -(-k // bs)
+    assert attrs["bits"] == 4 and packed.shape == (n, n_blocks, bs // 2) and packed.dtype == np.uint8
+    u = np.empty((n, n_blocks * bs), np.int16)
+    u[:, 0::2] = packed.reshape(n, -1) & 0x0F
+    u[:, 1::2] = packed.reshape(n, -1) >> 4
+    zp = 8 if len(node.input) < 4 or not node.input[3] else None
+    assert zp == 8  # symmetric grid: no zero points stored
+    scales = inits[node.input[2]].astype(np.float64).reshape(n, n_blocks)
+    w = (u - zp).reshape(n, n_blocks, bs) * scales[:, :, None]
+    return w.reshape(n, -1)[:, :k]
+
+
+def test_onnx_matmulnbits_weights_are_the_fake_quant_weights(tiny: LoadedModel, tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+    from tap_edge.backends.onnxruntime_backend import node_module
+
+    from tap_edge.quantize import quantize_model
+
+    plan = BitAssignment.from_plan({"default": {"w": 8, "a": 8}, "layers": {"fc": {"w": 4, "a": 8}}})
+    xs = _inputs()
+    art = get_backend("onnxruntime").compile(tiny, load_graph(tiny), plan, tmp_path, calib=xs,
+                                             linear_int4="matmulnbits")
+    m = onnx.load(str(art))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    nodes = [n for n in m.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nodes) == 1 and not any(n.op_type == "Gemm" for n in m.graph.node)
+    producer = {o: n for n in m.graph.node for o in n.output}
+    assert producer[nodes[0].input[0]].op_type == "DequantizeLinear"  # activation stays uint8-quantized
+    fq = dict(quantize_model(tiny.module, plan, torch.from_numpy(xs)).named_modules())
+    want = fq[node_module(nodes[0].name)].weight.detach().double().numpy()
+    np.testing.assert_allclose(_decode_matmulnbits(nodes[0], inits), want, rtol=1e-6, atol=1e-8)
+    man = read_manifest(art)
+    assert man["linear_int4"] == "matmulnbits" and man["layers"]["fc"]["stored"] == "int4-matmulnbits"
+    wb = man["actual"]["weight_bytes"]
+    # K = 16 = one block: per-block scales are the per-channel scales, so the planned form matches exactly
+    assert wb["total_planned_form"] == man["prediction"]["flash"]["model_bytes"]
+    assert man["agreement"]["top1_agreement"] == 1.0
+
+
+def test_onnx_matmulnbits_agrees_with_qdq_int4(tiny: LoadedModel, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    plan = BitAssignment.from_plan({"default": {"w": 8, "a": 8}, "layers": {"fc": {"w": 4, "a": 8}}})
+    b, g, xs = get_backend("onnxruntime"), load_graph(tiny), _inputs()
+    qdq = b.compile(tiny, g, plan, tmp_path / "qdq", calib=xs)
+    nb = b.compile(tiny, g, plan, tmp_path / "nb", calib=xs, linear_int4="matmulnbits")
+    assert read_manifest(qdq)["layers"]["fc"]["stored"] == "int4"
+    check = np.random.default_rng(7).standard_normal((64, 3, 16, 16)).astype(np.float32)
+
+    def run(p: Path) -> np.ndarray:
+        s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        return np.stack([s.run(None, {"input": x[None]})[0][0] for x in check])
+
+    r = agreement(run(qdq), run(nb))
+    assert r["top1_agreement"] == 1.0 and r["cosine"] > 0.999
+
+
+def test_onnx_linear_int4_option_is_checked(tiny: LoadedModel, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="linear_int4"):
+        get_backend("onnxruntime").compile(tiny, load_graph(tiny), BitAssignment.parse("w8a8"), tmp_path,
+                                           linear_int4="nbits")
+
+
+def test_cli_linear_int4_matmulnbits(run_cli, tmp_path: Path) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"default": {"w": 8, "a": 8}, "layers": {"fc": {"w": 4, "a": 8}}}))
+    r = run_cli("compile", "resnet8", "--backend", "onnxruntime", "--plan", str(plan), "--linear-int4",
+                "matmulnbits", "--out", str(tmp_path), "--json", "-q")
+    assert r.code == 0, r.err
+    man = json.loads(r.out)
+    assert man["layers"]["fc"]["stored"] == "int4-matmulnbits" and man["agreement"]["top1_agreement"] == 1.0
+    r = run_cli("compile", "resnet8", "--backend", "tvm", "--linear-int4", "matmulnbits", "--out", str(tmp_path))
+    assert r.code == 2 and "--linear-int4" in r.err and len(r.err.strip().splitlines()) == 1
+    r = run_cli("compile", "resnet8", "--backend", "onnxruntime", "--linear-int4", "nbits", "--out", str(tmp_path))
+    assert r.code == 2 and "use qdq or matmulnbits" in r.err

@@ -120,6 +120,13 @@ def compile_cmd(
         Path | None,
         typer.Option(help="tvm: tuning database folder (default ~/.cache/tap-edge/tvm-tuning/<workload key>/)."),
     ] = None,
+    linear_int4: Annotated[
+        str | None,
+        typer.Option(
+            help="onnxruntime: linear layers planned at <= 4 bits as INT4 QDQ (qdq, default) or as ORT's "
+            "MatMulNBits kernel (matmulnbits: the same weights, no dequantization per run)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -134,6 +141,13 @@ def compile_cmd(
 
     check_tuning_options(b.name, tune_trials, tune_db)
     tuning = {"tune_trials": tune_trials, "tune_db": tune_db} if tune_trials is not None or tune_db else {}
+    if linear_int4 is not None:
+        if b.name != "onnxruntime":
+            raise UserError(f"--linear-int4 chooses an ONNX Runtime kernel; backend '{b.name}' has none",
+                            "pass --backend onnxruntime, or drop --linear-int4")
+        if linear_int4 not in ("qdq", "matmulnbits"):
+            raise UserError(f"--linear-int4 '{linear_int4}' is not known", "use qdq or matmulnbits")
+        tuning["linear_int4"] = linear_int4
     b.require()
     prof = get_device(device) if device else None
     if prof is not None:
