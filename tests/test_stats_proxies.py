@@ -227,6 +227,22 @@ def test_discovered_program_has_its_provenance() -> None:
     assert body.strip() in md  # the code is the run's best program, unchanged
 
 
+def test_discovered_program_is_the_best_of_the_archived_run(tmp_path) -> None:
+    """The archived run (every event of the search) summarises to the shipped program."""
+    import tarfile
+
+    from tap_edge.evolve.loop import summarize
+    from tap_edge.proxies.builtin import DISCOVERED_PROGRAM, PROGRAMS
+
+    with tarfile.open(PROGRAMS / "runs" / "rw3.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    best = summarize(tmp_path / "rw3")["best"]
+    assert f"candidate {best['id']})" in DISCOVERED_PROGRAM.read_text()
+    body = DISCOVERED_PROGRAM.read_text()
+    assert body[body.index("import numpy as np"):].strip() in best["code"]
+    assert [step["id"] for step in best["lineage"]] == ["g1c8", "g0c0"]
+
+
 def test_ompq_orthogonality_and_modes(setups: dict) -> None:
     stats = setups["timm:mobilenetv2_050"]["stats"]
     orm = orthogonality_matrix(stats)
