@@ -361,24 +361,39 @@ def test_no_repair_leaves_the_candidate_invalid(tmp_path: Path) -> None:
     assert summary["valid"] == 0 and "NameError" in " ".join(summary["invalid_reasons"])
 
 
-def test_edit_mode_inserts_llm_lines_into_the_parent(tmp_path: Path) -> None:
-    from tap_edge.evolve.prompts import EDIT_GRAMMAR, SCORE_GRAMMAR
+SKELETON_REPLY = ("REASONING: default skeleton\n```python\n"
+                  "import numpy as np\nimport math\n\ndef proxy(layer, bits):\n    return [1.0 for b in bits]\n```")
+
+
+def run_edit_mode(tmp_path: Path, grammar: str, edit_grammar: str, edit_reply: str,
+                  check: Callable[[dict], None] | None = None) -> tuple[dict, list[dict], list[dict]]:
+    """A 4 x 2 run whose scripted LLM answers edit requests (sent with ``edit_grammar``) with ``edit_reply``
+    and init requests with the score skeleton; returns the summary, the events and the edit children."""
+    from tap_edge.evolve.prompts import SCORE_GRAMMAR
 
     def script(body: dict) -> str:
         g = body.get("grammar")
-        if g == EDIT_GRAMMAR:
-            return ("REASONING: double late layers\n```python\n"
-                    "costs = [c * (1.0 + layer['position']) for c in costs]\n```")
+        if g == edit_grammar:
+            if check is not None:
+                check(body)
+            return edit_reply
         assert g == SCORE_GRAMMAR
-        return "REASONING: default skeleton\n```python\n" + \
-            "import numpy as np\nimport math\n\ndef proxy(layer, bits):\n    return [1.0 for b in bits]\n```"
+        return SKELETON_REPLY
 
     with ScriptedLLM(script) as srv:
-        s = _settings(srv.base_url, grammar="edit", population=4, generations=2)
+        s = _settings(srv.base_url, grammar=grammar, population=4, generations=2)
         summary = Evolution.create(tmp_path / "run", s, LLMClient(LLMConfig(**s.llm))).run(show_progress=False)
     events = read_events(tmp_path / "run" / "events.jsonl")
     edits = [e for e in events if e["type"] == "program" and e.get("edit")]
     assert edits, "no mutation / crossover child in generation 1"
+    return summary, events, edits
+
+
+def test_edit_mode_inserts_llm_lines_into_the_parent(tmp_path: Path) -> None:
+    from tap_edge.evolve.prompts import EDIT_GRAMMAR
+
+    reply = "REASONING: double late layers\n```python\ncosts = [c * (1.0 + layer['position']) for c in costs]\n```"
+    summary, events, edits = run_edit_mode(tmp_path, "edit", EDIT_GRAMMAR, reply)
     by_cid = {e["cid"]: e for e in events if e["type"] == "program"}
     for e in edits:
         parent = by_cid[e["edit_base"]]["code"]

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_evolve import ScriptedLLM, _settings
+from test_evolve import ScriptedLLM, _settings, run_edit_mode
 
 from tap_edge.evolve.loop import Evolution, builtin_seed_programs, read_events
 from tap_edge.evolve.prompts import (
@@ -88,22 +88,12 @@ def test_reweight_grammar_names_every_feature_and_the_template_lists_them() -> N
 
 
 def test_loop_in_reweight_mode(tmp_path: Path) -> None:
-    def script(body: dict) -> str:
-        g = body.get("grammar")
-        if g == REWEIGHT_GRAMMAR:
-            assert 'layer["position"]' in body["messages"][-1]["content"]  # the features are listed
-            return 'REASONING: late layers matter more\n```python\nlayer_weight = 1.0 + 1.5 * layer["position"]\n' \
-                   "width_power = 1.2\n```"
-        assert g == SCORE_GRAMMAR
-        return "REASONING: default skeleton\n```python\n" + \
-            "import numpy as np\nimport math\n\ndef proxy(layer, bits):\n    return [1.0 for b in bits]\n```"
+    def features_listed(body: dict) -> None:
+        assert 'layer["position"]' in body["messages"][-1]["content"]
 
-    with ScriptedLLM(script) as srv:
-        s = _settings(srv.base_url, grammar="reweight", population=4, generations=2)
-        summary = Evolution.create(tmp_path / "run", s, LLMClient(LLMConfig(**s.llm))).run(show_progress=False)
-    events = read_events(tmp_path / "run" / "events.jsonl")
-    edits = [e for e in events if e["type"] == "program" and e.get("edit")]
-    assert edits, "no mutation / crossover child in generation 1"
+    reply = 'REASONING: late layers matter more\n```python\nlayer_weight = 1.0 + 1.5 * layer["position"]\n' \
+            "width_power = 1.2\n```"
+    summary, events, edits = run_edit_mode(tmp_path, "reweight", REWEIGHT_GRAMMAR, reply, features_listed)
     for e in edits:
         assert re.search(r"return \[layer_weight \* c \*\* width_power for c in parent_costs\]", e["code"])
     assert summary["valid"] == len([e for e in events if e["type"] == "program"])
