@@ -208,6 +208,12 @@ def backend_for_artifact(path: Path) -> Backend:
 
 
 # ---- manifests -------------------------------------------------------------------------------------------
+def artifact_stem(model: Any, bits: Any) -> str:
+    """The file stem of a compiled artifact: the model spec made file-safe, then the widths' label."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(model.spec).name)[:60] or "model"
+    return f"{safe}-{bits.label()}"
+
+
 def manifest_path(artifact: Path) -> Path:
     return artifact.with_name(artifact.name + ".manifest.json")
 

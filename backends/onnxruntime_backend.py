@@ -34,6 +34,7 @@ import numpy as np
 from tap_edge.backends import (
     Backend,
     agreement,
+    artifact_stem,
     module_bits,
     prediction,
     reference_outputs,
@@ -202,7 +203,7 @@ class OnnxRuntimeBackend(Backend):
 
         self.require_pytorch(model, bits)
         out_dir.mkdir(parents=True, exist_ok=True)
-        stem = f"{_safe(model.spec)}-{bits.label()}"
+        stem = artifact_stem(model, bits)
         float_path = out_dir / f"{stem}.float.onnx"
         q_path = out_dir / f"{stem}.onnx"
         xs = calib if calib is not None else np.zeros((1, *model.preprocess.input_size), np.float32)
@@ -326,12 +327,7 @@ class OnnxRuntimeBackend(Backend):
     def _agreement(
         self, path: Path, model: Any, bits: Any, xs: np.ndarray, calib: np.ndarray
     ) -> dict[str, Any]:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        got = np.stack([sess.run(None, {"input": x[None]})[0][0] for x in xs])
+        got = onnx_outputs(path, xs)
         ref, label = reference_outputs(model, bits, xs, calib)
         return {"reference": label, **agreement(ref, got)}
 
@@ -370,6 +366,16 @@ class OnnxRuntimeBackend(Backend):
             "after creating the session minus before; inference growth = peak RSS "
             "during the timed runs minus the peak after loading",
         }
+
+
+def onnx_outputs(path: Path, xs: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's first output on each of ``xs`` (batch 1 as exported; CPU, warnings off)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return np.stack([sess.run(None, {"input": x[None]})[0][0] for x in xs])
 
 
 def _gemm_int4_to_matmulnbits(path: Path, layers: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -436,9 +442,10 @@ def _gemm_int4_to_matmulnbits(path: Path, layers: dict[str, dict[str, Any]]) -> 
         converted[mod] = {"K": k, "N": n_out, "block_size": bs, "n_blocks": n_blocks}
     if not converted:
         return {}
+    dropped = {id(d) for d in drop_nodes}  # the weight DequantizeLinear nodes, unless something else reads them
     nodes = [new_nodes.get(i, n) for i, n in enumerate(g.node)]
-    used = {t for n in nodes if all(n is not d for d in drop_nodes) for t in n.input}
-    nodes = [n for n in nodes if all(n is not d for d in drop_nodes) or any(o in used for o in n.output)]
+    used = {t for n in nodes if id(n) not in dropped for t in n.input}
+    nodes = [n for n in nodes if id(n) not in dropped or any(o in used for o in n.output)]
     used = {t for n in nodes for t in n.input}
     keep = [i for i in g.initializer if i.name in used]
     del g.node[:]
@@ -490,6 +497,3 @@ def _axis(node: Any) -> int:
         return 1
     return 0
 
-
-def _safe(spec: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(spec).name)[:60] or "model"

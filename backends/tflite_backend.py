@@ -34,6 +34,7 @@ import numpy as np
 from tap_edge.backends import (
     Backend,
     agreement,
+    artifact_stem,
     module_bits,
     prediction,
     reference_outputs,
@@ -188,7 +189,7 @@ class TFLiteBackend(Backend):
         self.require_pytorch(model, bits)
         mode = self._mode(graph, bits)
         out_dir.mkdir(parents=True, exist_ok=True)
-        stem = f"{_safe(model.spec)}-{bits.label()}"
+        stem = artifact_stem(model, bits)
         path = out_dir / f"{stem}.tflite"
         xs = calib if calib is not None else np.zeros((1, *model.preprocess.input_size), np.float32)
         t0 = time.perf_counter()
@@ -572,6 +573,3 @@ def _smallest_arena(tflm: Any, data: bytes, hint: int, big: int) -> int | None:
             lo = mid
     return hi
 
-
-def _safe(spec: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(spec).name)[:60] or "model"

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tap_edge.backends import Backend, agreement, prediction, write_manifest
+from tap_edge.backends import Backend, agreement, artifact_stem, prediction, write_manifest
 
 from tap_edge import console
 from tap_edge.errors import UserError
@@ -535,7 +535,7 @@ class TVMBackend(Backend):
             widened.insert(0, f"default (w{bits.default_w})")
         out_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        from tap_edge.backends.onnxruntime_backend import onnx_weight_bytes
+        from tap_edge.backends.onnxruntime_backend import onnx_outputs, onnx_weight_bytes
 
         xs_check = check if check is not None else calib
         xs_check = xs_check[:AGREEMENT_SAMPLES] if xs_check is not None else None
@@ -545,7 +545,7 @@ class TVMBackend(Backend):
             )
             proto = onnx.load(str(onnx_path))
             given = onnx_weight_bytes(onnx_path)
-            ort_outputs = _onnxruntime_outputs(onnx_path, xs_check) if xs_check is not None else None
+            ort_outputs = onnx_outputs(onnx_path, xs_check) if xs_check is not None else None
         stripped = strip_scalar_qdq(proto)
         shape = [1, *model.preprocess.input_size]
         mod = relax.transform.DecomposeOpsForInference()(from_onnx(proto, {"input": shape}, keep_params_in_input=False))
@@ -562,7 +562,7 @@ class TVMBackend(Backend):
         else:
             ex = tvm.compile(mod, target=target)
             constant_bytes = relax_constant_bytes(mod)
-        stem = f"{_safe(model.spec)}-{bits.label()}"
+        stem = artifact_stem(model, bits)
         path = out_dir / f"{stem}.tvm.so"
         ex.export_library(str(path))
         compile_s = time.perf_counter() - t0
@@ -683,16 +683,6 @@ class TVMBackend(Backend):
         }
 
 
-def _onnxruntime_outputs(onnx_path: Path, xs: np.ndarray) -> np.ndarray:
-    """ONNX Runtime's outputs on ``xs`` (one at a time, batch 1 as exported), the reference for TVM's."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-    return np.stack([sess.run(None, {"input": x[None]})[0][0] for x in xs])
-
-
 def _vm_outputs(vm: Any, xs: np.ndarray) -> np.ndarray:
     """The Relax VM's first output on each of ``xs`` (batch 1)."""
     import tvm
@@ -703,6 +693,3 @@ def _vm_outputs(vm: Any, xs: np.ndarray) -> np.ndarray:
         outs.append((out.numpy() if hasattr(out, "numpy") else out[0].numpy())[0])
     return np.stack(outs)
 
-
-def _safe(spec: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(spec).name)[:60] or "model"

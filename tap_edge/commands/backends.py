@@ -145,8 +145,10 @@ def compile_cmd(
         if b.name != "onnxruntime":
             raise UserError(f"--linear-int4 chooses an ONNX Runtime kernel; backend '{b.name}' has none",
                             "pass --backend onnxruntime, or drop --linear-int4")
-        if linear_int4 not in ("qdq", "matmulnbits"):
-            raise UserError(f"--linear-int4 '{linear_int4}' is not known", "use qdq or matmulnbits")
+        from tap_edge.backends.onnxruntime_backend import LINEAR_INT4
+
+        if linear_int4 not in LINEAR_INT4:
+            raise UserError(f"--linear-int4 '{linear_int4}' is not known", f"use {' or '.join(LINEAR_INT4)}")
         tuning["linear_int4"] = linear_int4
     b.require()
     prof = get_device(device) if device else None
