@@ -63,7 +63,7 @@ def evolve_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Search for a sensitivity proxy with an LLM (TAP): evolve programs, score them on search tasks."""
-    from tap_edge.evolve.loop import Evolution, EvolveSettings, summarize
+    from tap_edge.evolve.loop import EXECUTORS, Evolution, EvolveSettings, summarize
     from tap_edge.evolve.prompts import TEMPLATES
     from tap_edge.llm import LLMClient, LLMConfig, LocalLLMServer
 
@@ -84,8 +84,8 @@ def evolve_cmd(
 
     if grammar is not None and grammar not in GRAMMARS:
         raise UserError(f"unknown --grammar '{grammar}'", f"use one of {', '.join(GRAMMARS)}")
-    if executor not in (None, "process", "thread", "ray"):
-        raise UserError(f"unknown --executor '{executor}'", "use process, thread or ray")
+    if executor is not None and executor not in EXECUTORS:
+        raise UserError(f"unknown --executor '{executor}'", f"use one of {', '.join(EXECUTORS)}")
     if ray_address is not None and (executor or ("ray" if resume is not None else "process")) != "ray":
         raise UserError("--ray-address is only used with --executor ray", "add --executor ray")
     if executor == "ray":  # before anything starts or is created: Ray installed, the cluster reachable

@@ -540,9 +540,21 @@ class Limits:
     wall_seconds: float = 20.0
 
 
+_BUILT: dict[tuple[tuple[TaskSpec, ...], str | None], list[SearchTask]] = {}
+
+
+def worker_tasks(specs: list[TaskSpec] | tuple[TaskSpec, ...], cache_dir: str | None) -> list[SearchTask]:
+    """The search tasks of ``specs``, built once per process (process-pool and Ray workers; a long-lived Ray
+    worker may serve runs with different tasks, hence the key)."""
+    key = (tuple(specs), cache_dir)
+    if key not in _BUILT:
+        _BUILT[key] = [build_task(s, Path(cache_dir) if cache_dir else None) for s in specs]
+    return _BUILT[key]
+
+
 def init_worker(specs: list[TaskSpec], cache_dir: str | None) -> None:
     """Process-pool initializer: build every task once per worker."""
-    _WORKER["tasks"] = [build_task(s, Path(cache_dir) if cache_dir else None) for s in specs]
+    _WORKER["tasks"] = worker_tasks(specs, cache_dir)
 
 
 def evaluate_program(code: str, alpha: float, limits: Limits, tasks: list[SearchTask] | None = None,

@@ -60,6 +60,7 @@ from tap_edge.evolve.fitness import (
     describe_tasks,
     evaluate_program,
     init_worker,
+    worker_tasks,
 )
 from tap_edge.evolve.prompts import (
     EDIT_MODES,
@@ -86,6 +87,10 @@ RUN_FORMAT = "tap-edge/evolve-run"
 RUN_VERSION = 1
 
 
+#: Where fitness evaluations run: a local process pool, threads (tests), Ray tasks (the ray extra).
+EXECUTORS = ("process", "thread", "ray")
+
+
 @dataclass
 class EvolveSettings:
     """Everything that defines a run (saved as ``run.json``)."""
@@ -98,7 +103,7 @@ class EvolveSettings:
     seed_builtins: bool = True
     tournament: int = 2
     workers: int = 2
-    executor: str = "process"  # "process" | "thread" | "ray" (the ray extra)
+    executor: str = "process"  # one of EXECUTORS
     ray_address: str | None = None  # --executor ray: HOST:PORT or auto; None: auto if RAY_ADDRESS is set, else local
     executor_info: dict[str, Any] | None = None  # set when evaluations start: executor, Ray address, resources
     grammar: str = "off"  # off | full | score | edit | reweight (see prompts.GRAMMARS); llama.cpp servers only
@@ -457,7 +462,7 @@ class Evolution:
             ex = ProcessPoolExecutor(max_workers=max(1, s.workers), mp_context=mp.get_context("spawn"),
                                      initializer=init_worker, initargs=(specs, s.cache_dir))
         else:
-            raise UserError(f"unknown executor '{s.executor}'", "use process, thread or ray")
+            raise UserError(f"unknown executor '{s.executor}'", f"use one of {', '.join(EXECUTORS)}")
         self._record_executor(info)
         return ex
 
@@ -627,17 +632,12 @@ RAY_INSTALL = "pip install 'tap-edge[ray]'"
 RAY_HINT = "start one with `ray start --head`, or fix --ray-address / RAY_ADDRESS"
 RAY_AUTH_HINT = ("is it a Ray head node (GCS port) of the same Ray version? with token authentication (Ray's "
                  "default) set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
-_RAY_TASKS: dict[tuple[tuple[TaskSpec, ...], str | None], list[SearchTask]] = {}
-
-
 def _ray_evaluate(code: str, alpha: float, limits: Limits, repair: bool, specs: tuple[TaskSpec, ...],
                   cache_dir: str | None) -> dict[str, Any]:
-    """One Ray task: the search tasks are built once per Ray worker process (as the process pool's initializer
-    does), then the same :func:`evaluate_program`, whose sandbox runs the program in a limited child process."""
-    key = (specs, cache_dir)
-    if key not in _RAY_TASKS:
-        _RAY_TASKS[key] = [build_task(spec, Path(cache_dir) if cache_dir else None) for spec in specs]
-    return evaluate_program(code, alpha, limits, _RAY_TASKS[key], repair)
+    """One Ray task: the search tasks are built once per Ray worker process (:func:`worker_tasks`, as the
+    process pool's initializer does), then the same :func:`evaluate_program`, whose sandbox runs the program
+    in a limited child process."""
+    return evaluate_program(code, alpha, limits, worker_tasks(specs, cache_dir), repair)
 
 
 def import_ray() -> Any:

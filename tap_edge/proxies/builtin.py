@@ -28,11 +28,6 @@ SEED_PROGRAM = PROGRAMS / "tap_seed.py"
 DISCOVERED_PROGRAM = PROGRAMS / "tap_discovered.py"
 
 
-def default_tap_program() -> Path:
-    """The ``tap`` proxy's program: the discovered one when shipped, else the seed."""
-    return DISCOVERED_PROGRAM if DISCOVERED_PROGRAM.is_file() else SEED_PROGRAM
-
-
 def _rel_qerr(s: LayerStats) -> np.ndarray:
     """``||dW_b||^2 / ||W||^2`` per candidate width."""
     wsq = float(np.square(s.weight, dtype=np.float64).sum())
@@ -384,8 +379,8 @@ def random(stats: list[LayerStats], ctx: ProxyContext, seed: int | None = None) 
 
 # ---- TAP --------------------------------------------------------------------------------------------------
 def tap_program_source(path: str | Path | None = None) -> str:
-    """The text of a TAP proxy program (default: the shipped program, :func:`default_tap_program`)."""
-    p = Path(path) if path else default_tap_program()
+    """The text of a TAP proxy program (default: the shipped program, :data:`DISCOVERED_PROGRAM`)."""
+    p = Path(path) if path else DISCOVERED_PROGRAM
     try:
         return p.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -401,8 +396,8 @@ def tap(stats: list[LayerStats], ctx: ProxyContext, source: str | None = None, p
     """A TAP proxy program: Python source defining ``proxy(layer: dict, bits: list[int]) -> list[float]``, called
     once per layer with ``LayerStats.to_program_input()`` (``tap_edge.stats.LAYERSTATS_API``), run vetted in
     the sandbox (``tap_edge.sandbox.run_proxy_program``). Default program: ``programs/tap_discovered.py``, the
-    best program of a real search run (``programs/tap_seed.py``, the hand-written seed, when absent);
-    ``source`` / ``path`` give another; ``layers`` reuses already built program inputs."""
+    best program of a real search run; ``source`` / ``path`` give another; ``layers`` reuses already built
+    program inputs."""
     from tap_edge.sandbox import run_proxy_program  # lazy: the sandbox is only needed for TAP programs
 
     src = source if source is not None else tap_program_source(path)
