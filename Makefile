@@ -23,7 +23,7 @@ demo: install
 	@echo "== 1. Will it fit? EfficientNet-Lite0 (real ImageNet weights) against every device profile"
 	$(TAP) check efficientnet_lite0 --all; test $$? -le 1
 	$(TAP) check efficientnet_lite0 --all --json > $(OUT)/check-efficientnet_lite0.json; test $$? -le 1
-	$(TAP) check "$$($(PY) -c 'import tap_edge.samples as s; print(s.wakeword_tflite())')" -d stm32h743 -d esp32-s3 -d nrf52840; test $$? -le 1
+	$(TAP) check "$$($(PY) -c 'import tap_edge.graph.samples as s; print(s.wakeword_tflite())')" -d stm32h743 -d esp32-s3 -d nrf52840; test $$? -le 1
 	@echo "== 2. Make it fit: TAP proxy on 16 photos + exact ILP, flash budget of uniform 6-bit weights, int8 activations"
 	$(TAP) plan efficientnet_lite0 -d raspberry-pi-5 --runtime onnxruntime --calib $(SAMPLE) --flash-like w6 \
 		--act-bits 8 --out $(OUT)/plan.json

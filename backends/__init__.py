@@ -9,9 +9,9 @@ third-party packages add their own the same way. Each backend declares
 - ``modules``: the Python modules it needs, and ``extra``: the pip extra that installs them. ``available()``
   only looks the modules up (nothing heavy is imported); ``require()`` raises one line naming the extra;
 - ``compile()``: writes the artifact plus a manifest ``<artifact>.manifest.json`` with the prediction it must
-  be compared with (flash and arena from :mod:`tap_edge.memory`), the artifact's real weight bytes and the
+  be compared with (flash and arena from :mod:`tap_edge.fit.memory`), the artifact's real weight bytes and the
   agreement of its outputs with the reference model;
-- ``child_measure()``: runs *inside the measurement child process* (see :mod:`tap_edge.measure`) and returns
+- ``child_measure()``: runs *inside the measurement child process* (see :mod:`tap_edge.backends.measure`) and returns
   latency samples and the runtime's own memory figures.
 
 Heavy dependencies (onnxruntime.quantization, litert-torch, tflite-micro, tvm) are imported inside methods.
@@ -31,8 +31,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from tap_edge.errors import UserError
-from tap_edge.serialize import json_default
+from tap_edge.core.errors import UserError
+from tap_edge.core.serialize import json_default
 
 MANIFEST_SCHEMA = "tap-edge/artifact"
 MANIFEST_VERSION = 1
@@ -257,9 +257,9 @@ def module_bits(bits: Any, module: str | None) -> tuple[int, int]:
 def prediction(graph: Any, bits: Any, runtime: Any | None) -> dict[str, Any]:
     """tap-edge's prediction for ``graph`` at ``bits`` with a runtime's arena settings (TFLite Micro's host
     reference kernels when no runtime is given: 16-byte alignment, no aliasing, no scratch, PAD ops and the
-    persistent tail, see ``tap_edge.memory.runtime_view``)."""
+    persistent tail, see ``tap_edge.fit.memory.runtime_view``)."""
     from tap_edge.devices import Runtime
-    from tap_edge.memory import flash_breakdown, plan_arena_for
+    from tap_edge.fit.memory import flash_breakdown, plan_arena_for
 
     if runtime is None:
         runtime = Runtime(name="tflm-host", weights={"default": [4, 8]}, activations={"default": [8, 16]})
@@ -311,7 +311,7 @@ def _photo_dir(calib_dir: Path | None) -> Path | None:
 
 def _load_photos(folder: Path, n: int, pre: Any) -> np.ndarray:
     try:  # the calibration loader of tap_edge, when present
-        from tap_edge import calib  # type: ignore[attr-defined]
+        from tap_edge.plan import calib  # type: ignore[attr-defined]
 
         loader = getattr(calib, "load_images", None)
         if loader is not None:
@@ -340,7 +340,7 @@ def _load_photos(folder: Path, n: int, pre: Any) -> np.ndarray:
 def reference_outputs(
     model: Any, bits: Any, xs: np.ndarray, calib: np.ndarray | None = None
 ) -> tuple[np.ndarray, str]:
-    """Outputs on ``xs`` of the PTQ fake-quant model (``tap_edge.quantize``, calibrated on ``calib``) when
+    """Outputs on ``xs`` of the PTQ fake-quant model (``tap_edge.quantize.ptq``, calibrated on ``calib``) when
     available, else of the float model."""
     import torch
 
@@ -363,15 +363,15 @@ def reference_outputs(
 
 def weight_quantized_module(model: Any, bits: Any, calib: np.ndarray) -> tuple[Any, bool]:
     """The module to export: BatchNorm folded and weights already on the plan's grid with tap-edge's
-    MSE-searched per-channel clipping (``tap_edge.quantize`` with float activations), so the backend's own
+    MSE-searched per-channel clipping (``tap_edge.quantize.ptq`` with float activations), so the backend's own
     symmetric narrow-range weight quantizer reproduces the fake-quant model's weights exactly. Falls back to
-    the float module (and ``False``) when ``tap_edge.quantize`` is not available."""
-    from tap_edge.bits import BitAssignment, LayerBits
+    the float module (and ``False``) when ``tap_edge.quantize.ptq`` is not available."""
+    from tap_edge.fit.bits import BitAssignment, LayerBits
 
     try:
         import torch
 
-        from tap_edge.quantize import quantize_model
+        from tap_edge.quantize.ptq import quantize_model
     except ImportError:
         return model.module, False
     wonly = BitAssignment(bits.default_w, 32, {k: LayerBits(v.w, 32) for k, v in bits.layers.items()})

@@ -1,6 +1,6 @@
 """ONNX Runtime backend: a plan becomes an ONNX QDQ model with the planned per-layer widths.
 
-Compile: the model is first put through ``tap_edge.quantize`` with float activations (BatchNorm folded,
+Compile: the model is first put through ``tap_edge.quantize.ptq`` with float activations (BatchNorm folded,
 weights on the plan's per-channel grid with MSE-searched clipping), exported with the TorchScript ONNX
 exporter (opset 21; node names keep the module path, ``/stage1/conv1/Conv`` -> ``stage1.conv1``, which is how
 plan entries find their nodes) and pre-processed with ``quant_pre_process`` (static shapes folded, Pad merged
@@ -18,7 +18,7 @@ stored integers are exactly the fake-quant model's:
 semantics unchanged), its packed uint4 weights are the same integers + 8 (the default zero point, so no zero
 points are stored), every block of an output channel carries that channel's scale (the same weights exactly).
 
-The artifact's outputs are compared with the PTQ fake-quant model (``tap_edge.quantize``; the float model
+The artifact's outputs are compared with the PTQ fake-quant model (``tap_edge.quantize.ptq``; the float model
 when that is not available) on sample inputs: top-1 agreement and cosine similarity, stored in the manifest.
 """
 
@@ -42,7 +42,7 @@ from tap_edge.backends import (
     write_manifest,
 )
 
-from tap_edge.errors import UserError
+from tap_edge.core.errors import UserError
 
 OPSET = 21
 _WEIGHTED = ("Conv", "Gemm", "MatMul", "ConvTranspose")
@@ -341,8 +341,7 @@ class OnnxRuntimeBackend(Backend):
         baseline: Callable[[], None],
     ) -> dict[str, Any]:
         import onnxruntime as ort
-
-        from tap_edge.measure import time_runs, vm_hwm, vm_rss
+        from tap_edge.backends.measure import time_runs, vm_hwm, vm_rss
 
         baseline()
         rss0 = vm_rss()

@@ -1,7 +1,7 @@
 """TFLite backend: a plan becomes a ``.tflite``; LiteRT gives the latency, TFLite Micro the arena truth.
 
 Compile (needs the ``tflite`` extra: ``litert-torch``): the model's weights are first put on the plan's grid
-by ``tap_edge.quantize`` (float activations). Int8 plans are then quantized with PT2E before conversion
+by ``tap_edge.quantize.ptq`` (float activations). Int8 plans are then quantized with PT2E before conversion
 (litert-torch's ``PT2EQuantizer``: per-channel symmetric int8 weights, int8 activations calibrated on sample
 inputs; a layer planned at 32-bit activations stays float through ``set_module_name``), with channel-last
 input (``to_channel_last_io``: no TRANSPOSE at the graph input, as on a microcontroller), and converted with
@@ -42,7 +42,7 @@ from tap_edge.backends import (
     write_manifest,
 )
 
-from tap_edge.errors import UserError
+from tap_edge.core.errors import UserError
 
 _ALLOC_LINE = re.compile(r"\[RecordingMicroAllocator\] (.+)")
 
@@ -313,8 +313,8 @@ class TFLiteBackend(Backend):
     def _artifact_prediction(path: Path, runtime: Any) -> dict[str, Any]:
         """tap-edge's arena plan of the graph actually in the .tflite (isolates planner error from the
         differences between the PyTorch graph and the converted one)."""
-        from tap_edge.bits import BitAssignment
-        from tap_edge.frontends.tflite_frontend import load_tflite_graph
+        from tap_edge.fit.bits import BitAssignment
+        from tap_edge.graph.frontends.tflite_frontend import load_tflite_graph
 
         g = load_tflite_graph(path)
         p = prediction(g, BitAssignment.parse("native"), runtime)
@@ -337,9 +337,8 @@ class TFLiteBackend(Backend):
         baseline: Callable[[], None],
     ) -> dict[str, Any]:
         import ai_edge_litert
+        from tap_edge.backends.measure import latency_stats, time_runs
         from tflite_micro.python.tflite_micro import runtime as tflm
-
-        from tap_edge.measure import latency_stats, time_runs
 
         baseline()
         opts = manifest.get("measure_options", {})
@@ -394,7 +393,7 @@ class TFLiteBackend(Backend):
 
 def module_regex(module: str) -> str:
     """A regex that finds a PyTorch module's ops by the tensor names litert-torch writes
-    (``.../tap_edge.zoo._ResBlock_stage1/torch.nn.modules.conv.Conv2d_conv1;...`` for ``stage1.conv1``)."""
+    (``.../tap_edge.graph.zoo._ResBlock_stage1/torch.nn.modules.conv.Conv2d_conv1;...`` for ``stage1.conv1``)."""
     parts = [re.escape(p) for p in module.split(".") if p]
     return r"(^|/)" + "/".join(rf"[^/;]*_{p}" for p in parts) + r"(;|$)"
 

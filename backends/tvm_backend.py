@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 from tap_edge.backends import Backend, agreement, artifact_stem, prediction, write_manifest
 
-from tap_edge import console
-from tap_edge.errors import UserError
+from tap_edge.core import console
+from tap_edge.core.errors import UserError
 
 #: Bookkeeping beside MetaSchedule's two JSONDatabase files: trials and seconds spent per workload key.
 TUNING_STATE_FILE = "tap-edge-tuning.json"
@@ -522,7 +522,7 @@ class TVMBackend(Backend):
         from tvm import relax
         from tvm.relax.frontend.onnx import from_onnx
 
-        from tap_edge.bits import BitAssignment, LayerBits
+        from tap_edge.fit.bits import BitAssignment, LayerBits
 
         # TVM cannot import INT4 initializers: give it int8 where the plan says fewer bits.
         tvm_bits = BitAssignment(
@@ -654,9 +654,8 @@ class TVMBackend(Backend):
         threads = int(manifest.get("measure_options", {}).get("threads", 1))
         os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts
         import tvm
+        from tap_edge.backends.measure import time_runs
         from tvm import relax
-
-        from tap_edge.measure import time_runs
 
         baseline()
         lib = tvm.runtime.load_module(str(artifact))

@@ -21,7 +21,7 @@ class CliResult:
 
 @pytest.fixture
 def run_cli(capsys: pytest.CaptureFixture[str]):
-    """Call ``tap_edge.cli.main(args)``; returns exit code, stdout and stderr."""
+    """Call ``tap_edge.cli.app.main(args)``; returns exit code, stdout and stderr."""
     from tap_edge import cli
 
     def run(*args: str) -> CliResult:

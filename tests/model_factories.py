@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tap_edge.models import Preprocess
+from tap_edge.graph.models import Preprocess
 
 
 def empty_model() -> nn.Module:

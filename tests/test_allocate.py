@@ -12,7 +12,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tap_edge.allocate import (
+from tap_edge.core.errors import UserError
+from tap_edge.core.units import fmt_bytes
+from tap_edge.devices import Runtime, get_device
+from tap_edge.fit.bits import BitAssignment, LayerBits
+from tap_edge.fit.checker import Checker, unsupported_ops
+from tap_edge.fit.memory import flash_breakdown, plan_arena
+from tap_edge.graph.graph import ModelGraph, Op, Tensor, conv_macs
+from tap_edge.plan.allocate import (
     Allocation,
     Budgets,
     InfeasibleBudget,
@@ -25,13 +32,6 @@ from tap_edge.allocate import (
     parse_flash_like,
     plan_to_json,
 )
-from tap_edge.bits import BitAssignment, LayerBits
-from tap_edge.check import Checker, unsupported_ops
-from tap_edge.devices import Runtime, get_device
-from tap_edge.errors import UserError
-from tap_edge.graph import ModelGraph, Op, Tensor, conv_macs
-from tap_edge.memory import flash_breakdown, plan_arena
-from tap_edge.units import fmt_bytes
 
 W_ALL = (2, 3, 4, 5, 6, 7, 8)
 A_ALL = (8, 16)
@@ -508,7 +508,7 @@ def test_budget_parsing() -> None:
 
 # ---- a real model -----------------------------------------------------------------------------------------
 def test_efficientnet_lite0_solves() -> None:
-    from tap_edge.models import load_graph
+    from tap_edge.graph.models import load_graph
 
     g = load_graph("efficientnet_lite0")
     assert len(g.quantizable_ops()) >= 40

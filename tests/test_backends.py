@@ -21,12 +21,12 @@ from tap_edge.backends import (
     list_backends,
     read_manifest,
 )
+from tap_edge.backends.measure import MeasureError, latency_stats, measure_artifact, run_child
 from torch import nn
 
-from tap_edge.bits import BitAssignment
-from tap_edge.errors import UserError
-from tap_edge.measure import MeasureError, latency_stats, measure_artifact, run_child
-from tap_edge.models import LoadedModel, Preprocess, load_graph
+from tap_edge.core.errors import UserError
+from tap_edge.fit.bits import BitAssignment
+from tap_edge.graph.models import LoadedModel, Preprocess, load_graph
 
 HAS_TFLM = importlib.util.find_spec("tflite_micro") is not None and importlib.util.find_spec("ai_edge_litert")
 HAS_LITERT_TORCH = importlib.util.find_spec("litert_torch") is not None
@@ -129,7 +129,7 @@ def test_agreement_metric() -> None:
 
 # ---- the measurement child ---------------------------------------------------------------------------------
 def test_child_ok_returns_result() -> None:
-    r = run_child("tap_edge.measure:_selftest", {"mode": "ok"}, timeout=60)
+    r = run_child("tap_edge.backends.measure:_selftest", {"mode": "ok"}, timeout=60)
     assert r["mode"] == "ok" and r["peak_rss_bytes"] > 0 and r["wall_s"] >= 0
 
 
@@ -143,15 +143,15 @@ def test_child_ok_returns_result() -> None:
 )
 def test_child_failures_are_one_line_errors(mode: str, match: str) -> None:
     with pytest.raises(MeasureError, match=match) as ei:
-        run_child("tap_edge.measure:_selftest", {"mode": mode}, timeout=60)
+        run_child("tap_edge.backends.measure:_selftest", {"mode": mode}, timeout=60)
     assert "\n" not in str(ei.value) and ei.value.exit_code == 1
 
 
 def test_child_hang_times_out_and_earlier_results_survive() -> None:
-    results = [run_child("tap_edge.measure:_selftest", {"mode": "ok"}, timeout=60)]
+    results = [run_child("tap_edge.backends.measure:_selftest", {"mode": "ok"}, timeout=60)]
     with pytest.raises(MeasureError, match="timed out after 2 s"):
-        run_child("tap_edge.measure:_selftest", {"mode": "hang", "seconds": 60}, timeout=2)
-    results.append(run_child("tap_edge.measure:_selftest", {"mode": "ok"}, timeout=60))
+        run_child("tap_edge.backends.measure:_selftest", {"mode": "hang", "seconds": 60}, timeout=2)
+    results.append(run_child("tap_edge.backends.measure:_selftest", {"mode": "ok"}, timeout=60))
     assert [r["mode"] for r in results] == ["ok", "ok"]
 
 
@@ -210,7 +210,7 @@ def test_onnx_weights_are_the_fake_quant_weights(tiny: LoadedModel, tmp_path: Pa
     from onnx import numpy_helper
     from tap_edge.backends.onnxruntime_backend import node_module
 
-    from tap_edge.quantize import quantize_model
+    from tap_edge.quantize.ptq import quantize_model
 
     plan = BitAssignment.from_plan({"default": {"w": 8, "a": 8}, "layers": {"conv2": {"w": 4, "a": 8}}})
     xs = _inputs()
@@ -262,7 +262,7 @@ def _meas(head: int, tail: int) -> dict:
 
 
 def test_report_flags_more_than_five_percent() -> None:
-    from tap_edge.commands.backends import build_report
+    from tap_edge.cli.compile import build_report
 
     r = build_report(Path("x.tflite"), _manifest(16000, 26720), _meas(16000, 8240), None)
     figs = {c["figure"]: c for c in r["comparisons"]}
@@ -272,7 +272,7 @@ def test_report_flags_more_than_five_percent() -> None:
 
 
 def test_verdict_fits_only_when_prediction_and_measurement_fit() -> None:
-    from tap_edge.commands.backends import build_report
+    from tap_edge.cli.compile import build_report
 
     ok = build_report(Path("x.tflite"), _manifest(16000, 26720), _meas(16000, 8240), "stm32h743")
     assert ok["verdict"] == "FITS" and ok["predicted_fits"] and ok["measured_fits"]
@@ -315,7 +315,7 @@ def test_tflm_arena_measured_in_child(tmp_path: Path) -> None:
 
 
 def test_cli_backends_json(capsys: pytest.CaptureFixture[str]) -> None:
-    from tap_edge.cli import main
+    from tap_edge.cli.app import main
 
     with pytest.raises(SystemExit) as ei:
         main(["backends", "--json"])
@@ -325,7 +325,7 @@ def test_cli_backends_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cli_measure_missing_artifact_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from tap_edge.cli import main
+    from tap_edge.cli.app import main
 
     with pytest.raises(SystemExit) as ei:
         main(["measure", str(tmp_path / "nope.onnx")])
@@ -337,7 +337,7 @@ def test_cli_measure_missing_artifact_is_one_line(capsys: pytest.CaptureFixture[
 @pytest.mark.slow
 @pytest.mark.skipif(not (HAS_TFLM and HAS_LITERT_TORCH), reason="pip install 'tap-edge[tflite]'")
 def test_tflite_int8_ds_cnn_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tap_edge.cli import main
+    from tap_edge.cli.app import main
 
     with pytest.raises(SystemExit) as ei:
         main(
@@ -416,7 +416,7 @@ def test_module_regex_finds_litert_tensor_names() -> None:
     from tap_edge.backends.tflite_backend import module_regex
 
     name = (
-        "litert_torch._convert.to_channel_last_io.ChannelLastIOWrapper/tap_edge.zoo.DSCNN_wrapped/"
+        "litert_torch._convert.to_channel_last_io.ChannelLastIOWrapper/tap_edge.graph.zoo.DSCNN_wrapped/"
         "torch.nn.modules.container.Sequential_features/torch.nn.modules.conv.Conv2d_6;"
     )
     assert re.search(module_regex("features.6"), name)
@@ -427,7 +427,7 @@ def test_module_regex_finds_litert_tensor_names() -> None:
 def test_tflite_rejects_plans_it_cannot_store() -> None:
     from tap_edge.backends.tflite_backend import TFLiteBackend
 
-    from tap_edge.models import load_graph as lg
+    from tap_edge.graph.models import load_graph as lg
 
     g = lg("ds_cnn")
     assert TFLiteBackend._mode(g, BitAssignment.parse("w8a8")) == "int8"
@@ -444,7 +444,7 @@ def test_tflite_rejects_plans_it_cannot_store() -> None:
 def test_tflite_int4_conv_plan_measured_by_tflm(tmp_path: Path) -> None:
     from tap_edge.backends import sample_inputs
 
-    from tap_edge.models import load_model
+    from tap_edge.graph.models import load_model
 
     lm = load_model("ds_cnn")
     plan = BitAssignment.from_plan({"default": {"w": 8, "a": 8}, "layers": {"features.6": {"w": 4, "a": 8}}})
@@ -581,7 +581,7 @@ def test_onnx_matmulnbits_weights_are_the_fake_quant_weights(tiny: LoadedModel, 
     from onnx import numpy_helper
     from tap_edge.backends.onnxruntime_backend import node_module
 
-    from tap_edge.quantize import quantize_model
+    from tap_edge.quantize.ptq import quantize_model
 
     plan = BitAssignment.from_plan({"default": {"w": 8, "a": 8}, "layers": {"fc": {"w": 4, "a": 8}}})
     xs = _inputs()

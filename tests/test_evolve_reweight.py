@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from test_evolve import ScriptedLLM, _settings, run_edit_mode
 
-from tap_edge.evolve.loop import Evolution, builtin_seed_programs, read_events
-from tap_edge.evolve.prompts import (
+from tap_edge.plan.proxies.sandbox import run_proxy_program, vet_source
+from tap_edge.search.llm import LLMClient, LLMConfig
+from tap_edge.search.loop import Evolution, builtin_seed_programs, read_events
+from tap_edge.search.prompts import (
     REWEIGHT_FEATURES,
     REWEIGHT_GRAMMAR,
     SCORE_GRAMMAR,
@@ -20,8 +22,6 @@ from tap_edge.evolve.prompts import (
     grammar_for,
     load_templates,
 )
-from tap_edge.llm import LLMClient, LLMConfig
-from tap_edge.sandbox import run_proxy_program, vet_source
 
 PARENT = "import numpy as np\n\ndef proxy(layer, bits):\n    costs = [4.0 ** (-b) for b in bits]\n    return costs\n"
 
@@ -67,7 +67,7 @@ def test_reweight_rejects_anything_but_the_two_assignments(edit: str) -> None:
 
 def test_reweight_children_of_every_seed_run_in_the_sandbox() -> None:
     """Every built-in seed, reweighted with every feature, gives a valid program on a real-looking layer."""
-    from tap_edge.evolve.fitness import SyntheticTask, TaskSpec
+    from tap_edge.search.fitness import SyntheticTask, TaskSpec
 
     layers = SyntheticTask(TaskSpec.parse("synthetic")).program_layers()[:3]
     expr = " + ".join(f"0.1 * {f}" for f in REWEIGHT_FEATURES)
@@ -117,7 +117,7 @@ def test_survivors_are_distinct_behaviours(tmp_path: Path) -> None:
 def test_lineage_and_best_program_header() -> None:
     """An edit child's saved program names its chain of edits and drops the module docstring it inherited (a
     seed's "hand-written" label would be false for it)."""
-    from tap_edge.evolve.loop import best_program_text, lineage
+    from tap_edge.search.loop import best_program_text, lineage
 
     seed = ('"""HAND-WRITTEN SEED doc."""\n\nimport numpy as np\n\n\ndef proxy(layer, bits):\n'
             "    costs = [1.0 for b in bits]\n    return costs\n")

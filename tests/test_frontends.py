@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tap_edge.bits import BitAssignment
-from tap_edge.frontends.onnx_frontend import load_onnx_graph
-from tap_edge.memory import flash_breakdown, plan_arena
-from tap_edge.models import load_graph, load_model
+from tap_edge.fit.bits import BitAssignment
+from tap_edge.fit.memory import flash_breakdown, plan_arena
+from tap_edge.graph.frontends.onnx_frontend import load_onnx_graph
+from tap_edge.graph.models import load_graph, load_model
 
 
 def _randomise_bn(model: torch.nn.Module) -> None:
@@ -67,7 +67,7 @@ def test_unknown_op_is_named_not_a_crash() -> None:
 def test_graph_json_roundtrip(tmp_path: Path) -> None:
     g = load_graph("resnet8")
     g.save(tmp_path / "g.json")
-    from tap_edge.graph import ModelGraph
+    from tap_edge.graph.graph import ModelGraph
 
     g2 = ModelGraph.load(tmp_path / "g.json")
     assert g2.to_dict() == g.to_dict()

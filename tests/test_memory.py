@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tap_edge.bits import BitAssignment
-from tap_edge.graph import ModelGraph, Op, Tensor, normalize
-from tap_edge.memory import Buffer, flash_breakdown, greedy_by_size, plan_arena
+from tap_edge.fit.bits import BitAssignment
+from tap_edge.fit.memory import Buffer, flash_breakdown, greedy_by_size, plan_arena
+from tap_edge.graph.graph import ModelGraph, Op, Tensor, normalize
 
 W8A8 = BitAssignment.parse("w8a8")
 

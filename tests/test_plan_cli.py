@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tap_edge.bits import BitAssignment
-from tap_edge.memory import flash_breakdown
-from tap_edge.models import load_graph
+from tap_edge.fit.bits import BitAssignment
+from tap_edge.fit.memory import flash_breakdown
+from tap_edge.graph.models import load_graph
 
 
 @pytest.fixture(scope="module")

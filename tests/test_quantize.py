@@ -1,4 +1,4 @@
-"""PTQ (tap_edge.quantize), evaluation metrics and the calibration loader.
+"""PTQ (tap_edge.quantize.ptq), evaluation metrics and the calibration loader.
 
 The accuracy check trains a small CNN on scikit-learn's digits (8x8 images) in a few seconds: 8-bit PTQ must
 stay within 2 points of float with > 95% agreement, 2-bit weights must be clearly worse."""
@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from tap_edge.bits import BitAssignment
-from tap_edge.calib import labels_for, list_samples, load_images, load_labels
-from tap_edge.errors import UserError
-from tap_edge.evaluate import compare_logits, evaluate
-from tap_edge.models import Preprocess
-from tap_edge.quantize import (
+from tap_edge.core.errors import UserError
+from tap_edge.fit.bits import BitAssignment
+from tap_edge.graph.models import Preprocess
+from tap_edge.plan.calib import labels_for, list_samples, load_images, load_labels
+from tap_edge.quantize.evaluate import compare_logits, evaluate
+from tap_edge.quantize.ptq import (
     PTQConfig,
     fold_batchnorm,
     folded_copy,
@@ -116,7 +116,7 @@ def test_float_activations_and_16bit_stay_exact(digits: dict) -> None:
 # ---- BN folding and the weight quantizer ----------------------------------------------------------------
 @pytest.mark.parametrize("spec", ["resnet8", "timm:mobilenetv2_050"])
 def test_bn_folding_is_exact(spec: str) -> None:
-    from tap_edge.models import load_model
+    from tap_edge.graph.models import load_model
 
     lm = load_model(spec)
     for m in lm.module.modules():  # non-trivial running statistics

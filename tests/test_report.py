@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tap_edge.errors import UserError
-from tap_edge.report import SECTIONS, build_report, external_refs, pick_memory_device
+from tap_edge.core.errors import UserError
+from tap_edge.report.page import SECTIONS, build_report, external_refs, pick_memory_device
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SECTION_IDS = [sid for sid, _ in SECTIONS]
@@ -212,7 +212,7 @@ def test_nothing_to_show_and_bad_input() -> None:
 
 # ---- the command line ------------------------------------------------------------------------------------
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    from tap_edge.cli import main
+    from tap_edge.cli.app import main
 
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -278,7 +278,7 @@ def test_check_html_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_write_html_if_requested(tmp_path: Path) -> None:
-    from tap_edge.commands.report import write_html_if_requested
+    from tap_edge.cli.report import write_html_if_requested
 
     assert write_html_if_requested(_load("check_resnet8_w4a8.json")[0], None) is None
     out = write_html_if_requested(_load("evolve_*.json")[0], tmp_path / "e.html")

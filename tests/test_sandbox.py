@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tap_edge.sandbox import (
+from tap_edge.plan.proxies.sandbox import (
     SandboxRejection,
     SandboxResult,
     _run_unvetted,

@@ -1,4 +1,4 @@
-"""LayerStats (tap_edge.stats) and the sensitivity proxies (tap_edge.proxies) on small models with random
+"""LayerStats (tap_edge.plan.stats) and the sensitivity proxies (tap_edge.plan.proxies) on small models with random
 calibration tensors: every registered proxy must give a finite non-negative cost for every layer and width."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from tap_edge.errors import UserError
-from tap_edge.frontends.torch_frontend import trace_module
-from tap_edge.models import load_model
-from tap_edge.proxies import (
+from tap_edge.core.errors import UserError
+from tap_edge.graph.frontends.torch_frontend import trace_module
+from tap_edge.graph.models import load_model
+from tap_edge.plan.proxies import (
     ProxyContext,
     activation_costs,
     compute_costs,
@@ -23,14 +23,14 @@ from tap_edge.proxies import (
     list_proxies,
     register_proxy,
 )
-from tap_edge.proxies.builtin import (
+from tap_edge.plan.proxies.builtin import (
     hutchinson_traces,
     orthogonality_matrix,
     output_space_traces,
     tap_program_source,
 )
-from tap_edge.quantize import folded_copy
-from tap_edge.stats import LAYERSTATS_API, compute_layer_stats, load_layer_stats, save_layer_stats
+from tap_edge.plan.stats import LAYERSTATS_API, compute_layer_stats, load_layer_stats, save_layer_stats
+from tap_edge.quantize.ptq import folded_copy
 
 MODELS = {"resnet8": (3, 32, 32), "timm:mobilenetv2_050": (3, 64, 64)}
 
@@ -166,7 +166,7 @@ def test_registry() -> None:
 
 
 def test_custom_proxy_and_contract(setups: dict) -> None:
-    from tap_edge.proxies import _PROXIES
+    from tap_edge.plan.proxies import _PROXIES
 
     stats = setups["resnet8"]["stats"]
 
@@ -191,7 +191,7 @@ def test_custom_proxy_and_contract(setups: dict) -> None:
     ("tap", "tap_discovered.py", "DISCOVERED BY SEARCH"),
 ])
 def test_tap_programs_in_process_match_sandbox(setups: dict, proxy: str, program: str, first_line: str) -> None:
-    from tap_edge.proxies.builtin import PROGRAMS
+    from tap_edge.plan.proxies.builtin import PROGRAMS
 
     stats = setups["resnet8"]["stats"]
     src = (PROGRAMS / program).read_text()
@@ -213,7 +213,7 @@ def test_discovered_program_has_its_provenance() -> None:
     """The shipped program names its run and candidate, and that run's summary beside it has the same code."""
     import re
 
-    from tap_edge.proxies.builtin import DISCOVERED_PROGRAM, PROGRAMS
+    from tap_edge.plan.proxies.builtin import DISCOVERED_PROGRAM, PROGRAMS
 
     src = DISCOVERED_PROGRAM.read_text()
     m = re.search(r"run (\w+), candidate (g\d+c\d+)", src)
@@ -231,8 +231,8 @@ def test_discovered_program_is_the_best_of_the_archived_run(tmp_path) -> None:
     """The archived run (every event of the search) summarises to the shipped program."""
     import tarfile
 
-    from tap_edge.evolve.loop import summarize
-    from tap_edge.proxies.builtin import DISCOVERED_PROGRAM, PROGRAMS
+    from tap_edge.plan.proxies.builtin import DISCOVERED_PROGRAM, PROGRAMS
+    from tap_edge.search.loop import summarize
 
     with tarfile.open(PROGRAMS / "runs" / "rw3.tar.gz") as tar:
         tar.extractall(tmp_path, filter="data")

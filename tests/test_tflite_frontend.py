@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tap_edge.errors import ModelLoadError
-from tap_edge.frontends.tflite_frontend import load_tflite_graph
-from tap_edge.graph import ModelGraph
+from tap_edge.core.errors import ModelLoadError
+from tap_edge.graph.frontends.tflite_frontend import load_tflite_graph
+from tap_edge.graph.graph import ModelGraph
 
 pytest.importorskip("ai_edge_litert")
 from ai_edge_litert import schema_py_generated as schema  # noqa: E402
@@ -223,7 +223,7 @@ def test_interpreter_alone_when_the_schema_cannot_read_the_file(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the flatbuffer details the interpreter still gives ops, constants (data before allocation)
     and MEAN axes; only the stored INT4 type (read as int8) and the options are lost."""
-    from tap_edge.frontends import tflite_frontend
+    from tap_edge.graph.frontends import tflite_frontend
 
     def broken(data: bytes) -> None:
         raise ValueError("schema mismatch")

@@ -3,7 +3,7 @@
 Runtime: a generic one with 7 weight widths (2..8) x 2 activation widths (8, 16), CMSIS-NN scratch, 100 KiB
 of code. Budgets: flash = the flash of uniform w4 / w6 weights (8-bit activations); SRAM = 2 x or 1.2 x the
 arena of uniform 8-bit activations (2 x: one solve; 1.2 x: mixed widths fragment the greedy arena beyond the
-live bytes, so the allocator re-solves with tightened step budgets, see tap_edge.allocate). Costs are a fixed
+live bytes, so the allocator re-solves with tightened step budgets, see tap_edge.plan.allocate). Costs are a fixed
 stand-in for a proxy: params x 2^-2w + output elements x 2^-a. Times are the median of 5 runs: "total" is
 allocate() end to end (building the program, solving, checking the plan with memory.plan_arena), "milp" the
 HiGHS calls alone.
@@ -16,13 +16,13 @@ from __future__ import annotations
 import statistics
 import time
 
-from tap_edge.allocate import Budgets, allocate, parse_flash_like
-from tap_edge.bits import BitAssignment
+from tap_edge.core.units import fmt_bytes
 from tap_edge.devices import Runtime
-from tap_edge.graph import ModelGraph
-from tap_edge.memory import plan_arena
-from tap_edge.models import load_graph
-from tap_edge.units import fmt_bytes
+from tap_edge.fit.bits import BitAssignment
+from tap_edge.fit.memory import plan_arena
+from tap_edge.graph.graph import ModelGraph
+from tap_edge.graph.models import load_graph
+from tap_edge.plan.allocate import Budgets, allocate, parse_flash_like
 
 MODELS = ("efficientnet_lite0", "timm:mobilenetv2_100")
 RUNTIME = Runtime(name="generic-w2-8", weights={"default": [2, 3, 4, 5, 6, 7, 8]},

@@ -47,11 +47,11 @@ def bench_one(
 ) -> dict[str, Any]:
     """Compile, then measure in a child process; ``tune_trials``: the tvm backend's MetaSchedule budget."""
     from tap_edge.backends import get_backend, read_manifest, sample_inputs
+    from tap_edge.backends.measure import measure_artifact
 
-    from tap_edge.bits import BitAssignment
     from tap_edge.devices import get_device
-    from tap_edge.measure import measure_artifact
-    from tap_edge.models import load_graph, load_model
+    from tap_edge.fit.bits import BitAssignment
+    from tap_edge.graph.models import load_graph, load_model
 
     row: dict[str, Any] = {
         "model": model,

@@ -24,11 +24,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from tap_edge.bits import BitAssignment
-from tap_edge.frontends.onnx_frontend import load_onnx_graph
-from tap_edge.memory import flash_breakdown, plan_arena
-from tap_edge.models import load_graph, load_model
-from tap_edge.samples import wakeword_tflite
+from tap_edge.fit.bits import BitAssignment
+from tap_edge.fit.memory import flash_breakdown, plan_arena
+from tap_edge.graph.frontends.onnx_frontend import load_onnx_graph
+from tap_edge.graph.models import load_graph, load_model
+from tap_edge.graph.samples import wakeword_tflite
 
 W8A8 = BitAssignment.parse("w8a8")
 TAP = str(Path(sys.executable).with_name("tap-edge"))

@@ -23,15 +23,15 @@ from rich.console import Console
 from rich.table import Table
 from scipy.stats import spearmanr
 
-from tap_edge.allocate import Budgets, allocate, parse_flash_like
-from tap_edge.bits import BitAssignment
-from tap_edge.calib import labels_for, load_images, load_labels
 from tap_edge.devices import get_device
-from tap_edge.evaluate import compare_logits, logits
-from tap_edge.models import load_graph, load_model
-from tap_edge.proxies import ProxyContext, get_proxy, list_proxies
-from tap_edge.quantize import quantize_model
-from tap_edge.stats import compute_layer_stats
+from tap_edge.fit.bits import BitAssignment
+from tap_edge.graph.models import load_graph, load_model
+from tap_edge.plan.allocate import Budgets, allocate, parse_flash_like
+from tap_edge.plan.calib import labels_for, load_images, load_labels
+from tap_edge.plan.proxies import ProxyContext, get_proxy, list_proxies
+from tap_edge.plan.stats import compute_layer_stats
+from tap_edge.quantize.evaluate import compare_logits, logits
+from tap_edge.quantize.ptq import quantize_model
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
 WIDTHS = [2, 3, 4, 5, 6, 7, 8]

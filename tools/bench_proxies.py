@@ -22,12 +22,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from tap_edge.calib import labels_for, load_images, load_labels
-from tap_edge.evaluate import evaluate, logits
-from tap_edge.models import load_graph, load_model
-from tap_edge.proxies import ProxyContext, activation_costs, get_proxy, list_proxies
-from tap_edge.quantize import quantize_model
-from tap_edge.stats import compute_layer_stats
+from tap_edge.graph.models import load_graph, load_model
+from tap_edge.plan.calib import labels_for, load_images, load_labels
+from tap_edge.plan.proxies import ProxyContext, activation_costs, get_proxy, list_proxies
+from tap_edge.plan.stats import compute_layer_stats
+from tap_edge.quantize.evaluate import evaluate, logits
+from tap_edge.quantize.ptq import quantize_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DESIGN = {"fp32": 86.3, "w8a32": 86.3, "w6a32": 78.4, "w5a32": 75.0, "w4a32": 4.2}

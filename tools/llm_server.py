@@ -30,8 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from tap_edge.errors import UserError
-from tap_edge.llm import LocalLLMServer, find_local_model
+from tap_edge.core.errors import UserError
+from tap_edge.search.llm import LocalLLMServer, find_local_model
 
 STATE = Path(os.environ.get("TAP_EDGE_LLM_STATE", ".llm_server.json"))
 

@@ -1,0 +1,176 @@
+"""``tap-edge plan`` (proxy + exact allocation -> plan.json) and ``tap-edge eval`` (PTQ a plan, measure it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from tap_edge.cli.app import JsonOpt, QuietOpt, app
+from tap_edge.core import console
+from tap_edge.core.errors import UserError
+from tap_edge.core.units import fmt_bytes
+
+
+def _write_json(data: dict, out: Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(out)  # never leave a half-written plan over an older one
+    except OSError as e:
+        raise UserError(f"{out}: cannot write ({e.strerror or e.__class__.__name__})",
+                        "pick a writable --out") from None
+
+
+def _parse_widths(spec: str | None) -> list[int] | None:
+    """``2-8`` or ``4,8`` -> [2, ..., 8] / [4, 8]."""
+    if not spec:
+        return None
+    try:
+        if "-" in spec:
+            lo, hi = (int(x) for x in spec.split("-", 1))
+            widths = list(range(lo, hi + 1))
+        else:
+            widths = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise UserError(f"cannot read --weight-bits '{spec}'", "write e.g. 2-8 or 4,8") from None
+    bad = [w for w in widths if w not in (2, 3, 4, 5, 6, 7, 8)]
+    if not widths or bad:
+        raise UserError(f"--weight-bits '{spec}': widths must be 2..8", "write e.g. 2-8 or 4,8")
+    return widths
+
+
+def _parse_act_widths(spec: str | None) -> list[int] | None:
+    if not spec:
+        return None
+    try:
+        widths = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise UserError(f"cannot read --act-bits '{spec}'", "write e.g. 8 or 8,16") from None
+    if any(w not in (8, 16, 32) for w in widths):
+        raise UserError(f"--act-bits '{spec}': activation widths are 8, 16 or 32", "write e.g. 8 or 8,16")
+    return widths
+
+
+@app.command("plan")
+def plan_cmd(
+    model: Annotated[str, typer.Argument(help="Bundled name, timm:NAME or package.module:factory.")],
+    device: Annotated[str, typer.Option("--device", "-d", help="Profile id or YAML path.")],
+    calib: Annotated[Path, typer.Option(help="Folder of calibration images or .npy/.pt tensors.")],
+    calib_samples: Annotated[int, typer.Option(help="Calibration samples (TAP uses 16).")] = 16,
+    proxy: Annotated[str, typer.Option(help="Sensitivity proxy (see tap-edge proxies).")] = "tap",
+    runtime: Annotated[str | None, typer.Option(help="Runtime (default: the device's default).")] = None,
+    flash: Annotated[str | None, typer.Option(help="Flash budget, e.g. 1.5MB (default: the device).")] = None,
+    flash_like: Annotated[str | None, typer.Option(help="Flash budget of a uniform width, e.g. w4.")] = None,
+    sram: Annotated[str | None, typer.Option(help="Arena budget, e.g. 256KB (default: the device).")] = None,
+    bops: Annotated[str | None, typer.Option(help="Optional BOPs budget, e.g. 5G.")] = None,
+    latency_ms: Annotated[float | None, typer.Option(help="Optional latency budget (ms, modelled).")] = None,
+    sweep: Annotated[int, typer.Option(help="Also compute a Pareto front over N flash budgets.")] = 0,
+    weight_bits: Annotated[str | None, typer.Option(help="Override the runtime's weight widths, e.g. 2-8 or 4,8 "
+                                                         "(for fake-quant studies; the plan may not deploy).")] = None,
+    act_bits: Annotated[str | None, typer.Option(help="Allowed activation widths, e.g. 8 or 8,16 (default: all "
+                                                      "the runtime supports, float included).")] = None,
+    out: Annotated[Path, typer.Option(help="Where to write the plan.")] = Path("plan.json"),
+    html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report here.")] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Make MODEL fit DEVICE: proxy scores on calibration samples, then an exact integer program picks
+    per-layer weight/activation widths under the device's flash and SRAM budgets."""
+    from tap_edge.plan.pipeline import PlanRequest, make_plan
+
+    console.set_quiet(quiet or as_json)
+    plan = make_plan(PlanRequest(model, device, calib, calib_samples, proxy, runtime, flash, flash_like, sram, bops,
+                                 latency_ms, sweep, _parse_widths(weight_bits), _parse_act_widths(act_bits)))
+    _write_json(plan, out)
+    if as_json:
+        console.print_json(plan)
+    else:
+        _print_plan(plan, out)
+    from tap_edge.cli.report import write_html_if_requested
+
+    write_html_if_requested(plan, html)
+
+
+def _print_plan(plan: dict, out: Path) -> None:
+    layers = plan["layers"]
+    hist: dict[tuple[int, int], int] = {}
+    for v in layers.values():
+        hist[(v["w"], v["a"])] = hist.get((v["w"], v["a"]), 0) + 1
+    console.out.print(f"[bold]{plan['model']}[/] on {plan['device']} ({plan['runtime']}), proxy {plan['proxy']}: "
+                      f"{len(layers)} layers -> " + ", ".join(f"{n} x w{w}a{a}" for (w, a), n in sorted(hist.items())))
+    t = Table(title="bits per layer")
+    for col in ("layer", "class", "params", "w", "a", "cost"):
+        t.add_column(col, justify="left" if col in ("layer", "class") else "right")
+    for name, v in layers.items():
+        t.add_row(name, v.get("op_class", ""), f"{v.get('params', 0):,}", str(v["w"]), str(v["a"]),
+                  f"{v.get('cost', 0.0):.3g}")
+    console.out.print(t)
+    p, b = plan["predicted"], plan["budgets"]
+    t = Table(title="predicted footprint vs budget")
+    for col in ("", "predicted", "budget", "margin"):
+        t.add_column(col, justify="right")
+    if b.get("flash_bytes"):
+        t.add_row("flash", fmt_bytes(p["flash_bytes"]), fmt_bytes(b["flash_bytes"]),
+                  fmt_bytes(b["flash_bytes"] - p["flash_bytes"]))
+    if b.get("sram_bytes"):
+        t.add_row("peak SRAM (arena)", fmt_bytes(p["arena_bytes"]), fmt_bytes(b["sram_bytes"]),
+                  fmt_bytes(b["sram_bytes"] - p["arena_bytes"]))
+    console.out.print(t)
+    tm = plan.get("timing", {})
+    console.out.print(f"peak op {p.get('peak_op')}; LayerStats {tm.get('stats_s', 0):.2f} s, proxy "
+                      f"{tm.get('proxy_s', 0):.2f} s, ILP {tm.get('ilp_s', 0):.3f} s ({plan['solver']['status']}); "
+                      f"total {tm.get('total_s', 0):.1f} s -> {out}")
+    if plan.get("sweep"):
+        sw = plan["sweep"]
+        console.out.print(f"Pareto sweep: {len(sw)} non-dominated plans from {fmt_bytes(sw[0]['flash_bytes'])} "
+                          f"to {fmt_bytes(sw[-1]['flash_bytes'])}")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Argument(help="Bundled name, timm:NAME or package.module:factory.")],
+    data: Annotated[Path, typer.Option(help="Folder of evaluation images (labels.csv inside is used if present).")],
+    plan: Annotated[Path | None, typer.Option(help="plan.json from tap-edge plan.")] = None,
+    bits: Annotated[str | None, typer.Option(help="Uniform widths instead of a plan, e.g. w4a8.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="CSV with file,class_index columns.")] = None,
+    calib: Annotated[Path | None, typer.Option(help="Calibration folder (default: the first samples of --data, "
+                                                     "which are then not scored).")] = None,
+    calib_samples: Annotated[int, typer.Option(help="Calibration samples for activation ranges.")] = 16,
+    limit: Annotated[int | None, typer.Option(help="Score at most N samples.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the metrics JSON here.")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report here.")] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """PTQ MODEL with a plan (or uniform bits) and report top-1, agreement with float and KL to float."""
+    from tap_edge.plan.pipeline import EvalRequest, evaluate_plan
+
+    console.set_quiet(quiet or as_json)
+    result = evaluate_plan(EvalRequest(model, data, plan, bits, labels, calib, calib_samples, limit))
+    if out:
+        _write_json(result, out)
+    if as_json:
+        console.print_json(result)
+    else:
+        top1 = f"top-1 {100 * result['top1']:.1f}%, " if result.get("top1") is not None else ""
+        console.out.print(f"[bold]{result['model']}[/] {result['bits']} on {result['n_images']} samples: {top1}"
+                          f"agreement with float {100 * result['agreement']:.1f}%, mean KL {result['kl']:.4f}")
+    from tap_edge.cli.report import write_html_if_requested
+
+    write_html_if_requested(result, html)
+
+
+@app.command("proxies")
+def proxies_cmd() -> None:
+    """List the sensitivity proxies (use one with tap-edge plan --proxy NAME)."""
+    from tap_edge.plan.proxies import get_proxy, list_proxies
+
+    for name in list_proxies():
+        p = get_proxy(name)
+        doc = (p.summary or p.fn.__doc__ or "").strip().splitlines()
+        console.out.print(f"{name:10s} {doc[0] if doc else ''}")

@@ -1,0 +1,271 @@
+"""Device profiles: memory described as regions, platform reservations, runtimes with supported bit-widths.
+
+One YAML file per real device lives in ``device_profiles/`` (shipped as package data) and is validated by the
+pydantic models below; users pass their own file with ``--device path/to/board.yaml``. A bad file gives one
+line naming the file, the field and the problem.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from tap_edge.core.errors import ProfileError, UserError
+from tap_edge.core.registry import Registry
+from tap_edge.core.units import parse_bytes
+from tap_edge.graph.graph import OP_CLASSES
+
+Confidence = Literal["high", "medium", "low", "default-guess"]
+
+
+def _to_bytes(value: Any) -> int:
+    try:
+        return parse_bytes(value, "size")
+    except UserError as e:  # a ValueError lets pydantic name the field that holds the bad size
+        raise ValueError(str(e)) from None
+
+
+Bytes = Annotated[int, BeforeValidator(_to_bytes)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Core(_Strict):
+    name: str
+    isa: str
+    count: int = Field(1, ge=1)
+    clock_hz: int = Field(gt=0)
+    fpu: str | None = None
+    simd: str | None = None
+
+
+class MemoryRegion(_Strict):
+    """A contiguous memory block. ``holds`` says what may be placed there: the activation arena, the weights,
+    the runtime code. The arena must fit one region: that is why regions, not totals, are described."""
+
+    name: str
+    kind: Literal["sram", "tcm", "flash", "dram", "psram", "storage"]
+    size: Bytes = Field(gt=0)
+    base: int | None = None
+    holds: list[Literal["arena", "weights", "code"]]
+    xip: bool = False
+    note: str | None = None
+
+
+class Reservation(_Strict):
+    """Bytes the platform takes from a region before the model gets any (stack, heap, BLE stack, OS)."""
+
+    region: str
+    bytes: Bytes = Field(ge=0)
+    what: str
+    confidence: Confidence = "medium"
+
+
+class Runtime(_Strict):
+    """One inference runtime on this device and what it can execute.
+
+    ``weights`` / ``activations`` map an op class (or ``default``) to the bit-widths the kernels support, e.g.
+    CMSIS-NN: ``{conv: [4, 8], dwconv: [4, 8], fc: [4, 8], default: [8]}``. 32 means float32, 16 in
+    ``weights`` means int16 unless ``float16`` is listed in ``float_formats``.
+    """
+
+    name: str
+    default: bool = False
+    code_bytes: Bytes = 0
+    weights: dict[str, list[int]]
+    activations: dict[str, list[int]]
+    ops: list[str] = Field(default_factory=lambda: ["*"])
+    scratch: Literal["none", "cmsis-nn", "xnnpack"] = "none"
+    alias_inplace: bool = False
+    arena_alignment: int = Field(16, ge=1)
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _known_classes(self) -> Runtime:
+        for table in ("weights", "activations"):
+            for key, bits in getattr(self, table).items():
+                if key != "default" and key not in OP_CLASSES:
+                    raise ValueError(f"{table}: unknown op class '{key}' (known: {', '.join(OP_CLASSES)})")
+                bad = [b for b in bits if b not in (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)]
+                if bad:
+                    raise ValueError(f"{table}.{key}: unsupported bit-width {bad[0]}")
+            if "default" not in getattr(self, table):
+                raise ValueError(f"{table}: needs a 'default' entry")
+        for op in self.ops:
+            if op != "*" and op not in OP_CLASSES:
+                raise ValueError(f"ops: unknown op class '{op}'")
+        return self
+
+    def supports_op(self, op_class: str) -> bool:
+        return "*" in self.ops or op_class in self.ops
+
+    def weight_bits(self, op_class: str) -> list[int]:
+        return self.weights.get(op_class, self.weights["default"])
+
+    def activation_bits(self, op_class: str) -> list[int]:
+        return self.activations.get(op_class, self.activations["default"])
+
+
+class MLPerfTiny(_Strict):
+    """MLPerf Tiny closed-division reference latencies (ms); ``system`` names the board actually measured."""
+
+    system: str
+    version: str
+    ic_ms: float | None = None
+    vww_ms: float | None = None
+    kws_ms: float | None = None
+    ad_ms: float | None = None
+    proxy: bool = False
+
+
+class DeviceProfile(_Strict):
+    """Everything tap-edge needs to decide whether a model fits a device."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    name: str
+    vendor: str
+    kind: Literal["mcu", "npu", "phone", "edge-linux"]
+    soc: str
+    cores: list[Core] = Field(min_length=1)
+    memories: list[MemoryRegion] = Field(min_length=1)
+    reserved: list[Reservation] = Field(default_factory=list)
+    runtimes: list[Runtime] = Field(min_length=1)
+    mlperf_tiny: list[MLPerfTiny] = Field(default_factory=list)
+    sources: dict[str, str] = Field(min_length=1)
+    confidence: dict[str, Confidence] = Field(default_factory=dict)
+    notes: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeviceProfile:
+        names = [m.name for m in self.memories]
+        if len(set(names)) != len(names):
+            raise ValueError("memories: region names must be unique")
+        for r in self.reserved:
+            if r.region not in names:
+                raise ValueError(f"reserved: region '{r.region}' is not one of the memories ({', '.join(names)})")
+        if not any("arena" in m.holds for m in self.memories):
+            raise ValueError("memories: no region holds the arena")
+        if not any("weights" in m.holds for m in self.memories):
+            raise ValueError("memories: no region holds the weights")
+        defaults = [rt.name for rt in self.runtimes if rt.default]
+        if len(defaults) > 1:
+            raise ValueError(f"runtimes: more than one default ({', '.join(defaults)})")
+        rt_names = [rt.name for rt in self.runtimes]
+        if len(set(rt_names)) != len(rt_names):
+            raise ValueError("runtimes: names must be unique")
+        fields = set(type(self).model_fields)
+        for key in self.confidence:
+            if key.split(".")[0] not in fields:
+                raise ValueError(f"confidence: '{key}' is not a field of the profile")
+        return self
+
+    # ---- derived budgets -------------------------------------------------------------------------------
+    def runtime(self, name: str | None = None) -> Runtime:
+        if name is None:
+            return next((rt for rt in self.runtimes if rt.default), self.runtimes[0])
+        for rt in self.runtimes:
+            if rt.name == name:
+                return rt
+        raise UserError(f"device '{self.id}' has no runtime '{name}'",
+                        f"choose one of: {', '.join(rt.name for rt in self.runtimes)}")
+
+    def free_bytes(self, region: MemoryRegion) -> int:
+        """Region size minus the platform's reservations in it."""
+        return region.size - sum(r.bytes for r in self.reserved if r.region == region.name)
+
+    def arena_region(self) -> MemoryRegion:
+        """The largest usable contiguous region that may hold the activation arena."""
+        return max((m for m in self.memories if "arena" in m.holds), key=self.free_bytes)
+
+    def weights_region(self) -> MemoryRegion:
+        """The largest usable region that may hold the weights (XIP flash on MCUs, DRAM on phones)."""
+        return max((m for m in self.memories if "weights" in m.holds), key=self.free_bytes)
+
+
+class _ProfileFile(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+def _format_validation_error(path: Path | str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling; see device_profiles/README.md for the fields)"
+    elif first["type"] == "missing":
+        msg = "required field is missing"
+    more = f" (+{len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
+    return f"{path}: field '{loc}': {msg}{more}"
+
+
+def load_profile(path: str | Path) -> DeviceProfile:
+    """Read and validate one profile YAML; every failure is a one-line ``ProfileError``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: device profile file not found", "check the path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProfileError(f"{path}: cannot read device profile ({e.__class__.__name__})") from None
+    return parse_profile(text, str(path))
+
+
+def parse_profile(text: str, origin: str = "<profile>") -> DeviceProfile:
+    try:
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ProfileError(f"{origin}: broken YAML{where}: {problem}", "fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"{origin}: a device profile must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return DeviceProfile.model_validate(data)
+    except ValidationError as e:
+        raise ProfileError(_format_validation_error(origin, e)) from None
+    except UserError as e:  # a size string that does not parse
+        raise ProfileError(f"{origin}: {e}") from None
+
+
+# ---- the registry of bundled profiles -----------------------------------------------------------------
+_DEVICES: Registry[DeviceProfile] = Registry("device")
+
+
+def _bundled_dir() -> Path:
+    return Path(str(importlib.resources.files("tap_edge.device_profiles")))
+
+
+@cache
+def _load_bundled() -> None:
+    for f in sorted(_bundled_dir().glob("*.yaml")):
+        prof = load_profile(f)
+        if prof.id != f.stem:
+            raise ProfileError(f"{f}: field 'id': '{prof.id}' must equal the file name '{f.stem}'")
+        _DEVICES.add(prof.id, prof, replace=True)
+
+
+def register_device(profile: DeviceProfile) -> DeviceProfile:
+    """Add a profile (e.g. a board file of your own) to the registry for this process."""
+    _load_bundled()
+    return _DEVICES.add(profile.id, profile, replace=True)
+
+
+def list_devices(pattern: str = "*") -> list[str]:
+    _load_bundled()
+    return _DEVICES.list(pattern)
+
+
+def get_device(name_or_path: str) -> DeviceProfile:
+    """A bundled profile by id, or a YAML file by path (anything ending in .yaml/.yml or containing '/')."""
+    if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
+        return load_profile(name_or_path)
+    _load_bundled()
+    return _DEVICES.get(name_or_path)

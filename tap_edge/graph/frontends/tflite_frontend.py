@@ -1,0 +1,450 @@
+"""TFLite front-end: a ``.tflite`` flatbuffer to a :class:`~tap_edge.graph.graph.ModelGraph`.
+
+The LiteRT interpreter (``ai_edge_litert``) opens and verifies the file and lists the ops of the main subgraph
+in execution order with their tensors; the flatbuffer itself (read with the schema classes shipped in
+``ai_edge_litert``) adds what the interpreter does not expose: which tensors hold constant data, the stored
+tensor type (INT4 shows as int8 in the interpreter) and the builtin options (strides, fused activations).
+``allocate_tensors`` is never called. When the interpreter cannot register an op (a model newer than the
+installed runtime) the graph is read from the flatbuffer alone, so an op the runtime does not know is listed
+as ``unknown`` rather than failing the load.
+
+Activation tensors (graph inputs, op outputs, variables) keep their TFLite NHWC shapes; constants are
+attached to the op that consumes them, weights in PyTorch layout (conv ``[out, in/groups, kh, kw]``, fc
+``[out, in]``). TFLite graphs are already what the runtime executes (BatchNorm folded, activations fused), so
+:func:`~tap_edge.graph.graph.normalize` is not applied; an activation fused into an op shows in ``Op.fused``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tap_edge.core.errors import ModelLoadError
+from tap_edge.graph.graph import ModelGraph, Op, Tensor
+
+# ---- op classes ----------------------------------------------------------------------------------------
+_OP_CLASSES: dict[str, str] = {
+    # resource variables (streaming state; TFLM supports them)
+    "CALL_ONCE": "variable", "VAR_HANDLE": "variable", "READ_VARIABLE": "variable", "ASSIGN_VARIABLE": "variable",
+    "CONV_2D": "conv", "DEPTHWISE_CONV_2D": "dwconv", "FULLY_CONNECTED": "fc", "BATCH_MATMUL": "matmul",
+    "ADD": "add", "SUB": "add", "MUL": "mul", "DIV": "mul", "CONCATENATION": "concat", "PACK": "concat",
+    "AVERAGE_POOL_2D": "pool", "MAX_POOL_2D": "pool", "L2_POOL_2D": "pool",
+    "SUM": "reduce", "REDUCE_MAX": "reduce", "REDUCE_MIN": "reduce", "REDUCE_PROD": "reduce",
+    "SOFTMAX": "softmax", "RESHAPE": "reshape", "SQUEEZE": "reshape", "EXPAND_DIMS": "reshape",
+    "TRANSPOSE": "transpose", "PAD": "pad", "PADV2": "pad",
+    "RESIZE_BILINEAR": "resize", "RESIZE_NEAREST_NEIGHBOR": "resize",
+    "STRIDED_SLICE": "slice", "SLICE": "slice", "SPLIT": "slice", "SPLIT_V": "slice", "GATHER": "slice",
+    "UNPACK": "slice", "QUANTIZE": "quantize", "DEQUANTIZE": "quantize", "EMBEDDING_LOOKUP": "embedding",
+}
+#: Activation ops -> ``attrs["fn"]``, in the torch front-end's vocabulary so both views of a network agree.
+_ACT_FNS: dict[str, str] = {
+    "RELU": "relu", "RELU6": "relu6", "LOGISTIC": "sigmoid", "TANH": "tanh", "HARD_SWISH": "hardswish",
+    "LEAKY_RELU": "leaky_relu", "PRELU": "prelu", "GELU": "gelu", "ELU": "elu", "RELU_N1_TO_1": "hardtanh",
+    "RELU_0_TO_1": "relu_0_to_1",
+}
+#: ``fused_activation_function`` of builtin options (0 = NONE).
+_FUSED_ACT = {1: "relu", 2: "hardtanh", 3: "relu6", 4: "tanh", 5: "sign_bit"}
+_NP_DTYPES = {
+    "float32": "float32", "float16": "float16", "float64": "float64", "int8": "int8", "uint8": "uint8",
+    "int16": "int16", "uint16": "uint16", "int32": "int32", "uint32": "uint32", "int64": "int64",
+    "uint64": "uint64", "bool": "bool", "object": "resource", "bytes": "string", "str": "string",
+    "complex64": "complex64", "complex128": "complex128",
+}
+_MAGIC = b"TFL3"
+
+
+# ---- neutral description, filled from the interpreter or the flatbuffer ---------------------------------
+@dataclass
+class _RawTensor:
+    name: str
+    shape: list[int]
+    dtype: str
+    const: bool  # holds data in the file (weights, biases, shape vectors)
+    scales: int = 0  # number of quantization scales (> 1: per-channel)
+
+
+@dataclass
+class _RawOp:
+    op_type: str
+    inputs: list[int]
+    outputs: list[int]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Raw:
+    tensors: dict[int, _RawTensor]
+    ops: list[_RawOp]
+    inputs: list[int]
+    outputs: list[int]
+    subgraphs: int = 1
+    reader: str = "interpreter"
+    const_value: Any = None  # callable(index) -> list[int] | None for small integer constants
+
+
+def _fail(path: Path, problem: str, hint: str) -> ModelLoadError:
+    return ModelLoadError(f"{path}: {problem}", hint)
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes, or a ModelLoadError for a missing, unreadable or empty file."""
+    if not path.exists():
+        raise _fail(path, "file not found", "check the path of the .tflite model")
+    if path.is_dir():
+        raise _fail(path, "is a directory, not a .tflite file", "pass the path of the .tflite model file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise _fail(path, f"cannot be read ({e.strerror or e})", "check the file's permissions") from None
+    if not data:
+        raise _fail(path, "file is empty (0 bytes)", "re-export or re-download the model; the copy is empty")
+    return data
+
+
+def _diagnose(path: Path, data: bytes, detail: str) -> ModelLoadError:
+    """Why a file the interpreter refused is not a usable TFLite model."""
+    head = data[:64]
+    if head.startswith(b"version https://git-lfs"):
+        return _fail(path, "is a Git LFS pointer, not the model", "run 'git lfs pull' to fetch the real file")
+    if head.startswith(b"PK\x03\x04"):
+        return _fail(path, "is a zip archive, not a TFLite flatbuffer",
+                     "extract the .tflite inside it (e.g. from a MediaPipe .task bundle) and pass that")
+    if len(data) < 8 or data[4:8] != _MAGIC:
+        return _fail(path, f"is not a TFLite flatbuffer (no '{_MAGIC.decode()}' identifier)",
+                     "pass a .tflite file written by the TFLite / LiteRT converter")
+    return _fail(path, f"is truncated or corrupt ({len(data)} bytes; {detail})",
+                 "re-export or re-download the model; the file fails flatbuffer verification")
+
+
+# ---- flatbuffer reading ----------------------------------------------------------------------------------
+def _schema() -> Any:
+    from ai_edge_litert import schema_py_generated as schema
+
+    return schema
+
+
+def _enum_names(cls: type) -> dict[int, str]:
+    return {v: k for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+def _options(schema: Any, fb_op: Any, opt_names: dict[int, str]) -> dict[str, Any]:
+    """The builtin options that matter here (strides, padding, kernel, fused activation, ...)."""
+    kind = fb_op.BuiltinOptionsType()
+    table = fb_op.BuiltinOptions()
+    cls = getattr(schema, opt_names.get(kind, ""), None) if kind else None
+    if table is None or cls is None:
+        return {}
+    opt = cls()
+    opt.Init(table.Bytes, table.Pos)
+    out: dict[str, Any] = {}
+    for key, meth in (("stride_h", "StrideH"), ("stride_w", "StrideW"), ("dilation_h", "DilationHFactor"),
+                      ("dilation_w", "DilationWFactor"), ("filter_h", "FilterHeight"),
+                      ("filter_w", "FilterWidth"), ("depth_multiplier", "DepthMultiplier"),
+                      ("keep_dims", "KeepDims"), ("adj_x", "AdjX"), ("adj_y", "AdjY")):
+        if hasattr(opt, meth):
+            out[key] = getattr(opt, meth)()
+    if hasattr(opt, "Padding"):
+        out["padding"] = "same" if opt.Padding() == 0 else "valid"
+    if hasattr(opt, "FusedActivationFunction"):
+        fused = _FUSED_ACT.get(opt.FusedActivationFunction())
+        if fused:
+            out["fused_activation"] = fused
+    return out
+
+
+def _from_flatbuffer(data: bytes) -> _Raw:
+    """Read the main subgraph straight from the flatbuffer (raises on a malformed file)."""
+    import numpy as np
+
+    schema = _schema()
+    model = schema.Model.GetRootAs(data, 0)
+    if model.SubgraphsLength() < 1:
+        raise ValueError("model has no subgraph")
+    sg = model.Subgraphs(0)
+    op_names = _enum_names(schema.BuiltinOperator)
+    type_names = _enum_names(schema.TensorType)
+    opt_names = _enum_names(schema.BuiltinOptions)
+
+    def buffer_of(t: Any) -> Any:
+        b = t.Buffer()
+        return model.Buffers(b) if 0 < b < model.BuffersLength() else None
+
+    tensors: dict[int, _RawTensor] = {}
+    for i in range(sg.TensorsLength()):
+        t = sg.Tensors(i)
+        buf = buffer_of(t)
+        has_data = buf is not None and (buf.DataLength() > 0 or buf.Offset() > 1)
+        q = t.Quantization()
+        tensors[i] = _RawTensor(
+            name=(t.Name() or b"").decode("utf-8", "replace"),
+            shape=[int(t.Shape(j)) for j in range(t.ShapeLength())],
+            dtype=type_names.get(t.Type(), f"type{t.Type()}").lower(),
+            const=has_data and not t.IsVariable(),
+            scales=q.ScaleLength() if q is not None else 0,
+        )
+    ops: list[_RawOp] = []
+    for k in range(sg.OperatorsLength()):
+        fb_op = sg.Operators(k)
+        code = model.OperatorCodes(fb_op.OpcodeIndex())
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        name = op_names.get(builtin, f"BUILTIN_{builtin}")
+        if name == "CUSTOM":
+            name = (code.CustomCode() or b"CUSTOM").decode("utf-8", "replace")
+        ops.append(_RawOp(name, [int(x) for x in (fb_op.InputsAsNumpy() if fb_op.InputsLength() else [])],
+                          [int(x) for x in (fb_op.OutputsAsNumpy() if fb_op.OutputsLength() else [])],
+                          _options(schema, fb_op, opt_names)))
+
+    def const_value(idx: int) -> list[int] | None:
+        if not 0 <= idx < sg.TensorsLength():
+            return None
+        t = sg.Tensors(idx)
+        buf = buffer_of(t)
+        if buf is None or buf.DataLength() == 0 or t.Type() not in (schema.TensorType.INT32,
+                                                                    schema.TensorType.INT64):
+            return None
+        dt = "<i4" if t.Type() == schema.TensorType.INT32 else "<i8"
+        return [int(v) for v in np.frombuffer(buf.DataAsNumpy().tobytes(), dtype=dt)]
+
+    ins = [int(x) for x in sg.InputsAsNumpy()] if sg.InputsLength() else []
+    outs = [int(x) for x in sg.OutputsAsNumpy()] if sg.OutputsLength() else []
+    return _Raw(tensors, ops, ins, outs, model.SubgraphsLength(), "flatbuffer", const_value)
+
+
+# ---- interpreter reading ---------------------------------------------------------------------------------
+def _interpreter(path: Path) -> Any:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    return Interpreter(model_path=str(path),
+                       experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+
+
+def _np_dtype(dt: Any) -> str:
+    import numpy as np
+
+    name = np.dtype(dt).name
+    return _NP_DTYPES.get(name, name)
+
+
+def _from_interpreter(interp: Any, fb: _Raw | None) -> _Raw:
+    """The interpreter's view of the main subgraph, completed with the flatbuffer's details when read."""
+    tensors: dict[int, _RawTensor] = {}
+    for d in interp.get_tensor_details():
+        i = int(d["index"])
+        fbt = fb.tensors.get(i) if fb else None
+        # The stored type wins: INT4 / INT2 weights show as int8 in the interpreter.
+        dtype = fbt.dtype if fbt is not None else _np_dtype(d["dtype"])
+        if fbt is not None:
+            const = fbt.const
+        else:
+            try:
+                interp.get_tensor(i)  # constants have data before allocate_tensors(); activations do not
+                const = True
+            except (ValueError, RuntimeError, TypeError):
+                const = False
+        scales = len(d.get("quantization_parameters", {}).get("scales", []))
+        tensors[i] = _RawTensor(str(d["name"]), [int(x) for x in d["shape"]], dtype, const, scales)
+    if fb:  # tensors the interpreter could not describe (no name, unusual type)
+        for i, t in fb.tensors.items():
+            tensors.setdefault(i, t)
+    details = interp._get_ops_details()
+    same_ops = fb is not None and len(fb.ops) == len(details)
+    ops = []
+    for k, d in enumerate(details):
+        ops.append(_RawOp(str(d["op_name"]), [int(x) for x in d["inputs"]], [int(x) for x in d["outputs"]],
+                          fb.ops[k].options if same_ops and fb else {}))
+
+    def const_value(idx: int) -> list[int] | None:
+        if fb is not None and fb.const_value is not None:
+            return fb.const_value(idx)
+        try:
+            return [int(v) for v in interp.get_tensor(idx).reshape(-1)]
+        except (ValueError, RuntimeError, TypeError):
+            return None
+
+    return _Raw(tensors, ops, [int(d["index"]) for d in interp.get_input_details()],
+                [int(d["index"]) for d in interp.get_output_details()],
+                fb.subgraphs if fb else int(interp.num_subgraphs()), "interpreter", const_value)
+
+
+# ---- building the graph ----------------------------------------------------------------------------------
+def _numel(shape: list[int]) -> int:
+    return math.prod(max(d, 1) for d in shape) if shape else 1
+
+
+def _op_class(raw_op: _RawOp, raw: _Raw) -> tuple[str, dict[str, Any]]:
+    t = raw_op.op_type
+    if t in _ACT_FNS:
+        return "act", {"fn": _ACT_FNS[t]}
+    if t == "MEAN":
+        data = raw.tensors.get(raw_op.inputs[0]) if raw_op.inputs else None
+        rank = len(data.shape) if data else 0
+        axes = raw.const_value(raw_op.inputs[1]) if len(raw_op.inputs) > 1 and raw.const_value else None
+        if rank == 4 and axes is not None and sorted(a % 4 for a in axes) == [1, 2]:
+            return "global_pool", {"axes": [1, 2]}
+        return "reduce", ({"axes": axes} if axes is not None else {})
+    return _OP_CLASSES.get(t, "unknown"), {}
+
+
+def _unique(name: str, taken: set[str], fallback: str) -> str:
+    out = name or fallback
+    if out in taken:
+        out = f"{name}#{fallback}" if name else fallback
+    n = 1
+    while out in taken:
+        n += 1
+        out = f"{fallback}_{n}"
+    taken.add(out)
+    return out
+
+
+def _build(raw: _Raw, path: Path) -> ModelGraph:
+    produced = {o for op in raw.ops for o in op.outputs if o >= 0}
+    graph_io = set(raw.inputs) | set(raw.outputs)
+
+    def is_const(i: int) -> bool:
+        t = raw.tensors.get(i)
+        return t is not None and t.const and i not in produced and i not in graph_io
+
+    # Activation tensors: graph inputs/outputs, op outputs, and non-constant tensors ops read (variables).
+    act_ids: list[int] = []
+    seen: set[int] = set()
+    for i in [*raw.inputs, *(x for op in raw.ops for x in [*op.inputs, *op.outputs]), *raw.outputs]:
+        if i >= 0 and i not in seen and i in raw.tensors and not is_const(i):
+            seen.add(i)
+            act_ids.append(i)
+    taken: set[str] = set()
+    names = {i: _unique(raw.tensors[i].name, taken, f"t{i}") for i in act_ids}
+    tensors: dict[str, Tensor] = {}
+    for i in act_ids:
+        t = raw.tensors[i]
+        kind = "input" if i in raw.inputs else "output" if i in raw.outputs else "activation"
+        tensors[names[i]] = Tensor(names[i], list(t.shape), t.dtype, kind)
+
+    # A DEQUANTIZE of a constant (float16 / int8 weight storage) feeds its op's weights.
+    dequant_src: dict[int, int] = {}
+    for op in raw.ops:
+        if op.op_type == "DEQUANTIZE" and op.inputs and op.outputs and is_const(op.inputs[0]):
+            dequant_src[op.outputs[0]] = op.inputs[0]
+    weight_store = {dequant_src[r.inputs[1]] for r in raw.ops  # constants stored for a later op's weights
+                    if _OP_CLASSES.get(r.op_type) in ("conv", "dwconv", "fc") and len(r.inputs) > 1
+                    and r.inputs[1] in dequant_src}
+
+    claimed: set[int] = set()  # constants already attached (a shared constant is counted once)
+    weight_owner: dict[int, str] = {}
+    op_names: set[str] = set(names.values())
+    ops: list[Op] = []
+    for k, r in enumerate(raw.ops):
+        op_class, attrs = _op_class(r, raw)
+        first_out = next((o for o in r.outputs if o in names), None)
+        name = names[first_out] if first_out is not None else _unique(f"{k}:{r.op_type}", op_names, f"op{k}")
+        op_names.add(name)
+        op = Op(name, r.op_type, op_class, [names[i] for i in r.inputs if i in names],
+                [names[o] for o in r.outputs if o in names], module=None, attrs=attrs)
+        opts = r.options
+        if "fused_activation" in opts:
+            op.fused.append(opts["fused_activation"])
+        consts = [i for i in r.inputs if i >= 0 and is_const(i)]
+        weight_id = r.inputs[1] if op_class in ("conv", "dwconv", "fc") and len(r.inputs) > 1 else -1
+        bias_id = r.inputs[2] if op_class in ("conv", "dwconv", "fc") and len(r.inputs) > 2 else -1
+        w_src = weight_id if is_const(weight_id) else dequant_src.get(weight_id, -1)
+        out_t = raw.tensors.get(r.outputs[0]) if r.outputs and r.outputs[0] >= 0 else None
+        in_t = raw.tensors.get(r.inputs[0]) if r.inputs and r.inputs[0] >= 0 else None
+        out_shape = out_t.shape if out_t else []
+        w_shape = raw.tensors[weight_id].shape if weight_id in raw.tensors else []
+        if op_class == "conv" and len(w_shape) == 4:
+            oc, kh, kw, cin_g = w_shape
+            cin = in_t.shape[-1] if in_t and in_t.shape else cin_g
+            groups = max(1, cin // cin_g) if cin_g else 1
+            spatial = _numel(out_shape[1:-1]) if len(out_shape) == 4 else 1
+            op.macs = spatial * oc * cin_g * kh * kw
+            op.attrs.update({"kernel": [kh, kw], "stride": [opts.get("stride_h", 1), opts.get("stride_w", 1)],
+                             "groups": groups})
+            if w_src >= 0:
+                op.weight_shape = [oc, cin_g, kh, kw]
+        elif op_class == "dwconv" and len(w_shape) == 4:
+            _, kh, kw, cm = w_shape
+            cin = in_t.shape[-1] if in_t and in_t.shape else cm
+            spatial = _numel(out_shape[1:-1]) if len(out_shape) == 4 else 1
+            op.macs = spatial * cm * kh * kw
+            op.attrs.update({"kernel": [kh, kw], "stride": [opts.get("stride_h", 1), opts.get("stride_w", 1)],
+                             "groups": cin, "depth_multiplier": max(1, cm // max(cin, 1))})
+            if w_src >= 0:
+                op.weight_shape = [cm, 1, kh, kw]
+        elif op_class == "fc" and len(w_shape) == 2:
+            op.macs = _numel(out_shape) * w_shape[1]
+            if w_src >= 0:
+                op.weight_shape = list(w_shape)
+        elif op_class == "matmul" and len(r.inputs) > 1 and in_t and in_t.shape:
+            k_dim = in_t.shape[-2] if opts.get("adj_x") and len(in_t.shape) > 1 else in_t.shape[-1]
+            op.macs = _numel(out_shape) * k_dim
+        if op.weight_shape is not None:
+            src = raw.tensors[w_src]
+            op.weight_dtype = src.dtype
+            op.attrs["weight_quant"] = ("per_channel" if src.scales > 1 else
+                                        "per_tensor" if src.scales == 1 else "none")
+            if w_src in weight_owner:
+                op.attrs["shared_weight"] = weight_owner[w_src]
+            else:
+                weight_owner[w_src] = name
+            claimed.add(w_src)
+        if "padding" in opts and op_class in ("conv", "dwconv", "pool"):
+            op.attrs["padding"] = opts["padding"]
+        if op_class == "pool" and "filter_h" in opts:
+            op.attrs.update({"kernel": [opts["filter_h"], opts["filter_w"]],
+                             "stride": [opts.get("stride_h", 1), opts.get("stride_w", 1)]})
+        for i in consts:
+            if i in weight_store and r.op_type == "DEQUANTIZE":
+                op.attrs["weight_storage"] = True  # counted as the consuming op's weights
+                continue
+            if i == w_src or i in claimed:
+                continue
+            claimed.add(i)
+            n = _numel(raw.tensors[i].shape)
+            if i == bias_id and op.weight_shape is not None:
+                op.bias = n
+            else:
+                op.other_params += n
+        ops.append(op)
+
+    inputs = [names[i] for i in raw.inputs if i in names]
+    outputs = [names[i] for i in raw.outputs if i in names]
+    meta: dict[str, Any] = {"layout": "NHWC", "path": str(path), "subgraphs": raw.subgraphs,
+                            "reader": raw.reader}
+    return ModelGraph(path.stem, "tflite", ops, tensors, inputs, outputs, meta)
+
+
+def load_tflite_graph(path: str | Path) -> ModelGraph:
+    """Read a ``.tflite`` file into a ModelGraph (``frontend="tflite"``); bad files raise ModelLoadError."""
+    p = Path(path)
+    data = _read(p)
+    try:
+        interp = _interpreter(p)  # verifies the flatbuffer before anything reads it
+    except ImportError as e:
+        raise _fail(p, f"cannot be read: ai_edge_litert is not importable ({e})",
+                    "pip install ai-edge-litert") from None
+    except (ValueError, RuntimeError, OSError, MemoryError) as e:
+        detail = " ".join(str(e).split()) or e.__class__.__name__
+        if "Registration failed" in detail:  # a verified file with an op this runtime lacks: read it alone
+            try:
+                graph = _build(_from_flatbuffer(data), p)
+            except Exception:  # any parse failure is reported as the runtime's error
+                raise _fail(p, f"cannot be loaded by the installed TFLite runtime ({detail})",
+                            "upgrade ai-edge-litert, or re-export the model with an older op set") from None
+            graph.meta["runtime_error"] = detail
+            return graph
+        raise _diagnose(p, data, detail) from None
+    try:
+        fb: _Raw | None = _from_flatbuffer(data)
+    except Exception:  # a schema the classes cannot read: use the interpreter alone
+        fb = None
+    try:
+        raw = _from_interpreter(interp, fb)
+    except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as e:
+        raise _fail(p, f"cannot be listed by the TFLite interpreter ({e})",
+                    "re-export the model with a current TFLite / LiteRT converter") from None
+    if fb is not None and len(fb.ops) != len(raw.ops):  # the interpreter skips ops it cannot wire up
+        raise _fail(p, f"is corrupt: the file lists {len(fb.ops)} ops but only {len(raw.ops)} are valid",
+                    "re-export or re-download the model")
+    return _build(raw, p)

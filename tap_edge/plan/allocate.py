@@ -1,0 +1,930 @@
+"""Allocation: pick per-layer weight/activation bit-widths that minimise the summed sensitivity cost under the
+device's flash, peak-SRAM and supported-bit-width constraints, exactly, with an integer program.
+
+Formulation (``scipy.optimize.milp`` / HiGHS):
+
+- One binary ``x[l, c]`` per layer ``l`` and allowed choice ``c = (w, a)``; ``sum_c x[l, c] = 1``. A *layer*
+  is a plan key: ``Op.module or Op.name`` (ops sharing a module are one layer and get one choice). Allowed
+  choices are those in ``costs`` that the runtime supports for the op class (``Runtime.weight_bits`` /
+  ``activation_bits``) and that the ops inheriting the layer's activation width support too.
+- Objective: ``sum cost[l, c] x[l, c]``.
+- Flash: ``sum flash[l, c] x[l, c] + fixed <= budget`` with ``flash[l, c]`` from
+  :func:`memory.op_weight_bytes` (packed weights + per-channel scales + int32 bias) and ``fixed`` = float
+  constants of non-quantizable ops + the runtime's code bytes: the same total as
+  ``memory.flash_breakdown(...).total_bytes`` and ``tap-edge check``.
+- SRAM: for every execution step, the live activation bytes (tensor lifetimes from ``graph.lifetimes()``,
+  sizes aligned to ``runtime.arena_alignment``, kernel scratch from :func:`memory.scratch_bytes`) <= budget.
+  A tensor's width follows :func:`tap_edge.fit.bits.tensor_bits`: its producer's planned width, or the max of its
+  inputs' widths for ops without a plan entry (add, pool, reshape, ...). Sizes are linear in "width >= level"
+  indicators: for one source layer the indicator is a sum of that layer's binaries; for a max over several
+  layers it is an auxiliary variable bounded from below (tensor bytes grow with width) or from above (scratch
+  shrinks with width, e.g. CMSIS-NN im2col is not used by 16x8 kernels), which is exact because the solver
+  can always move it to the true max. When weights and arena share one memory (phones, Linux boards) the
+  constraint is ``live + flash <= budget``, as ``check.py`` subtracts the flash total from that region.
+- Optional: BOPs ``sum MACs x w x a`` (``a`` = the layer's chosen activation width, i.e. its kernel mode:
+  int8 or 16x8) and latency (see :func:`cycles_per_mac`).
+
+Live bytes are a lower bound on the greedy arena (``memory.plan_arena``), which fragmentation can exceed.
+After each solve the plan is checked with ``memory.plan_arena`` / ``memory.flash_breakdown``. An arena over
+budget first adds a cut excluding that plan's activation pattern (the arena depends on activation widths
+only, so the cut is exact and the result stays optimal under the arena budget) on small models; after
+``MAX_CUTS`` cuts, or when patterns are too many for cuts to help, the live-bytes budget of the steps whose
+buffers the greedy layout puts above the budget is tightened by the overshoot instead (then the plan is
+optimal for the tightened program; the true optimum may be a little better). Every repair is listed in
+``Allocation.tightenings``. If that leads nowhere, the smallest-SRAM plan within the other budgets is
+returned (status ``"feasible"``) if it fits; otherwise :class:`InfeasibleBudget` names the binding
+constraint and the smallest achievable flash and SRAM.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from tap_edge.core.errors import UserError
+from tap_edge.core.units import fmt_bytes, parse_bytes
+from tap_edge.devices import DeviceProfile, Runtime
+from tap_edge.fit.bits import ACT_BITS, WEIGHT_BITS, BitAssignment, LayerBits
+from tap_edge.fit.memory import (
+    ArenaPlan,
+    FlashBreakdown,
+    flash_breakdown,
+    op_weight_bytes,
+    plan_arena_for,
+    runtime_view,
+    scratch_bytes,
+)
+from tap_edge.graph.graph import INPLACE_CLASSES, ModelGraph, Op
+
+Choice = tuple[int, int]
+Costs = dict[str, dict[Choice, float]]
+
+PLAN_SCHEMA = "tap-edge/plan"
+PLAN_VERSION = 1
+#: Re-solves allowed when the greedy arena (or a rounding of the solver's binaries) overshoots a budget.
+MAX_TIGHTENINGS = 8
+#: Activation-pattern cuts tried first when the greedy arena overshoots (exact, see _solve_budgets).
+MAX_CUTS = 12
+#: Solver time after which no more cuts are added (cuts are weak on large models: tightening takes over).
+CUT_SECONDS = 0.1
+#: Cuts are tried only when there are at most this many activation patterns (one cut excludes one pattern).
+MAX_CUT_PATTERNS = 2**16
+
+
+# ---- latency model ----------------------------------------------------------------------------------------
+def cycles_per_mac(w: int, a: int) -> float:
+    """Rough cycles per multiply-accumulate of CMSIS-NN-class kernels on a DSP-extended Cortex-M core.
+
+    int8 x int8: dual-MAC SIMD (SMLAD) ~0.5 cycle/MAC with loads; 16x8 kernels ~1.0; weights below 8 bits are
+    unpacked to int8 first (+25 %); float16/32 weights or float activations ~2.0 (FPU FMA plus loads). The
+    model is for ranking plans under a latency budget, not a prediction of measured latency.
+    """
+    if w > 8 or a > 16:
+        return 2.0
+    base = 0.5 if a <= 8 else 1.0
+    return base * (1.25 if w < 8 else 1.0)
+
+
+#: Cycles per output element (or MAC, if it has any) of an op without a plan entry (add, pool, ...).
+ELEMENTWISE_CYCLES = 1.0
+
+
+# ---- budgets ----------------------------------------------------------------------------------------------
+@dataclass
+class Budgets:
+    """Limits a plan must meet. ``None`` means unconstrained.
+
+    ``flash_bytes`` bounds the same total as ``tap-edge check``: ``flash_breakdown(...).total_bytes`` (packed
+    weights, scales, biases, float constants) plus the runtime's code bytes. ``sram_bytes`` bounds the
+    activation arena (``memory.plan_arena``); with ``shared_region`` (weights and arena in one memory, as on
+    phones) it bounds arena + flash total, exactly what ``check.py`` tests. ``clock_hz`` drives the latency
+    model (:func:`cycles_per_mac`).
+    """
+
+    flash_bytes: int | None
+    sram_bytes: int | None
+    bops: int | None = None
+    latency_ms: float | None = None
+    shared_region: bool = False
+    clock_hz: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"flash_bytes": self.flash_bytes, "sram_bytes": self.sram_bytes, "bops": self.bops,
+                "latency_ms": self.latency_ms, "shared_region": self.shared_region}
+
+
+def _runtime_of(device: DeviceProfile, runtime: Runtime | str | None) -> Runtime:
+    return runtime if isinstance(runtime, Runtime) else device.runtime(runtime)
+
+
+def budgets_from_device(device: DeviceProfile, runtime: Runtime | str | None = None,
+                        graph: ModelGraph | None = None) -> Budgets:
+    """The limits ``tap-edge check`` applies: flash = free bytes of the weights region; SRAM = free bytes of
+    the arena region. When both are one region, ``check.py`` subtracts the plan's flash total from the SRAM
+    limit; that depends on the plan, so it is modelled exactly as ``shared_region`` (arena + flash <= free)
+    instead of being fixed here. ``graph`` is accepted for call compatibility and not needed."""
+    del graph
+    _runtime_of(device, runtime)  # validates the runtime name
+    wreg, areg = device.weights_region(), device.arena_region()
+    return Budgets(flash_bytes=device.free_bytes(wreg), sram_bytes=device.free_bytes(areg),
+                   shared_region=wreg.name == areg.name, clock_hz=max(c.clock_hz for c in device.cores))
+
+
+def parse_flash_like(spec: str, graph: ModelGraph, runtime: Runtime | None = None, default_a: int = 8) -> int:
+    """``--flash-like w4`` (or ``w4a8``): the flash total of uniform ``w``-bit weights with ``default_a``-bit
+    activations, runtime code included, as ``tap-edge check`` would report it."""
+    s = spec.strip().lower()
+    if s.startswith("w") and "a" not in s:
+        s = f"{s}a{default_a}"
+    bits = BitAssignment.parse(s)
+    if bits.native:
+        raise UserError("--flash-like: 'native' has no uniform width", "write e.g. w4 or w6")
+    return flash_breakdown(graph, bits, runtime.code_bytes if runtime else 0).total_bytes
+
+
+def parse_count(value: int | float | str, what: str = "count") -> int:
+    """``12G`` / ``350M`` / ``5e8`` -> an integer (SI prefixes: BOPs are counted in powers of ten)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise UserError(f"{what}: must not be negative, got {value}")
+        return int(value)
+    s = str(value).strip().upper().replace("_", "")
+    mult = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}.get(s[-1:], 1.0)
+    num = s[:-1] if s[-1:] in "KMGT" and s else s
+    try:
+        v = float(num) * mult
+    except ValueError:
+        raise UserError(f"{what}: cannot read {value!r}", "write e.g. 5e9, 5G or 350M") from None
+    if v < 0 or not math.isfinite(v):
+        raise UserError(f"{what}: must be a finite, non-negative number, got {value!r}")
+    return int(v)
+
+
+def budgets_from_args(device: DeviceProfile, runtime: Runtime | str | None, graph: ModelGraph, *,
+                      flash: str | int | None = None, flash_like: str | None = None,
+                      sram: str | int | None = None, bops: str | int | None = None,
+                      latency_ms: float | None = None, default_a: int = 8) -> Budgets:
+    """Device budgets overridden by the user's ``--flash 1.5MB`` / ``--flash-like w4`` / ``--sram 256KB`` /
+    ``--bops 5G`` / ``--latency-ms 50``. An explicit SRAM budget bounds the arena alone (no shared region)."""
+    rt = _runtime_of(device, runtime)
+    b = budgets_from_device(device, rt)
+    if flash is not None and flash_like is not None:
+        raise UserError("--flash and --flash-like both given", "use one of them")
+    if flash is not None:
+        b.flash_bytes = parse_bytes(flash, "--flash")
+    if flash_like is not None:
+        b.flash_bytes = parse_flash_like(flash_like, graph, rt, default_a)
+    if sram is not None:
+        b.sram_bytes = parse_bytes(sram, "--sram")
+        b.shared_region = False
+    if bops is not None:
+        b.bops = parse_count(bops, "--bops")
+    if latency_ms is not None:
+        if latency_ms <= 0:
+            raise UserError(f"--latency-ms: must be positive, got {latency_ms}")
+        b.latency_ms = float(latency_ms)
+    return b
+
+
+# ---- results ----------------------------------------------------------------------------------------------
+class InfeasibleBudget(UserError):
+    """No bit assignment meets the budgets. ``binding`` names the constraint(s) that cannot be met;
+    ``min_flash_bytes`` / ``min_sram_bytes`` are the smallest achievable flash total and arena (for a shared
+    region: arena + flash) with the runtime's bit-widths."""
+
+    def __init__(self, message: str, hint: str = "", *, binding: str = "", min_flash_bytes: int = 0,
+                 min_sram_bytes: int = 0, min_peak_live_bytes: int = 0) -> None:
+        super().__init__(message, hint)
+        self.binding = binding
+        self.min_flash_bytes = min_flash_bytes
+        self.min_sram_bytes = min_sram_bytes
+        self.min_peak_live_bytes = min_peak_live_bytes
+
+
+@dataclass
+class Allocation:
+    """A solved plan. ``layers`` is BitAssignment-compatible (``{key: {"w", "a"}}`` in execution order); the
+    predicted figures are recomputed with ``memory.flash_breakdown`` / ``memory.plan_arena`` on the result.
+
+    ``status``: "optimal" (proved optimal for the final program), "feasible" (fits, optimality not proved:
+    arena fragmentation forced the smallest-SRAM fallback, or a time limit), "infeasible".
+    ``tightenings``: per re-solve, the overshoot that caused it: ``arena_cut`` (activation pattern excluded,
+    still exact), ``sram`` / ``flash`` / ``bops`` / ``latency`` (that budget tightened by the amount).
+    """
+
+    status: str
+    layers: dict[str, dict[str, int]]
+    objective: float
+    flash_bytes: int
+    weights_bytes: int
+    arena_bytes: int
+    peak_live_bytes: int
+    peak_op: str
+    solver_seconds: float
+    iterations: int
+    default_a: int = 8
+    layer_costs: dict[str, float] = field(default_factory=dict)
+    layer_ops: dict[str, list[str]] = field(default_factory=dict)
+    bops: int = 0
+    latency_ms: float | None = None
+    budgets: Budgets | None = None
+    tightenings: list[dict[str, float]] = field(default_factory=list)
+    n_variables: int = 0
+    n_constraints: int = 0
+    seconds: float = 0.0  # wall time of allocate(): build + solves + checks
+
+    def bits(self) -> BitAssignment:
+        """The plan as a BitAssignment (default w8 and ``default_a`` for anything not listed)."""
+        layers = {k: LayerBits(v["w"], v["a"]) for k, v in self.layers.items()}
+        return BitAssignment(8, self.default_a, layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["budgets"] = self.budgets.to_dict() if self.budgets else None
+        return d
+
+
+# ---- the program ------------------------------------------------------------------------------------------
+@dataclass
+class _Layer:
+    key: str
+    ops: list[Op]
+    choices: list[Choice]
+    cost: np.ndarray
+    flash: np.ndarray
+    bops: np.ndarray
+    cycles: np.ndarray
+    offset: int = 0
+
+
+@dataclass
+class _Evaluation:
+    pick: list[int]
+    bits: BitAssignment
+    flash: FlashBreakdown
+    arena: ArenaPlan
+    bops: int
+    latency_ms: float | None
+
+
+#: A tensor's width source: (layers whose chosen activation width it takes the max of, constant floor or 0).
+Source = tuple[frozenset[int], int]
+
+
+class _Program:
+    """The integer program for one (graph, costs, runtime, default_a); solved for many budgets."""
+
+    def __init__(self, graph: ModelGraph, costs: Costs, runtime: Runtime, default_a: int = 8) -> None:
+        # plan the graph the runtime executes (e.g. with a converter's PAD ops); its persistent arena
+        # allocations are a constant share of every step's live bytes
+        view, self.persistent = runtime_view(graph, runtime)
+        self.graph, self.runtime, self.default_a = view, runtime, default_a
+        self._layers(costs)
+        self._sources()
+        self._restrict_inherited()
+        self._place()
+        self._live_matrix()
+        self.live_const = self.live_const + self.persistent
+
+    # -- layers and choices
+    def _layers(self, costs: Costs) -> None:
+        g, rt = self.graph, self.runtime
+        qops = g.quantizable_ops()
+        missing = [op.name for op in qops if op.name not in costs]
+        if missing:
+            raise UserError(f"no costs for {len(missing)} quantizable layer(s), e.g. '{missing[0]}'",
+                            "costs must map every quantizable op name (Op.name) to {(w, a): cost}")
+        unknown = sorted(set(costs) - {op.name for op in qops})
+        if unknown:
+            raise UserError(f"costs name {len(unknown)} op(s) that are not quantizable layers of "
+                            f"{g.name}, e.g. '{unknown[0]}'", "were the costs computed for another model?")
+        groups: dict[str, list[Op]] = {}
+        for op in qops:
+            groups.setdefault(op.module or op.name, []).append(op)
+        self.keys = list(groups)
+        index = {k: i for i, k in enumerate(self.keys)}
+
+        def entry(op: Op) -> int | None:  # BitAssignment._entry: op name first, then module
+            if op.name in index:
+                return index[op.name]
+            return index[op.module] if op.module and op.module in index else None
+
+        self.entry = [entry(op) for op in g.ops]
+        for op, e in zip(g.ops, self.entry, strict=True):
+            if op.quantizable and (e is None or self.keys[e] != (op.module or op.name)):
+                raise UserError(f"plan key '{op.module or op.name}' of op '{op.name}' is ambiguous",
+                                "module and op names of the graph collide; rename the module")
+        self.layers: list[_Layer] = []
+        for key, ops in groups.items():
+            allowed: set[Choice] | None = None
+            for op in ops:
+                ws = set(rt.weight_bits(op.op_class)) & set(WEIGHT_BITS)
+                acts = set(rt.activation_bits(op.op_class)) & set(ACT_BITS)
+                ok = set()
+                for ch, v in costs[op.name].items():
+                    w, a = int(ch[0]), int(ch[1])
+                    if v is None or (isinstance(v, float) and math.isnan(v)):
+                        raise UserError(f"cost of {op.name} at w{w}a{a} is not a number",
+                                        "check the proxy: every cost must be finite (or inf to forbid)")
+                    if w in ws and a in acts and math.isfinite(float(v)):
+                        ok.add((w, a))
+                allowed = ok if allowed is None else allowed & ok
+            choices = sorted(allowed or set())
+            if not choices:
+                op = ops[0]
+                raise UserError(f"layer '{key}' ({op.op_class}) has no cost for any bit-width "
+                                f"{rt.name} supports "
+                                f"(weights {rt.weight_bits(op.op_class)}, activations "
+                                f"{rt.activation_bits(op.op_class)})",
+                                "give costs for the runtime's widths, or choose another runtime")
+            self.layers.append(self._make_layer(key, ops, choices, costs))
+
+    def _make_layer(self, key: str, ops: list[Op], choices: list[Choice], costs: Costs) -> _Layer:
+        cost = np.array([sum(float(costs[op.name][_find(costs[op.name], c)]) for op in ops) for c in choices])
+        flash = np.array([sum(sum(op_weight_bytes(op, w)) for op in ops) for w, _ in choices], dtype=float)
+        bops = np.array([sum(op.macs * w * a for op in ops) for w, a in choices], dtype=float)
+        cycles = np.array([sum(op.macs * cycles_per_mac(w, a) for op in ops) for w, a in choices])
+        return _Layer(key, ops, choices, cost, flash, bops, cycles)
+
+    # -- activation widths as sources
+    def _sources(self) -> None:
+        """Mirror of ``bits.tensor_bits``: each tensor's width = max(const, chosen a of each source layer)."""
+        g, da = self.graph, self.default_a
+        none: frozenset[int] = frozenset()
+        src: dict[str, Source] = {}
+        no_layers = not self.layers
+        for name in g.inputs:
+            first = next((i for i, o in enumerate(g.ops) if name in o.inputs), None)
+            e = self.entry[first] if first is not None else None
+            src[name] = (frozenset({e}), 0) if e is not None else (none, da)
+        self.op_src: list[Source] = []
+        for i, op in enumerate(g.ops):
+            e = self.entry[i]
+            if e is not None:
+                s: Source = (frozenset({e}), 0)
+            elif op.quantizable or no_layers or not op.inputs:
+                s = (none, da)
+            else:
+                parts = [src.get(t, (none, da)) for t in op.inputs]
+                s = (frozenset().union(*(p[0] for p in parts)), max(p[1] for p in parts))
+            self.op_src.append(s)
+            for t in op.outputs:
+                src[t] = s
+        for name in g.tensors:
+            src.setdefault(name, (none, da))
+        self.src = src
+
+    def _restrict_inherited(self) -> None:
+        """Ops that inherit a layer's activation width must support it: drop the layer's choices whose width
+        the inheriting op's runtime kernels cannot run (exact for one source; for a max over several sources
+        widths above the op's largest supported width are dropped)."""
+        drop: dict[int, set[int]] = {}
+        for i, op in enumerate(self.graph.ops):
+            srcs, const = self.op_src[i]
+            if self.entry[i] is not None or not srcs or not op.outputs:
+                continue
+            acts = set(self.runtime.activation_bits(op.op_class))
+            for li in srcs:
+                for a in {a for _, a in self.layers[li].choices}:
+                    width = max(a, const)
+                    if width > max(acts) or (len(srcs) == 1 and width not in acts):
+                        drop.setdefault(li, set()).add(a)
+        for li, acts_out in drop.items():
+            lay = self.layers[li]
+            keep = [j for j, (_, a) in enumerate(lay.choices) if a not in acts_out]
+            if not keep:
+                raise UserError(f"layer '{lay.key}': no activation width that both it and the ops after it "
+                                f"support on {self.runtime.name}", "choose another runtime")
+            lay.choices = [lay.choices[j] for j in keep]
+            for attr in ("cost", "flash", "bops", "cycles"):
+                setattr(lay, attr, getattr(lay, attr)[keep])
+
+    def _place(self) -> None:
+        off = 0
+        for lay in self.layers:
+            lay.offset = off
+            off += len(lay.choices)
+        self.nx = off
+        self.levels = sorted({a for lay in self.layers for _, a in lay.choices}
+                             | {c for _, c in self.src.values() if c} | {8})
+        # h[k][l]: columns of layer l's choices with a >= levels[k]
+        self.h = [[np.array([lay.offset + j for j, (_, a) in enumerate(lay.choices) if a >= lev], dtype=int)
+                   for lay in self.layers] for lev in self.levels]
+        self.aux: dict[tuple[frozenset[int], int, str], int] = {}
+        self.aux_rows: list[tuple[np.ndarray, np.ndarray, float]] = []  # (cols, vals, ub) rows <= ub
+
+    def _indicator(self, srcs: frozenset[int], const: int, k: int, coef: float,
+                   cols: list[np.ndarray], vals: list[np.ndarray]) -> float:
+        """Add ``coef x [width >= levels[k]]`` to a row; returns its constant part."""
+        if coef == 0:
+            return 0.0
+        if const >= self.levels[k]:
+            return coef
+        if not srcs:
+            return 0.0
+        if len(srcs) == 1:
+            c = self.h[k][next(iter(srcs))]
+            cols.append(c)
+            vals.append(np.full(len(c), coef))
+            return 0.0
+        kind = "up" if coef > 0 else "down"
+        key = (srcs, k, kind)
+        if key not in self.aux:
+            v = self.nx + len(self.aux)
+            self.aux[key] = v
+            if kind == "up":  # u >= h_s for every source: u >= max
+                for s in srcs:
+                    c = self.h[k][s]
+                    self.aux_rows.append((np.append(c, v), np.append(np.ones(len(c)), -1.0), 0.0))
+            else:  # v <= sum_s h_s (and v <= 1 by bounds): v <= OR
+                c = np.concatenate([self.h[k][s] for s in srcs])
+                self.aux_rows.append((np.append(c, v), np.append(-np.ones(len(c)), 1.0), 0.0))
+        cols.append(np.array([self.aux[key]]))
+        vals.append(np.array([coef]))
+        return 0.0
+
+    def _step_expr(self, src: Source, sizes: list[int]) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+        """``sizes[k]`` = bytes at width levels[k], as a linear expression of the indicators."""
+        cols: list[np.ndarray] = []
+        vals: list[np.ndarray] = []
+        const = float(sizes[0])
+        for k in range(1, len(self.levels)):
+            const += self._indicator(src[0], src[1], k, float(sizes[k] - sizes[k - 1]), cols, vals)
+        return cols, vals, const
+
+    def _live_matrix(self) -> None:
+        """Live bytes per step = Alive (steps x buffers) @ buffer sizes + scratch, mirroring plan_arena."""
+        g, rt = self.graph, self.runtime
+        al = rt.arena_alignment
+        life = g.lifetimes()
+        cons = g.consumers()
+        alias_of: dict[str, str] = {}
+        if rt.alias_inplace:  # only where widths are equal whatever the choice: ops that inherit
+            for i, op in enumerate(g.ops):
+                if (op.op_class in INPLACE_CLASSES and len(op.inputs) == 1 and len(op.outputs) == 1
+                        and self.entry[i] is None and op.inputs[0] not in g.inputs
+                        and len(cons.get(op.inputs[0], [])) == 1 and op.inputs[0] in g.tensors):
+                    root = op.inputs[0]
+                    while root in alias_of:
+                        root = alias_of[root]
+                    alias_of[op.outputs[0]] = root
+        spans: dict[str, list[int]] = {}
+        for name in g.tensors:
+            if name not in alias_of:
+                spans[name] = list(life[name])
+        for name, root in alias_of.items():
+            first, last = life[name]
+            spans[root] = [min(spans[root][0], first), max(spans[root][1], last)]
+        steps = max(len(g.ops), 1)
+        rows_r: list[np.ndarray] = []
+        rows_c: list[np.ndarray] = []
+        rows_v: list[np.ndarray] = []
+        const = np.zeros(steps)
+        for name, (first, last) in spans.items():
+            t = g.tensors[name]
+            sizes = [_align(t.nbytes(lev), al) for lev in self.levels]
+            cols, vals, c0 = self._step_expr(self.src[name], sizes)
+            span = np.arange(first, min(last, steps - 1) + 1)
+            const[span] += c0
+            for c, v in zip(cols, vals, strict=True):
+                rows_r.append(np.repeat(span, len(c)))
+                rows_c.append(np.tile(c, len(span)))
+                rows_v.append(np.tile(v, len(span)))
+        none: frozenset[int] = frozenset()
+        for i, op in enumerate(g.ops):
+            if rt.scratch == "none" or not op.weight_shape:
+                continue
+            parts = [self.src[t] if t in g.tensors else (none, 8) for t in op.inputs] or [(none, 8)]
+            src = (frozenset().union(*(p[0] for p in parts)), max(p[1] for p in parts))
+            sizes = [_align(scratch_bytes(op, g, rt.scratch, lev), al) for lev in self.levels]
+            if not any(sizes):
+                continue
+            cols, vals, c0 = self._step_expr(src, sizes)
+            const[i] += c0
+            for c, v in zip(cols, vals, strict=True):
+                rows_r.append(np.full(len(c), i))
+                rows_c.append(c)
+                rows_v.append(v)
+        self.nvar = self.nx + len(self.aux)
+        self.live = sp.csr_matrix((_cat(rows_v, float), (_cat(rows_r, int), _cat(rows_c, int))),
+                                  shape=(steps, self.nvar))
+        self.live.sum_duplicates()
+        self.live_const = const
+        # fixed rows: one choice per layer; aux definitions
+        er = _cat([np.full(len(lay.choices), i) for i, lay in enumerate(self.layers)], int)
+        self.eq = sp.csr_matrix((np.ones(self.nx), (er, np.arange(self.nx))),
+                                shape=(len(self.layers), self.nvar))
+        ar, ac, av = [], [], []
+        for r, (c, v, _) in enumerate(self.aux_rows):
+            ar.append(np.full(len(c), r))
+            ac.append(c)
+            av.append(v)
+        self.auxm = sp.csr_matrix((_cat(av, float), (_cat(ar, int), _cat(ac, int))),
+                                  shape=(len(self.aux_rows), self.nvar))
+        self.flash_row = self._row("flash")
+        self.flash_fixed = sum(sum(op_weight_bytes(op, 32)) for op in g.ops
+                               if op.params and not op.quantizable)
+        self.bops_row = self._row("bops")
+        self.cycles_row = self._row("cycles")
+        self.cycles_fixed = sum(ELEMENTWISE_CYCLES * max(op.macs, sum(g.tensors[t].numel for t in op.outputs
+                                                                      if t in g.tensors))
+                                for op in g.ops if not op.quantizable)
+
+    def _row(self, attr: str) -> np.ndarray:
+        r = np.zeros(self.nvar)
+        for lay in self.layers:
+            r[lay.offset:lay.offset + len(lay.choices)] = getattr(lay, attr)
+        return r
+
+    # -- solving
+    @property
+    def n_constraints(self) -> int:
+        return self.eq.shape[0] + self.auxm.shape[0] + self.live.shape[0] + 1
+
+    def solve(self, objective: str, budgets: Budgets | None, slack: dict[str, Any],
+              time_limit: float = 60.0, cuts: list[np.ndarray] | None = None,
+              ) -> tuple[list[int] | None, str, float, int]:
+        """Minimise ``objective`` ("cost", or "sram": the peak of the live-bytes rows) under ``budgets`` minus
+        ``slack`` (the "sram" entry may be per step); each cut (columns) excludes an activation pattern:
+        ``sum x[cols] <= layers - 1``.
+        Returns (choice index per layer or None, status, seconds, number of constraints)."""
+        b = budgets or Budgets(None, None)
+        extra = 1 if objective == "sram" else 0
+        n = self.nvar + extra
+
+        def widen(m: sp.spmatrix) -> sp.csr_matrix:
+            return sp.hstack([m, sp.csr_matrix((m.shape[0], extra))], format="csr") if extra else m
+
+        blocks = [widen(self.eq), widen(self.auxm)]
+        lbs = [np.ones(self.eq.shape[0]), np.full(self.auxm.shape[0], -np.inf)]
+        ubs = [np.ones(self.eq.shape[0]), np.zeros(self.auxm.shape[0])]
+
+        def add_row(row: np.ndarray, ub: float) -> None:
+            blocks.append(sp.csr_matrix(np.append(row, np.zeros(extra))[None, :]))
+            lbs.append(np.array([-np.inf]))
+            ubs.append(np.array([ub]))
+
+        for cols in cuts or []:
+            row = np.zeros(self.nvar)
+            row[cols] = 1.0
+            add_row(row, len(self.layers) - 1)
+        fixed_flash = self.flash_fixed + self.runtime.code_bytes
+        if b.flash_bytes is not None:
+            add_row(self.flash_row, b.flash_bytes - fixed_flash - slack.get("flash", 0.0))
+        if objective == "sram" or b.sram_bytes is not None:
+            live = self.live
+            lconst = self.live_const
+            if b.shared_region:
+                live = live + sp.csr_matrix(np.tile(self.flash_row, (live.shape[0], 1)))
+                lconst = lconst + fixed_flash
+            if objective == "sram":
+                live = sp.hstack([live, sp.csr_matrix(-np.ones((live.shape[0], 1)))], format="csr")
+                ub = -lconst
+            else:
+                ub = b.sram_bytes - lconst - slack.get("sram", 0.0)
+            blocks.append(live)
+            lbs.append(np.full(live.shape[0], -np.inf))
+            ubs.append(ub)
+        if b.bops is not None:
+            add_row(self.bops_row, b.bops - slack.get("bops", 0.0))
+        if b.latency_ms is not None:
+            if not b.clock_hz:
+                raise UserError("a latency budget needs the device clock", "set Budgets.clock_hz")
+            scale = 1e3 / b.clock_hz
+            add_row(self.cycles_row * scale,
+                    b.latency_ms - self.cycles_fixed * scale - slack.get("latency", 0.0))
+        a = sp.vstack(blocks, format="csr")
+        c = np.zeros(n)
+        if objective == "sram":
+            c[-1] = 1.0
+        else:
+            c[:self.nx] = self._scaled_costs()
+        integrality = np.zeros(n)
+        integrality[:self.nx] = 1
+        ub_vars = np.ones(n)
+        if extra:
+            ub_vars[-1] = np.inf
+        t0 = time.perf_counter()
+        res = milp(c, integrality=integrality, bounds=Bounds(np.zeros(n), ub_vars),
+                   constraints=LinearConstraint(a, np.concatenate(lbs), np.concatenate(ubs)),
+                   options={"mip_rel_gap": 1e-9, "time_limit": time_limit, "presolve": False})
+        secs = time.perf_counter() - t0
+        if res.x is None:
+            if res.status != 2:  # not proved infeasible: time or iteration limit, numerical trouble
+                raise UserError(f"the allocation solver stopped without a plan: {res.message}",
+                                "raise the time limit or report the model and budgets as a bug")
+            return None, "infeasible", secs, a.shape[0]
+        x = res.x
+        pick = [int(np.argmax(x[lay.offset:lay.offset + len(lay.choices)])) for lay in self.layers]
+        return pick, ("optimal" if res.status == 0 else "feasible"), secs, a.shape[0]
+
+    def _scaled_costs(self) -> np.ndarray:
+        """Costs shifted by each layer's minimum (a constant) and scaled to [0, 1]: HiGHS's absolute gap
+        then means the same for any cost scale."""
+        if not self.layers:
+            return np.zeros(0)
+        c = np.concatenate([lay.cost - lay.cost.min() for lay in self.layers])
+        top = c.max()
+        return c / top if top > 0 else c
+
+    # -- checking a solution exactly
+    def evaluate(self, pick: list[int], clock_hz: int | None = None) -> _Evaluation:
+        rt = self.runtime
+        layers = {lay.key: LayerBits(*lay.choices[j]) for lay, j in zip(self.layers, pick, strict=True)}
+        bits = BitAssignment(8, self.default_a, layers)
+        fb = flash_breakdown(self.graph, bits, rt.code_bytes)
+        arena = plan_arena_for(self.graph, bits, rt)
+        bops = int(sum(lay.bops[j] for lay, j in zip(self.layers, pick, strict=True)))
+        lat = None
+        if clock_hz:
+            cyc = self.cycles_fixed + sum(lay.cycles[j] for lay, j in zip(self.layers, pick, strict=True))
+            lat = cyc * 1e3 / clock_hz
+        return _Evaluation(pick, bits, fb, arena, bops, lat)
+
+    def live_bytes(self, pick: list[int]) -> np.ndarray:
+        """Live bytes per step the program predicts for ``pick`` (aux indicators at their true values)."""
+        x = np.zeros(self.nvar)
+        for lay, j in zip(self.layers, pick, strict=True):
+            x[lay.offset + j] = 1.0
+        for (srcs, k, _kind), v in self.aux.items():
+            x[v] = float(max(x[self.h[k][s]].sum() for s in srcs) > 0.5)
+        return self.live @ x + self.live_const
+
+    def activation_pattern(self, pick: list[int]) -> np.ndarray:
+        """Columns of every choice with the same activation widths as ``pick``: the arena depends on the
+        activation widths only, so all of them share its arena."""
+        cols = []
+        for lay, j in zip(self.layers, pick, strict=True):
+            a = lay.choices[j][1]
+            cols.extend(lay.offset + i for i, (_, ai) in enumerate(lay.choices) if ai == a)
+        return np.array(cols, dtype=int)
+
+    def cost_of(self, pick: list[int]) -> float:
+        return float(sum(lay.cost[j] for lay, j in zip(self.layers, pick, strict=True)))
+
+
+def _find(table: dict[Choice, float], choice: Choice) -> Choice:
+    """The key of ``table`` equal to ``choice`` (keys may be lists/tuples of ints or numpy ints)."""
+    if choice in table:
+        return choice
+    return next(k for k in table if (int(k[0]), int(k[1])) == choice)
+
+
+def _cat(xs: list[np.ndarray], dtype: type) -> np.ndarray:
+    """Concatenate COO pieces (empty list -> empty array)."""
+    return np.concatenate(xs).astype(dtype) if xs else np.zeros(0, dtype)
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def _overshoot(ev: _Evaluation, b: Budgets, check_arena: bool) -> dict[str, float]:
+    """By how much the exact figures of a solution exceed each budget (only positive entries)."""
+    over: dict[str, float] = {}
+    if b.flash_bytes is not None and ev.flash.total_bytes > b.flash_bytes:
+        over["flash"] = ev.flash.total_bytes - b.flash_bytes
+    if b.sram_bytes is not None:
+        used = ev.arena.arena_bytes if check_arena else ev.arena.peak_live_bytes
+        limit = b.sram_bytes - (ev.flash.total_bytes if b.shared_region else 0)
+        if used > limit:
+            over["sram"] = used - limit
+    if b.bops is not None and ev.bops > b.bops:
+        over["bops"] = ev.bops - b.bops
+    if b.latency_ms is not None and ev.latency_ms is not None and ev.latency_ms > b.latency_ms:
+        over["latency"] = ev.latency_ms - b.latency_ms + 1e-9
+    return over
+
+
+def _allocation(prog: _Program, ev: _Evaluation, status: str, budgets: Budgets, secs: float, iters: int,
+                tightenings: list[dict[str, float]], n_cons: int, t_start: float) -> Allocation:
+    layers: dict[str, dict[str, int]] = {}
+    costs: dict[str, float] = {}
+    ops: dict[str, list[str]] = {}
+    for lay, j in zip(prog.layers, ev.pick, strict=True):
+        w, a = lay.choices[j]
+        layers[lay.key] = {"w": w, "a": a}
+        costs[lay.key] = float(lay.cost[j])
+        ops[lay.key] = [op.name for op in lay.ops]
+    return Allocation(
+        status=status, layers=layers, objective=prog.cost_of(ev.pick), flash_bytes=ev.flash.total_bytes,
+        weights_bytes=ev.flash.weights_bytes, arena_bytes=ev.arena.arena_bytes,
+        peak_live_bytes=ev.arena.peak_live_bytes, peak_op=ev.arena.peak_op, solver_seconds=secs,
+        iterations=iters, default_a=prog.default_a, layer_costs=costs, layer_ops=ops, bops=ev.bops,
+        latency_ms=ev.latency_ms, budgets=budgets, tightenings=tightenings, n_variables=prog.nvar,
+        n_constraints=n_cons, seconds=time.perf_counter() - t_start)
+
+
+def _step_overshoot(arena: ArenaPlan, limit: float) -> np.ndarray:
+    """Per step, how far the buffers live at that step reach above ``limit`` in the greedy layout."""
+    over = np.zeros(len(arena.live_bytes_per_step))
+    for b in arena.buffers:
+        end = b.offset + b.size
+        if end > limit:
+            span = slice(b.first, min(b.last, len(over) - 1) + 1)
+            over[span] = np.maximum(over[span], end - limit)
+    return over
+
+
+def _solve_budgets(prog: _Program, budgets: Budgets, *, check_arena: bool, max_tightenings: int,
+                   max_cuts: int, time_limit: float, t_start: float) -> Allocation:
+    """Solve, check the plan exactly, repair, re-solve.
+
+    A greedy arena over the budget while the live bytes fit first gets an exact cut (that activation pattern
+    is excluded: the arena depends on activation widths only), while cuts stay cheap and can matter
+    (``max_cuts``, ``CUT_SECONDS``, ``MAX_CUT_PATTERNS``); then the live-bytes budget of the steps whose
+    buffers the greedy layout places above the budget is tightened by how far they reach over it.
+    Overshoots from rounding the solver's binaries tighten that budget. If nothing converges, the
+    smallest-SRAM plan within the other budgets."""
+    slack: dict[str, Any] = {}
+    tightenings: list[dict[str, float]] = []
+    cuts: list[np.ndarray] = []
+    secs = cut_secs = 0.0
+    n_cons = solves = n_tight = 0
+    few_patterns = math.prod(len({a for _, a in lay.choices}) for lay in prog.layers) <= MAX_CUT_PATTERNS
+    while True:
+        pick, status, s, n_cons = prog.solve("cost", budgets, slack, time_limit, cuts)
+        secs += s
+        cut_secs += s if cuts else 0.0
+        solves += 1
+        if pick is None:
+            if solves == 1:
+                raise _diagnose(prog, budgets, check_arena)
+            break
+        ev = prog.evaluate(pick, budgets.clock_hz)
+        over = _overshoot(ev, budgets, check_arena)
+        if not over:
+            return _allocation(prog, ev, status, budgets, secs, solves, tightenings, n_cons, t_start)
+        limit = ev.arena.arena_bytes - over.get("sram", 0.0)
+        arena_only = "sram" in over and check_arena and ev.arena.peak_live_bytes <= limit
+        if arena_only and len(cuts) < max_cuts and cut_secs < CUT_SECONDS and few_patterns:
+            cuts.append(prog.activation_pattern(pick))
+            over["arena_cut"] = over.pop("sram")
+        else:
+            if n_tight >= max_tightenings:
+                break
+            n_tight += 1
+            if arena_only:
+                slack["sram"] = slack.get("sram", 0.0) + _step_overshoot(ev.arena, limit)
+                over.pop("sram")
+                over["sram_steps"] = over.get("sram_steps", 0.0) + ev.arena.arena_bytes - limit
+        tightenings.append(over)
+        for k, v in over.items():
+            if k not in ("arena_cut", "sram_steps"):
+                slack[k] = slack.get(k, 0.0) + v
+    # Repairs did not converge: the smallest-SRAM plan within the other budgets, if it fits.
+    other = replace(budgets, sram_bytes=None)
+    pick, _, s, _ = prog.solve("sram", other, {k: v for k, v in slack.items() if k != "sram"}, time_limit,
+                               cuts)
+    secs += s
+    solves += 1
+    if pick is not None:
+        ev = prog.evaluate(pick, budgets.clock_hz)
+        if not _overshoot(ev, budgets, check_arena):
+            return _allocation(prog, ev, "feasible", budgets, secs, solves, tightenings, n_cons, t_start)
+    raise _diagnose(prog, budgets, check_arena, arena_layout=True)
+
+
+def _diagnose(prog: _Program, budgets: Budgets, check_arena: bool,
+              arena_layout: bool = False) -> InfeasibleBudget:
+    """Build the InfeasibleBudget error: which budget binds and the smallest achievable figures."""
+    fixed = prog.flash_fixed + prog.runtime.code_bytes
+    min_flash = int(fixed + sum(lay.flash.min() for lay in prog.layers))
+    pick, _, _, _ = prog.solve("sram", None, {})
+    ev = prog.evaluate(pick, budgets.clock_hz) if pick is not None else None
+    min_arena = ev.arena.arena_bytes if ev else 0
+    min_live = ev.arena.peak_live_bytes if ev else 0
+    shared_flash = ev.flash.total_bytes if ev and budgets.shared_region else 0
+    sram_measure = (min_arena if check_arena else min_live) + shared_flash
+    sram_name = "arena + flash (shared region)" if budgets.shared_region else "SRAM (arena)"
+    binding: list[str] = []
+    parts: list[str] = []
+    if budgets.flash_bytes is not None:
+        if min_flash > budgets.flash_bytes:
+            binding.append("flash")
+        parts.append(f"flash budget {_b(budgets.flash_bytes)}, smallest achievable {_b(min_flash)}")
+    else:
+        parts.append(f"smallest achievable flash {_b(min_flash)}")
+    if budgets.sram_bytes is not None:
+        if sram_measure > budgets.sram_bytes:
+            binding.append("SRAM")
+        parts.append(f"{sram_name} budget {_b(budgets.sram_bytes)}, smallest achievable {_b(sram_measure)} "
+                     f"(peak live {_b(min_live)})")
+    else:
+        parts.append(f"smallest achievable {sram_name} {_b(sram_measure)}")
+    if budgets.bops is not None:
+        min_bops = int(sum(lay.bops.min() for lay in prog.layers))
+        if min_bops > budgets.bops:
+            binding.append("BOPs")
+        parts.append(f"BOPs budget {budgets.bops:.3g}, smallest achievable {min_bops:.3g}")
+    if budgets.latency_ms is not None and budgets.clock_hz:
+        min_lat = (prog.cycles_fixed + sum(lay.cycles.min() for lay in prog.layers)) * 1e3 / budgets.clock_hz
+        if min_lat > budgets.latency_ms:
+            binding.append("latency")
+        parts.append(f"latency budget {budgets.latency_ms:g} ms, "
+                     f"smallest achievable {min_lat:.3g} ms (model)")
+    if not binding:
+        if arena_layout:
+            binding.append("SRAM (arena layout: the greedy arena exceeds the live bytes)")
+        else:
+            binding.append("the budgets together (each alone can be met)")
+            if budgets.flash_bytes is not None and budgets.sram_bytes is not None:
+                pick2, _, _, _ = prog.solve("sram", Budgets(budgets.flash_bytes, None,
+                                                            shared_region=budgets.shared_region), {})
+                if pick2 is not None:
+                    e2 = prog.evaluate(pick2)
+                    m2 = (e2.arena.arena_bytes if check_arena else e2.arena.peak_live_bytes) + (
+                        e2.flash.total_bytes if budgets.shared_region else 0)
+                    parts.append(f"within the flash budget the smallest {sram_name} is {_b(m2)}")
+    msg = f"no bit assignment meets the budgets (binding: {', '.join(binding)}): " + "; ".join(parts)
+    hint = ("raise the binding budget (--flash/--flash-like/--sram), or pick a runtime with lower bit-widths "
+            "(e.g. 4-bit weight kernels)")
+    return InfeasibleBudget(msg, hint, binding=", ".join(binding), min_flash_bytes=min_flash,
+                            min_sram_bytes=sram_measure, min_peak_live_bytes=min_live)
+
+
+def _b(n: float) -> str:
+    return f"{fmt_bytes(n)} ({int(n)} B)"
+
+
+# ---- public API -------------------------------------------------------------------------------------------
+def allocate(graph: ModelGraph, costs: Costs, runtime: Runtime, budgets: Budgets, *, default_a: int = 8,
+             check_arena: bool = True, max_tightenings: int = MAX_TIGHTENINGS, max_cuts: int = MAX_CUTS,
+             time_limit: float = 60.0) -> Allocation:
+    """Minimise the summed per-layer cost under ``budgets`` (see the module docstring for the program).
+
+    ``costs[op_name][(w, a)]`` for every quantizable op; choices the runtime does not support are dropped.
+    ``check_arena=False`` bounds the peak live bytes instead of the greedy arena (no re-solves for
+    fragmentation); ``max_cuts`` / ``max_tightenings`` bound the re-solves when the arena overshoots.
+    Raises :class:`InfeasibleBudget` when nothing fits.
+    """
+    t0 = time.perf_counter()
+    prog = _Program(graph, costs, runtime, default_a)
+    return _solve_budgets(prog, budgets, check_arena=check_arena, max_tightenings=max_tightenings,
+                          max_cuts=max_cuts, time_limit=time_limit, t_start=t0)
+
+
+def pareto_sweep(graph: ModelGraph, costs: Costs, runtime: Runtime, flash_budgets: Iterable[int],
+                 sram_bytes: int | None, *, default_a: int = 8, base: Budgets | None = None,
+                 check_arena: bool = True) -> list[Allocation]:
+    """``--sweep``: allocate at each flash budget (one program, re-solved), skip infeasible points and keep
+    the non-dominated (flash, objective) plans, smallest flash first. ``base`` supplies the other budgets."""
+    prog = _Program(graph, costs, runtime, default_a)
+    template = base or Budgets(None, sram_bytes)
+    found: list[Allocation] = []
+    for fb in sorted(set(int(f) for f in flash_budgets)):
+        t0 = time.perf_counter()
+        try:
+            found.append(_solve_budgets(prog, replace(template, flash_bytes=fb, sram_bytes=sram_bytes),
+                                        check_arena=check_arena, max_tightenings=MAX_TIGHTENINGS,
+                                        max_cuts=MAX_CUTS, time_limit=60.0, t_start=t0))
+        except InfeasibleBudget:
+            continue
+    front: list[Allocation] = []
+    for al in sorted(found, key=lambda a: (a.flash_bytes, a.objective)):
+        if not front or al.objective < front[-1].objective - 1e-12 * max(1.0, abs(front[-1].objective)):
+            front.append(al)
+    return front
+
+
+def plan_to_json(allocation: Allocation, graph: ModelGraph, *, model: str, device: DeviceProfile | str,
+                 runtime: Runtime | str, proxy: str, budgets: Budgets | None = None,
+                 timing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``plan.json`` document (schema ``tap-edge/plan`` v1); ``BitAssignment.from_plan`` reads it."""
+    ops = {op.name: op for op in graph.ops}
+    layers: dict[str, dict[str, Any]] = {}
+    for key, wa in allocation.layers.items():
+        names = allocation.layer_ops.get(key) or [key]
+        members = [ops[n] for n in names if n in ops]
+        layers[key] = {"w": int(wa["w"]), "a": int(wa["a"]), "op": names[0],
+                       "op_class": members[0].op_class if members else "",
+                       "params": int(sum(o.params for o in members)),
+                       "cost": float(allocation.layer_costs.get(key, 0.0))}
+        if len(names) > 1:
+            layers[key]["ops"] = names
+    b = budgets or allocation.budgets or Budgets(None, None)
+    return {
+        "schema": PLAN_SCHEMA, "version": PLAN_VERSION, "model": model,
+        "device": device.id if isinstance(device, DeviceProfile) else str(device),
+        "runtime": runtime.name if isinstance(runtime, Runtime) else str(runtime), "proxy": proxy,
+        "default": {"w": 8, "a": allocation.default_a},
+        "layers": layers,
+        "budgets": {"flash_bytes": b.flash_bytes, "sram_bytes": b.sram_bytes,
+                    "bops": b.bops, "latency_ms": b.latency_ms, "shared_region": b.shared_region},
+        "predicted": {"flash_bytes": allocation.flash_bytes, "weights_bytes": allocation.weights_bytes,
+                      "arena_bytes": allocation.arena_bytes, "peak_live_bytes": allocation.peak_live_bytes,
+                      "peak_op": allocation.peak_op, "bops": allocation.bops,
+                      "latency_ms": allocation.latency_ms},
+        "solver": {"status": allocation.status, "seconds": round(allocation.solver_seconds, 6),
+                   "objective": allocation.objective, "iterations": allocation.iterations,
+                   "variables": allocation.n_variables, "constraints": allocation.n_constraints,
+                   "tightenings": allocation.tightenings},
+        "timing": dict(timing or {}),
+    }

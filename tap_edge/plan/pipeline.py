@@ -1,0 +1,167 @@
+"""The plan path, top to bottom: model -> graph -> 16 calibration samples -> LayerStats -> proxy costs ->
+exact allocation under the device's budgets -> ``plan.json``. Each step returns plain data and is timed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tap_edge.core import console
+from tap_edge.core.errors import UserError
+
+
+@dataclass
+class PlanRequest:
+    """Everything ``tap-edge plan`` needs (one config object for the transformation)."""
+
+    model: str
+    device: str
+    calib: Path
+    calib_samples: int = 16
+    proxy: str = "tap"
+    runtime: str | None = None
+    flash: str | None = None
+    flash_like: str | None = None
+    sram: str | None = None
+    bops: str | None = None
+    latency_ms: float | None = None
+    sweep: int = 0  # number of flash budgets for a Pareto sweep (0: none)
+    weight_bits: list[int] | None = None  # override the runtime's supported widths (research / fake-quant)
+    act_bits: list[int] | None = None  # restrict activation widths (e.g. [8] for an all-integer model)
+    default_a: int = 8
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _torch_model(spec: str) -> Any:
+    from tap_edge.graph.models import load_model
+
+    lm = load_model(spec)
+    if lm.frontend != "torch":
+        raise UserError(f"'{spec}' is a {lm.frontend} file: planning needs the PyTorch model",
+                        "pass a bundled name, timm:NAME or package.module:factory (check works on any file)")
+    return lm
+
+
+def make_plan(req: PlanRequest) -> dict[str, Any]:
+    """Run the plan path and return the ``tap-edge/plan`` document (with proxy scores and an optional sweep)."""
+    from tap_edge.devices import get_device
+    from tap_edge.graph.models import load_graph
+    from tap_edge.plan.allocate import allocate, budgets_from_args, plan_to_json
+    from tap_edge.plan.calib import load_images
+    from tap_edge.plan.proxies import ProxyContext, compute_costs, get_proxy
+    from tap_edge.plan.stats import compute_layer_stats
+
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    device = get_device(req.device)
+    runtime = device.runtime(req.runtime)
+    if req.weight_bits:
+        runtime = runtime.model_copy(update={"weights": {"default": sorted(req.weight_bits)}})
+    if req.act_bits:
+        allowed = {k: [b for b in v if b in req.act_bits] for k, v in runtime.activations.items()}
+        if not allowed["default"]:
+            raise UserError(f"{runtime.name} runs none of the activation widths {req.act_bits}",
+                            f"it supports {runtime.activations['default']}")
+        runtime = runtime.model_copy(update={"activations": {k: v or allowed["default"] for k, v in allowed.items()}})
+    get_proxy(req.proxy)  # fail fast on an unknown proxy name
+    lm = _torch_model(req.model)
+    graph = load_graph(lm)
+    timing["load_s"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    with console.progress("calibration images", None):
+        calib, _ = load_images(req.calib, lm.preprocess, limit=req.calib_samples)
+    timing["calib_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    with console.progress(f"LayerStats on {len(calib)} samples", None):
+        stats = compute_layer_stats(lm.module, graph, calib)
+    timing["stats_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ctx = ProxyContext(model=lm.module, graph=graph, calib=calib)
+    with console.progress(f"proxy {req.proxy}", None):
+        costs = compute_costs(req.proxy, stats, ctx, **req.options)
+    timing["proxy_s"] = time.perf_counter() - t
+
+    budgets = budgets_from_args(device, runtime, graph, flash=req.flash, flash_like=req.flash_like, sram=req.sram,
+                                bops=req.bops, latency_ms=req.latency_ms, default_a=req.default_a)
+    t = time.perf_counter()
+    alloc = allocate(graph, costs, runtime, budgets, default_a=req.default_a)
+    timing["ilp_s"] = time.perf_counter() - t
+    timing["total_s"] = time.perf_counter() - t0
+    plan = plan_to_json(alloc, graph, model=req.model, device=device, runtime=runtime, proxy=req.proxy,
+                        budgets=budgets, timing={k: round(v, 4) for k, v in timing.items()})
+    # per-layer sensitivity for the report: the proxy's cost at 4-bit weights, 8-bit activations (or nearest)
+    scores = {}
+    for op_name, row in costs.items():
+        key = min(row, key=lambda wa: (abs(wa[0] - 4), abs(wa[1] - 8)))
+        scores[op_name] = float(row[key])
+    plan["proxy_scores"] = scores
+    plan["calibration"] = {"folder": str(req.calib), "samples": len(calib)}
+    if req.sweep:
+        plan["sweep"] = _sweep(graph, costs, runtime, budgets, req)
+    return plan
+
+
+def _sweep(graph: Any, costs: Any, runtime: Any, budgets: Any, req: PlanRequest) -> list[dict[str, Any]]:
+    """Pareto front over flash budgets from uniform 2-bit to uniform 8-bit weights."""
+    from tap_edge.plan.allocate import pareto_sweep, parse_flash_like
+
+    lo = parse_flash_like("w2", graph, runtime, req.default_a)
+    hi = parse_flash_like("w8", graph, runtime, req.default_a)
+    n = max(2, req.sweep)
+    flash_points = [int(lo + (hi - lo) * i / (n - 1)) for i in range(n)]
+    with console.progress("Pareto sweep", None):
+        front = pareto_sweep(graph, costs, runtime, flash_points, budgets.sram_bytes, default_a=req.default_a,
+                             base=budgets)
+    return [{"flash_bytes": a.flash_bytes, "objective": a.objective, "arena_bytes": a.arena_bytes,
+             "layers": a.layers} for a in front]
+
+
+@dataclass
+class EvalRequest:
+    model: str
+    data: Path
+    plan: Path | None = None
+    bits: str | None = None
+    labels: Path | None = None
+    calib: Path | None = None
+    calib_samples: int = 16
+    limit: int | None = None
+
+
+def evaluate_plan(req: EvalRequest) -> dict[str, Any]:
+    """PTQ the model with a plan (or uniform bits) and measure top-1, agreement and KL against float.
+
+    Calibration uses the first ``calib_samples`` of ``--calib`` (default: of ``--data``, which are then
+    excluded from the evaluation, so no image is both calibrated and scored)."""
+    from tap_edge.fit.bits import BitAssignment
+    from tap_edge.fit.memory import flash_breakdown
+    from tap_edge.graph.models import load_graph
+    from tap_edge.plan.calib import find_labels, labels_for, load_images, load_labels
+    from tap_edge.quantize.evaluate import evaluate
+    from tap_edge.quantize.ptq import quantize_model
+
+    if (req.plan is None) == (req.bits is None):
+        raise UserError("pass exactly one of --plan and --bits", "e.g. --plan plan.json or --bits w4a8")
+    bits = BitAssignment.load(req.plan) if req.plan else BitAssignment.parse(req.bits or "w8a8")
+    lm = _torch_model(req.model)
+    graph = load_graph(lm)
+    bits.check_names(graph)
+    calib_dir = req.calib or req.data
+    calib, _ = load_images(calib_dir, lm.preprocess, limit=req.calib_samples)
+    skip = req.calib_samples if calib_dir == req.data else 0
+    with console.progress("loading evaluation images", None):
+        images, names = load_images(req.data, lm.preprocess, limit=req.limit, skip=skip)
+    labels_path = req.labels or find_labels(req.data)
+    labels = labels_for(names, load_labels(labels_path), str(labels_path)) if labels_path else None
+    t = time.perf_counter()
+    qmodel = quantize_model(lm.module, bits, calib, graph=graph)
+    ptq_s = time.perf_counter() - t
+    metrics = evaluate(qmodel, lm.module, images, labels)
+    return {"schema": "tap-edge/eval", "version": 1, "model": req.model, "bits": bits.label(),
+            "plan": str(req.plan) if req.plan else None, "n_images": len(images), "calib_samples": len(calib),
+            "flash_bytes": flash_breakdown(graph, bits).model_bytes, "ptq_s": round(ptq_s, 3), **metrics}

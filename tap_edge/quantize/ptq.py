@@ -1,0 +1,483 @@
+"""Post-training quantization (PTQ) to a fake-quantized PyTorch model, from a bit assignment or plan.
+
+One config object (:class:`PTQConfig`, torchao style) describes the whole transformation:
+
+- **BatchNorm folding** (``fold_bn``): the model is copied; every BatchNorm whose only input is a conv / linear
+  output (found with the same torch.fx tracer as the graph front-end) is folded into that layer's weight and
+  bias, as deployment runtimes do. timm's ``BatchNormAct2d`` keeps its activation (and drop) as
+  :class:`ActOnly`. Folding is exact in eval mode.
+- **Weights**: per-output-channel symmetric, narrow range (``q`` in ``[-(2^(b-1)-1), 2^(b-1)-1]``, the TFLite
+  int8/int4 scheme), 2..8 bits; the clipping threshold of each channel is searched to minimise the squared
+  error ``||Q(W) - W||^2`` (:func:`weight_scales`; ``clip="max"`` uses the channel's max instead). Widths 16
+  and 32 keep float16 / float32 weights. :func:`weight_scales` is also what ``tap_edge.plan.stats`` uses for the
+  quantization error at each candidate width: the proxies see exactly this quantizer.
+- **Activations**: per tensor, fake-quantized where integer kernels read them: at the input of every
+  quantizable layer (its width is the tensor's planned width, :func:`tap_edge.fit.bits.tensor_bits`: the
+  producer's ``a``) and at the model output when a quantizable layer produces it. 8 bits: asymmetric affine
+  (uint8 range with zero point, range widened to include 0: the TFLite int8 scheme); 16 bits: symmetric
+  (TFLite 16x8); 32: float, untouched. Ranges are calibrated on the calibration batch with the weights
+  already quantized: ``act_calib="minmax"`` (default; the TFLite converter's choice) or ``"percentile"``
+  (``act_percentile`` of the values, on a strided subsample of at most 2**20 values per tensor).
+- Biases stay float (an int32 bias at scale ``s_w * s_a`` adds no visible error).
+
+Many small tensor ops (the clipping search of 50 layers, batch-1 passes) run on :func:`run_tasks`: one worker
+thread per core, each with a single OpenMP thread. That beats intra-op threading on such work and, unlike it,
+does not collapse (spinning OpenMP barriers) when other jobs share the cores.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from tap_edge.core.errors import UserError
+from tap_edge.fit.bits import BitAssignment, tensor_bits
+from tap_edge.graph.graph import ModelGraph
+
+#: Candidate integer weight widths (the proxies' cost columns).
+CANDIDATE_BITS = (2, 3, 4, 5, 6, 7, 8)
+
+# Clipping search: a coarse grid of ratios (clip / channel max) then a fine grid around each channel's best.
+_COARSE = torch.linspace(0.08, 1.0, 16)
+_FINE_STEPS = 9
+# Channels longer than this are searched on a stratified sample (the largest values exactly plus evenly spaced
+# quantiles of the rest, weighted); the error reported is always exact on the whole channel.
+_SAMPLE = 128
+_TOP = 16
+
+
+def qmax_of(bits: int) -> int:
+    """Largest integer level of a narrow-range symmetric ``bits``-bit quantizer (127 at 8 bits, 1 at 2)."""
+    return (1 << (bits - 1)) - 1
+
+
+def _search_set(w2: torch.Tensor) -> tuple[torch.Tensor, int, torch.Tensor | None, torch.Tensor]:
+    """(|W| / channel max, n_top, weight of the sampled values [C, 1] or None, channel max) for the clip search.
+
+    Long channels are represented by their ``_TOP`` largest values (weight 1) plus an evenly strided sample of
+    the others (values in the top set are zeroed there: they cost nothing), each standing for
+    ``(K - _TOP) / n_kept`` values: the clipping error, which the largest values dominate, is exact and the
+    rounding error is estimated without bias."""
+    a = w2.abs()
+    amax = a.amax(1).clamp_min(1e-30)
+    c, k = a.shape
+    if k <= _SAMPLE:
+        return a / amax[:, None], k, None, amax
+    top = a.topk(_TOP, dim=1).values
+    n = _SAMPLE - _TOP
+    idx = ((torch.arange(n, dtype=torch.float64) + 0.5) * (k / n)).long().clamp_max(k - 1)
+    smp = a[:, idx]
+    keep = smp < top[:, -1:]  # values below the top set (ties at the threshold are dropped)
+    smp = smp * keep
+    wrest = (k - _TOP) / keep.sum(1, keepdim=True).clamp_min(1).float()
+    return torch.cat([top, smp], 1) / amax[:, None], _TOP, wrest, amax
+
+
+def _errors(x: torch.Tensor, ntop: int, wrest: torch.Tensor | None, ratios: torch.Tensor,
+            qmax: int) -> torch.Tensor:
+    """Normalised squared error of quantizing rows of ``x`` (|W|/max) with clip ratios [R] or [C, R] -> [C, R].
+
+    Channels are processed in chunks of about 2**18 values, in place: big temporaries cost more in page
+    faults than in arithmetic on CPU."""
+    c, kk = x.shape
+    per_ch = ratios.shape[-1] * kk
+    step = max(1, (1 << 18) // per_ch)
+    k = qmax / ratios  # levels per unit of channel max
+    out = torch.empty(c, ratios.shape[-1])
+    for i in range(0, c, step):
+        kc = k[None, :, None] if k.dim() == 1 else k[i:i + step, :, None]
+        t = x[i:i + step, None, :] * kc
+        r = torch.round(t)
+        r.clamp_(max=qmax)
+        t.sub_(r)
+        t.square_()
+        if wrest is None:
+            e = t.sum(-1)
+        else:
+            e = t[..., :ntop].sum(-1) + t[..., ntop:].sum(-1) * wrest[i:i + step]
+        out[i:i + step] = e / (kc[..., 0] ** 2)
+    return out
+
+
+def _exact_errors(w2: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    d = quantize_weight(w2, scale, bits) - w2
+    return (d * d).sum(1)
+
+
+def _search(w: torch.Tensor, bits: Sequence[int], clip: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scales [nb, C], exact squared error per channel [nb, C]); see :func:`weight_scales`."""
+    w2 = w.detach().reshape(w.shape[0], -1).float()
+    x, ntop, wrest, amax = _search_set(w2)
+    scales = torch.empty(len(bits), w2.shape[0])
+    errs = torch.empty_like(scales)
+    for i, b in enumerate(bits):
+        qmax = qmax_of(b)
+        at_max = amax / qmax
+        if clip == "max":
+            scales[i], errs[i] = at_max, _exact_errors(w2, at_max, b)
+            continue
+        e = _errors(x, ntop, wrest, _COARSE, qmax)
+        best = _COARSE[e.argmin(1)]
+        step = float(_COARSE[1] - _COARSE[0])
+        fine = (best[:, None] + torch.linspace(-step, step, _FINE_STEPS)[None, :]).clamp(0.02, 1.0)
+        ef = _errors(x, ntop, wrest, fine, qmax)
+        s = amax * fine.gather(1, ef.argmin(1, keepdim=True))[:, 0] / qmax
+        err = _exact_errors(w2, s, b)
+        if wrest is not None:  # sampled search: keep the channel max where it is exactly better
+            err_max = _exact_errors(w2, at_max, b)
+            better = err_max < err
+            s, err = torch.where(better, at_max, s), torch.where(better, err_max, err)
+        scales[i], errs[i] = s, err
+    return scales, errs
+
+
+def weight_scales(w: torch.Tensor, bits: Sequence[int] | int, clip: str = "mse") -> torch.Tensor:
+    """Per-output-channel scales [len(bits), C] of the symmetric quantizer, with MSE-searched clipping.
+
+    ``scale = clip / qmax`` where ``clip = ratio x max|W_c|``; the ratio is chosen per channel on a coarse grid
+    (16 ratios in 0.08..1) and refined on a fine grid around the best (9 ratios), minimising ``||Q(W_c) -
+    W_c||^2``. Vectorised over channels and ratios; channels longer than 128 values are searched on a
+    stratified sample (their 16 largest values exactly plus an even stride of the others, weighted), and
+    the result is then checked exactly against no clipping (ratio 1). ``clip="max"``: ratio 1 everywhere.
+    """
+    return _search(w, [bits] if isinstance(bits, int) else list(bits), clip)[0]
+
+
+def quantize_weight(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """Fake-quantize ``w`` per output channel with ``scale`` [C]: ``clamp(round(w/s), -qmax, qmax) * s``."""
+    qmax = qmax_of(bits)
+    s = scale.reshape(-1, *([1] * (w.dim() - 1))).to(w.dtype)
+    return torch.clamp(torch.round(w / s), -qmax, qmax) * s
+
+
+def weight_quant_table(w: torch.Tensor, bits: Sequence[int] = CANDIDATE_BITS,
+                       clip: str = "mse") -> tuple[torch.Tensor, torch.Tensor]:
+    """(scales [nb, C], exact squared error per channel [nb, C]) of the PTQ weight quantizer at each width."""
+    return _search(w, list(bits), clip)
+
+
+def run_tasks(tasks: list[tuple[str, Callable[[], None]]], spent: dict[str, float] | None = None,
+              workers: int | None = None) -> None:
+    """Run ``tasks`` in order on one worker thread per core, each worker with one OpenMP thread (a per-thread
+    setting); the first error is re-raised here. ``spent`` accumulates the seconds per task kind."""
+    todo: queue.SimpleQueue[tuple[str, Callable[[], None]]] = queue.SimpleQueue()
+    for t in tasks:
+        todo.put(t)
+    errors: list[BaseException] = []
+    spent = spent if spent is not None else {}
+
+    def worker() -> None:
+        torch.set_num_threads(1)
+        while not errors:
+            try:
+                kind, fn = todo.get_nowait()
+            except queue.Empty:
+                return
+            ts = time.perf_counter()
+            try:
+                fn()
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(e)
+                return
+            spent[kind] = spent.get(kind, 0.0) + time.perf_counter() - ts
+
+    n = max(1, min(workers or torch.get_num_threads(), len(tasks)))
+    threads = [threading.Thread(target=worker, name=f"tap-edge-worker-{w}", daemon=True) for w in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+
+
+@contextmanager
+def worker_threads() -> Iterator[int]:
+    """Yield the number of workers for :func:`run_tasks` (the caller's torch thread count) and keep the
+    caller's own thread at one OpenMP thread meanwhile (its leftover small ops then cannot spin either)."""
+    workers = max(1, torch.get_num_threads())
+    torch.set_num_threads(1)
+    try:
+        yield workers
+    finally:
+        torch.set_num_threads(workers)
+
+
+# ---- BatchNorm folding ------------------------------------------------------------------------------------
+class ActOnly(nn.Module):
+    """What is left of timm's ``BatchNormAct2d`` once its BatchNorm is folded: drop then activation."""
+
+    def __init__(self, drop: nn.Module, act: nn.Module) -> None:
+        super().__init__()
+        self.drop = drop
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(x))
+
+
+def _is_bn(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_var is not None
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, attr, new)
+
+
+def _pairs_fx(model: nn.Module) -> list[tuple[str, str]]:
+    """(layer, batchnorm) pairs where the BatchNorm's only input is the layer's only use, from a torch.fx trace."""
+    from tap_edge.graph.frontends.torch_frontend import _Tracer
+
+    try:
+        graph = _Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - untraceable user code: keep BatchNorm as is (exact, just slower)
+        return []
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        users = list(node.users)
+        if node.op == "call_module" and len(users) == 1 and users[0].op == "call_module" \
+                and users[0].args[:1] == (node,):
+            pairs.append((str(node.target), str(users[0].target)))
+    return [(a, b) for a, b in pairs if calls[a] == 1 and calls[b] == 1]
+
+
+def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[tuple[str, str]]]:
+    """Fold every BatchNorm that directly and only follows a conv / linear into it, in place (eval mode).
+
+    Pairs come from a torch.fx trace (the graph front-end's tracer); a model that cannot be traced is
+    returned unchanged. Returns the model and the folded (layer, batchnorm) module names."""
+    model.eval()
+    modules = dict(model.named_modules())
+    done: list[tuple[str, str]] = []
+    for name, bn_name in _pairs_fx(model):
+        layer, bn = modules.get(name), modules.get(bn_name)
+        if not isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear) or bn is None or not _is_bn(bn):
+            continue
+        if type(bn).__name__ not in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormAct2d") \
+                or bn.num_features != layer.weight.shape[0]:
+            continue  # other subclasses may do more than normalise
+        with torch.no_grad():
+            s = 1.0 / torch.sqrt(bn.running_var + bn.eps)
+            if bn.affine:
+                s = s * bn.weight
+            shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * s
+            w = layer.weight
+            w.mul_(s.reshape(-1, *([1] * (w.dim() - 1))))
+            new_b = (layer.bias * s if layer.bias is not None else 0.0) + shift
+            if layer.bias is None:
+                layer.bias = nn.Parameter(new_b.detach().clone(), requires_grad=w.requires_grad)
+            else:
+                layer.bias.copy_(new_b)
+        if type(bn).__name__ == "BatchNormAct2d":
+            _set_module(model, bn_name, ActOnly(getattr(bn, "drop", nn.Identity()), getattr(bn, "act", nn.Identity())))
+        else:
+            _set_module(model, bn_name, nn.Identity())
+        done.append((name, bn_name))
+    return model, done
+
+
+def folded_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode, no gradients, BatchNorm folded (the model a runtime executes)."""
+    m = copy.deepcopy(model).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return fold_batchnorm(m)[0]
+
+
+# ---- activations ------------------------------------------------------------------------------------------
+class FakeQuantAct(nn.Module):
+    """Per-tensor activation fake-quantizer: 8 bits asymmetric (zero point), 16 bits symmetric, else float.
+
+    Before calibration (``observing``) it records the range of what passes through and returns it unchanged.
+    """
+
+    def __init__(self, bits: int, method: str = "minmax", percentile: float = 99.99) -> None:
+        super().__init__()
+        self.bits, self.method, self.percentile = int(bits), method, float(percentile)
+        self.observing = True
+        self.lo, self.hi = math.inf, -math.inf
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("zero_point", torch.tensor(0.0))
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, scale={float(self.scale):.4g}, zero_point={int(self.zero_point)}"
+
+    def observe(self, x: torch.Tensor) -> None:
+        x = x.detach()
+        dense = x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+        flat = x.as_strided((x.numel(),), (1,)) if dense else x.reshape(-1)  # fast 1-D reductions
+        if self.method == "percentile":
+            if flat.numel() > (1 << 20):
+                flat = flat[:: math.ceil(flat.numel() / (1 << 20))]
+            p = self.percentile / 100.0
+            lo, hi = torch.quantile(flat.float(), torch.tensor([1.0 - p, p])).tolist()
+        else:
+            lo_t, hi_t = torch.aminmax(flat)
+            lo, hi = float(lo_t), float(hi_t)
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+
+    def finish(self) -> None:
+        """Turn the observed range into scale / zero point and start quantizing."""
+        lo, hi = min(self.lo, 0.0), max(self.hi, 0.0)
+        if not math.isfinite(lo) or not math.isfinite(hi):
+            lo, hi = -1.0, 1.0
+        if self.bits == 8:
+            scale = max(hi - lo, 1e-8) / 255.0
+            self.scale.fill_(scale)
+            self.zero_point.fill_(round(-lo / scale))
+        else:
+            qmax = (1 << (self.bits - 1)) - 1
+            self.scale.fill_(max(max(-lo, hi), 1e-8) / qmax)
+            self.zero_point.fill_(0.0)
+        self.observing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bits >= 32:
+            return x
+        if self.observing:
+            self.observe(x)
+            return x
+        s, z = self.scale, self.zero_point
+        if self.bits == 8:
+            return (torch.clamp(torch.round(x / s) + z, 0, 255) - z) * s
+        qmax = (1 << (self.bits - 1)) - 1
+        return torch.clamp(torch.round(x / s), -qmax, qmax) * s
+
+
+# ---- the transformation -----------------------------------------------------------------------------------
+@dataclass
+class PTQConfig:
+    """Everything the PTQ transformation needs besides the model and the calibration batch (torchao style).
+
+    ``bits``: a :class:`BitAssignment` (uniform ``"w4a8"`` or a plan); ``clip``: ``"mse"`` (searched) or
+    ``"max"``; ``act_calib``: ``"minmax"`` or ``"percentile"`` (``act_percentile``); ``fold_bn``: fold
+    BatchNorm first; ``quantize_output``: fake-quantize the model output when a quantizable layer makes it.
+    """
+
+    bits: BitAssignment = field(default_factory=lambda: BitAssignment(8, 8))
+    clip: str = "mse"
+    act_calib: str = "minmax"
+    act_percentile: float = 99.99
+    fold_bn: bool = True
+    quantize_output: bool = True
+    calib_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, str):
+            self.bits = BitAssignment.parse(self.bits)
+        elif isinstance(self.bits, dict):
+            self.bits = BitAssignment.from_plan(self.bits)
+        if self.clip not in ("mse", "max"):
+            raise UserError(f"unknown weight clipping '{self.clip}'", "use mse or max")
+        if self.act_calib not in ("minmax", "percentile"):
+            raise UserError(f"unknown activation calibration '{self.act_calib}'", "use minmax or percentile")
+        if not 50.0 < self.act_percentile <= 100.0:
+            raise UserError(f"activation percentile {self.act_percentile} out of range", "use e.g. 99.99")
+
+
+@dataclass
+class PTQInfo:
+    """What :func:`ptq` did (attached to the returned model as ``tap_edge_ptq``)."""
+
+    folded: list[tuple[str, str]]
+    weight_bits: dict[str, int]
+    act_bits: dict[str, int]  # module -> width of its (fake-quantized) input
+    output_bits: int | None
+
+
+def _graph_of(model: nn.Module, calib: torch.Tensor) -> ModelGraph:
+    from tap_edge.graph.frontends.torch_frontend import trace_module
+
+    return trace_module(model, calib[:1])
+
+
+def ptq(model: nn.Module, config: PTQConfig, calib: torch.Tensor, graph: ModelGraph | None = None) -> nn.Module:
+    """Return a fake-quantized copy of ``model`` (the original is untouched); see the module docstring."""
+    if calib is None or calib.dim() < 2 or len(calib) == 0:
+        raise UserError("PTQ needs a non-empty calibration batch", "pass --calib DIR with a few samples")
+    bits = config.bits
+    if graph is None:
+        graph = _graph_of(model, calib)
+    if bits.layers:
+        bits.check_names(graph)
+    q = copy.deepcopy(model).eval()
+    for p in q.parameters():
+        p.requires_grad_(False)
+    folded = fold_batchnorm(q)[1] if config.fold_bn else []
+    modules = dict(q.named_modules())
+    widths = tensor_bits(graph, bits)
+    info = PTQInfo(folded, {}, {}, None)
+    quants: list[FakeQuantAct] = []
+    seen: set[str] = set()
+    jobs: list[tuple[str, Callable[[], None]]] = []
+
+    def weight_job(w: torch.Tensor, wb: int) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad():
+                if wb <= 8:
+                    w.copy_(quantize_weight(w, weight_scales(w, wb, config.clip)[0], wb))
+                elif wb == 16:
+                    w.copy_(w.half().float())
+        return run
+
+    for op in graph.quantizable_ops():
+        if not op.module or op.module not in modules or op.module in seen:
+            continue
+        seen.add(op.module)
+        mod = modules[op.module]
+        wb = bits.weight_bits(op)
+        info.weight_bits[op.module] = wb
+        jobs.append(("weights", weight_job(mod.weight, wb)))
+        ab = widths.get(op.inputs[0], 32) if op.inputs else 32
+        if ab < 32:
+            fq = FakeQuantAct(ab, config.act_calib, config.act_percentile)
+            mod.add_module("input_quant", fq)
+            mod.register_forward_pre_hook(lambda m, args: (m.input_quant(args[0]), *args[1:]))
+            quants.append(fq)
+            info.act_bits[op.module] = ab
+        if config.quantize_output and graph.outputs and op.outputs and op.outputs[0] in graph.outputs:
+            ob = bits.act_bits(op) or 32
+            if ob < 32:
+                fo = FakeQuantAct(ob, config.act_calib, config.act_percentile)
+                mod.add_module("output_quant", fo)
+                mod.register_forward_hook(lambda m, args, out: m.output_quant(out))
+                quants.append(fo)
+                info.output_bits = ob
+    with worker_threads() as workers:
+        run_tasks(jobs, workers=workers)
+    if quants:
+        with torch.no_grad():
+            for i in range(0, len(calib), config.calib_batch_size):
+                q(calib[i:i + config.calib_batch_size])
+        for fq in quants:
+            fq.finish()
+    q.tap_edge_ptq = info  # type: ignore[assignment]
+    return q
+
+
+def quantize_model(model: nn.Module, bits: BitAssignment | str | dict[str, Any], calib: torch.Tensor,
+                   config: PTQConfig | None = None, graph: ModelGraph | None = None) -> nn.Module:
+    """Convenience form of :func:`ptq`: ``bits`` (a BitAssignment, ``"w4a8"`` or a plan dict) overrides
+    ``config.bits``."""
+    cfg = copy.copy(config) if config is not None else PTQConfig()
+    cfg.bits = bits if isinstance(bits, BitAssignment) else PTQConfig(bits=bits).bits  # type: ignore[arg-type]
+    return ptq(model, cfg, calib, graph)
+
+
+#: Name the backends look for.
+fake_quant_model = quantize_model
