@@ -396,8 +396,8 @@ def tap(stats: list[LayerStats], ctx: ProxyContext, source: str | None = None, p
     """A TAP proxy program: Python source defining ``proxy(layer: dict, bits: list[int]) -> list[float]``, called
     once per layer with ``LayerStats.to_program_input()`` (``tap_edge.plan.stats.LAYERSTATS_API``), run vetted
     in the sandbox (``tap_edge.plan.proxies.sandbox.run_proxy_program``). Default program:
-    ``programs/tap_discovered.py``, the best program of a real search run; ``source`` / ``path`` give another; ``layers`` reuses already built
-    program inputs."""
+    ``programs/tap_discovered.py``, the best program of a real search run; ``source`` / ``path`` give another;
+    ``layers`` reuses already built program inputs."""
     from tap_edge.plan.proxies.sandbox import run_proxy_program  # lazy: the sandbox is only needed for TAP programs
 
     src = source if source is not None else tap_program_source(path)
