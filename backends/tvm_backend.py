@@ -49,6 +49,7 @@ from tap_edge.backends import Backend, agreement, artifact_stem, prediction, wri
 
 from tap_edge.core import console
 from tap_edge.core.errors import UserError
+from tap_edge.core.paths import cache_dir
 
 #: Bookkeeping beside MetaSchedule's two JSONDatabase files: trials and seconds spent per workload key.
 TUNING_STATE_FILE = "tap-edge-tuning.json"
@@ -160,7 +161,7 @@ def host_target() -> dict[str, Any]:
 
 def default_tuning_root() -> Path:
     """Where tuning databases go when ``--tune-db`` is not given (one folder per workload key)."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tap-edge" / "tvm-tuning"
+    return cache_dir("tvm-tuning")
 
 
 def check_tuning_options(backend: str, trials: int | None, database: Path | None) -> None:

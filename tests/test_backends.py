@@ -262,7 +262,7 @@ def _meas(head: int, tail: int) -> dict:
 
 
 def test_report_flags_more_than_five_percent() -> None:
-    from tap_edge.cli.compile import build_report
+    from tap_edge.cli.measure import build_report
 
     r = build_report(Path("x.tflite"), _manifest(16000, 26720), _meas(16000, 8240), None)
     figs = {c["figure"]: c for c in r["comparisons"]}
@@ -272,7 +272,7 @@ def test_report_flags_more_than_five_percent() -> None:
 
 
 def test_verdict_fits_only_when_prediction_and_measurement_fit() -> None:
-    from tap_edge.cli.compile import build_report
+    from tap_edge.cli.measure import build_report
 
     ok = build_report(Path("x.tflite"), _manifest(16000, 26720), _meas(16000, 8240), "stm32h743")
     assert ok["verdict"] == "FITS" and ok["predicted_fits"] and ok["measured_fits"]
@@ -315,7 +315,7 @@ def test_tflm_arena_measured_in_child(tmp_path: Path) -> None:
 
 
 def test_cli_backends_json(capsys: pytest.CaptureFixture[str]) -> None:
-    from tap_edge.cli.app import main
+    from tap_edge.cli import main
 
     with pytest.raises(SystemExit) as ei:
         main(["backends", "--json"])
@@ -325,7 +325,7 @@ def test_cli_backends_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cli_measure_missing_artifact_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from tap_edge.cli.app import main
+    from tap_edge.cli import main
 
     with pytest.raises(SystemExit) as ei:
         main(["measure", str(tmp_path / "nope.onnx")])
@@ -337,7 +337,7 @@ def test_cli_measure_missing_artifact_is_one_line(capsys: pytest.CaptureFixture[
 @pytest.mark.slow
 @pytest.mark.skipif(not (HAS_TFLM and HAS_LITERT_TORCH), reason="pip install 'tap-edge[tflite]'")
 def test_tflite_int8_ds_cnn_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tap_edge.cli.app import main
+    from tap_edge.cli import main
 
     with pytest.raises(SystemExit) as ei:
         main(

@@ -450,7 +450,7 @@ def test_resume_after_kill_9_pays_nothing_twice(tmp_path: Path, script_all: list
     run = tmp_path / "run"
     script = [t for t in script_all if not t.startswith(("slow:", "429", "500"))]
     with ScriptedLLM(script, delay=0.15) as srv:
-        cmd = [sys.executable, "-c", "from tap_edge.cli.app import main; main()", "evolve", "--run-dir", str(run),
+        cmd = [sys.executable, "-c", "from tap_edge.cli import main; main()", "evolve", "--run-dir", str(run),
                "--llm-base-url",
                srv.base_url, "--llm-model", "scripted", "--task", "synthetic", "--population", "4",
                "--generations", "3", "--executor", "thread", "--cpu-seconds", "2", "-q"]

@@ -212,7 +212,7 @@ def test_nothing_to_show_and_bad_input() -> None:
 
 # ---- the command line ------------------------------------------------------------------------------------
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    from tap_edge.cli.app import main
+    from tap_edge.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -234,7 +234,7 @@ def test_cli_report_writes_one_file(tmp_path: Path, capsys: pytest.CaptureFixtur
         ("", "the file is empty"),
         ('{"a": ', "not valid JSON (line 1"),
         ("[1, 2]", "expected a JSON object"),
-        ('{"schema": "other"}', "not a tap-edge result"),
+        ('{"schema": "other"}', "not a tap-edge document"),
     ],
 )
 def test_cli_report_bad_input_is_one_line(
@@ -278,7 +278,7 @@ def test_check_html_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_write_html_if_requested(tmp_path: Path) -> None:
-    from tap_edge.cli.report import write_html_if_requested
+    from tap_edge.report import write_html_if_requested
 
     assert write_html_if_requested(_load("check_resnet8_w4a8.json")[0], None) is None
     out = write_html_if_requested(_load("evolve_*.json")[0], tmp_path / "e.html")

@@ -157,7 +157,7 @@ def _check_ray(address: str | None) -> None:
 
 
 def _html(summary: dict, html: Path | None) -> None:
-    from tap_edge.cli.report import write_html_if_requested
+    from tap_edge.report import write_html_if_requested
 
     write_html_if_requested(summary, html)
 

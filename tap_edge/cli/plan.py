@@ -1,8 +1,7 @@
-"""``tap-edge plan`` (proxy + exact allocation -> plan.json) and ``tap-edge eval`` (PTQ a plan, measure it)."""
+"""``tap-edge plan``: proxy scores on calibration samples + an exact integer program -> plan.json."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -13,17 +12,7 @@ from tap_edge.cli.app import JsonOpt, QuietOpt, app
 from tap_edge.core import console
 from tap_edge.core.errors import UserError
 from tap_edge.core.units import fmt_bytes
-
-
-def _write_json(data: dict, out: Path) -> None:
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(out)  # never leave a half-written plan over an older one
-    except OSError as e:
-        raise UserError(f"{out}: cannot write ({e.strerror or e.__class__.__name__})",
-                        "pick a writable --out") from None
+from tap_edge.documents import write_json
 
 
 def _parse_widths(spec: str | None) -> list[int] | None:
@@ -43,7 +32,6 @@ def _parse_widths(spec: str | None) -> list[int] | None:
         raise UserError(f"--weight-bits '{spec}': widths must be 2..8", "write e.g. 2-8 or 4,8")
     return widths
 
-
 def _parse_act_widths(spec: str | None) -> list[int] | None:
     if not spec:
         return None
@@ -54,7 +42,6 @@ def _parse_act_widths(spec: str | None) -> list[int] | None:
     if any(w not in (8, 16, 32) for w in widths):
         raise UserError(f"--act-bits '{spec}': activation widths are 8, 16 or 32", "write e.g. 8 or 8,16")
     return widths
-
 
 @app.command("plan")
 def plan_cmd(
@@ -86,15 +73,14 @@ def plan_cmd(
     console.set_quiet(quiet or as_json)
     plan = make_plan(PlanRequest(model, device, calib, calib_samples, proxy, runtime, flash, flash_like, sram, bops,
                                  latency_ms, sweep, _parse_widths(weight_bits), _parse_act_widths(act_bits)))
-    _write_json(plan, out)
+    write_json(plan, out)
     if as_json:
         console.print_json(plan)
     else:
         _print_plan(plan, out)
-    from tap_edge.cli.report import write_html_if_requested
+    from tap_edge.report import write_html_if_requested
 
     write_html_if_requested(plan, html)
-
 
 def _print_plan(plan: dict, out: Path) -> None:
     layers = plan["layers"]
@@ -129,48 +115,3 @@ def _print_plan(plan: dict, out: Path) -> None:
         sw = plan["sweep"]
         console.out.print(f"Pareto sweep: {len(sw)} non-dominated plans from {fmt_bytes(sw[0]['flash_bytes'])} "
                           f"to {fmt_bytes(sw[-1]['flash_bytes'])}")
-
-
-@app.command("eval")
-def eval_cmd(
-    model: Annotated[str, typer.Argument(help="Bundled name, timm:NAME or package.module:factory.")],
-    data: Annotated[Path, typer.Option(help="Folder of evaluation images (labels.csv inside is used if present).")],
-    plan: Annotated[Path | None, typer.Option(help="plan.json from tap-edge plan.")] = None,
-    bits: Annotated[str | None, typer.Option(help="Uniform widths instead of a plan, e.g. w4a8.")] = None,
-    labels: Annotated[Path | None, typer.Option(help="CSV with file,class_index columns.")] = None,
-    calib: Annotated[Path | None, typer.Option(help="Calibration folder (default: the first samples of --data, "
-                                                     "which are then not scored).")] = None,
-    calib_samples: Annotated[int, typer.Option(help="Calibration samples for activation ranges.")] = 16,
-    limit: Annotated[int | None, typer.Option(help="Score at most N samples.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Also write the metrics JSON here.")] = None,
-    html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report here.")] = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """PTQ MODEL with a plan (or uniform bits) and report top-1, agreement with float and KL to float."""
-    from tap_edge.plan.pipeline import EvalRequest, evaluate_plan
-
-    console.set_quiet(quiet or as_json)
-    result = evaluate_plan(EvalRequest(model, data, plan, bits, labels, calib, calib_samples, limit))
-    if out:
-        _write_json(result, out)
-    if as_json:
-        console.print_json(result)
-    else:
-        top1 = f"top-1 {100 * result['top1']:.1f}%, " if result.get("top1") is not None else ""
-        console.out.print(f"[bold]{result['model']}[/] {result['bits']} on {result['n_images']} samples: {top1}"
-                          f"agreement with float {100 * result['agreement']:.1f}%, mean KL {result['kl']:.4f}")
-    from tap_edge.cli.report import write_html_if_requested
-
-    write_html_if_requested(result, html)
-
-
-@app.command("proxies")
-def proxies_cmd() -> None:
-    """List the sensitivity proxies (use one with tap-edge plan --proxy NAME)."""
-    from tap_edge.plan.proxies import get_proxy, list_proxies
-
-    for name in list_proxies():
-        p = get_proxy(name)
-        doc = (p.summary or p.fn.__doc__ or "").strip().splitlines()
-        console.out.print(f"{name:10s} {doc[0] if doc else ''}")

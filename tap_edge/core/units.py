@@ -2,11 +2,12 @@
 """Byte sizes as people write them: ``524288``, ``"512KB"``, ``"1.5 MiB"``.
 
 Embedded datasheets use binary units, so KB = KiB = 1024 bytes (and MB = MiB, GB = GiB); this is documented in
-the README. Also parses the ``--flash-like w4`` style is done elsewhere.
+the README. Counts (BOPs) use SI prefixes instead: ``5G`` = 5e9.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 from tap_edge.core.errors import UserError
@@ -40,3 +41,31 @@ def fmt_bytes(n: int | float) -> str:
             return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
         n /= 1024
     return f"{sign}{n:.1f} GiB"
+
+
+def parse_count(value: int | float | str, what: str = "count") -> int:
+    """``12G`` / ``350M`` / ``5e8`` -> an integer (SI prefixes: BOPs are counted in powers of ten)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0 or not math.isfinite(value):
+            raise UserError(f"{what}: must be a finite, non-negative number, got {value}")
+        return int(value)
+    s = str(value).strip().upper().replace("_", "")
+    mult = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}.get(s[-1:], 1.0)
+    num = s[:-1] if s[-1:] in "KMGT" and s else s
+    try:
+        v = float(num) * mult
+    except ValueError:
+        raise UserError(f"{what}: cannot read {value!r}", "write e.g. 5e9, 5G or 350M") from None
+    if v < 0 or not math.isfinite(v):
+        raise UserError(f"{what}: must be a finite, non-negative number, got {value!r}")
+    return int(v)
+
+
+def pct(part: float, whole: float, digits: int = 2) -> float | None:
+    """``part`` as a percentage of ``whole``; None when ``whole`` is not positive (nothing to compare with)."""
+    return round(100.0 * part / whole, digits) if whole > 0 else None
+
+
+def align(n: int, alignment: int) -> int:
+    """``n`` rounded up to a multiple of ``alignment``."""
+    return (n + alignment - 1) // alignment * alignment

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tap_edge.core.units import align
 from tap_edge.fit.bits import BitAssignment, tensor_bits
 from tap_edge.graph.graph import INPLACE_CLASSES, ModelGraph, Op, Tensor
 
@@ -93,10 +94,6 @@ def flash_breakdown(graph: ModelGraph, bits: BitAssignment, runtime_bytes: int =
         pw, ps, pb, pf = op_weight_bytes(op, wb)
         w, s, b, f = w + pw, s + ps, b + pb, f + pf
     return FlashBreakdown(w, s, b, f, runtime_bytes)
-
-
-def _align(n: int, a: int) -> int:
-    return (n + a - 1) // a * a
 
 
 def scratch_bytes(op: Op, graph: ModelGraph, model: str, act_bits: int) -> int:
@@ -224,7 +221,7 @@ def plan_arena(graph: ModelGraph, bits: BitAssignment, *, alignment: int = 16, a
         if name in alias_of:
             continue
         first, last = life[name]
-        buffers[name] = Buffer(name, _align(t.nbytes(tbits[name]), alignment), first, last)
+        buffers[name] = Buffer(name, align(t.nbytes(tbits[name]), alignment), first, last)
     for name, root in alias_of.items():
         b = buffers[root]
         first, last = life[name]
@@ -234,7 +231,7 @@ def plan_arena(graph: ModelGraph, bits: BitAssignment, *, alignment: int = 16, a
         a = max((tbits.get(t, 8) for t in op.inputs), default=8)
         sb = scratch_bytes(op, graph, scratch_model, a)
         if sb:
-            bufs.append(Buffer(f"{op.name}::scratch", _align(sb, alignment), i, i, scratch=True))
+            bufs.append(Buffer(f"{op.name}::scratch", align(sb, alignment), i, i, scratch=True))
     arena = greedy_by_size(bufs)
     steps = max(len(graph.ops), 1)
     live = [0] * steps

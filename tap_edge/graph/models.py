@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tap_edge.core import flags
 from tap_edge.core.errors import ModelLoadError, UserError
+from tap_edge.core.paths import cache_dir
 from tap_edge.core.registry import Registry
 from tap_edge.graph.graph import ModelGraph
 
@@ -178,10 +180,9 @@ def _cache_path(spec: str) -> Path | None:
     The graph depends only on the architecture, so the key is the spec plus the versions of the code that
     builds it; files (.onnx/.tflite) are read directly, they are fast to parse."""
     import hashlib
-    import os
     from importlib.metadata import PackageNotFoundError, version
 
-    if os.environ.get("TAP_EDGE_NO_CACHE") or Path(spec).suffix.lower() in (".onnx", ".tflite"):
+    if flags.no_cache() or Path(spec).suffix.lower() in (".onnx", ".tflite"):
         return None
     if ":" in spec and not spec.startswith("timm:"):
         return None  # user code may change at any time
@@ -195,8 +196,7 @@ def _cache_path(spec: str) -> Path | None:
 
     src = Path(frontends.__file__).parent / "torch_frontend.py"
     stamp = f"{spec}|{'|'.join(versions)}|{src.stat().st_mtime_ns}|{Path(__file__).stat().st_mtime_ns}"
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tap-edge" / "graphs"
-    return root / (hashlib.sha256(stamp.encode()).hexdigest()[:24] + ".json")
+    return cache_dir("graphs") / (hashlib.sha256(stamp.encode()).hexdigest()[:24] + ".json")
 
 
 def load_graph(model: LoadedModel | str) -> ModelGraph:

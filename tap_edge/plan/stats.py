@@ -39,15 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tap_edge.core.errors import UserError
+from tap_edge.core.threads import run_tasks, worker_threads
 from tap_edge.graph.graph import ModelGraph, Op
-from tap_edge.quantize.ptq import (
-    CANDIDATE_BITS,
-    folded_copy,
-    quantize_weight,
-    run_tasks,
-    weight_quant_table,
-    worker_threads,
-)
+from tap_edge.quantize.ptq import CANDIDATE_BITS, folded_copy, quantize_weight, weight_quant_table
 
 LOSSES = ("argmax_ce", "sampled_ce", "entropy")
 _SUBSAMPLE = 1 << 16  # values used for mean / std / percentiles of one activation tensor

@@ -29,11 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
-import queue
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +37,7 @@ import torch
 from torch import nn
 
 from tap_edge.core.errors import UserError
+from tap_edge.core.threads import run_tasks, worker_threads
 from tap_edge.fit.bits import BitAssignment, tensor_bits
 from tap_edge.graph.graph import ModelGraph
 
@@ -164,53 +161,6 @@ def weight_quant_table(w: torch.Tensor, bits: Sequence[int] = CANDIDATE_BITS,
                        clip: str = "mse") -> tuple[torch.Tensor, torch.Tensor]:
     """(scales [nb, C], exact squared error per channel [nb, C]) of the PTQ weight quantizer at each width."""
     return _search(w, list(bits), clip)
-
-
-def run_tasks(tasks: list[tuple[str, Callable[[], None]]], spent: dict[str, float] | None = None,
-              workers: int | None = None) -> None:
-    """Run ``tasks`` in order on one worker thread per core, each worker with one OpenMP thread (a per-thread
-    setting); the first error is re-raised here. ``spent`` accumulates the seconds per task kind."""
-    todo: queue.SimpleQueue[tuple[str, Callable[[], None]]] = queue.SimpleQueue()
-    for t in tasks:
-        todo.put(t)
-    errors: list[BaseException] = []
-    spent = spent if spent is not None else {}
-
-    def worker() -> None:
-        torch.set_num_threads(1)
-        while not errors:
-            try:
-                kind, fn = todo.get_nowait()
-            except queue.Empty:
-                return
-            ts = time.perf_counter()
-            try:
-                fn()
-            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-                errors.append(e)
-                return
-            spent[kind] = spent.get(kind, 0.0) + time.perf_counter() - ts
-
-    n = max(1, min(workers or torch.get_num_threads(), len(tasks)))
-    threads = [threading.Thread(target=worker, name=f"tap-edge-worker-{w}", daemon=True) for w in range(n)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
-
-
-@contextmanager
-def worker_threads() -> Iterator[int]:
-    """Yield the number of workers for :func:`run_tasks` (the caller's torch thread count) and keep the
-    caller's own thread at one OpenMP thread meanwhile (its leftover small ops then cannot spin either)."""
-    workers = max(1, torch.get_num_threads())
-    torch.set_num_threads(1)
-    try:
-        yield workers
-    finally:
-        torch.set_num_threads(workers)
 
 
 # ---- BatchNorm folding ------------------------------------------------------------------------------------

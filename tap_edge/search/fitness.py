@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tap_edge.core.errors import UserError
+from tap_edge.core.paths import cache_dir
 from tap_edge.plan.proxies.sandbox import run_proxy_program
 
 SEARCH_BITS = [2, 3, 4, 5, 6, 7, 8]  # tap_edge.quantize.ptq.CANDIDATE_BITS
@@ -111,7 +112,7 @@ def layer_scores(costs: list[list[float]], bits: list[int], ref_bits: int = REF_
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tap-edge" / "evolve"
+    return cache_dir("evolve")
 
 
 # ---------------------------------------------------------------------------------------------------------

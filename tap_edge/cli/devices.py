@@ -1,0 +1,77 @@
+"""``tap-edge devices`` (list the profiles) and ``tap-edge devices show ID``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from tap_edge.cli.app import JsonOpt, app
+from tap_edge.core import console
+from tap_edge.core.units import fmt_bytes
+
+devices_app = typer.Typer(invoke_without_command=True, help="List the device profiles, or show one.")
+app.add_typer(devices_app, name="devices")
+
+
+@devices_app.callback()
+def devices_list(ctx: typer.Context, as_json: JsonOpt = False,
+                 pattern: Annotated[str, typer.Option(help="Shell-style filter, e.g. 'stm32*'.")] = "*") -> None:
+    """List bundled device profiles."""
+    if ctx.invoked_subcommand:
+        return
+    from tap_edge.devices import get_device, list_devices
+
+    profiles = [get_device(n) for n in list_devices(pattern)]
+    if as_json:
+        console.print_json([{"id": p.id, "name": p.name, "kind": p.kind, "vendor": p.vendor,
+                             "runtime": p.runtime().name,
+                             "arena_region": p.arena_region().name, "arena_bytes": p.free_bytes(p.arena_region()),
+                             "weights_region": p.weights_region().name,
+                             "weights_bytes": p.free_bytes(p.weights_region())} for p in profiles])
+        return
+    t = Table(title=f"{len(profiles)} device profiles")
+    for col in ("id", "kind", "name", "default runtime", "arena (largest usable)", "weights"):
+        t.add_column(col)
+    for p in profiles:
+        a, w = p.arena_region(), p.weights_region()
+        t.add_row(p.id, p.kind, p.name, p.runtime().name, f"{fmt_bytes(p.free_bytes(a))} {a.name}",
+                  f"{fmt_bytes(p.free_bytes(w))} {w.name}")
+    console.out.print(t)
+
+@devices_app.command("show")
+def devices_show(device: Annotated[str, typer.Argument(help="Profile id or path to a YAML file.")],
+                 as_json: JsonOpt = False) -> None:
+    """Show one device profile: regions, reservations, runtimes and their bit-widths."""
+    from tap_edge.devices import get_device
+
+    p = get_device(device)
+    if as_json:
+        console.print_json(p.model_dump(mode="json"))
+        return
+    console.out.print(f"[bold]{p.name}[/] ({p.id}) - {p.vendor} {p.soc}, {p.kind}")
+    for c in p.cores:
+        console.out.print(f"  cores: {c.count} x {c.name} ({c.isa}) @ {c.clock_hz / 1e6:.0f} MHz")
+    t = Table(title="memory regions")
+    for col in ("region", "kind", "size", "reserved", "usable", "holds"):
+        t.add_column(col)
+    for m in p.memories:
+        t.add_row(m.name, m.kind, fmt_bytes(m.size), fmt_bytes(m.size - p.free_bytes(m)), fmt_bytes(p.free_bytes(m)),
+                  ", ".join(m.holds))
+    console.out.print(t)
+    for r in p.reserved:
+        console.out.print(f"  reserved {fmt_bytes(r.bytes)} of {r.region}: {r.what} [{r.confidence}]")
+    t = Table(title="runtimes")
+    for col in ("runtime", "weights bits", "activation bits", "ops", "code"):
+        t.add_column(col)
+    for rt in p.runtimes:
+        t.add_row(rt.name + (" (default)" if rt.default else ""),
+                  "; ".join(f"{k}: {v}" for k, v in rt.weights.items()),
+                  "; ".join(f"{k}: {v}" for k, v in rt.activations.items()),
+                  "all" if "*" in rt.ops else f"{len(rt.ops)} classes", fmt_bytes(rt.code_bytes))
+    console.out.print(t)
+    for m in p.mlperf_tiny:
+        console.out.print(f"  MLPerf Tiny {m.version} on {m.system}{' (proxy board)' if m.proxy else ''}: "
+                          f"IC {m.ic_ms} / VWW {m.vww_ms} / KWS {m.kws_ms} / AD {m.ad_ms} ms")
+    console.out.print("  sources: " + "; ".join(f"[{k}] {v}" for k, v in p.sources.items()))

@@ -1,0 +1,46 @@
+"""``tap-edge eval``: PTQ a plan (or uniform widths) and score it against the float model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tap_edge.cli.app import JsonOpt, QuietOpt, app
+from tap_edge.core import console
+from tap_edge.documents import write_json
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Argument(help="Bundled name, timm:NAME or package.module:factory.")],
+    data: Annotated[Path, typer.Option(help="Folder of evaluation images (labels.csv inside is used if present).")],
+    plan: Annotated[Path | None, typer.Option(help="plan.json from tap-edge plan.")] = None,
+    bits: Annotated[str | None, typer.Option(help="Uniform widths instead of a plan, e.g. w4a8.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="CSV with file,class_index columns.")] = None,
+    calib: Annotated[Path | None, typer.Option(help="Calibration folder (default: the first samples of --data, "
+                                                     "which are then not scored).")] = None,
+    calib_samples: Annotated[int, typer.Option(help="Calibration samples for activation ranges.")] = 16,
+    limit: Annotated[int | None, typer.Option(help="Score at most N samples.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the metrics JSON here.")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report here.")] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """PTQ MODEL with a plan (or uniform bits) and report top-1, agreement with float and KL to float."""
+    from tap_edge.plan.pipeline import EvalRequest, evaluate_plan
+
+    console.set_quiet(quiet or as_json)
+    result = evaluate_plan(EvalRequest(model, data, plan, bits, labels, calib, calib_samples, limit))
+    if out:
+        write_json(result, out)
+    if as_json:
+        console.print_json(result)
+    else:
+        top1 = f"top-1 {100 * result['top1']:.1f}%, " if result.get("top1") is not None else ""
+        console.out.print(f"[bold]{result['model']}[/] {result['bits']} on {result['n_images']} samples: {top1}"
+                          f"agreement with float {100 * result['agreement']:.1f}%, mean KL {result['kl']:.4f}")
+    from tap_edge.report import write_html_if_requested
+
+    write_html_if_requested(result, html)

@@ -1,0 +1,623 @@
+"""Every JSON a command writes, one versioned class each (the documents between the steps of the data path).
+
+| document | schema | written by |
+|---|---|---|
+| :class:`CheckReport` | ``tap-edge/check-report`` | ``tap-edge check --json`` |
+| :class:`Plan` | ``tap-edge/plan`` | ``tap-edge plan`` (``plan.json``) |
+| :class:`EvalResult` | ``tap-edge/eval`` | ``tap-edge eval --json`` / ``--out`` |
+| :class:`Manifest` | ``tap-edge/artifact`` | ``tap-edge compile`` (``<artifact>.manifest.json``) |
+| :class:`MeasureReport` | ``tap-edge/measure-report`` | ``tap-edge measure --json`` |
+| :class:`RunSummary` | ``tap-edge/evolve-summary`` | ``tap-edge evolve --json`` / ``--report`` |
+| :class:`DeviceList` | ``tap-edge/device-list`` | ``tap-edge devices --json`` |
+| :class:`BackendList` | ``tap-edge/backend-list`` | ``tap-edge backends --json`` |
+
+Each class is a pydantic model (validation and JSON Schema come from one declaration); on disk a document is
+``{"schema": ..., "version": ..., **fields}``. Producers fill the classes, the report reads them, and
+``tap_edge/schemas/<name>.schema.json`` is generated from them (``python -m tap_edge.documents`` rewrites the
+files; a test checks they are current). Reading a document of another schema or version gives one line.
+
+Import rule: this module imports only ``tap_edge.core``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tap_edge.core.errors import UserError
+from tap_edge.core.registry import Registry
+from tap_edge.core.serialize import json_default
+from tap_edge.core.units import pct
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+Verdict = Literal["FITS", "OOM", "UNSUPPORTED"]
+MeasuredVerdict = Literal["FITS", "OOM", "UNSUPPORTED", "UNKNOWN", "MEASURED"]
+
+
+class DocumentError(UserError):
+    """A file that is not the document it should be (wrong schema, other version, bad fields)."""
+
+
+class Part(BaseModel):
+    """A typed piece of a document: unknown keys are an error (so producers and readers cannot drift)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Document(Part):
+    """Base of every document: ``SCHEMA`` and ``VERSION`` are written first, checked when read."""
+
+    SCHEMA: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+    KIND: ClassVar[str] = ""  # short name (report sections, messages)
+    WRITTEN_BY: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.SCHEMA, "version": self.VERSION, **self.model_dump(mode="json")}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=json_default)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "document") -> Any:
+        """The document in ``data`` (a parsed JSON object); one-line :class:`DocumentError` otherwise."""
+        hint = f"pass a {cls.KIND} document written by {cls.WRITTEN_BY}"
+        if not isinstance(data, dict):
+            raise DocumentError(f"{source}: expected a JSON object, got {type(data).__name__}", hint)
+        if data.get("schema") != cls.SCHEMA:
+            got = f"schema {data['schema']!r}" if "schema" in data else "no 'schema' key"
+            raise DocumentError(f"{source}: not a {cls.SCHEMA} document ({got})", hint)
+        if data.get("version") != cls.VERSION:
+            raise DocumentError(f"{source}: {cls.SCHEMA} version {data.get('version')!r}; this tap-edge reads "
+                                f"version {cls.VERSION}", f"re-run {cls.WRITTEN_BY} with this tap-edge")
+        body = {k: v for k, v in data.items() if k not in ("schema", "version")}
+        try:
+            return cls.model_validate(body)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first["loc"]) or "(top level)"
+            raise DocumentError(f"{source}: {cls.SCHEMA} field '{where}': {first['msg']}"
+                                f"{f' (+{e.error_count() - 1} more)' if e.error_count() > 1 else ''}",
+                                hint) from None
+
+    @classmethod
+    def read(cls, path: str | Path) -> Any:
+        return cls.from_dict(read_json(path), str(path))
+
+    def write(self, path: str | Path) -> Path:
+        """Write atomically (a temporary file, then a rename): an older file is never half overwritten."""
+        return write_json(self.to_dict(), path)
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The JSON Schema of the document as written on disk (schema and version included)."""
+        body = cls.model_json_schema()
+        props = {"schema": {"const": cls.SCHEMA}, "version": {"const": cls.VERSION}, **body.get("properties", {})}
+        out: dict[str, Any] = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": cls.SCHEMA,
+                               "title": body.get("title", cls.__name__),
+                               "description": (cls.__doc__ or "").strip().splitlines()[0],
+                               "type": "object", "properties": props,
+                               "required": ["schema", "version", *body.get("required", [])],
+                               "additionalProperties": False}
+        if "$defs" in body:
+            out["$defs"] = body["$defs"]
+        return out
+
+
+DOCUMENTS: Registry[type[Document]] = Registry("document schema")
+
+
+def register_document(cls: type[Document]) -> type[Document]:
+    DOCUMENTS.add(cls.SCHEMA, cls)
+    return cls
+
+
+def read_json(path: str | Path, hint: str = "pass a JSON file written by tap-edge") -> Any:
+    """Parse a JSON file; every problem is one line naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{p}: no such file", hint) from None
+    except IsADirectoryError:
+        raise UserError(f"{p}: is a directory, not a JSON file", hint) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: cannot read it ({e.__class__.__name__})", hint) from None
+    if not text.strip():
+        raise UserError(f"{p}: the file is empty", hint)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", hint) from None
+    except RecursionError:
+        raise UserError(f"{p}: JSON nested too deeply to read", hint) from None
+
+
+def write_json(data: Any, path: str | Path) -> Path:
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2, default=json_default) + "\n")
+        tmp.replace(p)
+    except OSError as e:
+        raise UserError(f"{p}: cannot write ({e.strerror or e.__class__.__name__})", "pick a writable path") from None
+    return p
+
+
+def document_from_dict(data: Any, source: str = "document") -> Document:
+    """Any document, dispatched on its ``schema`` key."""
+    names = ", ".join(DOCUMENTS.list())
+    hint = f"pass JSON written by a tap-edge command (schemas: {names})"
+    if not isinstance(data, dict):
+        raise DocumentError(f"{source}: expected a JSON object with a 'schema' key, got {type(data).__name__}",
+                            hint)
+    schema = data.get("schema")
+    if not isinstance(schema, str) or schema not in DOCUMENTS:
+        got = f"schema {schema!r}" if "schema" in data else "no 'schema' key"
+        raise DocumentError(f"{source}: not a tap-edge document ({got})", hint)
+    return DOCUMENTS.get(schema).from_dict(data, source)
+
+
+def read_document(path: str | Path) -> Document:
+    return document_from_dict(read_json(path), str(path))
+
+
+# ---- check ------------------------------------------------------------------------------------------------
+class UnknownOp(Part):
+    op: str
+    op_type: str
+
+
+class ModelSummary(Part):
+    name: str
+    frontend: Literal["torch", "onnx", "tflite"]
+    ops: int = Field(ge=0)
+    params: int = Field(ge=0)
+    macs: int = Field(ge=0)
+    unknown_ops: list[UnknownOp] = Field(default_factory=list)
+
+
+class LiveTensor(Part):
+    tensor: str
+    bytes: int
+
+
+class UnsupportedOp(Part):
+    op: str
+    problem: str
+
+
+class DeviceVerdict(Part):
+    """One device's verdict. Margins = limit - used (negative: over); the percentages are None when the
+    limit is not positive (nothing left for the arena, e.g. weights fill a shared region)."""
+
+    device: str
+    device_name: str
+    runtime: str
+    verdict: Verdict
+    problems: list[str]
+    flash_bytes: int = Field(description="weights + scales + biases + float constants + runtime code")
+    flash_limit_bytes: int
+    flash_region: str
+    peak_sram_bytes: int = Field(description="planned arena size (greedy by size, as TFLite Micro)")
+    sram_limit_bytes: int = Field(description="largest usable contiguous region after reservations")
+    sram_region: str
+    peak_op: str = Field(description="op at the step with the most live activation bytes")
+    peak_step: int
+    flash: dict[str, int] = Field(default_factory=dict)
+    live_at_peak: list[LiveTensor] = Field(default_factory=list)
+    unsupported: list[UnsupportedOp] = Field(default_factory=list)
+    flash_margin_bytes: int = 0
+    sram_margin_bytes: int = 0
+    flash_margin_pct: float | None = None
+    sram_margin_pct: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _margins(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "flash_margin_bytes" not in data:
+            data = dict(data)
+            fm = data["flash_limit_bytes"] - data["flash_bytes"]
+            sm = data["sram_limit_bytes"] - data["peak_sram_bytes"]
+            data.update(flash_margin_bytes=fm, sram_margin_bytes=sm,
+                        flash_margin_pct=pct(fm, data["flash_limit_bytes"]),
+                        sram_margin_pct=pct(sm, data["sram_limit_bytes"]))
+        return data
+
+
+class MemoryTimeline(Part):
+    ops: list[str] = Field(default_factory=list)
+    live_bytes: list[int] = Field(default_factory=list)
+
+
+@register_document
+class CheckReport(Document):
+    """Will the model fit: one verdict per device (``tap-edge check --json``). Sizes in bytes."""
+
+    SCHEMA: ClassVar[str] = "tap-edge/check-report"
+    KIND: ClassVar[str] = "check"
+    WRITTEN_BY: ClassVar[str] = "tap-edge check --json"
+
+    model: ModelSummary
+    bits: str = Field(description="w8a8, w4a8, fp32, native or plan")
+    all_fit: bool
+    seconds: float | None = None
+    devices: list[DeviceVerdict]
+    memory_timeline: MemoryTimeline = Field(default_factory=MemoryTimeline)
+
+
+# ---- plan -------------------------------------------------------------------------------------------------
+class Widths(Part):
+    w: int
+    a: int
+
+
+class PlanLayer(Part):
+    w: int
+    a: int
+    op: str
+    op_class: str = ""
+    params: int = 0
+    cost: float = 0.0
+    ops: list[str] | None = None
+
+
+class PlanBudgets(Part):
+    flash_bytes: int | None = None
+    sram_bytes: int | None = None
+    bops: int | None = None
+    latency_ms: float | None = None
+    shared_region: bool = False
+
+
+class PlanPrediction(Part):
+    flash_bytes: int
+    weights_bytes: int
+    arena_bytes: int
+    peak_live_bytes: int
+    peak_op: str
+    bops: int = 0
+    latency_ms: float | None = None
+
+
+class SolverReport(Part):
+    status: str
+    seconds: float
+    objective: float
+    iterations: int
+    variables: int
+    constraints: int
+    tightenings: list[dict[str, float]] = Field(default_factory=list)
+
+
+class Calibration(Part):
+    folder: str
+    samples: int
+
+
+class SweepPoint(Part):
+    flash_bytes: int
+    objective: float
+    arena_bytes: int
+    layers: dict[str, Widths]
+
+
+@register_document
+class Plan(Document):
+    """Per-layer weight and activation widths that fit a device, with the predicted footprint (``plan.json``).
+
+    ``layers`` maps module names to widths (torchao's FQN-to-config idea); ``tap-edge check --plan``,
+    ``eval --plan`` and ``compile --plan`` read it."""
+
+    SCHEMA: ClassVar[str] = "tap-edge/plan"
+    KIND: ClassVar[str] = "plan"
+    WRITTEN_BY: ClassVar[str] = "tap-edge plan"
+
+    model: str
+    device: str
+    runtime: str
+    proxy: str
+    default: Widths
+    layers: dict[str, PlanLayer]
+    budgets: PlanBudgets
+    predicted: PlanPrediction
+    solver: SolverReport
+    timing: dict[str, float] = Field(default_factory=dict)
+    proxy_scores: dict[str, float] = Field(default_factory=dict,
+                                           description="per layer: the proxy's cost at w4a8 (or the nearest)")
+    calibration: Calibration | None = None
+    sweep: list[SweepPoint] = Field(default_factory=list)
+
+
+# ---- eval -------------------------------------------------------------------------------------------------
+@register_document
+class EvalResult(Document):
+    """A quantized model scored against its float self: agreement, mean KL and (with labels) top-1."""
+
+    SCHEMA: ClassVar[str] = "tap-edge/eval"
+    KIND: ClassVar[str] = "eval"
+    WRITTEN_BY: ClassVar[str] = "tap-edge eval --json"
+
+    model: str
+    bits: str
+    plan: str | None = None
+    n_images: int
+    calib_samples: int
+    flash_bytes: int
+    ptq_s: float
+    agreement: float = Field(description="top-1 agreement with the float model")
+    kl: float = Field(description="mean KL divergence from the float model's output distribution")
+    top1: float | None = None
+    float_top1: float | None = None
+
+
+# ---- compile ----------------------------------------------------------------------------------------------
+class ArenaSettings(Part):
+    alignment: int
+    alias_inplace: bool
+    scratch: str
+    runtime: str
+
+
+class Prediction(Part):
+    """tap-edge's prediction for an artifact: flash breakdown and the planned arena."""
+
+    flash: dict[str, int]
+    arena_bytes: int
+    arena_head_bytes: int
+    arena_persistent_bytes: int
+    peak_live_bytes: int
+    peak_op: str
+    arena_settings: ArenaSettings
+
+
+class InputSpec(Part):
+    name: str | None = None
+    shape: list[int]
+    dtype: str = "float32"
+    layout: str | None = None
+
+
+@register_document
+class Manifest(Document):
+    """What ``compile`` built: the artifact, the widths, the prediction to compare with, the artifact's real
+    weight bytes and its agreement with the reference model (``<artifact>.manifest.json``)."""
+
+    SCHEMA: ClassVar[str] = "tap-edge/artifact"
+    KIND: ClassVar[str] = "manifest"
+    WRITTEN_BY: ClassVar[str] = "tap-edge compile"
+
+    artifact: str
+    artifact_bytes: int | None
+    created: str
+    backend: str
+    model: str
+    bits: dict[str, Any] = Field(description="the BitAssignment (default, layers) and its label")
+    device: str | None = None
+    runtime: str | None = None
+    input: InputSpec
+    compile_s: float
+    prediction: Prediction
+    other_predictions: dict[str, Prediction] = Field(
+        default_factory=dict, description="e.g. tflm_host (TFLite Micro's reference kernels on the host), "
+        "artifact_graph (planned on the artifact's own graph)")
+    actual: dict[str, Any] = Field(description="figures read from the artifact (weight_bytes, ...)")
+    agreement: dict[str, Any] = Field(description="artifact vs reference outputs: n, top1_agreement, cosine")
+    calibration: dict[str, Any] = Field(default_factory=dict, description="where calibration inputs came from")
+    details: dict[str, Any] = Field(default_factory=dict, description="backend-specific facts")
+
+
+# ---- measure ----------------------------------------------------------------------------------------------
+class LatencyStats(Part):
+    runs: int = 0
+    median_ms: float | None = None
+    p90_ms: float | None = None
+    mean_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+
+
+class MeasuredMemory(Part):
+    peak_rss_bytes: int | None = None
+    wait4_maxrss_bytes: int | None = None
+    import_baseline_bytes: int | None = None
+    model_rss_bytes: int | None = None
+
+
+class Comparison(Part):
+    figure: str
+    predicted_bytes: int
+    measured_bytes: int
+    error_pct: float
+    measured_by: str
+
+
+class Limits(Part):
+    flash_bytes: int
+    flash_region: str
+    sram_bytes: int
+    sram_region: str
+
+
+class MeasuredUse(Part):
+    flash_bytes: int
+    sram_bytes: int | None = None
+    sram_measured_by: str | None = None
+
+
+@register_document
+class MeasureReport(Document):
+    """A compiled artifact run in a child process: latency, the runtime's memory figures, each beside its
+    prediction with the error, and the verdict on a device (prediction and measurement must both fit)."""
+
+    SCHEMA: ClassVar[str] = "tap-edge/measure-report"
+    KIND: ClassVar[str] = "measure"
+    WRITTEN_BY: ClassVar[str] = "tap-edge measure --json"
+
+    artifact: str
+    backend: str
+    model: str | None = None
+    bits: str | None = None
+    runtime: str | None = None
+    latency: LatencyStats | None = None
+    artifact_bytes: int | None = None
+    memory: MeasuredMemory = Field(default_factory=MeasuredMemory)
+    runtime_figures: dict[str, Any] = Field(default_factory=dict)
+    comparisons: list[Comparison] = Field(default_factory=list)
+    flags: list[Comparison] = Field(default_factory=list, description="comparisons beyond the tolerance")
+    tolerance_pct: float = 5.0
+    agreement: dict[str, Any] | None = None
+    device: str | None = None
+    verdict: MeasuredVerdict = "MEASURED"
+    problems: list[str] = Field(default_factory=list)
+    runtime_name: str | None = None
+    limits: Limits | None = None
+    measured_use: MeasuredUse | None = None
+    predicted_fits: bool | None = None
+    measured_fits: bool | None = None
+
+
+# ---- search -----------------------------------------------------------------------------------------------
+class GenerationSummary(Part):
+    generation: int
+    children: int | None = None
+    valid: int | None = None
+    invalid_rate: float | None = None
+    best_child_fitness: float | None = None
+    median_child_fitness: float | None = None
+    best_fitness: float | None = None
+    best_id: str | None = None
+    median_population_fitness: float | None = None
+    templates_used: dict[str, int] | list[str] | None = None
+    probs_before: dict[str, float] | None = None
+    probs_after: dict[str, float] | None = None
+    n_pairs: int | None = None
+
+
+class LineageStep(Part):
+    id: str
+    template: str | None = None
+    seed: str | None = None
+    fitness: float | None = None
+    edit: str | None = None
+    reasoning: str | None = None
+
+
+class BestProgram(Part):
+    id: str
+    fitness: float
+    template: str | None = None
+    parents: list[str] | None = None
+    seed: str | None = None
+    reasoning: str | None = None
+    code: str | None = None
+    repairs: Any = None
+    tasks: Any = None
+    lineage: list[LineageStep] = Field(default_factory=list)
+
+
+class LLMUsage(Part):
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+
+@register_document
+class RunSummary(Document):
+    """A TAP search run summarised from its run directory: settings, fitness and template probabilities per
+    generation, the best program with its lineage, LLM usage and why candidates were invalid."""
+
+    SCHEMA: ClassVar[str] = "tap-edge/evolve-summary"
+    KIND: ClassVar[str] = "evolve"
+    WRITTEN_BY: ClassVar[str] = "tap-edge evolve --json"
+
+    run_dir: str
+    created: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    tasks: list[dict[str, Any]] | None = None
+    generations: list[GenerationSummary] = Field(default_factory=list)
+    best: BestProgram | None = None
+    candidates: int = 0
+    evaluated: int = 0
+    valid: int = 0
+    invalid_reasons: dict[str, int] = Field(default_factory=dict)
+    llm_usage: LLMUsage = Field(default_factory=LLMUsage)
+    wall_seconds: float = 0.0
+    finished: bool = False
+
+
+# ---- listings ---------------------------------------------------------------------------------------------
+class DeviceEntry(Part):
+    id: str
+    name: str
+    kind: str
+    vendor: str
+    runtime: str
+    arena_region: str
+    arena_bytes: int
+    weights_region: str
+    weights_bytes: int
+
+
+@register_document
+class DeviceList(Document):
+    """The device profiles (``tap-edge devices --json``)."""
+
+    SCHEMA: ClassVar[str] = "tap-edge/device-list"
+    KIND: ClassVar[str] = "devices"
+    WRITTEN_BY: ClassVar[str] = "tap-edge devices --json"
+
+    devices: list[DeviceEntry]
+
+
+class BackendEntry(Part):
+    name: str
+    available: bool
+    missing: list[str] = Field(default_factory=list)
+    install: str = ""
+    runtimes: list[str] = Field(default_factory=list)
+    kinds: list[str] = Field(default_factory=list)
+    artifact: str = ""
+    description: str = ""
+
+
+@register_document
+class BackendList(Document):
+    """The compile/measure backends and whether their dependencies are installed (``tap-edge backends --json``)."""
+
+    SCHEMA: ClassVar[str] = "tap-edge/backend-list"
+    KIND: ClassVar[str] = "backends"
+    WRITTEN_BY: ClassVar[str] = "tap-edge backends --json"
+
+    backends: list[BackendEntry]
+
+
+# ---- schema files -----------------------------------------------------------------------------------------
+def schema_file(cls: type[Document]) -> Path:
+    return SCHEMA_DIR / f"{cls.SCHEMA.split('/', 1)[1]}.schema.json"
+
+
+def schema_text(cls: type[Document]) -> str:
+    return json.dumps(cls.json_schema(), indent=2) + "\n"
+
+
+def write_schemas() -> list[Path]:
+    """Rewrite ``tap_edge/schemas/*.schema.json`` from the classes (run after changing a document)."""
+    out = []
+    for name in DOCUMENTS.list():
+        cls = DOCUMENTS.get(name)
+        p = schema_file(cls)
+        p.write_text(schema_text(cls))
+        out.append(p)
+    return out
+
+
+if __name__ == "__main__":
+    for written in write_schemas():
+        sys.stdout.write(f"{written}\n")
