@@ -7,57 +7,44 @@ problem listed; the verdict is the first of UNSUPPORTED, OOM.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from tap_edge.core.units import fmt_bytes
 from tap_edge.devices import DeviceProfile, Runtime
+from tap_edge.documents import (
+    CheckReport,
+    DeviceVerdict,
+    LiveTensor,
+    MemoryTimeline,
+    ModelSummary,
+    UnknownOp,
+    UnsupportedOp,
+)
 from tap_edge.fit.bits import BitAssignment, tensor_bits
 from tap_edge.fit.memory import ArenaPlan, FlashBreakdown, flash_breakdown, plan_arena_for
 from tap_edge.graph.graph import ModelGraph
 
-REPORT_SCHEMA_VERSION = 1
 
+@dataclass(frozen=True)
+class RegionLimits:
+    """What a device allows a model: flash = free bytes of the weights region; SRAM = free bytes of the arena
+    region, less the model's flash total when both are one memory (phones, Linux boards). ``sram_bytes`` may
+    then be negative (the weights alone overflow it); :attr:`shared` says so."""
 
-@dataclass
-class DeviceVerdict:
-    device: str
-    device_name: str
-    runtime: str
-    verdict: str
-    problems: list[str]
     flash_bytes: int
-    flash_limit_bytes: int
     flash_region: str
-    peak_sram_bytes: int
-    sram_limit_bytes: int
+    sram_bytes: int
     sram_region: str
-    peak_op: str
-    peak_step: int
-    flash: dict[str, int] = field(default_factory=dict)
-    live_at_peak: list[dict[str, Any]] = field(default_factory=list)
-    unsupported: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def flash_margin_bytes(self) -> int:
-        return self.flash_limit_bytes - self.flash_bytes
-
-    @property
-    def sram_margin_bytes(self) -> int:
-        return self.sram_limit_bytes - self.peak_sram_bytes
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["flash_margin_bytes"] = self.flash_margin_bytes
-        d["sram_margin_bytes"] = self.sram_margin_bytes
-        d["flash_margin_pct"] = _pct(self.flash_margin_bytes, self.flash_limit_bytes)
-        d["sram_margin_pct"] = _pct(self.sram_margin_bytes, self.sram_limit_bytes)
-        return d
+    shared: bool
 
 
-def _pct(margin: int, limit: int) -> float | None:
-    """Margin as a percentage of the limit; None when nothing is left for it (limit <= 0)."""
-    return round(100.0 * margin / limit, 2) if limit > 0 else None
+def region_limits(device: DeviceProfile, flash_total: int) -> RegionLimits:
+    """The limits of :class:`RegionLimits` for a model whose flash total is ``flash_total`` bytes (the one
+    place this arithmetic lives: check, plan budgets and the measured verdict all call it)."""
+    wreg, areg = device.weights_region(), device.arena_region()
+    shared = wreg.name == areg.name
+    sram = device.free_bytes(areg) - (flash_total if shared else 0)
+    return RegionLimits(device.free_bytes(wreg), wreg.name, sram, areg.name, shared)
 
 
 def unsupported_ops(graph: ModelGraph, bits: BitAssignment, runtime: Runtime) -> list[dict[str, str]]:
@@ -108,50 +95,40 @@ class Checker:
         fm = self._flash_model
         flash = FlashBreakdown(fm.weights_bytes, fm.scales_bytes, fm.bias_bytes, fm.float_bytes, rt.code_bytes)
         arena = self.arena(rt)
-        wreg, areg = device.weights_region(), device.arena_region()
-        flash_limit = device.free_bytes(wreg)
-        sram_limit = device.free_bytes(areg)
-        if wreg.name == areg.name:  # weights and arena share one memory (phones, Linux boards)
-            sram_limit -= flash.total_bytes
+        lim = region_limits(device, flash.total_bytes)
         problems: list[str] = []
         unsup = unsupported_ops(self.graph, self.bits, rt)
         if unsup:
             first = unsup[0]
             more = f" (+{len(unsup) - 1} more)" if len(unsup) > 1 else ""
             problems.append(f"{first['op']}: {first['problem']}{more}")
-        if flash.total_bytes > flash_limit:
-            problems.append(f"flash ({wreg.name}) over by {fmt_bytes(flash.total_bytes - flash_limit)}")
-        if arena.arena_bytes > sram_limit:
-            problems.append(f"SRAM ({areg.name}) over by {fmt_bytes(arena.arena_bytes - sram_limit)} "
+        if flash.total_bytes > lim.flash_bytes:
+            problems.append(f"flash ({lim.flash_region}) over by {fmt_bytes(flash.total_bytes - lim.flash_bytes)}")
+        if arena.arena_bytes > lim.sram_bytes:
+            problems.append(f"SRAM ({lim.sram_region}) over by {fmt_bytes(arena.arena_bytes - lim.sram_bytes)} "
                             f"at {arena.peak_op}")
         verdict = "UNSUPPORTED" if unsup else ("OOM" if problems else "FITS")
         return DeviceVerdict(
             device=device.id, device_name=device.name, runtime=rt.name, verdict=verdict, problems=problems,
-            flash_bytes=flash.total_bytes, flash_limit_bytes=flash_limit, flash_region=wreg.name,
-            peak_sram_bytes=arena.arena_bytes, sram_limit_bytes=sram_limit, sram_region=areg.name,
+            flash_bytes=flash.total_bytes, flash_limit_bytes=lim.flash_bytes, flash_region=lim.flash_region,
+            peak_sram_bytes=arena.arena_bytes, sram_limit_bytes=lim.sram_bytes, sram_region=lim.sram_region,
             peak_op=arena.peak_op, peak_step=arena.peak_step, flash=flash.to_dict(),
-            live_at_peak=[{"tensor": t, "bytes": b} for t, b in arena.live_at_peak],
-            unsupported=unsup,
+            live_at_peak=[LiveTensor(tensor=t, bytes=b) for t, b in arena.live_at_peak],
+            unsupported=[UnsupportedOp(**u) for u in unsup],
         )
 
 
 def check_report(graph: ModelGraph, bits: BitAssignment, devices: list[DeviceProfile],
-                 runtime: str | None = None) -> dict[str, Any]:
-    """The JSON report of ``tap-edge check`` (schema: tap_edge/schemas/check-report.schema.json)."""
+                 runtime: str | None = None) -> CheckReport:
+    """The :class:`~tap_edge.documents.CheckReport` of ``tap-edge check``: one verdict per device."""
     checker = Checker(graph, bits)
     rows = [checker.check(d, runtime) for d in devices]
     arena = checker.arena(devices[0].runtime(runtime)) if devices else None
-    return {
-        "schema": "tap-edge/check-report",
-        "version": REPORT_SCHEMA_VERSION,
-        "model": {"name": graph.name, "frontend": graph.frontend, "ops": len(graph.ops), "params": graph.params,
-                  "macs": graph.macs,
-                  "unknown_ops": [{"op": o.name, "op_type": o.op_type} for o in graph.unknown_ops()]},
-        "bits": bits.label(),
-        "all_fit": all(r.verdict == "FITS" for r in rows),
-        "devices": [r.to_dict() for r in rows],
-        "memory_timeline": {
-            "ops": [o.name for o in graph.ops],
-            "live_bytes": arena.live_bytes_per_step if arena else [],
-        },
-    }
+    return CheckReport(
+        model=ModelSummary(name=graph.name, frontend=graph.frontend, ops=len(graph.ops), params=graph.params,
+                           macs=graph.macs,
+                           unknown_ops=[UnknownOp(op=o.name, op_type=o.op_type) for o in graph.unknown_ops()]),
+        bits=bits.label(), all_fit=all(r.verdict == "FITS" for r in rows), devices=rows,
+        memory_timeline=MemoryTimeline(ops=[o.name for o in graph.ops],
+                                       live_bytes=arena.live_bytes_per_step if arena else []),
+    )
