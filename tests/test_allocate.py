@@ -15,23 +15,14 @@ import pytest
 from tap_edge.core.errors import UserError
 from tap_edge.core.units import fmt_bytes
 from tap_edge.devices import Runtime, get_device
+from tap_edge.documents import Plan
 from tap_edge.fit.bits import BitAssignment, LayerBits
 from tap_edge.fit.checker import Checker, unsupported_ops
 from tap_edge.fit.memory import flash_breakdown, plan_arena
 from tap_edge.graph.graph import ModelGraph, Op, Tensor, conv_macs
-from tap_edge.plan.allocate import (
-    Allocation,
-    Budgets,
-    InfeasibleBudget,
-    _Program,
-    allocate,
-    budgets_from_args,
-    budgets_from_device,
-    pareto_sweep,
-    parse_count,
-    parse_flash_like,
-    plan_to_json,
-)
+from tap_edge.plan.allocate import Allocation, InfeasibleBudget, _Program, allocate, pareto_sweep
+from tap_edge.plan.budgets import Budgets, BudgetSpec, budgets_from_device, flash_of_uniform, resolve_budgets
+from tap_edge.plan.document import plan_document
 
 W_ALL = (2, 3, 4, 5, 6, 7, 8)
 A_ALL = (8, 16)
@@ -151,8 +142,9 @@ def brute_force(graph: ModelGraph, costs: dict, runtime: Runtime) -> list[tuple[
 
 def recompute(alloc: Allocation, graph: ModelGraph, runtime: Runtime) -> tuple[int, int, int]:
     """Flash total, arena and peak live of a plan read back through plan.json and BitAssignment.from_plan."""
-    plan = json.loads(json.dumps(plan_to_json(alloc, graph, model=graph.name, device="test", runtime=runtime,
-                                              proxy="test", budgets=alloc.budgets, timing={})))
+    doc = plan_document(alloc, graph, model=graph.name, device="test", runtime=runtime.name, proxy="test",
+                        budgets=alloc.budgets, timing={})
+    plan = json.loads(doc.to_json())
     bits = BitAssignment.from_plan(plan)
     fl = flash_breakdown(graph, bits, runtime.code_bytes).total_bytes
     ar = plan_arena(graph, bits, alignment=runtime.arena_alignment, alias_inplace=runtime.alias_inplace,
@@ -290,8 +282,8 @@ def test_hand_graphs_tight_budgets(make) -> None:
     g = make()
     rt = generic_runtime(scratch="cmsis-nn")
     costs = uniform_costs(g)
-    f8 = parse_flash_like("w8", g, rt)
-    f2 = parse_flash_like("w2", g, rt)
+    f8 = flash_of_uniform(g, 8, rt)
+    f2 = flash_of_uniform(g, 2, rt)
     a8 = plan_arena(g, BitAssignment(8, 8), alignment=16, scratch_model="cmsis-nn").arena_bytes
     a16 = plan_arena(g, BitAssignment(8, 16), alignment=16, scratch_model="cmsis-nn").arena_bytes
     loose = allocate(g, costs, rt, Budgets(f8 * 2, a16 * 2))
@@ -326,7 +318,7 @@ def test_shared_module_gets_one_choice() -> None:
     g = chain_graph()
     g.ops[2].module = "c1"  # c2 runs the same module as c1 (weights shared by name)
     costs = uniform_costs(g)
-    al = allocate(g, costs, generic_runtime(), Budgets(parse_flash_like("w5", g), None))
+    al = allocate(g, costs, generic_runtime(), Budgets(flash_of_uniform(g, 5), None))
     assert "c2" not in al.layers and al.layer_ops["c1"] == ["c1", "c2"]
 
 
@@ -335,7 +327,7 @@ def test_edgetpu_int8_only() -> None:
     dev = get_device("coral-edgetpu")
     rt = dev.runtime()
     g = residual_graph()
-    al = allocate(g, uniform_costs(g), rt, budgets_from_device(dev, rt, g))
+    al = allocate(g, uniform_costs(g), rt, budgets_from_device(dev))
     assert all(v == {"w": 8, "a": 8} for v in al.layers.values())
     assert Checker(g, al.bits()).check(dev).verdict == "FITS"
 
@@ -345,7 +337,7 @@ def test_cmsis_nn_int4_only_on_conv_dw_fc() -> None:
     rt = dev.runtime("tflm-cmsis-nn")
     g = chain_graph()
     costs = uniform_costs(g)
-    budgets = replace(budgets_from_device(dev, rt, g), flash_bytes=parse_flash_like("w6", g, rt))
+    budgets = replace(budgets_from_device(dev), flash_bytes=flash_of_uniform(g, 6, rt))
     al = allocate(g, costs, rt, budgets)
     ops = {op.module or op.name: op for op in g.quantizable_ops()}
     for key, v in al.layers.items():
@@ -361,7 +353,7 @@ def test_cmsis_nn_runtime_without_int4_fc() -> None:
     """A runtime table that allows int4 on conv only keeps the depthwise and fc layers at 8 bits."""
     rt = Runtime(name="m", weights={"conv": [4, 8], "default": [8]}, activations={"default": [8]})
     g = chain_graph()
-    al = allocate(g, uniform_costs(g), rt, Budgets(parse_flash_like("w4", g, rt) + 200, None))
+    al = allocate(g, uniform_costs(g), rt, Budgets(flash_of_uniform(g, 4, rt) + 200, None))
     assert al.layers["dw"]["w"] == 8 and al.layers["head.fc"]["w"] == 8
     assert al.layers["c1"]["w"] == 4 and al.layers["c2"]["w"] == 4
 
@@ -380,12 +372,12 @@ def test_phone_shared_region_fits_check() -> None:
     dev = get_device("apple-a17-pro")
     rt = dev.runtime()
     g = residual_graph()
-    b = budgets_from_device(dev, rt, g)
+    b = budgets_from_device(dev)
     assert b.shared_region
     al = allocate(g, uniform_costs(g, (2, 4, 8)), rt, b)
     assert Checker(g, al.bits()).check(dev).verdict == "FITS"
     # a shared region just big enough for w8 arena + flash forces smaller plans than arena alone would
-    fl = parse_flash_like("w4", g, rt)
+    fl = flash_of_uniform(g, 4, rt)
     ar = plan_arena(g, BitAssignment(4, 8), alignment=rt.arena_alignment).arena_bytes
     tight = allocate(g, uniform_costs(g, (2, 4, 8)), rt, Budgets(None, fl + ar, shared_region=True))
     assert tight.flash_bytes + tight.arena_bytes <= fl + ar
@@ -450,11 +442,12 @@ def test_bad_costs_are_user_errors() -> None:
 def test_plan_json_format_and_from_plan() -> None:
     g = chain_graph()
     rt = generic_runtime()
-    b = Budgets(parse_flash_like("w5", g, rt), 64 * 1024)
+    b = Budgets(flash_of_uniform(g, 5, rt), 64 * 1024)
     al = allocate(g, uniform_costs(g), rt, b)
-    plan = plan_to_json(al, g, model="chain", device="stm32h743", runtime=rt, proxy="uniform", budgets=b,
+    doc = plan_document(al, g, model="chain", device="stm32h743", runtime=rt.name, proxy="uniform", budgets=b,
                         timing={"proxy_s": 0.1})
-    json.dumps(plan)
+    plan = json.loads(doc.to_json())
+    assert Plan.from_dict(plan) == doc
     assert plan["schema"] == "tap-edge/plan" and plan["version"] == 1
     assert plan["default"] == {"w": 8, "a": 8} and plan["runtime"] == "generic"
     for key in ("model", "device", "runtime", "proxy", "layers", "budgets", "predicted", "solver", "timing"):
@@ -476,7 +469,7 @@ def test_pareto_sweep() -> None:
     g = residual_graph()
     rt = generic_runtime()
     costs = uniform_costs(g)
-    lo, hi = parse_flash_like("w2", g, rt), parse_flash_like("w8", g, rt)
+    lo, hi = flash_of_uniform(g, 2, rt), flash_of_uniform(g, 8, rt)
     budgets = [lo - 100] + [int(lo + (hi - lo) * f) for f in np.linspace(0, 1, 9)]
     front = pareto_sweep(g, costs, rt, budgets, 10**6)
     assert 2 <= len(front) <= 9
@@ -486,24 +479,23 @@ def test_pareto_sweep() -> None:
     assert all(a.flash_bytes <= a.budgets.flash_bytes for a in front)
 
 
-def test_budget_parsing() -> None:
+def test_budget_resolution() -> None:
     dev = get_device("stm32h743")
     rt = dev.runtime()
     g = chain_graph()
-    b = budgets_from_device(dev, rt, g)
+    b = budgets_from_device(dev)
     assert b.flash_bytes == 2 * 1024**2 and b.sram_bytes == 480 * 1024 and not b.shared_region
-    assert budgets_from_args(dev, rt, g, flash="1.5MB").flash_bytes == 1572864
-    assert budgets_from_args(dev, rt, g, sram="256KB").sram_bytes == 262144
-    w4 = budgets_from_args(dev, None, g, flash_like="w4").flash_bytes
-    assert w4 == flash_breakdown(g, BitAssignment(4, 8), rt.code_bytes).total_bytes
-    assert parse_flash_like("w4a8", g, rt) == w4
-    assert parse_count("5G") == 5 * 10**9 and parse_count("350M") == 350 * 10**6
+    assert resolve_budgets(BudgetSpec(flash_bytes=1572864), dev, rt, g).flash_bytes == 1572864
+    s = resolve_budgets(BudgetSpec(sram_bytes=262144), dev, rt, g)
+    assert s.sram_bytes == 262144 and s.flash_bytes == b.flash_bytes
+    w4 = resolve_budgets(BudgetSpec(flash_like_bits=4), dev, rt, g).flash_bytes
+    assert w4 == flash_breakdown(g, BitAssignment(4, 8), rt.code_bytes).total_bytes == flash_of_uniform(g, 4, rt)
     with pytest.raises(UserError):
-        budgets_from_args(dev, rt, g, flash="1MB", flash_like="w4")
+        BudgetSpec(flash_bytes=1 << 20, flash_like_bits=4)
     with pytest.raises(UserError):
-        budgets_from_args(dev, rt, g, sram="lots")
+        BudgetSpec(latency_ms=0)
     with pytest.raises(UserError):
-        parse_flash_like("w9", g, rt)
+        flash_of_uniform(g, 9, rt)
 
 
 # ---- a real model -----------------------------------------------------------------------------------------
@@ -515,7 +507,7 @@ def test_efficientnet_lite0_solves() -> None:
     dev = get_device("stm32h743")
     costs = uniform_costs(g)
     rt = generic_runtime(scratch="cmsis-nn", code_bytes=100 * 1024)
-    b = Budgets(parse_flash_like("w4", g, rt), 2 * plan_arena(g, BitAssignment(8, 8), alignment=16,
+    b = Budgets(flash_of_uniform(g, 4, rt), 2 * plan_arena(g, BitAssignment(8, 8), alignment=16,
                                                               scratch_model="cmsis-nn").arena_bytes)
     al = allocate(g, costs, rt, b)
     assert al.status == "optimal" and al.flash_bytes <= b.flash_bytes and al.arena_bytes <= b.sram_bytes
@@ -528,5 +520,5 @@ def test_efficientnet_lite0_solves() -> None:
     assert al3.status == "optimal" and al3.arena_bytes <= tight.sram_bytes
     assert any(v["a"] == 16 for v in al3.layers.values())
     cm = dev.runtime("tflm-cmsis-nn")
-    al2 = allocate(g, costs, cm, Budgets(parse_flash_like("w6", g, cm), b.sram_bytes))
+    al2 = allocate(g, costs, cm, Budgets(flash_of_uniform(g, 6, cm), b.sram_bytes))
     assert al2.status == "optimal" and {v["w"] for v in al2.layers.values()} <= {4, 8}

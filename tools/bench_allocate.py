@@ -22,7 +22,8 @@ from tap_edge.fit.bits import BitAssignment
 from tap_edge.fit.memory import plan_arena
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.models import load_graph
-from tap_edge.plan.allocate import Budgets, allocate, parse_flash_like
+from tap_edge.plan.allocate import allocate
+from tap_edge.plan.budgets import Budgets, flash_of_uniform
 
 MODELS = ("efficientnet_lite0", "timm:mobilenetv2_100")
 RUNTIME = Runtime(name="generic-w2-8", weights={"default": [2, 3, 4, 5, 6, 7, 8]},
@@ -54,7 +55,7 @@ def main() -> None:
         a8 = plan_arena(g, BitAssignment(8, 8), alignment=RUNTIME.arena_alignment,
                         scratch_model=RUNTIME.scratch).arena_bytes
         for like, factor in BUDGETS:
-            b = Budgets(parse_flash_like(like, g, RUNTIME), int(factor * a8))
+            b = Budgets(flash_of_uniform(g, int(like.strip("w")), RUNTIME), int(factor * a8))
             totals, milps = [], []
             for _ in range(RUNS):
                 t0 = time.perf_counter()

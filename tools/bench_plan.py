@@ -26,7 +26,8 @@ from scipy.stats import spearmanr
 from tap_edge.devices import get_device
 from tap_edge.fit.bits import BitAssignment
 from tap_edge.graph.models import load_graph, load_model
-from tap_edge.plan.allocate import Budgets, allocate, parse_flash_like
+from tap_edge.plan.allocate import allocate
+from tap_edge.plan.budgets import Budgets, flash_of_uniform
 from tap_edge.plan.calib import labels_for, load_images, load_labels
 from tap_edge.plan.proxies import ProxyContext, get_proxy, list_proxies
 from tap_edge.plan.stats import compute_layer_stats
@@ -56,7 +57,7 @@ def main() -> None:
     # a host fake-quant runtime: every layer may take 2..8-bit weights, activations 8-bit
     runtime = get_device("raspberry-pi-4").runtime().model_copy(
         update={"weights": {"default": WIDTHS}, "activations": {"default": [8]}, "code_bytes": 0})
-    budgets = {f"w{b}": Budgets(parse_flash_like(f"w{b}", graph, runtime), None) for b in (4, 6)}
+    budgets = {f"w{b}": Budgets(flash_of_uniform(graph, b, runtime), None) for b in (4, 6)}
 
     def score(bits: BitAssignment, n: int | None = None) -> dict:
         q = quantize_model(lm.module, bits, calib, graph=graph)

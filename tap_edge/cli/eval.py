@@ -9,7 +9,6 @@ import typer
 
 from tap_edge.cli.app import JsonOpt, QuietOpt, app
 from tap_edge.core import console
-from tap_edge.documents import write_json
 
 
 @app.command("eval")
@@ -32,15 +31,16 @@ def eval_cmd(
     from tap_edge.plan.pipeline import EvalRequest, evaluate_plan
 
     console.set_quiet(quiet or as_json)
-    result = evaluate_plan(EvalRequest(model, data, plan, bits, labels, calib, calib_samples, limit))
+    result = evaluate_plan(EvalRequest(model=model, data=data, plan=plan, bits=bits, labels=labels, calib=calib,
+                                       calib_samples=calib_samples, limit=limit))
     if out:
-        write_json(result, out)
+        result.write(out)
     if as_json:
-        console.print_json(result)
+        console.print_json(result.to_dict())
     else:
-        top1 = f"top-1 {100 * result['top1']:.1f}%, " if result.get("top1") is not None else ""
-        console.out.print(f"[bold]{result['model']}[/] {result['bits']} on {result['n_images']} samples: {top1}"
-                          f"agreement with float {100 * result['agreement']:.1f}%, mean KL {result['kl']:.4f}")
+        top1 = f"top-1 {100 * result.top1:.1f}%, " if result.top1 is not None else ""
+        console.out.print(f"[bold]{result.model}[/] {result.bits} on {result.n_images} samples: {top1}"
+                          f"agreement with float {100 * result.agreement:.1f}%, mean KL {result.kl:.4f}")
     from tap_edge.report import write_html_if_requested
 
     write_html_if_requested(result, html)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -11,8 +12,9 @@ from rich.table import Table
 from tap_edge.cli.app import JsonOpt, QuietOpt, app
 from tap_edge.core import console
 from tap_edge.core.errors import UserError
-from tap_edge.core.units import fmt_bytes
-from tap_edge.documents import write_json
+from tap_edge.core.units import fmt_bytes, parse_bytes, parse_count
+from tap_edge.documents import Plan
+from tap_edge.plan.budgets import BudgetSpec
 
 
 def _parse_widths(spec: str | None) -> list[int] | None:
@@ -43,6 +45,30 @@ def _parse_act_widths(spec: str | None) -> list[int] | None:
         raise UserError(f"--act-bits '{spec}': activation widths are 8, 16 or 32", "write e.g. 8 or 8,16")
     return widths
 
+
+def _parse_uniform_width(spec: str | None) -> int | None:
+    """``--flash-like w4`` (or ``w4a8``: the activation part does not change flash) -> 4."""
+    if spec is None:
+        return None
+    m = re.fullmatch(r"w(\d+)(a\d+)?", spec.strip().lower())
+    if not m:
+        raise UserError(f"cannot read --flash-like '{spec}'", "write a uniform width, e.g. w4 or w6")
+    return int(m.group(1))
+
+
+def budget_spec(flash: str | None, flash_like: str | None, sram: str | None, bops: str | None,
+                latency_ms: float | None) -> BudgetSpec:
+    """The budget flags as numbers; each unreadable one is a one-line error naming the flag."""
+    if flash is not None and flash_like is not None:
+        raise UserError("--flash and --flash-like both given", "use one of them")
+    if latency_ms is not None and not latency_ms > 0:
+        raise UserError(f"--latency-ms: must be positive, got {latency_ms}")
+    return BudgetSpec(flash_bytes=parse_bytes(flash, "--flash") if flash is not None else None,
+                      flash_like_bits=_parse_uniform_width(flash_like),
+                      sram_bytes=parse_bytes(sram, "--sram") if sram is not None else None,
+                      bops=parse_count(bops, "--bops") if bops is not None else None, latency_ms=latency_ms)
+
+
 @app.command("plan")
 def plan_cmd(
     model: Annotated[str, typer.Argument(help="Bundled name, timm:NAME or package.module:factory.")],
@@ -71,47 +97,50 @@ def plan_cmd(
     from tap_edge.plan.pipeline import PlanRequest, make_plan
 
     console.set_quiet(quiet or as_json)
-    plan = make_plan(PlanRequest(model, device, calib, calib_samples, proxy, runtime, flash, flash_like, sram, bops,
-                                 latency_ms, sweep, _parse_widths(weight_bits), _parse_act_widths(act_bits)))
-    write_json(plan, out)
+    request = PlanRequest(model=model, device=device, calib=calib, calib_samples=calib_samples, proxy=proxy,
+                          runtime=runtime, budgets=budget_spec(flash, flash_like, sram, bops, latency_ms), sweep=sweep,
+                          weight_bits=_parse_widths(weight_bits), act_bits=_parse_act_widths(act_bits))
+    plan = make_plan(request)
+    plan.write(out)
     if as_json:
-        console.print_json(plan)
+        console.print_json(plan.to_dict())
     else:
         _print_plan(plan, out)
     from tap_edge.report import write_html_if_requested
 
     write_html_if_requested(plan, html)
 
-def _print_plan(plan: dict, out: Path) -> None:
-    layers = plan["layers"]
+
+def _print_plan(plan: Plan, out: Path) -> None:
     hist: dict[tuple[int, int], int] = {}
-    for v in layers.values():
-        hist[(v["w"], v["a"])] = hist.get((v["w"], v["a"]), 0) + 1
-    console.out.print(f"[bold]{plan['model']}[/] on {plan['device']} ({plan['runtime']}), proxy {plan['proxy']}: "
-                      f"{len(layers)} layers -> " + ", ".join(f"{n} x w{w}a{a}" for (w, a), n in sorted(hist.items())))
+    for v in plan.layers.values():
+        hist[(v.w, v.a)] = hist.get((v.w, v.a), 0) + 1
+    console.out.print(f"[bold]{plan.model}[/] on {plan.device} ({plan.runtime}), proxy {plan.proxy}: "
+                      f"{len(plan.layers)} layers -> "
+                      + ", ".join(f"{n} x w{w}a{a}" for (w, a), n in sorted(hist.items())))
     t = Table(title="bits per layer")
     for col in ("layer", "class", "params", "w", "a", "cost"):
         t.add_column(col, justify="left" if col in ("layer", "class") else "right")
-    for name, v in layers.items():
-        t.add_row(name, v.get("op_class", ""), f"{v.get('params', 0):,}", str(v["w"]), str(v["a"]),
-                  f"{v.get('cost', 0.0):.3g}")
+    for name, v in plan.layers.items():
+        t.add_row(name, v.op_class, f"{v.params:,}", str(v.w), str(v.a), f"{v.cost:.3g}")
     console.out.print(t)
-    p, b = plan["predicted"], plan["budgets"]
+    p, b = plan.predicted, plan.budgets
     t = Table(title="predicted footprint vs budget")
     for col in ("", "predicted", "budget", "margin"):
         t.add_column(col, justify="right")
-    if b.get("flash_bytes"):
-        t.add_row("flash", fmt_bytes(p["flash_bytes"]), fmt_bytes(b["flash_bytes"]),
-                  fmt_bytes(b["flash_bytes"] - p["flash_bytes"]))
-    if b.get("sram_bytes"):
-        t.add_row("peak SRAM (arena)", fmt_bytes(p["arena_bytes"]), fmt_bytes(b["sram_bytes"]),
-                  fmt_bytes(b["sram_bytes"] - p["arena_bytes"]))
+    if b.flash_bytes:
+        t.add_row("flash", fmt_bytes(p.flash_bytes), fmt_bytes(b.flash_bytes), fmt_bytes(b.flash_bytes - p.flash_bytes))
+    if b.sram_bytes:
+        shared = " + flash (shared region)" if b.shared_region else ""
+        used = p.arena_bytes + (p.flash_bytes if b.shared_region else 0)
+        t.add_row(f"peak SRAM (arena{shared})", fmt_bytes(used), fmt_bytes(b.sram_bytes),
+                  fmt_bytes(b.sram_bytes - used))
     console.out.print(t)
-    tm = plan.get("timing", {})
-    console.out.print(f"peak op {p.get('peak_op')}; LayerStats {tm.get('stats_s', 0):.2f} s, proxy "
-                      f"{tm.get('proxy_s', 0):.2f} s, ILP {tm.get('ilp_s', 0):.3f} s ({plan['solver']['status']}); "
+    tm = plan.timing
+    console.out.print(f"peak op {p.peak_op}; LayerStats {tm.get('stats_s', 0):.2f} s, proxy "
+                      f"{tm.get('proxy_s', 0):.2f} s, ILP {tm.get('ilp_s', 0):.3f} s ({plan.solver.status}); "
                       f"total {tm.get('total_s', 0):.1f} s -> {out}")
-    if plan.get("sweep"):
-        sw = plan["sweep"]
-        console.out.print(f"Pareto sweep: {len(sw)} non-dominated plans from {fmt_bytes(sw[0]['flash_bytes'])} "
-                          f"to {fmt_bytes(sw[-1]['flash_bytes'])}")
+    if plan.sweep:
+        sw = plan.sweep
+        console.out.print(f"Pareto sweep: {len(sw)} non-dominated plans from {fmt_bytes(sw[0].flash_bytes)} "
+                          f"to {fmt_bytes(sw[-1].flash_bytes)}")

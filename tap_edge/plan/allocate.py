@@ -49,9 +49,10 @@ import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from tap_edge.core.errors import UserError
-from tap_edge.core.units import fmt_bytes, parse_bytes
-from tap_edge.devices import DeviceProfile, Runtime
+from tap_edge.core.units import align, fmt_bytes
+from tap_edge.devices import Runtime
 from tap_edge.fit.bits import ACT_BITS, WEIGHT_BITS, BitAssignment, LayerBits
+from tap_edge.fit.latency import ELEMENTWISE_CYCLES, cycles_per_mac
 from tap_edge.fit.memory import (
     ArenaPlan,
     FlashBreakdown,
@@ -62,12 +63,11 @@ from tap_edge.fit.memory import (
     scratch_bytes,
 )
 from tap_edge.graph.graph import INPLACE_CLASSES, ModelGraph, Op
+from tap_edge.plan.budgets import Budgets
 
 Choice = tuple[int, int]
 Costs = dict[str, dict[Choice, float]]
 
-PLAN_SCHEMA = "tap-edge/plan"
-PLAN_VERSION = 1
 #: Re-solves allowed when the greedy arena (or a rounding of the solver's binaries) overshoots a budget.
 MAX_TIGHTENINGS = 8
 #: Activation-pattern cuts tried first when the greedy arena overshoots (exact, see _solve_budgets).
@@ -76,121 +76,6 @@ MAX_CUTS = 12
 CUT_SECONDS = 0.1
 #: Cuts are tried only when there are at most this many activation patterns (one cut excludes one pattern).
 MAX_CUT_PATTERNS = 2**16
-
-
-# ---- latency model ----------------------------------------------------------------------------------------
-def cycles_per_mac(w: int, a: int) -> float:
-    """Rough cycles per multiply-accumulate of CMSIS-NN-class kernels on a DSP-extended Cortex-M core.
-
-    int8 x int8: dual-MAC SIMD (SMLAD) ~0.5 cycle/MAC with loads; 16x8 kernels ~1.0; weights below 8 bits are
-    unpacked to int8 first (+25 %); float16/32 weights or float activations ~2.0 (FPU FMA plus loads). The
-    model is for ranking plans under a latency budget, not a prediction of measured latency.
-    """
-    if w > 8 or a > 16:
-        return 2.0
-    base = 0.5 if a <= 8 else 1.0
-    return base * (1.25 if w < 8 else 1.0)
-
-
-#: Cycles per output element (or MAC, if it has any) of an op without a plan entry (add, pool, ...).
-ELEMENTWISE_CYCLES = 1.0
-
-
-# ---- budgets ----------------------------------------------------------------------------------------------
-@dataclass
-class Budgets:
-    """Limits a plan must meet. ``None`` means unconstrained.
-
-    ``flash_bytes`` bounds the same total as ``tap-edge check``: ``flash_breakdown(...).total_bytes`` (packed
-    weights, scales, biases, float constants) plus the runtime's code bytes. ``sram_bytes`` bounds the
-    activation arena (``memory.plan_arena``); with ``shared_region`` (weights and arena in one memory, as on
-    phones) it bounds arena + flash total, exactly what ``check.py`` tests. ``clock_hz`` drives the latency
-    model (:func:`cycles_per_mac`).
-    """
-
-    flash_bytes: int | None
-    sram_bytes: int | None
-    bops: int | None = None
-    latency_ms: float | None = None
-    shared_region: bool = False
-    clock_hz: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"flash_bytes": self.flash_bytes, "sram_bytes": self.sram_bytes, "bops": self.bops,
-                "latency_ms": self.latency_ms, "shared_region": self.shared_region}
-
-
-def _runtime_of(device: DeviceProfile, runtime: Runtime | str | None) -> Runtime:
-    return runtime if isinstance(runtime, Runtime) else device.runtime(runtime)
-
-
-def budgets_from_device(device: DeviceProfile, runtime: Runtime | str | None = None,
-                        graph: ModelGraph | None = None) -> Budgets:
-    """The limits ``tap-edge check`` applies: flash = free bytes of the weights region; SRAM = free bytes of
-    the arena region. When both are one region, ``check.py`` subtracts the plan's flash total from the SRAM
-    limit; that depends on the plan, so it is modelled exactly as ``shared_region`` (arena + flash <= free)
-    instead of being fixed here. ``graph`` is accepted for call compatibility and not needed."""
-    del graph
-    _runtime_of(device, runtime)  # validates the runtime name
-    wreg, areg = device.weights_region(), device.arena_region()
-    return Budgets(flash_bytes=device.free_bytes(wreg), sram_bytes=device.free_bytes(areg),
-                   shared_region=wreg.name == areg.name, clock_hz=max(c.clock_hz for c in device.cores))
-
-
-def parse_flash_like(spec: str, graph: ModelGraph, runtime: Runtime | None = None, default_a: int = 8) -> int:
-    """``--flash-like w4`` (or ``w4a8``): the flash total of uniform ``w``-bit weights with ``default_a``-bit
-    activations, runtime code included, as ``tap-edge check`` would report it."""
-    s = spec.strip().lower()
-    if s.startswith("w") and "a" not in s:
-        s = f"{s}a{default_a}"
-    bits = BitAssignment.parse(s)
-    if bits.native:
-        raise UserError("--flash-like: 'native' has no uniform width", "write e.g. w4 or w6")
-    return flash_breakdown(graph, bits, runtime.code_bytes if runtime else 0).total_bytes
-
-
-def parse_count(value: int | float | str, what: str = "count") -> int:
-    """``12G`` / ``350M`` / ``5e8`` -> an integer (SI prefixes: BOPs are counted in powers of ten)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if value < 0:
-            raise UserError(f"{what}: must not be negative, got {value}")
-        return int(value)
-    s = str(value).strip().upper().replace("_", "")
-    mult = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}.get(s[-1:], 1.0)
-    num = s[:-1] if s[-1:] in "KMGT" and s else s
-    try:
-        v = float(num) * mult
-    except ValueError:
-        raise UserError(f"{what}: cannot read {value!r}", "write e.g. 5e9, 5G or 350M") from None
-    if v < 0 or not math.isfinite(v):
-        raise UserError(f"{what}: must be a finite, non-negative number, got {value!r}")
-    return int(v)
-
-
-def budgets_from_args(device: DeviceProfile, runtime: Runtime | str | None, graph: ModelGraph, *,
-                      flash: str | int | None = None, flash_like: str | None = None,
-                      sram: str | int | None = None, bops: str | int | None = None,
-                      latency_ms: float | None = None, default_a: int = 8) -> Budgets:
-    """Device budgets overridden by the user's ``--flash 1.5MB`` / ``--flash-like w4`` / ``--sram 256KB`` /
-    ``--bops 5G`` / ``--latency-ms 50``. An explicit SRAM budget bounds the arena alone (no shared region)."""
-    rt = _runtime_of(device, runtime)
-    b = budgets_from_device(device, rt)
-    if flash is not None and flash_like is not None:
-        raise UserError("--flash and --flash-like both given", "use one of them")
-    if flash is not None:
-        b.flash_bytes = parse_bytes(flash, "--flash")
-    if flash_like is not None:
-        b.flash_bytes = parse_flash_like(flash_like, graph, rt, default_a)
-    if sram is not None:
-        b.sram_bytes = parse_bytes(sram, "--sram")
-        b.shared_region = False
-    if bops is not None:
-        b.bops = parse_count(bops, "--bops")
-    if latency_ms is not None:
-        if latency_ms <= 0:
-            raise UserError(f"--latency-ms: must be positive, got {latency_ms}")
-        b.latency_ms = float(latency_ms)
-    return b
 
 
 # ---- results ----------------------------------------------------------------------------------------------
@@ -489,7 +374,7 @@ class _Program:
         const = np.zeros(steps)
         for name, (first, last) in spans.items():
             t = g.tensors[name]
-            sizes = [_align(t.nbytes(lev), al) for lev in self.levels]
+            sizes = [align(t.nbytes(lev), al) for lev in self.levels]
             cols, vals, c0 = self._step_expr(self.src[name], sizes)
             span = np.arange(first, min(last, steps - 1) + 1)
             const[span] += c0
@@ -503,7 +388,7 @@ class _Program:
                 continue
             parts = [self.src[t] if t in g.tensors else (none, 8) for t in op.inputs] or [(none, 8)]
             src = (frozenset().union(*(p[0] for p in parts)), max(p[1] for p in parts))
-            sizes = [_align(scratch_bytes(op, g, rt.scratch, lev), al) for lev in self.levels]
+            sizes = [align(scratch_bytes(op, g, rt.scratch, lev), al) for lev in self.levels]
             if not any(sizes):
                 continue
             cols, vals, c0 = self._step_expr(src, sizes)
@@ -682,10 +567,6 @@ def _cat(xs: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(xs).astype(dtype) if xs else np.zeros(0, dtype)
 
 
-def _align(n: int, a: int) -> int:
-    return (n + a - 1) // a * a
-
-
 def _overshoot(ev: _Evaluation, b: Budgets, check_arena: bool) -> dict[str, float]:
     """By how much the exact figures of a solution exceed each budget (only positive entries)."""
     over: dict[str, float] = {}
@@ -844,8 +725,7 @@ def _diagnose(prog: _Program, budgets: Budgets, check_arena: bool,
                         e2.flash.total_bytes if budgets.shared_region else 0)
                     parts.append(f"within the flash budget the smallest {sram_name} is {_b(m2)}")
     msg = f"no bit assignment meets the budgets (binding: {', '.join(binding)}): " + "; ".join(parts)
-    hint = ("raise the binding budget (--flash/--flash-like/--sram), or pick a runtime with lower bit-widths "
-            "(e.g. 4-bit weight kernels)")
+    hint = "raise the binding budget, or pick a runtime with lower bit-widths (e.g. 4-bit weight kernels)"
     return InfeasibleBudget(msg, hint, binding=", ".join(binding), min_flash_bytes=min_flash,
                             min_sram_bytes=sram_measure, min_peak_live_bytes=min_live)
 
@@ -892,39 +772,3 @@ def pareto_sweep(graph: ModelGraph, costs: Costs, runtime: Runtime, flash_budget
         if not front or al.objective < front[-1].objective - 1e-12 * max(1.0, abs(front[-1].objective)):
             front.append(al)
     return front
-
-
-def plan_to_json(allocation: Allocation, graph: ModelGraph, *, model: str, device: DeviceProfile | str,
-                 runtime: Runtime | str, proxy: str, budgets: Budgets | None = None,
-                 timing: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``plan.json`` document (schema ``tap-edge/plan`` v1); ``BitAssignment.from_plan`` reads it."""
-    ops = {op.name: op for op in graph.ops}
-    layers: dict[str, dict[str, Any]] = {}
-    for key, wa in allocation.layers.items():
-        names = allocation.layer_ops.get(key) or [key]
-        members = [ops[n] for n in names if n in ops]
-        layers[key] = {"w": int(wa["w"]), "a": int(wa["a"]), "op": names[0],
-                       "op_class": members[0].op_class if members else "",
-                       "params": int(sum(o.params for o in members)),
-                       "cost": float(allocation.layer_costs.get(key, 0.0))}
-        if len(names) > 1:
-            layers[key]["ops"] = names
-    b = budgets or allocation.budgets or Budgets(None, None)
-    return {
-        "schema": PLAN_SCHEMA, "version": PLAN_VERSION, "model": model,
-        "device": device.id if isinstance(device, DeviceProfile) else str(device),
-        "runtime": runtime.name if isinstance(runtime, Runtime) else str(runtime), "proxy": proxy,
-        "default": {"w": 8, "a": allocation.default_a},
-        "layers": layers,
-        "budgets": {"flash_bytes": b.flash_bytes, "sram_bytes": b.sram_bytes,
-                    "bops": b.bops, "latency_ms": b.latency_ms, "shared_region": b.shared_region},
-        "predicted": {"flash_bytes": allocation.flash_bytes, "weights_bytes": allocation.weights_bytes,
-                      "arena_bytes": allocation.arena_bytes, "peak_live_bytes": allocation.peak_live_bytes,
-                      "peak_op": allocation.peak_op, "bops": allocation.bops,
-                      "latency_ms": allocation.latency_ms},
-        "solver": {"status": allocation.status, "seconds": round(allocation.solver_seconds, 6),
-                   "objective": allocation.objective, "iterations": allocation.iterations,
-                   "variables": allocation.n_variables, "constraints": allocation.n_constraints,
-                   "tightenings": allocation.tightenings},
-        "timing": dict(timing or {}),
-    }

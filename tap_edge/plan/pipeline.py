@@ -10,26 +10,30 @@ from typing import Any
 
 from tap_edge.core import console
 from tap_edge.core.errors import UserError
+from tap_edge.devices import Runtime
+from tap_edge.documents import Calibration, EvalResult, Plan
+from tap_edge.plan.budgets import BudgetSpec
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PlanRequest:
-    """Everything ``tap-edge plan`` needs (one config object for the transformation)."""
+    """Everything ``tap-edge plan`` needs (one config object for the transformation, built with keywords).
+
+    ``budgets`` holds numbers (the CLI parses ``--flash 1.5MB`` and friends); ``weight_bits`` overrides the
+    runtime's weight widths (fake-quant studies: the plan may not deploy); ``act_bits`` restricts activation
+    widths (e.g. ``[8]`` for an all-integer model); ``sweep`` > 0 adds a Pareto front over that many flash
+    budgets from uniform 2-bit to uniform 8-bit weights."""
 
     model: str
     device: str
     calib: Path
+    budgets: BudgetSpec = field(default_factory=BudgetSpec)
     calib_samples: int = 16
     proxy: str = "tap"
     runtime: str | None = None
-    flash: str | None = None
-    flash_like: str | None = None
-    sram: str | None = None
-    bops: str | None = None
-    latency_ms: float | None = None
-    sweep: int = 0  # number of flash budgets for a Pareto sweep (0: none)
-    weight_bits: list[int] | None = None  # override the runtime's supported widths (research / fake-quant)
-    act_bits: list[int] | None = None  # restrict activation widths (e.g. [8] for an all-integer model)
+    sweep: int = 0
+    weight_bits: list[int] | None = None
+    act_bits: list[int] | None = None
     default_a: int = 8
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -44,30 +48,26 @@ def _torch_model(spec: str) -> Any:
     return lm
 
 
-def make_plan(req: PlanRequest) -> dict[str, Any]:
-    """Run the plan path and return the ``tap-edge/plan`` document (with proxy scores and an optional sweep)."""
+def make_plan(req: PlanRequest) -> Plan:
+    """Run the plan path and return the :class:`~tap_edge.documents.Plan` (with proxy scores, calibration
+    provenance and an optional Pareto sweep)."""
     from tap_edge.devices import get_device
     from tap_edge.graph.models import load_graph
-    from tap_edge.plan.allocate import allocate, budgets_from_args, plan_to_json
+    from tap_edge.plan.allocate import allocate, pareto_sweep
+    from tap_edge.plan.budgets import flash_of_uniform, resolve_budgets
     from tap_edge.plan.calib import load_images
+    from tap_edge.plan.document import plan_document
     from tap_edge.plan.proxies import ProxyContext, compute_costs, get_proxy
     from tap_edge.plan.stats import compute_layer_stats
 
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     device = get_device(req.device)
-    runtime = device.runtime(req.runtime)
-    if req.weight_bits:
-        runtime = runtime.model_copy(update={"weights": {"default": sorted(req.weight_bits)}})
-    if req.act_bits:
-        allowed = {k: [b for b in v if b in req.act_bits] for k, v in runtime.activations.items()}
-        if not allowed["default"]:
-            raise UserError(f"{runtime.name} runs none of the activation widths {req.act_bits}",
-                            f"it supports {runtime.activations['default']}")
-        runtime = runtime.model_copy(update={"activations": {k: v or allowed["default"] for k, v in allowed.items()}})
+    runtime = _restricted_runtime(device.runtime(req.runtime), req.weight_bits, req.act_bits)
     get_proxy(req.proxy)  # fail fast on an unknown proxy name
     lm = _torch_model(req.model)
     graph = load_graph(lm)
+    budgets = resolve_budgets(req.budgets, device, runtime, graph)
     timing["load_s"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -86,43 +86,50 @@ def make_plan(req: PlanRequest) -> dict[str, Any]:
         costs = compute_costs(req.proxy, stats, ctx, **req.options)
     timing["proxy_s"] = time.perf_counter() - t
 
-    budgets = budgets_from_args(device, runtime, graph, flash=req.flash, flash_like=req.flash_like, sram=req.sram,
-                                bops=req.bops, latency_ms=req.latency_ms, default_a=req.default_a)
     t = time.perf_counter()
     alloc = allocate(graph, costs, runtime, budgets, default_a=req.default_a)
     timing["ilp_s"] = time.perf_counter() - t
+    sweep = []
+    if req.sweep:
+        lo, hi = flash_of_uniform(graph, 2, runtime), flash_of_uniform(graph, 8, runtime)
+        n = max(2, req.sweep)
+        with console.progress("Pareto sweep", None):
+            sweep = pareto_sweep(graph, costs, runtime, [int(lo + (hi - lo) * i / (n - 1)) for i in range(n)],
+                                 budgets.sram_bytes, default_a=req.default_a, base=budgets)
     timing["total_s"] = time.perf_counter() - t0
-    plan = plan_to_json(alloc, graph, model=req.model, device=device, runtime=runtime, proxy=req.proxy,
-                        budgets=budgets, timing={k: round(v, 4) for k, v in timing.items()})
-    # per-layer sensitivity for the report: the proxy's cost at 4-bit weights, 8-bit activations (or nearest)
+    return plan_document(alloc, graph, model=req.model, device=device.id, runtime=runtime.name, proxy=req.proxy,
+                         budgets=budgets, timing={k: round(v, 4) for k, v in timing.items()},
+                         proxy_scores=_report_scores(costs), sweep=sweep,
+                         calibration=Calibration(folder=str(req.calib), samples=len(calib)))
+
+
+def _restricted_runtime(runtime: Runtime, weight_bits: list[int] | None, act_bits: list[int] | None) -> Runtime:
+    """The runtime with its weight widths replaced and its activation widths narrowed, as the request says."""
+    if weight_bits:
+        runtime = runtime.model_copy(update={"weights": {"default": sorted(weight_bits)}})
+    if act_bits:
+        allowed = {k: [b for b in v if b in act_bits] for k, v in runtime.activations.items()}
+        if not allowed["default"]:
+            raise UserError(f"{runtime.name} runs none of the activation widths {act_bits}",
+                            f"it supports {runtime.activations['default']}")
+        runtime = runtime.model_copy(update={"activations": {k: v or allowed["default"] for k, v in allowed.items()}})
+    return runtime
+
+
+def _report_scores(costs: dict[str, dict[tuple[int, int], float]]) -> dict[str, float]:
+    """Per layer, the proxy's cost at 4-bit weights and 8-bit activations (or the nearest choice): the
+    sensitivity the report draws beside the plan's widths."""
     scores = {}
     for op_name, row in costs.items():
         key = min(row, key=lambda wa: (abs(wa[0] - 4), abs(wa[1] - 8)))
         scores[op_name] = float(row[key])
-    plan["proxy_scores"] = scores
-    plan["calibration"] = {"folder": str(req.calib), "samples": len(calib)}
-    if req.sweep:
-        plan["sweep"] = _sweep(graph, costs, runtime, budgets, req)
-    return plan
+    return scores
 
 
-def _sweep(graph: Any, costs: Any, runtime: Any, budgets: Any, req: PlanRequest) -> list[dict[str, Any]]:
-    """Pareto front over flash budgets from uniform 2-bit to uniform 8-bit weights."""
-    from tap_edge.plan.allocate import pareto_sweep, parse_flash_like
-
-    lo = parse_flash_like("w2", graph, runtime, req.default_a)
-    hi = parse_flash_like("w8", graph, runtime, req.default_a)
-    n = max(2, req.sweep)
-    flash_points = [int(lo + (hi - lo) * i / (n - 1)) for i in range(n)]
-    with console.progress("Pareto sweep", None):
-        front = pareto_sweep(graph, costs, runtime, flash_points, budgets.sram_bytes, default_a=req.default_a,
-                             base=budgets)
-    return [{"flash_bytes": a.flash_bytes, "objective": a.objective, "arena_bytes": a.arena_bytes,
-             "layers": a.layers} for a in front]
-
-
-@dataclass
+@dataclass(kw_only=True)
 class EvalRequest:
+    """Everything ``tap-edge eval`` needs: exactly one of ``plan`` (a plan.json) and ``bits`` (uniform)."""
+
     model: str
     data: Path
     plan: Path | None = None
@@ -133,11 +140,11 @@ class EvalRequest:
     limit: int | None = None
 
 
-def evaluate_plan(req: EvalRequest) -> dict[str, Any]:
+def evaluate_plan(req: EvalRequest) -> EvalResult:
     """PTQ the model with a plan (or uniform bits) and measure top-1, agreement and KL against float.
 
-    Calibration uses the first ``calib_samples`` of ``--calib`` (default: of ``--data``, which are then
-    excluded from the evaluation, so no image is both calibrated and scored)."""
+    Calibration uses the first ``calib_samples`` of ``calib`` (default: of ``data``, which are then excluded
+    from the evaluation, so no image is both calibrated and scored)."""
     from tap_edge.fit.bits import BitAssignment
     from tap_edge.fit.memory import flash_breakdown
     from tap_edge.graph.models import load_graph
@@ -146,7 +153,7 @@ def evaluate_plan(req: EvalRequest) -> dict[str, Any]:
     from tap_edge.quantize.ptq import quantize_model
 
     if (req.plan is None) == (req.bits is None):
-        raise UserError("pass exactly one of --plan and --bits", "e.g. --plan plan.json or --bits w4a8")
+        raise UserError("pass exactly one of a plan and uniform bits", "e.g. --plan plan.json or --bits w4a8")
     bits = BitAssignment.load(req.plan) if req.plan else BitAssignment.parse(req.bits or "w8a8")
     lm = _torch_model(req.model)
     graph = load_graph(lm)
@@ -162,6 +169,8 @@ def evaluate_plan(req: EvalRequest) -> dict[str, Any]:
     qmodel = quantize_model(lm.module, bits, calib, graph=graph)
     ptq_s = time.perf_counter() - t
     metrics = evaluate(qmodel, lm.module, images, labels)
-    return {"schema": "tap-edge/eval", "version": 1, "model": req.model, "bits": bits.label(),
-            "plan": str(req.plan) if req.plan else None, "n_images": len(images), "calib_samples": len(calib),
-            "flash_bytes": flash_breakdown(graph, bits).model_bytes, "ptq_s": round(ptq_s, 3), **metrics}
+    return EvalResult(model=req.model, bits=bits.label(), plan=str(req.plan) if req.plan else None,
+                      n_images=len(images), calib_samples=len(calib),
+                      flash_bytes=flash_breakdown(graph, bits).model_bytes, ptq_s=round(ptq_s, 3),
+                      agreement=metrics["agreement"], kl=metrics["kl"], top1=metrics["top1"],
+                      float_top1=metrics["float_top1"])

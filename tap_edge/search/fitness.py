@@ -424,7 +424,7 @@ class TorchTask:
     def _setup(self, blob: dict[str, Any]) -> None:
         from tap_edge.devices import Runtime
         from tap_edge.graph.graph import ModelGraph
-        from tap_edge.plan.allocate import Budgets, parse_flash_like
+        from tap_edge.plan.budgets import Budgets, flash_of_uniform
 
         self.model = self._model()
         self.model.load_state_dict(blob["state_dict"])
@@ -443,8 +443,8 @@ class TorchTask:
         self.runtime = Runtime(name="search", weights={"default": list(self.bits)}, activations={"default": [8]},
                                code_bytes=0)
         lo, hi = math.floor(self.spec.budget_bits), math.ceil(self.spec.budget_bits)
-        f_lo = parse_flash_like(f"w{lo}", self.graph, self.runtime)
-        f_hi = parse_flash_like(f"w{hi}", self.graph, self.runtime)
+        f_lo = flash_of_uniform(self.graph, lo, self.runtime)
+        f_hi = flash_of_uniform(self.graph, hi, self.runtime)
         self.flash = int(f_lo + (f_hi - f_lo) * (self.spec.budget_bits - lo))
         self.budgets = Budgets(flash_bytes=self.flash, sram_bytes=None)
         self.params = {n: int(self.modules[f].weight.numel()) for n, f in zip(self.names, self.fqns, strict=True)}
