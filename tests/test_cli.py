@@ -15,8 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_devices_json_lists_validated_profiles(run_cli) -> None:
     r = run_cli("devices", "--json")
     assert r.code == 0
-    rows = json.loads(r.out)
-    assert len(rows) >= 20 and {"id", "kind", "arena_bytes"} <= set(rows[0])
+    from tap_edge.documents import DeviceList
+
+    doc = DeviceList.from_dict(json.loads(r.out))
+    assert len(doc.devices) >= 20 and doc.devices[0].arena_bytes > 0
 
 
 def test_devices_show(run_cli) -> None:

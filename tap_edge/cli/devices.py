@@ -21,15 +21,11 @@ def devices_list(ctx: typer.Context, as_json: JsonOpt = False,
     """List bundled device profiles."""
     if ctx.invoked_subcommand:
         return
-    from tap_edge.devices import get_device, list_devices
+    from tap_edge.devices import device_list, get_device, list_devices
 
     profiles = [get_device(n) for n in list_devices(pattern)]
     if as_json:
-        console.print_json([{"id": p.id, "name": p.name, "kind": p.kind, "vendor": p.vendor,
-                             "runtime": p.runtime().name,
-                             "arena_region": p.arena_region().name, "arena_bytes": p.free_bytes(p.arena_region()),
-                             "weights_region": p.weights_region().name,
-                             "weights_bytes": p.free_bytes(p.weights_region())} for p in profiles])
+        console.print_json(device_list(profiles).to_dict())
         return
     t = Table(title=f"{len(profiles)} device profiles")
     for col in ("id", "kind", "name", "default runtime", "arena (largest usable)", "weights"):

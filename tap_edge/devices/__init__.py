@@ -8,6 +8,7 @@ from tap_edge.devices.profile import (
     MLPerfTiny,
     Reservation,
     Runtime,
+    device_list,
     get_device,
     list_devices,
     load_profile,
@@ -15,5 +16,5 @@ from tap_edge.devices.profile import (
     register_device,
 )
 
-__all__ = ["Core", "DeviceProfile", "MLPerfTiny", "MemoryRegion", "Reservation", "Runtime", "get_device",
+__all__ = ["Core", "DeviceProfile", "MLPerfTiny", "MemoryRegion", "Reservation", "Runtime", "device_list", "get_device",
            "list_devices", "load_profile", "parse_profile", "register_device"]

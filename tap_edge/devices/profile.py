@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from tap_edge.core.errors import ProfileError, UserError
 from tap_edge.core.registry import Registry
 from tap_edge.core.units import parse_bytes
+from tap_edge.documents import DeviceEntry, DeviceList
 from tap_edge.graph.graph import OP_CLASSES
 
 Confidence = Literal["high", "medium", "low", "default-guess"]
@@ -269,3 +270,14 @@ def get_device(name_or_path: str) -> DeviceProfile:
         return load_profile(name_or_path)
     _load_bundled()
     return _DEVICES.get(name_or_path)
+
+
+def device_list(profiles: list[DeviceProfile]) -> DeviceList:
+    """The :class:`~tap_edge.documents.DeviceList` of ``tap-edge devices --json``."""
+    entries = []
+    for p in profiles:
+        a, w = p.arena_region(), p.weights_region()
+        entries.append(DeviceEntry(id=p.id, name=p.name, kind=p.kind, vendor=p.vendor, runtime=p.runtime().name,
+                                   arena_region=a.name, arena_bytes=p.free_bytes(a), weights_region=w.name,
+                                   weights_bytes=p.free_bytes(w)))
+    return DeviceList(devices=entries)
