@@ -132,3 +132,30 @@ def check_report(graph: ModelGraph, bits: BitAssignment, devices: list[DevicePro
         memory_timeline=MemoryTimeline(ops=[o.name for o in graph.ops],
                                        live_bytes=arena.live_bytes_per_step if arena else []),
     )
+
+
+def check(model: str | ModelGraph, devices: str | DeviceProfile | list[str | DeviceProfile] = "*", *,
+          bits: str | BitAssignment | None = None, runtime: str | None = None) -> CheckReport:
+    """Will ``model`` fit ``devices``? The Python face of ``tap-edge check``.
+
+    ``model``: a MODEL string (bundled name, ``timm:NAME``, ``module:factory``, ``.onnx``, ``.tflite``) or a
+    graph; ``devices``: profile ids, YAML paths or profiles, or a wildcard pattern (``"stm32*"``, ``"*"``);
+    ``bits``: ``"w8a8"`` (default; ``"native"`` for .tflite files), ``"w4a8"``, ``"fp32"`` or a BitAssignment."""
+    from tap_edge.devices import get_device, list_devices
+    from tap_edge.graph.models import load_graph
+
+    graph = model if isinstance(model, ModelGraph) else load_graph(model)
+    wanted = devices if isinstance(devices, list) else [devices]
+    profiles: list[DeviceProfile] = []
+    for d in wanted:
+        if isinstance(d, DeviceProfile):
+            profiles.append(d)
+        elif any(c in d for c in "*?["):
+            profiles += [get_device(n) for n in list_devices(d)]
+        else:
+            profiles.append(get_device(d))
+    if isinstance(bits, BitAssignment):
+        assignment = bits
+    else:
+        assignment = BitAssignment.parse(bits or ("native" if graph.frontend == "tflite" else "w8a8"))
+    return check_report(graph, assignment, profiles, runtime)

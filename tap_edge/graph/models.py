@@ -174,18 +174,30 @@ def load_model(spec: str) -> LoadedModel:
                     ".onnx, .tflite")
 
 
-def _cache_path(spec: str) -> Path | None:
+def _names_an_architecture(spec: str) -> bool:
+    """A bundled model or a timm name: the spec alone fixes the architecture (a file, a user factory or a
+    module someone built in Python does not)."""
+    return spec in _MODELS or spec.startswith("timm:")
+
+
+def _canonical_spec(spec: str) -> str:
+    """A MODEL string as the spec its LoadedModel will carry (bare timm names become ``timm:NAME``)."""
+    if spec in _MODELS or ":" in spec or Path(spec).suffix:
+        return spec
+    return f"timm:{spec}"
+
+
+def _cache_path(spec: str, input_shape: list[int] | None = None) -> Path | None:
     """Where the graph of a PyTorch model spec is cached (None: caching off or not a cacheable spec).
 
-    The graph depends only on the architecture, so the key is the spec plus the versions of the code that
-    builds it; files (.onnx/.tflite) are read directly, they are fast to parse."""
+    The graph depends only on the architecture and the input shape, so the key is the spec, the shape (None:
+    the spec's own) and the versions of the code that builds it; files (.onnx/.tflite) are read directly, they
+    are fast to parse; user factories (``module:factory``) are never cached, their code may change any time."""
     import hashlib
     from importlib.metadata import PackageNotFoundError, version
 
-    if flags.no_cache() or Path(spec).suffix.lower() in (".onnx", ".tflite"):
+    if flags.no_cache() or not _names_an_architecture(spec):
         return None
-    if ":" in spec and not spec.startswith("timm:"):
-        return None  # user code may change at any time
     versions = []
     for pkg in ("tap-edge", "torch", "timm"):
         try:
@@ -195,13 +207,17 @@ def _cache_path(spec: str) -> Path | None:
     from tap_edge.graph import frontends
 
     src = Path(frontends.__file__).parent / "torch_frontend.py"
-    stamp = f"{spec}|{'|'.join(versions)}|{src.stat().st_mtime_ns}|{Path(__file__).stat().st_mtime_ns}"
+    stamp = f"{spec}|{input_shape}|{'|'.join(versions)}|{src.stat().st_mtime_ns}|{Path(__file__).stat().st_mtime_ns}"
     return cache_dir("graphs") / (hashlib.sha256(stamp.encode()).hexdigest()[:24] + ".json")
 
 
 def load_graph(model: LoadedModel | str) -> ModelGraph:
-    """The normalised ModelGraph of a model, whichever front-end it needs (PyTorch graphs are cached)."""
-    cache = _cache_path(model) if isinstance(model, str) else None
+    """The normalised ModelGraph of a model, whichever front-end it needs (PyTorch graphs are cached, by spec
+    and input shape, whether the model comes as a spec or already loaded)."""
+    if isinstance(model, str):
+        cache = _cache_path(_canonical_spec(model))
+    else:
+        cache = _cache_path(model.spec, model.input_shape)
     if cache is not None and cache.exists():
         try:
             return ModelGraph.load(cache)
