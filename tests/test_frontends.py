@@ -11,7 +11,12 @@ import torch
 from tap_edge.fit.bits import BitAssignment
 from tap_edge.fit.memory import flash_breakdown, plan_arena
 from tap_edge.graph.frontends.onnx_frontend import load_onnx_graph
-from tap_edge.graph.models import load_graph, load_model
+from tap_edge.graph.models import describe_model, list_models, load_graph, load_model
+
+#: Bundled models whose ONNX export takes tens of seconds: run with the slow tests.
+HEAVY = {"efficientnet_lite0"}
+#: Every bundled model (the registry, as timm tests its own) and one timm architecture.
+SPECS = [pytest.param(m, marks=pytest.mark.slow) if m in HEAVY else m for m in list_models()] + ["timm:mobilenetv2_050"]
 
 
 def _randomise_bn(model: torch.nn.Module) -> None:
@@ -27,7 +32,16 @@ def _randomise_bn(model: torch.nn.Module) -> None:
             m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)  # zero biases get dropped too
 
 
-@pytest.mark.parametrize("spec", ["resnet8", "ds_cnn", "timm:mobilenetv2_050"])
+@pytest.mark.parametrize("name", list_models())
+def test_every_bundled_model_loads_with_its_preprocessing(name: str) -> None:
+    lm = load_model(name)
+    assert describe_model(name)
+    g = load_graph(lm)
+    assert g.tensors[g.inputs[0]].shape == lm.input_shape
+    assert g.quantizable_ops() and not g.unknown_ops()
+
+
+@pytest.mark.parametrize("spec", SPECS)
 def test_torch_and_onnx_agree(spec: str, tmp_path: Path) -> None:
     lm = load_model(spec)
     _randomise_bn(lm.module)
