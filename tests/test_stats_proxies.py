@@ -16,6 +16,7 @@ from tap_edge.graph.frontends.torch_frontend import trace_module
 from tap_edge.graph.models import load_model
 from tap_edge.plan.proxies import (
     ProxyContext,
+    ProxyError,
     activation_costs,
     compute_costs,
     cost_table,
@@ -146,7 +147,7 @@ def test_activation_costs_and_table(setups: dict) -> None:
     table = cost_table(w, scaled)
     st = stats[2]
     assert table[st.name][(4, 16)] == pytest.approx(w[st.name][4] + scaled[st.name][16])
-    with pytest.raises(ValueError, match="different layers"):
+    with pytest.raises(ProxyError, match="different layers"):
         cost_table(w, {k: v for k, v in scaled.items() if k != st.name})
     full = compute_costs("uniform", stats)
     assert set(full[st.name]) == {(b, a) for b in range(2, 9) for a in (8, 16, 32)}
@@ -176,7 +177,7 @@ def test_custom_proxy_and_contract(setups: dict) -> None:
         return {s.name: dict.fromkeys(s.bits, value) for s in stats}
 
     try:
-        with pytest.raises(ValueError, match="invalid cost -1.0"):
+        with pytest.raises(ProxyError, match="invalid cost -1.0"):
             get_proxy("_test_negative")(stats)
         assert get_proxy("_test_negative")(stats, None, value=2.0)[stats[0].name][4] == 2.0
         assert get_proxy("_test_negative").summary == "A broken proxy."

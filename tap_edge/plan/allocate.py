@@ -66,7 +66,8 @@ from tap_edge.graph.graph import INPLACE_CLASSES, ModelGraph, Op
 from tap_edge.plan.budgets import Budgets
 
 Choice = tuple[int, int]
-Costs = dict[str, dict[Choice, float]]
+#: The allocator's input: cost per quantizable op per (weight width, activation width); lower is better.
+CostTable = dict[str, dict[Choice, float]]
 
 #: Re-solves allowed when the greedy arena (or a rounding of the solver's binaries) overshoots a budget.
 MAX_TIGHTENINGS = 8
@@ -166,7 +167,7 @@ Source = tuple[frozenset[int], int]
 class _Program:
     """The integer program for one (graph, costs, runtime, default_a); solved for many budgets."""
 
-    def __init__(self, graph: ModelGraph, costs: Costs, runtime: Runtime, default_a: int = 8) -> None:
+    def __init__(self, graph: ModelGraph, costs: CostTable, runtime: Runtime, default_a: int = 8) -> None:
         # plan the graph the runtime executes (e.g. with a converter's PAD ops); its persistent arena
         # allocations are a constant share of every step's live bytes
         view, self.persistent = runtime_view(graph, runtime)
@@ -179,7 +180,7 @@ class _Program:
         self.live_const = self.live_const + self.persistent
 
     # -- layers and choices
-    def _layers(self, costs: Costs) -> None:
+    def _layers(self, costs: CostTable) -> None:
         g, rt = self.graph, self.runtime
         qops = g.quantizable_ops()
         missing = [op.name for op in qops if op.name not in costs]
@@ -231,7 +232,7 @@ class _Program:
                                 "give costs for the runtime's widths, or choose another runtime")
             self.layers.append(self._make_layer(key, ops, choices, costs))
 
-    def _make_layer(self, key: str, ops: list[Op], choices: list[Choice], costs: Costs) -> _Layer:
+    def _make_layer(self, key: str, ops: list[Op], choices: list[Choice], costs: CostTable) -> _Layer:
         cost = np.array([sum(float(costs[op.name][_find(costs[op.name], c)]) for op in ops) for c in choices])
         flash = np.array([sum(sum(op_weight_bytes(op, w)) for op in ops) for w, _ in choices], dtype=float)
         bops = np.array([sum(op.macs * w * a for op in ops) for w, a in choices], dtype=float)
@@ -735,7 +736,7 @@ def _b(n: float) -> str:
 
 
 # ---- public API -------------------------------------------------------------------------------------------
-def allocate(graph: ModelGraph, costs: Costs, runtime: Runtime, budgets: Budgets, *, default_a: int = 8,
+def allocate(graph: ModelGraph, costs: CostTable, runtime: Runtime, budgets: Budgets, *, default_a: int = 8,
              check_arena: bool = True, max_tightenings: int = MAX_TIGHTENINGS, max_cuts: int = MAX_CUTS,
              time_limit: float = 60.0) -> Allocation:
     """Minimise the summed per-layer cost under ``budgets`` (see the module docstring for the program).
@@ -751,7 +752,7 @@ def allocate(graph: ModelGraph, costs: Costs, runtime: Runtime, budgets: Budgets
                           max_cuts=max_cuts, time_limit=time_limit, t_start=t0)
 
 
-def pareto_sweep(graph: ModelGraph, costs: Costs, runtime: Runtime, flash_budgets: Iterable[int],
+def pareto_sweep(graph: ModelGraph, costs: CostTable, runtime: Runtime, flash_budgets: Iterable[int],
                  sram_bytes: int | None, *, default_a: int = 8, base: Budgets | None = None,
                  check_arena: bool = True) -> list[Allocation]:
     """``--sweep``: allocate at each flash budget (one program, re-solved), skip infeasible points and keep

@@ -34,7 +34,7 @@ def list_samples(folder: str | Path) -> list[Path]:
     """The sample files of ``folder`` in sorted order (a single file is a list of itself)."""
     p = Path(folder)
     if not p.exists():
-        raise UserError(f"{p}: calibration folder not found", "check the path given to --calib / --data")
+        raise UserError(f"{p}: calibration folder not found", "check the path")
     if p.is_file():
         files = [p]
     else:
@@ -134,7 +134,7 @@ def load_images(folder: str | Path, preprocess: Preprocess, limit: int | None = 
 
     Names are file names (``name.npy[3]`` for the 4th sample of a batch file)."""
     if limit is not None and limit <= 0:
-        raise UserError(f"sample count must be positive, got {limit}", "e.g. --calib-samples 16")
+        raise UserError(f"sample count must be positive, got {limit}", "e.g. 16 calibration samples")
     if skip < 0:
         raise UserError(f"cannot skip {skip} samples", "skip must be >= 0")
     files = list_samples(folder)

@@ -283,7 +283,8 @@ def _compute_layer_stats(model_module: nn.Module, graph: ModelGraph, calib_batch
     if loss not in LOSSES:
         raise UserError(f"unknown label-free loss '{loss}'", f"use one of {', '.join(LOSSES)}")
     if not isinstance(calib_batch, torch.Tensor) or calib_batch.dim() < 2 or len(calib_batch) == 0:
-        raise UserError("LayerStats need a non-empty calibration batch [N, C, H, W]", "pass --calib DIR")
+        raise UserError("LayerStats need a non-empty calibration batch [N, C, H, W]",
+                        "give a folder with at least one image or tensor")
     tm: dict[str, float] = timings if timings is not None else {}
     t0 = time.perf_counter()
     model = folded_copy(model_module)

@@ -71,7 +71,7 @@ def evaluate(model: nn.Module, float_model: nn.Module | None, images: torch.Tens
 
     Give ``float_logits`` (from :func:`logits`) instead of ``float_model`` to reuse one float pass."""
     if len(images) == 0:
-        raise UserError("no evaluation samples", "pass --data DIR with images or tensors")
+        raise UserError("no evaluation samples", "give a folder with images or tensors to score on")
     if float_logits is None:
         if float_model is None:
             raise UserError("evaluate needs the float model or its logits")

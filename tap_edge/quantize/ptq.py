@@ -359,7 +359,7 @@ def _graph_of(model: nn.Module, calib: torch.Tensor) -> ModelGraph:
 def ptq(model: nn.Module, config: PTQConfig, calib: torch.Tensor, graph: ModelGraph | None = None) -> nn.Module:
     """Return a fake-quantized copy of ``model`` (the original is untouched); see the module docstring."""
     if calib is None or calib.dim() < 2 or len(calib) == 0:
-        raise UserError("PTQ needs a non-empty calibration batch", "pass --calib DIR with a few samples")
+        raise UserError("PTQ needs a non-empty calibration batch", "give a few calibration images or tensors")
     bits = config.bits
     if graph is None:
         graph = _graph_of(model, calib)
@@ -429,5 +429,3 @@ def quantize_model(model: nn.Module, bits: BitAssignment | str | dict[str, Any],
     return ptq(model, cfg, calib, graph)
 
 
-#: Name the backends look for.
-fake_quant_model = quantize_model

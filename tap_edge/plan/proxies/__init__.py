@@ -21,8 +21,11 @@ from typing import Any
 
 from tap_edge.core.errors import UserError
 from tap_edge.core.registry import Registry
+from tap_edge.plan.allocate import CostTable
 
-Costs = dict[str, dict[int, float]]
+#: A proxy's answer: cost per quantizable op per weight width (larger = more damage).
+WeightCosts = dict[str, dict[int, float]]
+
 ACT_CHOICES = (8, 16, 32)
 
 
@@ -61,7 +64,7 @@ class ProxyContext:
         return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
-ProxyFn = Callable[..., Costs]
+ProxyFn = Callable[..., WeightCosts]
 
 
 @dataclass
@@ -73,7 +76,7 @@ class Proxy:
     needs_model: bool = False
     summary: str = ""
 
-    def __call__(self, stats: list[Any], ctx: ProxyContext | None = None, **options: Any) -> Costs:
+    def __call__(self, stats: list[Any], ctx: ProxyContext | None = None, **options: Any) -> WeightCosts:
         ctx = ctx if ctx is not None else ProxyContext()
         if self.needs_model and (ctx.model is None or ctx.calib is None):
             raise UserError(f"proxy '{self.name}' needs the PyTorch model and the calibration batch",
@@ -106,18 +109,22 @@ def get_proxy(name: str) -> Proxy:
     return _PROXIES.get(name)
 
 
+class ProxyError(UserError):
+    """A proxy answered outside its contract (a layer or width without a finite, non-negative cost)."""
+
+
 def check_costs(costs: Any, stats: list[Any], name: str = "proxy") -> None:
-    """Raise ValueError unless ``costs`` has a finite non-negative cost for every layer and candidate width."""
+    """Raise :class:`ProxyError` unless ``costs`` has a finite non-negative cost for every layer and candidate width."""
     if not isinstance(costs, dict):
-        raise ValueError(f"{name}: costs must be a dict, got {type(costs).__name__}")
+        raise ProxyError(f"proxy {name}: costs must be a dict, got {type(costs).__name__}")
     for s in stats:
         row = costs.get(s.name)
         if not isinstance(row, dict):
-            raise ValueError(f"{name}: no costs for layer '{s.name}'")
+            raise ProxyError(f"proxy {name}: no costs for layer '{s.name}'")
         for b in s.bits:
             v = row.get(b)
             if not isinstance(v, float | int) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name}: layer '{s.name}' width {b}: invalid cost {v!r}")
+                raise ProxyError(f"proxy {name}: layer '{s.name}' width {b}: invalid cost {v!r}")
 
 
 # ---- activations ------------------------------------------------------------------------------------------
@@ -137,7 +144,7 @@ def activation_noise(stats: Any, bits: int) -> float:
     return float(step * step / 12.0 / power) if power > 0 else 0.0
 
 
-def activation_costs(stats: list[Any], weight_costs: Costs | None = None,
+def activation_costs(stats: list[Any], weight_costs: WeightCosts | None = None,
                      act_bits: tuple[int, ...] = ACT_CHOICES) -> dict[str, dict[int, float]]:
     """Cost of each activation width for every layer's output tensor.
 
@@ -158,17 +165,17 @@ def activation_costs(stats: list[Any], weight_costs: Costs | None = None,
     return out
 
 
-def cost_table(weight_costs: Costs, act_costs: dict[str, dict[int, float]]) -> dict[str, dict[tuple[int, int], float]]:
+def cost_table(weight_costs: WeightCosts, act_costs: dict[str, dict[int, float]]) -> CostTable:
     """``{op: {(w, a): weight_cost[w] + act_cost[a]}}`` for every width pair: the allocator's input."""
     if set(weight_costs) != set(act_costs):
         extra = sorted(set(weight_costs) ^ set(act_costs))
-        raise ValueError(f"weight and activation costs name different layers, e.g. '{extra[0]}'")
+        raise ProxyError(f"weight and activation costs name different layers, e.g. '{extra[0]}'")
     return {op: {(w, a): float(cw) + float(ca) for w, cw in row.items() for a, ca in act_costs[op].items()}
             for op, row in weight_costs.items()}
 
 
 def compute_costs(name: str, stats: list[Any], ctx: ProxyContext | None = None, *,
-                  with_activations: bool = True, **options: Any) -> dict[str, dict[tuple[int, int], float]]:
+                  with_activations: bool = True, **options: Any) -> CostTable:
     """Proxy ``name`` + activation costs in its units -> the allocator's ``{op: {(w, a): cost}}`` table."""
     w = get_proxy(name)(stats, ctx, **options)
     a = activation_costs(stats, w) if with_activations else {s.name: {8: 0.0} for s in stats}
@@ -177,5 +184,6 @@ def compute_costs(name: str, stats: list[Any], ctx: ProxyContext | None = None, 
 
 from tap_edge.plan.proxies import builtin as _builtin  # noqa: E402,F401  (registers the built-in proxies)
 
-__all__ = ["ACT_CHOICES", "Costs", "Proxy", "ProxyContext", "activation_costs", "activation_noise", "check_costs",
-           "compute_costs", "cost_table", "get_proxy", "list_proxies", "register_proxy"]
+__all__ = ["ACT_CHOICES", "CostTable", "Proxy", "ProxyContext", "ProxyError", "WeightCosts", "activation_costs",
+           "activation_noise", "check_costs", "compute_costs", "cost_table", "get_proxy", "list_proxies",
+           "register_proxy"]

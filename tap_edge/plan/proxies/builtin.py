@@ -16,7 +16,7 @@ import torch
 
 from tap_edge.core.console import progress
 from tap_edge.core.errors import UserError
-from tap_edge.plan.proxies import Costs, ProxyContext, register_proxy
+from tap_edge.plan.proxies import ProxyContext, WeightCosts, register_proxy
 from tap_edge.plan.stats import LayerStats, label_free_loss, model_logits, pseudo_targets, run_tasks, worker_threads
 from tap_edge.quantize.ptq import quantize_weight
 
@@ -34,7 +34,7 @@ def _rel_qerr(s: LayerStats) -> np.ndarray:
     return np.asarray(s.qerr, np.float64) / wsq if wsq > 0 else np.zeros(len(s.bits))
 
 
-def _table(stats: list[LayerStats], values: list[np.ndarray]) -> Costs:
+def _table(stats: list[LayerStats], values: list[np.ndarray]) -> WeightCosts:
     return {s.name: {int(b): float(max(0.0, v)) for b, v in zip(s.bits, row, strict=True)}
             for s, row in zip(stats, values, strict=True)}
 
@@ -122,7 +122,7 @@ def _halves(n: int, workers: int) -> list[slice]:
 
 @register_proxy("hawq", needs_model=True)
 def hawq(stats: list[LayerStats], ctx: ProxyContext, max_iter: int = 20, min_iter: int = 8, tol: float = 1e-2,
-         samples: int | None = None, loss: str = "kl", estimator: str = "output", probes: int = 4) -> Costs:
+         samples: int | None = None, loss: str = "kl", estimator: str = "output", probes: int = 4) -> WeightCosts:
     """HAWQ-V2/V3: ``cost_i(b) = Tr(H_i) / n_i x ||Q_b(W_i) - W_i||^2``, Hessian trace by Hutchinson.
 
     ``H_i`` is the Hessian block w.r.t. layer ``i``'s weights of the label-free loss ``KL(p_float || p)`` (HAWQ
@@ -202,7 +202,7 @@ def orthogonality_matrix(stats: list[LayerStats]) -> np.ndarray:
 
 
 @register_proxy("ompq")
-def ompq(stats: list[LayerStats], ctx: ProxyContext, beta: float = 1.0, per_bit: str = "perturbation") -> Costs:
+def ompq(stats: list[LayerStats], ctx: ProxyContext, beta: float = 1.0, per_bit: str = "perturbation") -> WeightCosts:
     """OMPQ (Ma et al., AAAI 2023): orthogonality of layer features -> layer importance -> cost per width.
 
     From one batch: ``ORM_ij`` (:func:`orthogonality_matrix`), ``gamma_i = sum_{j != i} ORM_ij``, importance
@@ -231,7 +231,7 @@ def ompq(stats: list[LayerStats], ctx: ProxyContext, beta: float = 1.0, per_bit:
 
 # ---- Fisher -----------------------------------------------------------------------------------------------
 @register_proxy("fisher")
-def fisher(stats: list[LayerStats], ctx: ProxyContext) -> Costs:
+def fisher(stats: list[LayerStats], ctx: ProxyContext) -> WeightCosts:
     """Empirical Fisher: ``cost_i(b) = sum_samples sum_j g_j^2 x dW_b,j^2`` (``g`` per-sample gradients of the
     label-free loss), i.e. twice the second-order loss increase with the Fisher diagonal as the Hessian
     (as in Fisher-based pruning and BRECQ's sensitivity)."""
@@ -327,7 +327,7 @@ def _model_output_kl(stats: list[LayerStats], ctx: ProxyContext) -> list[np.ndar
 
 
 @register_proxy("qerror", needs_model=True)
-def qerror(stats: list[LayerStats], ctx: ProxyContext, level: str = "layer") -> Costs:
+def qerror(stats: list[LayerStats], ctx: ProxyContext, level: str = "layer") -> WeightCosts:
     """Output error of quantizing the layer alone, measured on the calibration batch.
 
     ``level="layer"`` (default): the layer's output noise-to-signal ratio
@@ -343,7 +343,7 @@ def qerror(stats: list[LayerStats], ctx: ProxyContext, level: str = "layer") -> 
 
 
 @register_proxy("kl", needs_model=True)
-def kl(stats: list[LayerStats], ctx: ProxyContext) -> Costs:
+def kl(stats: list[LayerStats], ctx: ProxyContext) -> WeightCosts:
     """design.md's expensive baseline: ``cost_i(b) = mean KL(p_float || p_b,i)`` of the model output on the
     calibration batch when only layer ``i`` is quantized at ``b`` bits (``qerror`` with ``level="model"``;
     one forward pass per layer and width, minutes on EfficientNet-Lite0)."""
@@ -357,7 +357,7 @@ def _noise_shape(bits: list[int]) -> np.ndarray:
 
 
 @register_proxy("uniform")
-def uniform(stats: list[LayerStats], ctx: ProxyContext) -> Costs:
+def uniform(stats: list[LayerStats], ctx: ProxyContext) -> WeightCosts:
     """Every layer equally sensitive per weight: ``cost_i(b) = n_i / sum_k n_k x 4^(8 - b) / 4^6``.
 
     The per-weight form makes the optimum under a flash budget equal widths (a convex cost per weight); without
@@ -367,7 +367,7 @@ def uniform(stats: list[LayerStats], ctx: ProxyContext) -> Costs:
 
 
 @register_proxy("random")
-def random(stats: list[LayerStats], ctx: ProxyContext, seed: int | None = None) -> Costs:
+def random(stats: list[LayerStats], ctx: ProxyContext, seed: int | None = None) -> WeightCosts:
     """A random sensitivity per layer (seeded): ``cost_i(b) = r_i x uniform_i(b)``, ``r_i = 10^U(-2, 0)``.
 
     Monotone in ``b`` like every real proxy, so it is the "no information" baseline for allocation."""
@@ -392,7 +392,7 @@ def tap_program_source(path: str | Path | None = None) -> str:
 @register_proxy("tap")
 def tap(stats: list[LayerStats], ctx: ProxyContext, source: str | None = None, path: str | Path | None = None,
         layers: list[dict[str, Any]] | None = None, cpu_seconds: float = 30, memory_mb: int = 2048,
-        wall_seconds: float = 60) -> Costs:
+        wall_seconds: float = 60) -> WeightCosts:
     """A TAP proxy program: Python source defining ``proxy(layer: dict, bits: list[int]) -> list[float]``, called
     once per layer with ``LayerStats.to_program_input()`` (``tap_edge.plan.stats.LAYERSTATS_API``), run vetted
     in the sandbox (``tap_edge.plan.proxies.sandbox.run_proxy_program``). Default program:
@@ -411,7 +411,7 @@ def tap(stats: list[LayerStats], ctx: ProxyContext, source: str | None = None, p
 
 
 @register_proxy("tap-seed")
-def tap_seed(stats: list[LayerStats], ctx: ProxyContext, layers: list[dict[str, Any]] | None = None) -> Costs:
+def tap_seed(stats: list[LayerStats], ctx: ProxyContext, layers: list[dict[str, Any]] | None = None) -> WeightCosts:
     """The hand-written seed of the TAP search (``programs/tap_seed.py``), run like ``tap``: the baseline the
     discovered program is compared with."""
     return tap(stats, ctx, path=SEED_PROGRAM, layers=layers)
