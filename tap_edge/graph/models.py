@@ -124,9 +124,7 @@ def _timm_model(name: str) -> LoadedModel:
     import timm
 
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name[:6]}*")[:3]
-        raise UserError(f"unknown timm model '{name}'", f"did you mean {', '.join(close)}?" if close else
-                        "see timm.list_models()")
+        raise UserError(f"unknown timm model '{name}'", _model_hint(f"timm:{name}"))
     model = timm.create_model(name, pretrained=False).eval()
     cfg = model.pretrained_cfg or {}
     size = tuple(cfg.get("input_size", (3, 224, 224)))
@@ -169,9 +167,22 @@ def load_model(spec: str) -> LoadedModel:
 
     if timm.is_model(spec):
         return _timm_model(spec)
-    raise UserError(f"unknown model '{spec}'",
-                    f"bundled models: {', '.join(list_models())}; or use timm:NAME, package.module:factory, "
-                    ".onnx, .tflite")
+    raise UserError(f"unknown model '{spec}'", _model_hint(spec))
+
+
+def _model_hint(spec: str) -> str:
+    """Close matches among bundled and timm names (timm's own wildcard list: ``timm.list_models``)."""
+    import difflib
+
+    import timm
+
+    close = difflib.get_close_matches(spec, list_models(), n=3, cutoff=0.6)
+    timm_names = timm.list_models()
+    close += [f"timm:{n}" for n in difflib.get_close_matches(spec.removeprefix("timm:"), timm_names, n=3, cutoff=0.75)]
+    prefix = [f"timm:{n}" for n in timm.list_models(f"{spec.removeprefix('timm:')}*")[:3]] if len(spec) >= 4 else []
+    close = list(dict.fromkeys(close + prefix))[:5]
+    forms = "a bundled model (tap-edge models), timm:NAME, package.module:factory, .onnx or .tflite"
+    return f"did you mean {', '.join(close)}? ({forms})" if close else f"pass {forms}"
 
 
 def _names_an_architecture(spec: str) -> bool:
