@@ -2,53 +2,122 @@
 
 A backend is a :class:`Backend` subclass registered under the entry-point group ``tap_edge.backends``
 (``pyproject.toml``: ``onnxruntime = "tap_edge.backends.onnxruntime_backend:OnnxRuntimeBackend"``);
-third-party packages add their own the same way. Each backend declares
+third-party packages add their own the same way. Each backend file has one shape: a docstring, its options
+dataclass (a :class:`BackendOptions`, checked in ``__post_init__``), one :class:`Backend` subclass declaring
 
 - ``name``, the device ``runtimes`` it serves (shell patterns over profile runtime names, e.g. ``tflm-*``) and
   the device ``kinds``;
 - ``modules``: the Python modules it needs, and ``extra``: the pip extra that installs them. ``available()``
   only looks the modules up (nothing heavy is imported); ``require()`` raises one line naming the extra;
-- ``compile()``: writes the artifact plus a manifest ``<artifact>.manifest.json`` with the prediction it must
-  be compared with (flash and arena from :mod:`tap_edge.fit.memory`), the artifact's real weight bytes and the
-  agreement of its outputs with the reference model;
-- ``child_measure()``: runs *inside the measurement child process* (see :mod:`tap_edge.backends.measure`) and returns
-  latency samples and the runtime's own memory figures.
+- ``build()``: writes the artifact and returns a :class:`Build` (its weight bytes, what only it knows);
+  ``outputs()``: runs the artifact on inputs. :meth:`Backend.compile` does the rest once for every backend:
+  the prediction (:mod:`tap_edge.backends.manifest`), the agreement with the reference model
+  (:mod:`tap_edge.backends.reference`) and the :class:`~tap_edge.documents.Manifest` beside the artifact;
+- ``child_measure()``: runs *inside the measurement child process* (:mod:`tap_edge.backends.measure`) and
+  returns latency samples and the runtime's own memory figures. The verdict on them is
+  :mod:`tap_edge.backends.verdict`.
 
-Heavy dependencies (onnxruntime.quantization, litert-torch, tflite-micro, tvm) are imported inside methods.
+:func:`compile_model` is the library call behind ``tap-edge compile``. Heavy dependencies (torch,
+onnxruntime.quantization, litert-torch, tflite-micro, tvm) are imported inside functions: the measurement child
+imports this package and must not load torch before its import baseline.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import importlib.metadata
 import importlib.util
-import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from tap_edge.backends.manifest import manifest_bits, prediction, read_manifest, write_manifest
+from tap_edge.backends.reference import (
+    Samples,
+    agreement,
+    reference_outputs,
+    sample_inputs,
+    weight_quantized_module,
+)
 
 from tap_edge.core.errors import UserError
-from tap_edge.core.serialize import json_default
+from tap_edge.core.registry import Registry
+from tap_edge.devices import DeviceProfile, Runtime, get_device
+from tap_edge.documents import (
+    Agreement,
+    ArtifactWeights,
+    BackendEntry,
+    BackendList,
+    InputSpec,
+    Manifest,
+    Prediction,
+)
+from tap_edge.fit.bits import BitAssignment
+from tap_edge.graph.graph import ModelGraph
+from tap_edge.graph.models import LoadedModel, load_graph, load_model
 
-MANIFEST_SCHEMA = "tap-edge/artifact"
-MANIFEST_VERSION = 1
+__all__ = [
+    "Artifact", "Backend", "BackendOptions", "BackendUnavailable", "Build", "backend_for_artifact",
+    "backend_list", "broken_backends", "compile_model", "get_backend", "list_backends", "read_manifest",
+]
+
 ENTRY_POINT_GROUP = "tap_edge.backends"
-
-#: First-party backends, used when the installed package metadata predates the entry-point table
-#: (an editable install made before ``pyproject.toml`` declared them).
-_BUILTIN = {
-    "onnxruntime": "tap_edge.backends.onnxruntime_backend:OnnxRuntimeBackend",
-    "tflite": "tap_edge.backends.tflite_backend:TFLiteBackend",
-    "tvm": "tap_edge.backends.tvm_backend:TVMBackend",
-}
+#: The backends ``pyproject.toml`` declares; named when the installed package metadata lacks them.
+FIRST_PARTY = ("onnxruntime", "tflite", "tvm")
+#: Entry points into this package are our own code: imported directly, a broken one fails loudly.
+_OWN_MODULES = "tap_edge.backends."
+#: Calibration samples :meth:`Backend.compile` reads when it is given none (``tap-edge compile``'s default).
+DEFAULT_SAMPLES = 16
 
 
 class BackendUnavailable(UserError):
     """The backend's optional dependency is not installed."""
+
+
+@dataclass
+class BackendOptions:
+    """A backend's own compile settings (torchao-style config: defaults, checked in ``__post_init__``).
+
+    Each field is also a generic ``tap-edge compile`` flag (``tune_trials`` is ``--tune-trials``);
+    ``FLAG_HELP`` says, per field, what the flag does and what a backend without it lacks, for the one-line
+    error when such a flag is given to another backend."""
+
+    FLAG_HELP: ClassVar[dict[str, tuple[str, str]]] = {}
+
+    @classmethod
+    def flags(cls) -> list[str]:
+        return [flag_name(f.name) for f in fields(cls)]
+
+
+def flag_name(option: str) -> str:
+    """The CLI flag of an option field: ``tune_trials`` -> ``--tune-trials``."""
+    return "--" + option.replace("_", "-")
+
+
+@dataclass
+class Build:
+    """What a backend's :meth:`Backend.build` made: the artifact and what only the backend can say about it.
+
+    ``reference``: outputs on the first check inputs and their label, when the artifact is compared with
+    something else than the PTQ fake-quant model (TVM: ONNX Runtime on the same graph)."""
+
+    artifact: Path
+    weights: ArtifactWeights
+    input: InputSpec | None = None
+    other_predictions: dict[str, Prediction] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+    reference: tuple[np.ndarray, str] | None = None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A compiled artifact and the manifest written beside it."""
+
+    path: Path
+    manifest: Manifest
 
 
 class Backend:
@@ -63,6 +132,9 @@ class Backend:
     measure_modules: ClassVar[tuple[str, ...] | None] = None
     extra: ClassVar[str | None] = None
     suffix: ClassVar[str] = ""
+    options_class: ClassVar[type[BackendOptions]] = BackendOptions
+    #: what runs the artifact for the agreement when it is not the backend's own runtime (recorded)
+    agreement_runtime: ClassVar[str | None] = None
 
     # ---- dependencies ----------------------------------------------------------------------------------
     def missing(self, measure: bool = False) -> list[str]:
@@ -72,7 +144,7 @@ class Backend:
             try:
                 if importlib.util.find_spec(m) is None:
                     out.append(m)
-            except (ImportError, ValueError):
+            except (ImportError, ValueError):  # a parent package that is not installed
                 out.append(m)
         return out
 
@@ -89,7 +161,7 @@ class Backend:
                 f"backend '{self.name}' needs {', '.join(miss)}, which is not installed", self.install_hint()
             )
 
-    def require_pytorch(self, model: Any, bits: Any) -> None:
+    def require_pytorch(self, model: LoadedModel, bits: BitAssignment) -> None:
         """Backends here compile PyTorch models at explicit widths: say so in one line otherwise."""
         if model.module is None:
             raise UserError(f"{model.spec}: the {self.name} backend compiles PyTorch models",
@@ -102,10 +174,10 @@ class Backend:
     def serves_runtime(self, runtime: str) -> bool:
         return any(fnmatch.fnmatch(runtime, p) for p in self.runtimes)
 
-    def serves(self, device: Any) -> bool:
+    def serves(self, device: DeviceProfile) -> bool:
         return any(self.serves_runtime(rt.name) for rt in device.runtimes)
 
-    def pick_runtime(self, device: Any) -> Any:
+    def pick_runtime(self, device: DeviceProfile) -> Runtime:
         """The device runtime this backend stands for (the default runtime when it matches)."""
         default = device.runtime()
         if self.serves_runtime(default.name):
@@ -119,86 +191,200 @@ class Backend:
             f"{self.name} serves runtimes {', '.join(self.runtimes)}; pick another --backend",
         )
 
+    # ---- options -----------------------------------------------------------------------------------------
+    def options_from_flags(self, **flags: Any) -> BackendOptions:
+        """This backend's options from the generic compile flags (``None``: not given). A flag it does not
+        take is a one-line error naming the backend it belongs to."""
+        given = {k: v for k, v in flags.items() if v is not None}
+        own = {f.name for f in fields(self.options_class)}
+        for option in given:
+            if option not in own:
+                raise _foreign_flag(option, self.name)
+        return self.options_class(**given)
+
+    def check_options(self, options: BackendOptions | None) -> BackendOptions:
+        if options is None:
+            return self.options_class()
+        if not isinstance(options, self.options_class):
+            raise UserError(f"backend '{self.name}' takes {self.options_class.__name__}, "
+                            f"not {type(options).__name__}")
+        return options
+
     # ---- work ------------------------------------------------------------------------------------------
     def compile(
         self,
-        model: Any,
-        graph: Any,
-        bits: Any,
+        model: LoadedModel,
+        graph: ModelGraph,
+        bits: BitAssignment,
         out_dir: Path,
         *,
-        device: Any = None,
-        calib: np.ndarray | None = None,
-        check: np.ndarray | None = None,
-    ) -> Path:  # pragma: no cover
-        """Write the artifact and its manifest into ``out_dir``; ``calib``: calibration inputs, ``check``:
-        inputs on which the artifact's outputs are compared with the reference model (default ``calib``)."""
+        device: DeviceProfile | None = None,
+        calib: Samples | np.ndarray | None = None,
+        check: Samples | np.ndarray | None = None,
+        options: BackendOptions | None = None,
+    ) -> Artifact:
+        """Build the artifact into ``out_dir`` and write its manifest: the prediction with the device
+        runtime's arena settings (TFLite Micro's host reference without a device), the agreement of the
+        artifact's outputs with the reference on ``check`` (default: ``calib``) and where both came from.
+        ``calib`` defaults to :data:`DEFAULT_SAMPLES` of :func:`~tap_edge.backends.reference.sample_inputs`."""
+        opts = self.check_options(options)
+        self.require()
+        self.require_pytorch(model, bits)
+        runtime = self.pick_runtime(device) if device is not None else None
+        cal = Samples.of(calib) if calib is not None else sample_inputs(model, DEFAULT_SAMPLES)
+        chk = Samples.of(check) if check is not None else cal
+        out_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        built = self.build(model, graph, bits, out_dir, calib=cal.array, check=chk.array, options=opts,
+                           device=device)
+        compile_s = time.perf_counter() - t0
+        if built.reference is not None:
+            ref, label = built.reference
+            chk = chk.head(len(ref))
+        else:
+            ref, label = reference_outputs(model, graph, bits, chk.array, cal.array), reference_label(bits)
+        got = self.outputs(built.artifact, chk.array)
+        manifest = Manifest(
+            artifact=built.artifact.name,
+            artifact_bytes=built.artifact.stat().st_size,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            backend=self.name,
+            model=model.spec,
+            bits=manifest_bits(bits),
+            device=device.id if device is not None else None,
+            runtime=runtime.name if runtime is not None else None,
+            input=built.input or InputSpec(name="input", shape=model.input_shape),
+            compile_s=round(compile_s, 3),
+            prediction=prediction(graph, bits, runtime),
+            other_predictions=built.other_predictions,
+            weights=built.weights,
+            agreement=Agreement(reference=label, runtime=self.agreement_runtime, **agreement(ref, got)),
+            calibration=cal.source,
+            check_inputs=chk.source,
+            backend_facts=built.facts,
+        )
+        write_manifest(manifest, built.artifact)
+        return Artifact(built.artifact, manifest)
+
+    def build(self, model: LoadedModel, graph: ModelGraph, bits: BitAssignment, out_dir: Path, *,
+              calib: np.ndarray, check: np.ndarray, options: BackendOptions,
+              device: DeviceProfile | None) -> Build:  # pragma: no cover
+        """Write the artifact into ``out_dir`` (``calib``: calibration inputs; ``check``: the inputs the
+        agreement runs on, for a backend that computes its own reference; ``device``: a cross-compile target,
+        for a backend that has one)."""
         raise NotImplementedError
+
+    def outputs(self, artifact: Path, xs: np.ndarray) -> np.ndarray:  # pragma: no cover
+        """The artifact's first output on each of ``xs`` (float, batch 1 as compiled), run here."""
+        raise NotImplementedError
+
+    def export_module(self, model: LoadedModel, graph: ModelGraph, bits: BitAssignment,
+                      calib: np.ndarray) -> tuple[Any, bool]:
+        """(the module to export, whether its weights are already on the plan's grid): float plans export
+        the model as it is; the others its weight-quantized copy
+        (:func:`~tap_edge.backends.reference.weight_quantized_module`)."""
+        if is_float(bits):
+            return model.module.eval(), False
+        return weight_quantized_module(model, graph, bits, calib), True
+
+    def summary_lines(self, manifest: Manifest) -> list[str]:
+        """Lines ``tap-edge compile`` prints about this backend's own facts (e.g. TVM's tuning)."""
+        return []
 
     def child_measure(
         self,
         artifact: Path,
-        manifest: dict[str, Any],
+        manifest: Manifest | None,
         *,
         runs: int,
         warmup: int,
+        threads: int,
         baseline: Callable[[], None],
     ) -> dict[str, Any]:  # pragma: no cover - abstract
         """Runs in the child. Import the runtime, call ``baseline()`` (records the import-only peak RSS), load
-        the artifact, warm up, time ``runs`` runs; return ``{"times_ms": [...], ...runtime figures}``."""
+        the artifact, warm up, time ``runs`` runs; return ``{"times_ms": [...], ...runtime figures}``.
+        ``manifest`` is None for an artifact tap-edge did not compile."""
         raise NotImplementedError
 
 
+def is_float(bits: BitAssignment) -> bool:
+    """No integer width anywhere: weights 16/32 bits and activations 32 bits, no per-layer entries."""
+    return bits.default_w >= 16 and bits.default_a >= 32 and not bits.layers
+
+
+def reference_label(bits: BitAssignment) -> str:
+    return "float" if is_float(bits) else "fake-quant"
+
+
 # ---- registry --------------------------------------------------------------------------------------------
-_cache: dict[str, Backend] = {}
-_errors: dict[str, str] = {}
+_found: list[tuple[Registry[Backend], dict[str, str]]] = []
 
 
-def _load(spec: str) -> Backend:
-    mod_name, _, attr = spec.partition(":")
-    cls = getattr(importlib.import_module(mod_name), attr)
-    inst = cls()
-    if not isinstance(inst, Backend):
-        raise TypeError(f"{spec} is not a tap_edge.backends.Backend")
-    return inst
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
 
 
-def _discover() -> dict[str, Backend]:
-    if _cache:
-        return _cache
-    specs: dict[str, str] = {}
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        specs[ep.name] = ep.value
-    for name, spec in _BUILTIN.items():
-        specs.setdefault(name, spec)
-    for name, spec in specs.items():
+def _load(ep: importlib.metadata.EntryPoint) -> Backend:
+    cls = ep.load()
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise TypeError(f"{ep.value} is not a tap_edge.backends.Backend subclass")
+    if cls.name != ep.name:
+        raise TypeError(f"{ep.value} is named '{cls.name}', its entry point '{ep.name}'")
+    return cls()
+
+
+def _discover() -> tuple[Registry[Backend], dict[str, str]]:
+    """The registry of loaded backends and the reasons the others failed (both cached)."""
+    if _found:
+        return _found[0]
+    registry: Registry[Backend] = Registry("backend")
+    broken: dict[str, str] = {}
+    for ep in _entry_points():
+        if ep.name in registry or ep.name in broken:
+            continue  # the same name from a second installation: the first one wins
+        if ep.value.startswith(_OWN_MODULES):
+            registry.add(ep.name, _load(ep))
+            continue
         try:
-            _cache[name] = _load(spec)
-        except Exception as e:  # a broken plug-in must not take the CLI down
-            _errors[name] = f"{e.__class__.__name__}: {e}"
-    return _cache
+            registry.add(ep.name, _load(ep))
+        except Exception as e:  # noqa: BLE001 - a broken third-party plug-in must not take the CLI down
+            broken[ep.name] = f"{e.__class__.__name__}: {str(e)[:200]}"
+    for name in FIRST_PARTY:
+        if name not in registry:
+            broken[name] = f"entry point '{name}' is missing from the installed package metadata"
+    _found.append((registry, broken))
+    return registry, broken
 
 
-def list_backends() -> list[str]:
-    return sorted(_discover())
+def reload_backends() -> None:
+    """Forget the loaded backends; the next lookup reads the entry points again (e.g. after an install)."""
+    _found.clear()
+
+
+def list_backends(pattern: str = "*") -> list[str]:
+    """Names of the backends that loaded, filtered with shell wildcards (``list_backends("onnx*")``)."""
+    return _discover()[0].list(pattern)
 
 
 def broken_backends() -> dict[str, str]:
-    _discover()
-    return dict(_errors)
+    """Backends whose plug-in failed to load, with the reason."""
+    return dict(_discover()[1])
 
 
 def get_backend(name: str) -> Backend:
-    b = _discover()
-    if name in b:
-        return b[name]
-    if name in _errors:
-        raise UserError(f"backend '{name}' failed to load ({_errors[name]})")
-    raise UserError(f"unknown backend '{name}'", f"choose one of: {', '.join(sorted(b))}")
+    """The backend ``name``; an unknown name is a one-line error suggesting close matches."""
+    registry, broken = _discover()
+    if name in broken:
+        raise UserError(f"backend '{name}' failed to load ({broken[name]})",
+                        "re-install tap-edge (pip install -e .)" if name in FIRST_PARTY
+                        else "fix or uninstall the package that provides it")
+    return registry.get(name)
 
 
 def backend_for_artifact(path: Path) -> Backend:
-    for b in _discover().values():
+    registry, _ = _discover()
+    for name in registry:
+        b = registry.get(name)
         if b.suffix and path.name.endswith(b.suffix):
             return b
     raise UserError(
@@ -207,190 +393,62 @@ def backend_for_artifact(path: Path) -> Backend:
     )
 
 
-# ---- manifests -------------------------------------------------------------------------------------------
-def artifact_stem(model: Any, bits: Any) -> str:
-    """The file stem of a compiled artifact: the model spec made file-safe, then the widths' label."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(model.spec).name)[:60] or "model"
-    return f"{safe}-{bits.label()}"
+def backend_list(pattern: str = "*") -> BackendList:
+    """The :class:`~tap_edge.documents.BackendList` of ``tap-edge backends``: every backend, whether its
+    dependencies are installed, and the plug-ins that failed to load."""
+    rows = []
+    for name in list_backends(pattern):
+        b = get_backend(name)
+        miss = b.missing()
+        rows.append(BackendEntry(name=name, available=not miss, missing=miss, install=b.install_hint() if miss else "",
+                                 runtimes=list(b.runtimes), kinds=list(b.kinds), artifact=b.suffix,
+                                 description=b.description, options=b.options_class.flags()))
+    for name, reason in sorted(broken_backends().items()):
+        if fnmatch.fnmatch(name, pattern):
+            rows.append(BackendEntry(name=name, available=False, broken=reason))
+    return BackendList(backends=rows)
 
 
-def manifest_path(artifact: Path) -> Path:
-    return artifact.with_name(artifact.name + ".manifest.json")
+def _foreign_flag(option: str, backend: str) -> UserError:
+    """The error for a compile flag ``backend`` does not take, naming the backend whose option it is."""
+    flag = flag_name(option)
+    for other in list_backends():
+        help_ = get_backend(other).options_class.FLAG_HELP.get(option)
+        if help_ is not None:
+            does, lacks = help_
+            return UserError(f"{flag} {does}; backend '{backend}' {lacks}", f"pass --backend {other}, or drop {flag}")
+    return UserError(f"{flag}: no backend takes this option", f"drop {flag}")
 
 
-def write_manifest(artifact: Path, data: dict[str, Any]) -> Path:
-    p = manifest_path(artifact)
-    full = {
-        "schema": MANIFEST_SCHEMA,
-        "version": MANIFEST_VERSION,
-        "artifact": artifact.name,
-        "artifact_bytes": artifact.stat().st_size if artifact.exists() else None,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **data,
-    }
-    p.write_text(json.dumps(full, indent=2, default=json_default))
-    return p
-
-
-def read_manifest(artifact: Path) -> dict[str, Any]:
-    p = manifest_path(artifact)
-    if not p.exists():
-        return {}
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(
-            f"{p}: unreadable manifest ({e.__class__.__name__})", "re-run tap-edge compile"
-        ) from None
-    return data if isinstance(data, dict) else {}
-
-
-# ---- helpers shared by backends ----------------------------------------------------------------------------
-def module_bits(bits: Any, module: str | None) -> tuple[int, int]:
-    """(weight bits, activation bits) planned for the PyTorch module ``module``."""
-    if module and module in bits.layers:
-        lb = bits.layers[module]
-        return lb.w, lb.a
-    return bits.default_w, bits.default_a
-
-
-def prediction(graph: Any, bits: Any, runtime: Any | None) -> dict[str, Any]:
-    """tap-edge's prediction for ``graph`` at ``bits`` with a runtime's arena settings (TFLite Micro's host
-    reference kernels when no runtime is given: 16-byte alignment, no aliasing, no scratch, PAD ops and the
-    persistent tail, see ``tap_edge.fit.memory.runtime_view``)."""
-    from tap_edge.devices import Runtime
-    from tap_edge.fit.memory import flash_breakdown, plan_arena_for
-
-    if runtime is None:
-        runtime = Runtime(name="tflm-host", weights={"default": [4, 8]}, activations={"default": [8, 16]})
-    arena = plan_arena_for(graph, bits, runtime)
-    flash = flash_breakdown(graph, bits, runtime.code_bytes)
-    return {
-        "flash": flash.to_dict(),
-        "arena_bytes": arena.arena_bytes,
-        "arena_head_bytes": arena.head_bytes,
-        "arena_persistent_bytes": arena.persistent_bytes,
-        "peak_live_bytes": arena.peak_live_bytes,
-        "peak_op": arena.peak_op,
-        "arena_settings": {
-            "alignment": runtime.arena_alignment,
-            "alias_inplace": runtime.alias_inplace,
-            "scratch": runtime.scratch,
-            "runtime": runtime.name,
-        },
-    }
-
-
-def sample_inputs(model: Any, n: int, calib_dir: Path | None = None, seed: int = 0) -> np.ndarray:
-    """Up to ``n`` float32 inputs shaped like the model's (stacked on axis 0; fewer if the folder has fewer).
-
-    Images come from ``calib_dir`` (or the shared ImageNet sample when the model takes 3-channel images)
-    with the model's own preprocessing; other inputs (e.g. DS-CNN's MFCC patch) are seeded Gaussian noise."""
-    pre = model.preprocess
-    shape = tuple(pre.input_size)
-    if shape[0] == 3:
-        photos = _photo_dir(calib_dir)
-        if photos is not None:
-            imgs = _load_photos(photos, n, pre)
-            if len(imgs):
-                return imgs
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((n, *shape)).astype(np.float32)
-
-
-def _photo_dir(calib_dir: Path | None) -> Path | None:
-    if calib_dir is not None:
-        return calib_dir
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        cand = parent / "shared" / "data" / "imagenet-sample"
-        if cand.is_dir():
-            return cand
-    return None
-
-
-def _load_photos(folder: Path, n: int, pre: Any) -> np.ndarray:
-    try:  # the calibration loader of tap_edge, when present
-        from tap_edge.plan import calib  # type: ignore[attr-defined]
-
-        loader = getattr(calib, "load_images", None)
-        if loader is not None:
-            arr = loader(folder, n=n, preprocess=pre)
-            arr = np.asarray(arr, dtype=np.float32)
-            if arr.ndim == 4 and arr.shape[0] >= n:
-                return arr[:n]
-    except Exception:  # noqa: BLE001 - fall back to the simple loader below
-        pass
-    from PIL import Image
-
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:n]
-    c, h, w = pre.input_size
-    out = []
-    for f in files:
-        im = Image.open(f).convert("RGB")
-        s = pre.resize / min(im.size)
-        im = im.resize((max(w, round(im.size[0] * s)), max(h, round(im.size[1] * s))), Image.BILINEAR)
-        left, top = (im.size[0] - w) // 2, (im.size[1] - h) // 2
-        a = np.asarray(im.crop((left, top, left + w, top + h)), dtype=np.float32) / pre.scale
-        a = (a - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
-        out.append(a.transpose(2, 0, 1))
-    return np.stack(out).astype(np.float32) if out else np.zeros((0, c, h, w), np.float32)
-
-
-def reference_outputs(
-    model: Any, bits: Any, xs: np.ndarray, calib: np.ndarray | None = None
-) -> tuple[np.ndarray, str]:
-    """Outputs on ``xs`` of the PTQ fake-quant model (``tap_edge.quantize.ptq``, calibrated on ``calib``) when
-    available, else of the float model."""
-    import torch
-
-    ref, label = model.module, "float"
-    try:
-        from tap_edge import quantize  # type: ignore[attr-defined]
-
-        fq = getattr(quantize, "fake_quant_model", None) or getattr(quantize, "quantize_model", None)
-        if fq is not None and not bits.native:
-            cal = torch.from_numpy(calib if calib is not None else xs[: min(len(xs), 16)])
-            ref, label = fq(model.module, bits, cal), "fake-quant"
-            if isinstance(ref, tuple):
-                ref = ref[0]
-    except Exception:  # noqa: BLE001 - the float model is the fallback reference
-        ref, label = model.module, "float"
-    with torch.no_grad():
-        outs = [ref(torch.from_numpy(xs[i : i + 32])).detach().numpy() for i in range(0, len(xs), 32)]
-    return np.concatenate(outs), label
-
-
-def weight_quantized_module(model: Any, bits: Any, calib: np.ndarray) -> tuple[Any, bool]:
-    """The module to export: BatchNorm folded and weights already on the plan's grid with tap-edge's
-    MSE-searched per-channel clipping (``tap_edge.quantize.ptq`` with float activations), so the backend's own
-    symmetric narrow-range weight quantizer reproduces the fake-quant model's weights exactly. Falls back to
-    the float module (and ``False``) when ``tap_edge.quantize.ptq`` is not available."""
-    from tap_edge.fit.bits import BitAssignment, LayerBits
-
-    try:
-        import torch
-
-        from tap_edge.quantize.ptq import quantize_model
-    except ImportError:
-        return model.module, False
-    wonly = BitAssignment(bits.default_w, 32, {k: LayerBits(v.w, 32) for k, v in bits.layers.items()})
-    try:
-        cal = torch.from_numpy(calib[: min(len(calib), 16)])
-        return quantize_model(model.module, wonly, cal).eval(), True
-    except Exception:  # noqa: BLE001 - a model the PTQ pass cannot handle is exported as it is
-        return model.module, False
-
-
-def agreement(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
-    """Top-1 agreement and mean cosine similarity of two batches of logits."""
-    ref = ref.reshape(len(ref), -1).astype(np.float64)
-    got = got.reshape(len(got), -1).astype(np.float64)
-    top1 = float(np.mean(ref.argmax(1) == got.argmax(1))) if len(ref) else 0.0
-    num = (ref * got).sum(1)
-    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1) + 1e-12
-    return {
-        "n": int(len(ref)),
-        "top1_agreement": round(top1, 4),
-        "cosine": round(float(np.mean(num / den)), 5),
-    }
+# ---- the library call behind `tap-edge compile` ----------------------------------------------------------------
+def compile_model(
+    model: str | LoadedModel,
+    backend: str | Backend,
+    bits: BitAssignment,
+    out_dir: Path,
+    *,
+    device: str | DeviceProfile | None = None,
+    calib_dir: Path | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    check_samples: int = DEFAULT_SAMPLES,
+    options: BackendOptions | None = None,
+) -> Artifact:
+    """Compile ``model`` at ``bits`` with ``backend`` into ``out_dir``: the backend, its dependencies and the
+    device are checked before the model is loaded; ``max(samples, check_samples)`` inputs are read once
+    (:func:`~tap_edge.backends.reference.sample_inputs`: ``calib_dir``, the shared photos or noise), the
+    first ``samples`` calibrate and the first ``check_samples`` check the agreement."""
+    b = get_backend(backend) if isinstance(backend, str) else backend
+    opts = b.check_options(options)
+    b.require()
+    profile = get_device(device) if isinstance(device, str) else device
+    if profile is not None:
+        b.pick_runtime(profile)
+    lm = load_model(model) if isinstance(model, str) else model
+    if lm.frontend != "torch":
+        raise UserError(f"{lm.spec}: compile takes a PyTorch model",
+                        "pass a bundled model, timm:NAME or package.module:factory")
+    graph = load_graph(lm)
+    bits.check_names(graph)
+    xs = sample_inputs(lm, max(samples, check_samples), calib_dir)
+    return b.compile(lm, graph, bits, out_dir, device=profile, calib=xs.head(samples), check=xs.head(check_samples),
+                     options=opts)

@@ -179,9 +179,10 @@ def measure_artifact(
     runs: int = DEFAULT_RUNS,
     warmup: int = DEFAULT_WARMUP,
     timeout: float = DEFAULT_TIMEOUT,
-    options: dict[str, Any] | None = None,
+    threads: int = 1,
 ) -> dict[str, Any]:
-    """Measure a compiled artifact in a child process (see the module docstring)."""
+    """Measure a compiled artifact in a child process (see the module docstring); ``backend`` defaults to
+    the one whose artifacts end like ``artifact``."""
     from tap_edge.backends import backend_for_artifact, get_backend
 
     artifact = Path(artifact)
@@ -191,13 +192,7 @@ def measure_artifact(
     b.require(measure=True)
     data = run_child(
         "tap_edge.backends.measure:_measure_in_child",
-        {
-            "backend": b.name,
-            "artifact": str(artifact.resolve()),
-            "runs": runs,
-            "warmup": warmup,
-            "options": options or {},
-        },
+        {"backend": b.name, "artifact": str(artifact.resolve()), "runs": runs, "warmup": warmup, "threads": threads},
         timeout=timeout,
         what=f"{b.name} measurement",
     )
@@ -208,9 +203,7 @@ def measure_artifact(
 
 
 # ---- child side ------------------------------------------------------------------------------------------
-def _measure_in_child(
-    backend: str, artifact: str, runs: int, warmup: int, options: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def _measure_in_child(backend: str, artifact: str, runs: int, warmup: int, threads: int) -> dict[str, Any]:
     from tap_edge.backends import get_backend, read_manifest
 
     b = get_backend(backend)
@@ -220,10 +213,7 @@ def _measure_in_child(
         state["import_baseline_bytes"] = vm_hwm()
 
     path = Path(artifact)
-    manifest = read_manifest(path)
-    if options:
-        manifest = {**manifest, "measure_options": options}
-    res = b.child_measure(path, manifest, runs=runs, warmup=warmup, baseline=baseline)
+    res = b.child_measure(path, read_manifest(path), runs=runs, warmup=warmup, threads=threads, baseline=baseline)
     peak = vm_hwm()
     base = state.get("import_baseline_bytes", 0)
     res["peak_rss_bytes"] = peak

@@ -10,7 +10,7 @@ stored integers are exactly the fake-quant model's:
 
 - weights: 8 -> int8; 2..4 -> INT4 (opset 21 QDQ; 2/3-bit grids stored in the int4 container); 5..7 -> their
   grid in an int8 container (ONNX has no such types: the flash prediction assumes packing, the manifest's
-  ``actual`` figures show the container); 16/32 -> the layer is left in float;
+  ``weights.stored_bytes`` show the container); 16/32 -> the layer is left in float;
 - activations: 8 -> uint8 (ORT's fast path), 16 -> int16 on that layer's output; 32 -> float (layer excluded).
 
 ``linear_int4="matmulnbits"`` then rewrites each INT4 QDQ Gemm into ONNX Runtime's 4-bit weight-only kernel
@@ -18,31 +18,31 @@ stored integers are exactly the fake-quant model's:
 semantics unchanged), its packed uint4 weights are the same integers + 8 (the default zero point, so no zero
 points are stored), every block of an output channel carries that channel's scale (the same weights exactly).
 
-The artifact's outputs are compared with the PTQ fake-quant model (``tap_edge.quantize.ptq``; the float model
-when that is not available) on sample inputs: top-1 agreement and cosine similarity, stored in the manifest.
+Options: :class:`OnnxRuntimeOptions`. The artifact's outputs are compared with the PTQ fake-quant model
+(``tap_edge.quantize.ptq``) on the check inputs by :meth:`tap_edge.backends.Backend.compile`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import time
+import shutil
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-from tap_edge.backends import (
-    Backend,
-    agreement,
-    artifact_stem,
-    module_bits,
-    prediction,
-    reference_outputs,
-    weight_quantized_module,
-    write_manifest,
-)
+from tap_edge.backends import Backend, BackendOptions, Build, is_float
+from tap_edge.backends.manifest import artifact_stem, module_bits
 
 from tap_edge.core.errors import UserError
+from tap_edge.devices import DeviceProfile
+from tap_edge.documents import ArtifactWeights, Manifest
+from tap_edge.fit.bits import BitAssignment
+from tap_edge.graph.graph import ModelGraph
+from tap_edge.graph.models import LoadedModel
 
 OPSET = 21
 _WEIGHTED = ("Conv", "Gemm", "MatMul", "ConvTranspose")
@@ -171,6 +171,20 @@ def onnx_weight_bytes(path: Path) -> dict[str, int]:
     return out
 
 
+@dataclass
+class OnnxRuntimeOptions(BackendOptions):
+    """``linear_int4``: how Gemm layers planned at <= 4 bits are stored: ``"qdq"`` (INT4 QDQ, per-channel) or
+    ``"matmulnbits"`` (com.microsoft MatMulNBits, 4-bit blocks carrying the same per-channel scales)."""
+
+    FLAG_HELP: ClassVar[dict[str, tuple[str, str]]] = {"linear_int4": ("chooses an ONNX Runtime kernel", "has none")}
+
+    linear_int4: str = "qdq"
+
+    def __post_init__(self) -> None:
+        if self.linear_int4 not in LINEAR_INT4:
+            raise UserError(f"--linear-int4 '{self.linear_int4}' is not known", f"use {' or '.join(LINEAR_INT4)}")
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     description = "ONNX QDQ (int8 / INT4 weights, 8/16-bit activations) run with ONNX Runtime on the host"
@@ -179,165 +193,56 @@ class OnnxRuntimeBackend(Backend):
     modules = ("onnx", "onnxruntime")
     extra = None  # core dependencies of tap-edge
     suffix = ".onnx"
+    options_class = OnnxRuntimeOptions
 
-    def compile(
-        self,
-        model: Any,
-        graph: Any,
-        bits: Any,
-        out_dir: Path,
-        *,
-        device: Any = None,
-        calib: np.ndarray | None = None,
-        check: np.ndarray | None = None,
-        linear_int4: str = "qdq",
-    ) -> Path:
-        """``linear_int4``: how Gemm layers planned at <= 4 bits are stored: ``"qdq"`` (INT4 QDQ, per-channel)
-        or ``"matmulnbits"`` (com.microsoft MatMulNBits, 4-bit blocks carrying the same per-channel scales)."""
-        if linear_int4 not in LINEAR_INT4:
-            raise UserError(f"linear_int4 must be one of {', '.join(LINEAR_INT4)}, not '{linear_int4}'")
-        self.require()
-        import onnx
-        import torch
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-        self.require_pytorch(model, bits)
-        out_dir.mkdir(parents=True, exist_ok=True)
+    def build(self, model: LoadedModel, graph: ModelGraph, bits: BitAssignment, out_dir: Path, *,
+              calib: np.ndarray, check: np.ndarray, options: OnnxRuntimeOptions,
+              device: DeviceProfile | None) -> Build:
+        """Export, quantize to QDQ at the plan's widths (see the module docstring), optionally rewrite INT4
+        Gemms into MatMulNBits."""
         stem = artifact_stem(model, bits)
         float_path = out_dir / f"{stem}.float.onnx"
         q_path = out_dir / f"{stem}.onnx"
-        xs = calib if calib is not None else np.zeros((1, *model.preprocess.input_size), np.float32)
-        t0 = time.perf_counter()
-        example = torch.from_numpy(xs[:1])
-        fp = bits.default_w >= 16 and bits.default_a >= 32 and not bits.layers
-        module, prequant = (model.module, False) if fp else weight_quantized_module(model, bits, xs)
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module.eval(),
-                (example,),
-                str(float_path),
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=["input"],
-                output_names=["output"],
-                do_constant_folding=True,
-            )
-        m = onnx.load(str(float_path))
-        _dedupe_identity_initializers(m)
-        onnx.save(m, str(float_path))
-        m = _preprocess(float_path)
-
-        overrides: dict[str, list[dict[str, Any]]] = {}
-        exclude: list[str] = []
-        layers: dict[str, dict[str, Any]] = {}
-        inits = {i.name: i for i in m.graph.initializer}
-        consumers: dict[str, list[Any]] = {}
-        for node in m.graph.node:
-            for t in node.input:
-                consumers.setdefault(t, []).append(node)
-        for node in m.graph.node:
-            if node.op_type not in _WEIGHTED:
-                continue
-            mod = node_module(node.name)
-            w, a = module_bits(bits, mod)
-            entry = {"node": node.name, "w": w, "a": a}
-            if w >= 16 or a >= 32:
-                exclude.append(node.name)
-                entry["stored"] = "float32"
-            else:
-                wname = node.input[1] if len(node.input) > 1 else None
-                if wname in inits:
-                    qt = QuantType.QInt4 if w <= 4 else QuantType.QInt8
-                    entry["stored"] = "int4" if w <= 4 else "int8"
-                    if prequant:  # exact: the scales of the grid the weights are already on
-                        overrides[wname] = _grid_overrides(inits[wname], w, _axis(node), qt)
-                    elif w <= 4:
-                        overrides[wname] = [{"quant_type": qt, "axis": _axis(node)}]
-                if a == 16:
-                    overrides[_activation_output(node, consumers)] = [{"quant_type": QuantType.QInt16}]
-                    entry["activation"] = "int16"
-            layers[mod or node.name] = entry
+        module, prequant = self.export_module(model, graph, bits, calib)
+        m = _export(module, calib[:1], float_path)
+        layers, overrides, exclude = _quantization_table(m, bits, prequant)
         missing = sorted(set(bits.layers) - set(layers))
         if missing:  # a plan layer that maps to no ONNX node would silently stay at the default width
             raise UserError(f"{len(missing)} plan layer(s) have no node in the exported ONNX graph, e.g. "
                             f"'{missing[0]}' (nodes map to e.g. '{next(iter(layers), '?')}')",
                             "was the plan made for this model? (tap-edge plan MODEL ...)")
-        if fp:
-            import shutil
-
+        if is_float(bits):
             shutil.copyfile(float_path, q_path)
         else:
-
-            class _Reader(CalibrationDataReader):
-                def __init__(self) -> None:
-                    self._it = iter([{"input": x[None].astype(np.float32)} for x in xs])
-
-                def get_next(self) -> dict[str, np.ndarray] | None:
-                    return next(self._it, None)
-
-            import logging
-
-            logging.getLogger().setLevel(logging.ERROR)
-            quantize_static(
-                str(float_path),
-                str(q_path),
-                _Reader(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=exclude,
-                extra_options={"TensorQuantOverrides": overrides, "WeightSymmetric": True},
-            )
-        nbits: dict[str, Any] = {}
-        if linear_int4 == "matmulnbits" and not fp:
-            nbits = _gemm_int4_to_matmulnbits(q_path, layers)
-        compile_s = time.perf_counter() - t0
+            _quantize(float_path, q_path, calib, overrides, exclude)
         float_path.unlink(missing_ok=True)
-
-        runtime = self.pick_runtime(device) if device is not None else None
-        pred = prediction(graph, bits, runtime)
-        actual = onnx_weight_bytes(q_path)
-        agree = self._agreement(q_path, model, bits, check if check is not None else xs, xs)
-        write_manifest(
-            q_path,
-            {
-                "backend": self.name,
-                "model": model.spec,
-                "bits": bits.to_dict() | {"label": bits.label()},
-                "device": device.id if device is not None else None,
-                "runtime": runtime.name if runtime else None,
-                "input": {"name": "input", "shape": [1, *model.preprocess.input_size], "dtype": "float32"},
-                "compile_s": round(compile_s, 3),
-                "opset": OPSET,
-                "layers": layers,
-                "weights_prequantized": prequant,
-                "linear_int4": linear_int4,
-                **({"matmulnbits": nbits} if nbits else {}),
-                "prediction": pred,
-                "actual": {"weight_bytes": actual},
-                "agreement": agree,
-            },
+        nbits: dict[str, Any] = {}
+        if options.linear_int4 == "matmulnbits" and not is_float(bits):
+            nbits = _gemm_int4_to_matmulnbits(q_path, layers)
+        wb = onnx_weight_bytes(q_path)
+        return Build(
+            artifact=q_path,
+            weights=ArtifactWeights(planned_form_bytes=wb.pop("total_planned_form"), stored_bytes=wb.pop("total"),
+                                    by_role=wb),
+            facts={"opset": OPSET, "layers": layers, "weights_prequantized": prequant,
+                   "linear_int4": options.linear_int4, **({"matmulnbits": nbits} if nbits else {})},
         )
-        return q_path
 
-    def _agreement(
-        self, path: Path, model: Any, bits: Any, xs: np.ndarray, calib: np.ndarray
-    ) -> dict[str, Any]:
-        got = onnx_outputs(path, xs)
-        ref, label = reference_outputs(model, bits, xs, calib)
-        return {"reference": label, **agreement(ref, got)}
+    def outputs(self, artifact: Path, xs: np.ndarray) -> np.ndarray:
+        return onnx_outputs(artifact, xs)
+
+    def summary_lines(self, manifest: Manifest) -> list[str]:
+        converted = manifest.backend_facts.get("matmulnbits", {}).get("layers", {})
+        return [f"{len(converted)} linear layer(s) stored as MatMulNBits (4-bit blocks)"] if converted else []
 
     def child_measure(
         self,
         artifact: Path,
-        manifest: dict[str, Any],
+        manifest: Manifest | None,
         *,
         runs: int,
         warmup: int,
+        threads: int,
         baseline: Callable[[], None],
     ) -> dict[str, Any]:
         import onnxruntime as ort
@@ -347,7 +252,7 @@ class OnnxRuntimeBackend(Backend):
         rss0 = vm_rss()
         so = ort.SessionOptions()
         so.log_severity_level = 3
-        so.intra_op_num_threads = int(manifest.get("measure_options", {}).get("threads", 1))
+        so.intra_op_num_threads = threads
         sess = ort.InferenceSession(str(artifact), so, providers=["CPUExecutionProvider"])
         inp = sess.get_inputs()[0]
         shape = [d if isinstance(d, int) else 1 for d in inp.shape]
@@ -375,6 +280,90 @@ def onnx_outputs(path: Path, xs: np.ndarray) -> np.ndarray:
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return np.stack([sess.run(None, {"input": x[None]})[0][0] for x in xs])
+
+
+def _export(module: Any, example: np.ndarray, path: Path) -> Any:
+    """The TorchScript ONNX export of ``module`` at opset :data:`OPSET` (input ``input``, output ``output``),
+    Identity-shared constants turned into initializers, then :func:`_preprocess`; returns the ONNX model."""
+    import onnx
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.from_numpy(example),), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["input"], output_names=["output"], do_constant_folding=True)
+    m = onnx.load(str(path))
+    _dedupe_identity_initializers(m)
+    onnx.save(m, str(path))
+    return _preprocess(path)
+
+
+def _quantization_table(
+    m: Any, bits: BitAssignment, prequant: bool
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]], list[str]]:
+    """Per weighted node: its widths and storage (the manifest's ``layers``, keyed by module), the
+    ``TensorQuantOverrides`` that give ``quantize_static`` the fake-quant grid's scales, and the nodes left in
+    float (16/32-bit weights or 32-bit activations)."""
+    from onnxruntime.quantization import QuantType
+
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    exclude: list[str] = []
+    layers: dict[str, dict[str, Any]] = {}
+    inits = {i.name: i for i in m.graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in m.graph.node:
+        for t in node.input:
+            consumers.setdefault(t, []).append(node)
+    for node in m.graph.node:
+        if node.op_type not in _WEIGHTED:
+            continue
+        mod = node_module(node.name)
+        w, a = module_bits(bits, mod)
+        entry: dict[str, Any] = {"node": node.name, "w": w, "a": a}
+        if w >= 16 or a >= 32:
+            exclude.append(node.name)
+            entry["stored"] = "float32"
+        else:
+            wname = node.input[1] if len(node.input) > 1 else None
+            if wname in inits:
+                qt = QuantType.QInt4 if w <= 4 else QuantType.QInt8
+                entry["stored"] = "int4" if w <= 4 else "int8"
+                if prequant:  # exact: the scales of the grid the weights are already on
+                    overrides[wname] = _grid_overrides(inits[wname], w, _axis(node), qt)
+                elif w <= 4:
+                    overrides[wname] = [{"quant_type": qt, "axis": _axis(node)}]
+            if a == 16:
+                overrides[_activation_output(node, consumers)] = [{"quant_type": QuantType.QInt16}]
+                entry["activation"] = "int16"
+        layers[mod or node.name] = entry
+    return layers, overrides, exclude
+
+
+def _quantize(float_path: Path, q_path: Path, calib: np.ndarray, overrides: dict[str, list[dict[str, Any]]],
+              exclude: list[str]) -> None:
+    """``quantize_static`` to QDQ: uint8 activations calibrated (MinMax) on ``calib``, per-channel symmetric
+    weights with the given overrides."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter([{"input": x[None].astype(np.float32)} for x in calib])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    logging.getLogger().setLevel(logging.ERROR)
+    quantize_static(
+        str(float_path),
+        str(q_path),
+        _Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=exclude,
+        extra_options={"TensorQuantOverrides": overrides, "WeightSymmetric": True},
+    )
 
 
 def _gemm_int4_to_matmulnbits(path: Path, layers: dict[str, dict[str, Any]]) -> dict[str, Any]:

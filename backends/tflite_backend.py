@@ -27,23 +27,29 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tap_edge.backends import (
-    Backend,
-    agreement,
-    artifact_stem,
-    module_bits,
-    prediction,
-    reference_outputs,
-    weight_quantized_module,
-    write_manifest,
-)
+from tap_edge.backends import Backend, BackendOptions, Build
+from tap_edge.backends.manifest import artifact_stem, module_bits, prediction
+from tap_edge.backends.reference import agreement
 
 from tap_edge.core.errors import UserError
+from tap_edge.devices import DeviceProfile
+from tap_edge.documents import ArtifactWeights, InputSpec, Manifest
+from tap_edge.fit.bits import BitAssignment
+from tap_edge.graph.frontends.tflite_frontend import load_tflite_graph
+from tap_edge.graph.graph import ModelGraph
+from tap_edge.graph.models import LoadedModel
 
+#: Keys of :attr:`Manifest.other_predictions`: TFLite Micro's host reference kernels (what ``measure`` runs),
+#: and the arena planned on the converted .tflite graph (isolates planner error from graph differences).
+TFLM_HOST = "tflm_host"
+ARTIFACT_GRAPH = "artifact_graph"
+#: Calibration inputs saved beside the artifact for the TFLM-vs-LiteRT check.
+MEASURE_SAMPLES = 8
 _ALLOC_LINE = re.compile(r"\[RecordingMicroAllocator\] (.+)")
 
 
@@ -163,6 +169,11 @@ def capture_fds() -> Iterator[dict[str, str]]:
             res["text"] = tmp.read().decode(errors="replace")
 
 
+@dataclass
+class TFLiteOptions(BackendOptions):
+    """The tflite backend has no options of its own (the plan decides int8, int4-conv or 16x8)."""
+
+
 class TFLiteBackend(Backend):
     name = "tflite"
     description = "int8 .tflite via litert-torch PT2E (int4 conv / 16x8 via ai-edge-quantizer); LiteRT, TFLM"
@@ -172,62 +183,42 @@ class TFLiteBackend(Backend):
     measure_modules = ("ai_edge_litert", "tflite_micro")
     extra = "tflite"
     suffix = ".tflite"
+    options_class = TFLiteOptions
+    agreement_runtime = "litert"
 
     # ---- compile -----------------------------------------------------------------------------------------
-    def compile(
-        self,
-        model: Any,
-        graph: Any,
-        bits: Any,
-        out_dir: Path,
-        *,
-        device: Any = None,
-        calib: np.ndarray | None = None,
-        check: np.ndarray | None = None,
-    ) -> Path:
-        self.require()
-        self.require_pytorch(model, bits)
+    def build(self, model: LoadedModel, graph: ModelGraph, bits: BitAssignment, out_dir: Path, *,
+              calib: np.ndarray, check: np.ndarray, options: TFLiteOptions,
+              device: DeviceProfile | None) -> Build:
+        """Convert at the plan's widths (see the module docstring); the first calibration inputs are saved
+        beside the artifact (``<stem>.samples.npy``) for the TFLM-vs-LiteRT check of ``measure``."""
         mode = self._mode(graph, bits)
-        out_dir.mkdir(parents=True, exist_ok=True)
         stem = artifact_stem(model, bits)
         path = out_dir / f"{stem}.tflite"
-        xs = calib if calib is not None else np.zeros((1, *model.preprocess.input_size), np.float32)
-        t0 = time.perf_counter()
-        module, prequant = (
-            (model.module, False) if mode == "float" else weight_quantized_module(model, bits, xs)
-        )
-        self._convert(module.eval(), xs, bits, mode, graph, path)
-        compile_s = time.perf_counter() - t0
+        module, prequant = self.export_module(model, graph, bits, calib)
+        self._convert(module, calib, bits, mode, graph, path)
         samples = out_dir / f"{stem}.samples.npy"
-        np.save(samples, xs[:8])
-        runtime = self.pick_runtime(device) if device is not None else None
-        pred = prediction(graph, bits, runtime)
-        pred_host = prediction(graph, bits, None)  # TFLM reference kernels on the host: no scratch
-        pred_artifact = self._artifact_prediction(path, None)
-        xc = check if check is not None else xs
-        got = self._run_litert(path, xc)
-        ref, label = reference_outputs(model, bits, xc, xs)
-        write_manifest(
-            path,
-            {
-                "backend": self.name,
-                "model": model.spec,
-                "bits": bits.to_dict() | {"label": bits.label()},
-                "device": device.id if device is not None else None,
-                "runtime": runtime.name if runtime else None,
-                "mode": mode,
-                "weights_prequantized": prequant,
-                "compile_s": round(compile_s, 3),
-                "samples": samples.name,
-                "input": {"shape": [1, *model.preprocess.input_size], "layout": "NHWC"},
-                "prediction": pred,
-                "prediction_tflm_host": pred_host,
-                "prediction_from_artifact_graph": pred_artifact,
-                "actual": {"weight_bytes": tflite_weight_bytes(path)},
-                "agreement": {"reference": label, "runtime": "litert", **agreement(ref, got)},
+        np.save(samples, calib[:MEASURE_SAMPLES])
+        wb = tflite_weight_bytes(path)
+        artifact_graph = load_tflite_graph(path)
+        _, c, h, w = model.input_shape
+        return Build(
+            artifact=path,
+            weights=ArtifactWeights(planned_form_bytes=wb.pop("total_planned_form"),
+                                    stored_bytes=wb.pop("total_stored"), by_role=wb),
+            input=InputSpec(shape=[1, h, w, c], layout="NHWC"),
+            other_predictions={
+                TFLM_HOST: prediction(graph, bits, None),  # TFLM reference kernels on the host: no scratch
+                ARTIFACT_GRAPH: prediction(artifact_graph, BitAssignment.parse("native"), None),
             },
+            facts={"mode": mode, "weights_prequantized": prequant, "samples": samples.name,
+                   "artifact_graph_ops": [o.op_type for o in artifact_graph.ops]},
         )
-        return path
+
+    def outputs(self, artifact: Path, xs: np.ndarray) -> np.ndarray:
+        """LiteRT's float (dequantized) outputs."""
+        it = _litert(artifact)
+        return np.stack([_invoke_litert(it, x) for x in xs])
 
     @staticmethod
     def _mode(graph: Any, bits: Any) -> str:
@@ -309,31 +300,15 @@ class TFLiteBackend(Backend):
                 str(path)
             )
 
-    @staticmethod
-    def _artifact_prediction(path: Path, runtime: Any) -> dict[str, Any]:
-        """tap-edge's arena plan of the graph actually in the .tflite (isolates planner error from the
-        differences between the PyTorch graph and the converted one)."""
-        from tap_edge.fit.bits import BitAssignment
-        from tap_edge.graph.frontends.tflite_frontend import load_tflite_graph
-
-        g = load_tflite_graph(path)
-        p = prediction(g, BitAssignment.parse("native"), runtime)
-        p["ops"] = [o.op_type for o in g.ops]
-        return p
-
-    @staticmethod
-    def _run_litert(path: Path, xs: np.ndarray) -> np.ndarray:
-        it = _litert(path)
-        return np.stack([_invoke_litert(it, x) for x in xs])
-
     # ---- measure (runs in the child) ---------------------------------------------------------------------
     def child_measure(
         self,
         artifact: Path,
-        manifest: dict[str, Any],
+        manifest: Manifest | None,
         *,
         runs: int,
         warmup: int,
+        threads: int,
         baseline: Callable[[], None],
     ) -> dict[str, Any]:
         import ai_edge_litert
@@ -341,8 +316,7 @@ class TFLiteBackend(Backend):
         from tflite_micro.python.tflite_micro import runtime as tflm
 
         baseline()
-        opts = manifest.get("measure_options", {})
-        it = _litert(artifact, threads=int(opts.get("threads", 1)))
+        it = _litert(artifact, threads=threads)
         inp = it.get_input_details()[0]
         xs = _samples(artifact, manifest, inp)
         x0 = _quantize_input(it, xs[0])
@@ -351,10 +325,8 @@ class TFLiteBackend(Backend):
         res: dict[str, Any] = {
             "times_ms": times,
             "runtime": f"ai-edge-litert {_version(ai_edge_litert)}",
-            "threads": int(opts.get("threads", 1)),
+            "threads": threads,
         }
-        if opts.get("skip_tflm"):
-            return res
         data = artifact.read_bytes()
         # TFLM: the arena actually used.
         big = max(len(data) * 10, 4 << 20)
@@ -535,11 +507,11 @@ def _invoke_litert(it: Any, x: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _samples(artifact: Path, manifest: dict[str, Any], inp: dict[str, Any]) -> list[np.ndarray]:
-    name = manifest.get("samples")
+def _samples(artifact: Path, manifest: Manifest | None, inp: dict[str, Any]) -> list[np.ndarray]:
+    """The calibration inputs ``compile`` saved beside the artifact; seeded noise for a foreign .tflite."""
+    name = manifest.backend_facts.get("samples") if manifest is not None else None
     if name and (artifact.parent / name).exists():
-        arr = np.load(artifact.parent / name)
-        return list(arr[:8])
+        return list(np.load(artifact.parent / name)[:MEASURE_SAMPLES])
     rng = np.random.default_rng(0)
     shape = list(inp["shape"])
     return [rng.standard_normal(shape[1:]).astype(np.float32) for _ in range(4)]

@@ -18,8 +18,8 @@ slower than ONNX Runtime. ``--tune-trials N`` tunes the kernels with MetaSchedul
 on this machine for at most N measured trials in total and builds with the best schedules found
 (``compile_relax``: legalize, fold constants, fuse, ``MetaScheduleApplyDatabase``). Constant folding also
 evaluates ``DequantizeLinear`` of the constant int8 weights at build time, so a tuned ``w8a8`` artifact holds
-float32 weights and dequantizes only activations at run time (``relax_constants`` in the manifest gives the
-bytes). The tuning database (MetaSchedule's ``JSONDatabase``: ``database_workload.json`` and
+float32 weights and dequantizes only activations at run time (``relax_constants`` in the manifest's
+``backend_facts`` gives the bytes). The tuning database (MetaSchedule's ``JSONDatabase``: ``database_workload.json`` and
 ``database_tuning_record.json``, plus ``tap-edge-tuning.json`` with the trials and seconds spent per workload)
 lives in ``--tune-db DIR``, by default ``~/.cache/tap-edge/tvm-tuning/<workload key>/``; the key hashes the
 extracted kernels and the target, so a second compile of the same model for the same machine reuses the
@@ -42,14 +42,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-from tap_edge.backends import Backend, agreement, artifact_stem, prediction, write_manifest
+from tap_edge.backends import Backend, BackendOptions, Build
+from tap_edge.backends.manifest import artifact_stem
+from tap_edge.backends.onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeOptions, onnx_outputs
 
 from tap_edge.core import console
 from tap_edge.core.errors import UserError
 from tap_edge.core.paths import cache_dir
+from tap_edge.devices import DeviceProfile, Runtime
+from tap_edge.documents import Manifest
+from tap_edge.fit.bits import BitAssignment, LayerBits
+from tap_edge.graph.graph import ModelGraph
+from tap_edge.graph.models import LoadedModel
 
 #: Bookkeeping beside MetaSchedule's two JSONDatabase files: trials and seconds spent per workload key.
 TUNING_STATE_FILE = "tap-edge-tuning.json"
@@ -164,23 +171,32 @@ def default_tuning_root() -> Path:
     return cache_dir("tvm-tuning")
 
 
-def check_tuning_options(backend: str, trials: int | None, database: Path | None) -> None:
-    """One-line errors for tuning options that cannot work, before any model is loaded."""
-    if trials is None and database is None:
-        return
-    flag = "--tune-trials" if trials is not None else "--tune-db"
-    if backend != "tvm":
-        raise UserError(
-            f"{flag} tunes TVM kernels with MetaSchedule; backend '{backend}' has no tuning step",
-            "pass --backend tvm, or drop the tuning options",
-        )
-    if trials is not None and trials < 0:
-        raise UserError(
-            f"--tune-trials must be 0 or more, got {trials}",
-            "pass a trial budget such as --tune-trials 200 (0: apply an existing database only)",
-        )
-    if database is not None and database.exists() and not database.is_dir():
-        raise UserError(f"--tune-db {database}: not a directory", "pass a folder for the tuning database")
+@dataclass
+class TVMOptions(BackendOptions):
+    """``tune_trials``: tune the kernels with MetaSchedule, at most N measured trials in all (a database that
+    holds them is reused; 0: apply the database only); ``tune_db``: the tuning database folder (default
+    ``~/.cache/tap-edge/tvm-tuning/<workload key>/``). Either one asks for a tuned build."""
+
+    FLAG_HELP: ClassVar[dict[str, tuple[str, str]]] = {
+        "tune_trials": ("tunes TVM kernels with MetaSchedule", "has no tuning step"),
+        "tune_db": ("holds TVM's MetaSchedule tuning database", "has no tuning step"),
+    }
+
+    tune_trials: int | None = None
+    tune_db: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.tune_trials is not None and self.tune_trials < 0:
+            raise UserError(f"--tune-trials must be 0 or more, got {self.tune_trials}",
+                            "pass a trial budget such as --tune-trials 200 (0: apply an existing database only)")
+        if self.tune_db is not None:
+            self.tune_db = Path(self.tune_db)
+            if self.tune_db.exists() and not self.tune_db.is_dir():
+                raise UserError(f"--tune-db {self.tune_db}: not a directory", "pass a folder for the tuning database")
+
+    @property
+    def tuned(self) -> bool:
+        return self.tune_trials is not None or self.tune_db is not None
 
 
 @dataclass
@@ -488,8 +504,9 @@ class TVMBackend(Backend):
     measure_modules = ("tvm",)
     extra = "tvm"
     suffix = ".tvm.so"
+    options_class = TVMOptions
 
-    def pick_runtime(self, device: Any) -> Any:
+    def pick_runtime(self, device: DeviceProfile) -> Runtime:
         """Any device can be a cross-compile target; the runtime settings are the device's TVM runtime when it
         lists one, else its default."""
         for rt in device.runtimes:
@@ -497,67 +514,38 @@ class TVMBackend(Backend):
                 return rt
         return device.runtime()
 
-    def serves(self, device: Any) -> bool:
+    def serves(self, device: DeviceProfile) -> bool:
         return device_target(device) is not None or super().serves(device)
 
-    def compile(
-        self,
-        model: Any,
-        graph: Any,
-        bits: Any,
-        out_dir: Path,
-        *,
-        device: Any = None,
-        calib: np.ndarray | None = None,
-        check: np.ndarray | None = None,
-        tune_trials: int | None = None,
-        tune_db: Path | None = None,
-    ) -> Path:
-        """Build the host artifact (tuned with MetaSchedule when ``tune_trials`` or ``tune_db`` is given, see
-        :func:`tune_relax_module`), cross-compile for ``device`` and write the manifest."""
-        self.require()
-        check_tuning_options(self.name, tune_trials, tune_db)
+    def build(self, model: LoadedModel, graph: ModelGraph, bits: BitAssignment, out_dir: Path, *,
+              calib: np.ndarray, check: np.ndarray, options: TVMOptions, device: DeviceProfile | None) -> Build:
+        """Build the host artifact from the onnxruntime backend's ONNX graph (tuned with MetaSchedule when
+        ``options`` ask for it, see :func:`tune_relax_module`) and cross-compile it for ``device``. The
+        reference is ONNX Runtime on that same graph, on the first :data:`AGREEMENT_SAMPLES` check inputs."""
         import onnx
         import tvm
-        from tap_edge.backends import get_backend
         from tvm import relax
         from tvm.relax.frontend.onnx import from_onnx
 
-        from tap_edge.fit.bits import BitAssignment, LayerBits
-
-        # TVM cannot import INT4 initializers: give it int8 where the plan says fewer bits.
-        tvm_bits = BitAssignment(
-            8 if bits.default_w < 8 else bits.default_w,
-            bits.default_a,
-            {k: LayerBits(8 if v.w < 8 else v.w, v.a) for k, v in bits.layers.items()},
-        )
-        widened = sorted(k for k, v in bits.layers.items() if v.w < 8)
-        if bits.default_w < 8:
-            widened.insert(0, f"default (w{bits.default_w})")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        from tap_edge.backends.onnxruntime_backend import onnx_outputs, onnx_weight_bytes
-
-        xs_check = check if check is not None else calib
-        xs_check = xs_check[:AGREEMENT_SAMPLES] if xs_check is not None else None
+        tvm_bits, widened = _int8_or_wider(bits)
+        xs_check = check[:AGREEMENT_SAMPLES]
         with tempfile.TemporaryDirectory(prefix="tap-edge-tvm-") as tmp:
-            onnx_path = get_backend("onnxruntime").compile(
-                model, graph, tvm_bits, Path(tmp), calib=calib, check=calib[:2] if calib is not None else None
-            )
-            proto = onnx.load(str(onnx_path))
-            given = onnx_weight_bytes(onnx_path)
-            ort_outputs = onnx_outputs(onnx_path, xs_check) if xs_check is not None else None
+            given = OnnxRuntimeBackend().build(model, graph, tvm_bits, Path(tmp), calib=calib, check=xs_check,
+                                               options=OnnxRuntimeOptions(), device=None)
+            proto = onnx.load(str(given.artifact))
+            ort_outputs = onnx_outputs(given.artifact, xs_check)
         stripped = strip_scalar_qdq(proto)
-        shape = [1, *model.preprocess.input_size]
-        mod = relax.transform.DecomposeOpsForInference()(from_onnx(proto, {"input": shape}, keep_params_in_input=False))
+        mod = relax.transform.DecomposeOpsForInference()(
+            from_onnx(proto, {"input": model.input_shape}, keep_params_in_input=False))
         planned, estimate = _plan_memory(mod)
         target = tvm.target.Target(host_target())
         tuning: TuningSummary | None = None
-        if tune_trials is not None or tune_db is not None:
+        if options.tuned:
             from tvm.s_tir import meta_schedule as ms
 
             prepared = prepare_for_tuning(mod, target)
-            database, tuning = tune_relax_module(prepared, target, trials=tune_trials or 0, database_dir=tune_db)
+            database, tuning = tune_relax_module(prepared, target, trials=options.tune_trials or 0,
+                                                 database_dir=options.tune_db)
             ex = ms.relax_integration.compile_relax(database, mod, target, params=None)
             constant_bytes = relax_constant_bytes(prepared)
         else:
@@ -566,93 +554,83 @@ class TVMBackend(Backend):
         stem = artifact_stem(model, bits)
         path = out_dir / f"{stem}.tvm.so"
         ex.export_library(str(path))
-        compile_s = time.perf_counter() - t0
-        agree = None
-        if ort_outputs is not None:
-            got = _vm_outputs(relax.VirtualMachine(ex, tvm.cpu()), xs_check)
-            agree = {
-                "reference": "ONNX Runtime (same graph)",
-                **agreement(ort_outputs, got),
-                "max_abs_diff": float(np.abs(ort_outputs.astype(np.float64) - got).max()),
-            }
-        cross: dict[str, Any] = {}
-        runtime = self.pick_runtime(device) if device is not None else None
-        if device is not None:
-            tgt = device_target(device)
-            if tgt is None:
-                cross = {"error": f"no LLVM target known for ISA {device.cores[0].isa}"}
-            else:
-                cross = {
-                    "target": tgt,
-                    "tuned": False,
-                    **self._cross_compile(mod, tgt, out_dir / f"{stem}.{tgt['mtriple']}.tar"),
-                }
-        pred = prediction(graph, bits, runtime)
-        write_manifest(
-            path,
-            {
-                "backend": self.name,
-                "model": model.spec,
-                "bits": bits.to_dict() | {"label": bits.label()},
-                "device": device.id if device is not None else None,
-                "runtime": runtime.name if runtime else None,
-                "input": {"name": "input", "shape": shape, "dtype": "float32"},
-                "compile_s": round(compile_s, 3),
+        return Build(
+            artifact=path,
+            weights=given.weights.model_copy(update={
+                "note": "constants of the ONNX graph given to TVM (QDQ: int8 weights; the cross build's devc.o "
+                        "holds them)"}),
+            reference=(ort_outputs, "ONNX Runtime (same graph)"),
+            facts={
                 "tvm_version": tvm.__version__,
                 "host_target": host_target(),
                 "widened_to_int8": widened,
                 "scalar_qdq_removed": stripped,
                 "tuned": tuning is not None,
                 "tuning": tuning.to_dict() if tuning is not None else None,
-                "prediction": pred,
                 "relax_memory_plan": {"planned_bytes": planned, "estimate": estimate},
                 "relax_constants": {
                     "bytes": constant_bytes,
                     "note": "constants of the built Relax module: a tuned build folds DequantizeLinear of "
                     "constant int8 weights into float32 weights; the untuned build keeps the int8 weights",
                 },
-                "actual": {
-                    "weight_bytes": {
-                        **given,
-                        "note": "constants of the ONNX graph given to TVM (QDQ: int8 weights; the cross "
-                        "build's devc.o holds them)",
-                    }
-                },
-                "agreement": agree,
-                "cross_compile": cross,
+                "cross_compile": self._cross_compile(mod, device, out_dir / stem) if device is not None else {},
             },
         )
-        return path
+
+    def outputs(self, artifact: Path, xs: np.ndarray) -> np.ndarray:
+        import tvm
+        from tvm import relax
+
+        return _vm_outputs(relax.VirtualMachine(tvm.runtime.load_module(str(artifact)), tvm.cpu()), xs)
+
+    def summary_lines(self, manifest: Manifest) -> list[str]:
+        if not manifest.backend_facts.get("tuning"):
+            return []
+        tu = TuningSummary(**manifest.backend_facts["tuning"])
+        how = "reused, no new trials" if tu.reused else f"{tu.trials_run} trials in {tu.tuning_s:.0f} s"
+        return [f"tuned with MetaSchedule ({how}): budget {tu.trials_budget_total} trials, "
+                f"{tu.trials_measured_total} measured in {tu.tuning_s_total:.0f} s in all; "
+                f"{tu.tasks_with_records}/{tu.tasks} kernels have records; database {tu.database}"]
 
     @staticmethod
-    def _cross_compile(mod: Any, tgt: dict[str, Any], tar_path: Path) -> dict[str, Any]:
+    def _cross_compile(mod: Any, device: DeviceProfile, stem: Path) -> dict[str, Any]:
+        """The same (untuned) module built for the device's CPU, saved as ``<stem>.<triple>.tar``: object sizes
+        (code ``lib0.o``, constants ``devc.o``; no cross linker needed)."""
         import tvm
 
+        tgt = device_target(device)
+        if tgt is None:
+            return {"error": f"no LLVM target known for ISA {device.cores[0].isa}"}
+        tar_path = stem.with_name(f"{stem.name}.{tgt['mtriple']}.tar")
         try:
             t0 = time.perf_counter()
             ex = tvm.compile(mod, target=tvm.target.Target(tgt))
             ex.export_library(str(tar_path))
             with tarfile.open(tar_path) as tf:
                 objects = {m.name: m.size for m in tf.getmembers()}
-            return {
-                "archive": tar_path.name,
-                "objects": objects,
-                "seconds": round(time.perf_counter() - t0, 2),
-                "note": "devc.o holds the constants (weights), lib*.o the generated code",
-            }
         except Exception as e:  # noqa: BLE001 - a target LLVM cannot build is reported, not fatal
-            return {"error": f"{e.__class__.__name__}: {str(e)[:300]}"}
+            return {"target": tgt, "tuned": False, "error": f"{e.__class__.__name__}: {str(e)[:300]}"}
+        return {
+            "target": tgt,
+            "tuned": False,
+            "archive": tar_path.name,
+            "objects": objects,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "note": "devc.o holds the constants (weights), lib*.o the generated code",
+        }
 
     def child_measure(
         self,
         artifact: Path,
-        manifest: dict[str, Any],
+        manifest: Manifest | None,
         *,
         runs: int,
         warmup: int,
+        threads: int,
         baseline: Callable[[], None],
     ) -> dict[str, Any]:
-        threads = int(manifest.get("measure_options", {}).get("threads", 1))
+        if manifest is None:
+            raise UserError(f"{artifact}: no manifest beside it gives the input shape", "re-run tap-edge compile")
         os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts
         import tvm
         from tap_edge.backends.measure import time_runs
@@ -661,26 +639,31 @@ class TVMBackend(Backend):
         baseline()
         lib = tvm.runtime.load_module(str(artifact))
         vm = relax.VirtualMachine(lib, tvm.cpu())
-        shape = (manifest.get("input") or {}).get("shape")
-        if not shape:
-            raise UserError(
-                f"{artifact}: the manifest does not give the input shape", "re-run tap-edge compile"
-            )
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        xt = tvm.runtime.tensor(x) if hasattr(tvm.runtime, "tensor") else tvm.nd.array(x)
+        x = np.random.default_rng(0).standard_normal(manifest.input.shape).astype(np.float32)
+        xt = tvm.runtime.tensor(x)
         fn = vm["main"]
         times = time_runs(lambda: fn(xt), runs=runs, warmup=warmup)
-        plan = manifest.get("relax_memory_plan") or {}
-        tuning = manifest.get("tuning") or {}
-        how = f"tuned, {tuning.get('trials_budget_total')} trials" if tuning else "untuned"
+        tuning = manifest.backend_facts.get("tuning")
+        how = f"tuned, {tuning['trials_budget_total']} trials" if tuning else "untuned"
         return {
             "times_ms": times,
             "threads": threads,
             "runtime": f"tvm {tvm.__version__} ({how})",
-            "tvm_tuning": tuning or None,
-            "tvm_planned_bytes": plan.get("planned_bytes"),
+            "tvm_tuning": tuning,
+            "tvm_planned_bytes": manifest.backend_facts["relax_memory_plan"]["planned_bytes"],
             "runtime_figures_note": "tvm planned bytes: Relax StaticPlanBlockMemory constant-size storage",
         }
+
+
+def _int8_or_wider(bits: BitAssignment) -> tuple[BitAssignment, list[str]]:
+    """TVM cannot import INT4 initializers: the widths given to it (int8 where the plan says fewer bits) and
+    the layers so widened (recorded in the manifest)."""
+    tvm_bits = BitAssignment(
+        max(8, bits.default_w), bits.default_a, {k: LayerBits(max(8, v.w), v.a) for k, v in bits.layers.items()})
+    widened = sorted(k for k, v in bits.layers.items() if v.w < 8)
+    if bits.default_w < 8:
+        widened.insert(0, f"default (w{bits.default_w})")
+    return tvm_bits, widened
 
 
 def _vm_outputs(vm: Any, xs: np.ndarray) -> np.ndarray:

@@ -364,10 +364,25 @@ class ArenaSettings(Part):
     runtime: str
 
 
-class Prediction(Part):
-    """tap-edge's prediction for an artifact: flash breakdown and the planned arena."""
+class FlashFigures(Part):
+    """Predicted flash bytes (``tap_edge.fit.memory.flash_breakdown``): ``model_bytes`` = weights + scales +
+    biases + float constants, the figure compared with the artifact's constant bytes; ``total_bytes`` adds the
+    runtime's code."""
 
-    flash: dict[str, int]
+    weights_bytes: int
+    scales_bytes: int
+    bias_bytes: int
+    float_bytes: int
+    runtime_bytes: int
+    model_bytes: int
+    total_bytes: int
+
+
+class Prediction(Part):
+    """tap-edge's prediction for an artifact: flash breakdown and the planned arena (head = planned
+    activation buffers, persistent = the runtime's tail; ``arena_bytes`` = both)."""
+
+    flash: FlashFigures
     arena_bytes: int
     arena_head_bytes: int
     arena_persistent_bytes: int
@@ -383,33 +398,76 @@ class InputSpec(Part):
     layout: str | None = None
 
 
+class InputSource(Part):
+    """Where a batch of inputs came from: a folder (read with ``tap_edge.plan.calib.load_images``, the loader
+    of ``plan`` and ``eval``), seeded Gaussian noise (models whose input is no image, e.g. DS-CNN's MFCC
+    patch) or an array a Python caller passed."""
+
+    kind: Literal["folder", "gaussian noise", "array"]
+    samples: int = Field(ge=0)
+    folder: str | None = None
+    seed: int | None = None
+
+
+class ManifestBits(Part):
+    default: Widths
+    layers: dict[str, Widths] = Field(default_factory=dict)
+    label: str = Field(description="w8a8, w4a8, fp32 or plan")
+
+
+class ArtifactWeights(Part):
+    """Constant bytes read from the artifact. ``planned_form_bytes`` counts what the flash model predicts
+    (weights, per-channel scales, biases, float constants); ``stored_bytes`` is everything stored (zero points,
+    bias scales, containers wider than the planned width); ``by_role`` the breakdown the backend reads."""
+
+    planned_form_bytes: int
+    stored_bytes: int
+    by_role: dict[str, int] = Field(default_factory=dict)
+    note: str | None = None
+
+
+class Agreement(Part):
+    """The artifact's outputs beside a reference's on the same inputs: top-1 agreement, mean cosine
+    similarity and the largest absolute difference of the logits."""
+
+    reference: str = Field(description="e.g. fake-quant (the PTQ model of tap_edge.quantize.ptq)")
+    runtime: str | None = Field(None, description="what ran the artifact, when it is not the backend's own runtime")
+    n: int
+    top1_agreement: float
+    cosine: float
+    max_abs_diff: float | None = None
+
+
 @register_document
 class Manifest(Document):
     """What ``compile`` built: the artifact, the widths, the prediction to compare with, the artifact's real
-    weight bytes and its agreement with the reference model (``<artifact>.manifest.json``)."""
+    weight bytes, its agreement with the reference model and where its inputs came from
+    (``<artifact>.manifest.json``, beside the artifact). ``backend_facts``: what only that backend knows."""
 
     SCHEMA: ClassVar[str] = "tap-edge/artifact"
     KIND: ClassVar[str] = "manifest"
     WRITTEN_BY: ClassVar[str] = "tap-edge compile"
 
-    artifact: str
-    artifact_bytes: int | None
+    artifact: str = Field(description="file name of the artifact (beside this manifest)")
+    artifact_bytes: int
     created: str
     backend: str
     model: str
-    bits: dict[str, Any] = Field(description="the BitAssignment (default, layers) and its label")
+    bits: ManifestBits
     device: str | None = None
-    runtime: str | None = None
+    runtime: str | None = Field(None, description="the device runtime whose settings shape the prediction")
     input: InputSpec
     compile_s: float
     prediction: Prediction
     other_predictions: dict[str, Prediction] = Field(
         default_factory=dict, description="e.g. tflm_host (TFLite Micro's reference kernels on the host), "
         "artifact_graph (planned on the artifact's own graph)")
-    actual: dict[str, Any] = Field(description="figures read from the artifact (weight_bytes, ...)")
-    agreement: dict[str, Any] = Field(description="artifact vs reference outputs: n, top1_agreement, cosine")
-    calibration: dict[str, Any] = Field(default_factory=dict, description="where calibration inputs came from")
-    details: dict[str, Any] = Field(default_factory=dict, description="backend-specific facts")
+    weights: ArtifactWeights
+    agreement: Agreement | None = None
+    calibration: InputSource
+    check_inputs: InputSource
+    backend_facts: dict[str, Any] = Field(default_factory=dict,
+                                          description="backend-specific facts (opset, layers, tuning, ...)")
 
 
 # ---- measure ----------------------------------------------------------------------------------------------
@@ -423,18 +481,50 @@ class LatencyStats(Part):
 
 
 class MeasuredMemory(Part):
+    """The measurement child's memory: peak RSS (``VmHWM``), ``wait4``'s maxrss (a cross-check), the peak
+    after importing the runtime, and the difference (what the model costs in that runtime on this host)."""
+
     peak_rss_bytes: int | None = None
     wait4_maxrss_bytes: int | None = None
     import_baseline_bytes: int | None = None
     model_rss_bytes: int | None = None
 
 
+class MeasuredArena(Part):
+    """An arena the runtime itself reports (TFLite Micro: ``print_allocations``; total = head + tail)."""
+
+    total_bytes: int
+    head_bytes: int | None = None
+    tail_bytes: int | None = None
+    min_constructing_bytes: int | None = Field(None, description="smallest arena size that constructs")
+    measured_by: str
+
+
+class CrossCheck(Part):
+    """A second runtime's outputs beside the first's on the same inputs (TFLite Micro vs LiteRT)."""
+
+    between: str
+    n: int
+    top1_agreement: float
+    cosine: float
+    max_abs_diff: float
+    output_dtype: str | None = None
+    latency: LatencyStats | None = Field(None, description="latency of the second runtime (host)")
+
+
 class Comparison(Part):
+    """A predicted figure beside its measurement. ``memory`` says which memory it is about; ``headline``
+    marks the one comparison per memory that stands for it in a summary; ``gated``: beyond the tolerance
+    it is a flag (figures measured another way, e.g. a host RSS, are shown but not gated)."""
+
     figure: str
+    memory: Literal["flash", "sram"]
     predicted_bytes: int
     measured_bytes: int
-    error_pct: float
+    error_pct: float | None = Field(description="(measured - predicted) / predicted in %; None if predicted is 0")
     measured_by: str
+    headline: bool = False
+    gated: bool = True
 
 
 class Limits(Part):
@@ -442,10 +532,11 @@ class Limits(Part):
     flash_region: str
     sram_bytes: int
     sram_region: str
+    shared: bool = Field(False, description="one memory holds weights and arena: the SRAM limit is net of flash")
 
 
 class MeasuredUse(Part):
-    flash_bytes: int
+    flash_bytes: int = Field(description="the artifact's constant bytes + the runtime's code")
     sram_bytes: int | None = None
     sram_measured_by: str | None = None
 
@@ -463,23 +554,30 @@ class MeasureReport(Document):
     backend: str
     model: str | None = None
     bits: str | None = None
-    runtime: str | None = None
-    latency: LatencyStats | None = None
-    artifact_bytes: int | None = None
+    runtime: str | None = Field(None, description="the runtime that ran the artifact, with its version")
+    threads: int | None = None
+    latency: LatencyStats
+    artifact_bytes: int
     memory: MeasuredMemory = Field(default_factory=MeasuredMemory)
-    runtime_figures: dict[str, Any] = Field(default_factory=dict)
+    arena: MeasuredArena | None = None
+    cross_check: CrossCheck | None = None
+    runtime_figures: dict[str, Any] = Field(default_factory=dict, description="the runtime's own figures, as read")
+    agreement: Agreement | None = Field(None, description="the manifest's agreement with the reference")
     comparisons: list[Comparison] = Field(default_factory=list)
-    flags: list[Comparison] = Field(default_factory=list, description="comparisons beyond the tolerance")
+    flags: list[Comparison] = Field(default_factory=list, description="gated comparisons beyond the tolerance")
     tolerance_pct: float = 5.0
-    agreement: dict[str, Any] | None = None
     device: str | None = None
+    runtime_name: str | None = Field(None, description="the device runtime the verdict was made for")
     verdict: MeasuredVerdict = "MEASURED"
     problems: list[str] = Field(default_factory=list)
-    runtime_name: str | None = None
     limits: Limits | None = None
     measured_use: MeasuredUse | None = None
     predicted_fits: bool | None = None
     measured_fits: bool | None = None
+
+    def headline(self, memory: Literal["flash", "sram"]) -> Comparison | None:
+        """The comparison that stands for ``memory`` in a summary (None when it was not measured)."""
+        return next((c for c in self.comparisons if c.memory == memory and c.headline), None)
 
 
 # ---- search -----------------------------------------------------------------------------------------------
@@ -579,12 +677,14 @@ class DeviceList(Document):
 class BackendEntry(Part):
     name: str
     available: bool
+    broken: str | None = Field(None, description="why the plug-in failed to load (then nothing else is known)")
     missing: list[str] = Field(default_factory=list)
     install: str = ""
     runtimes: list[str] = Field(default_factory=list)
     kinds: list[str] = Field(default_factory=list)
     artifact: str = ""
     description: str = ""
+    options: list[str] = Field(default_factory=list, description="the compile flags this backend takes")
 
 
 @register_document

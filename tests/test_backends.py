@@ -1,7 +1,9 @@
 """Backends, the measurement child process and the compile/measure verdict.
 
 Default tests are fast (a tiny PyTorch model through ONNX Runtime, the sine model that ships with
-tflite-micro, child processes that crash or hang on purpose); the litert-torch conversions are marked slow."""
+tflite-micro, child processes that crash or hang on purpose); the litert-torch conversions are marked slow.
+The registry and options of every backend: tests/test_backend_registry.py; the documents compile and
+measure write, and the inputs compile reads: tests/test_backend_documents.py."""
 
 from __future__ import annotations
 
@@ -12,19 +14,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tap_edge.backends import (
-    Backend,
-    BackendUnavailable,
-    agreement,
-    backend_for_artifact,
-    get_backend,
-    list_backends,
-    read_manifest,
-)
+from tap_edge.backends import BackendUnavailable, backend_for_artifact, get_backend, read_manifest
 from tap_edge.backends.measure import MeasureError, latency_stats, measure_artifact, run_child
+from tap_edge.backends.onnxruntime_backend import OnnxRuntimeOptions
+from tap_edge.backends.reference import agreement
+from tap_edge.backends.tvm_backend import TVMOptions
+from tap_edge.backends.verdict import build_report
 from torch import nn
 
 from tap_edge.core.errors import UserError
+from tap_edge.documents import (
+    ArtifactWeights,
+    InputSource,
+    InputSpec,
+    Manifest,
+    ManifestBits,
+    MeasureReport,
+    Widths,
+)
 from tap_edge.fit.bits import BitAssignment
 from tap_edge.graph.models import LoadedModel, Preprocess, load_graph
 
@@ -73,29 +80,7 @@ def _inputs(n: int = 8) -> np.ndarray:
     return np.random.default_rng(1).standard_normal((n, 3, 16, 16)).astype(np.float32)
 
 
-# ---- registry ----------------------------------------------------------------------------------------------
-def test_registry_lists_first_party_backends() -> None:
-    names = list_backends()
-    assert {"onnxruntime", "tflite", "tvm"} <= set(names)
-    for n in names:
-        b = get_backend(n)
-        assert isinstance(b, Backend) and b.name == n and b.runtimes and b.kinds
-
-
-def test_entry_points_declare_the_backends() -> None:
-    from importlib.metadata import entry_points
-
-    eps = {ep.name for ep in entry_points(group="tap_edge.backends")}
-    if not eps:
-        pytest.skip("package metadata predates the entry-point table (re-run pip install -e .)")
-    assert {"onnxruntime", "tflite", "tvm"} <= eps
-
-
-def test_unknown_backend_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="unknown backend 'onnxrun'.*onnxruntime"):
-        get_backend("onnxrun")
-
-
+# ---- dependencies, suffixes, runtimes ---------------------------------------------------------------
 def test_missing_dependency_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     b = get_backend("tvm")
     monkeypatch.setattr(type(b), "modules", ("surely_not_installed_module_xyz",))
@@ -123,8 +108,8 @@ def test_backends_serve_device_runtimes() -> None:
 
 def test_agreement_metric() -> None:
     a = np.array([[1.0, 0.0], [0.0, 1.0]])
-    assert agreement(a, a) == {"n": 2, "top1_agreement": 1.0, "cosine": 1.0}
-    assert agreement(a, a[::-1])["top1_agreement"] == 0.0
+    assert agreement(a, a) == {"n": 2, "top1_agreement": 1.0, "cosine": 1.0, "max_abs_diff": 0.0}
+    assert agreement(a, a[::-1])["top1_agreement"] == 0.0 and agreement(a, a[::-1])["max_abs_diff"] == 1.0
 
 
 # ---- the measurement child ---------------------------------------------------------------------------------
@@ -176,11 +161,12 @@ def test_onnx_w8a8_compile_matches_prediction_and_reference(tiny: LoadedModel, t
     g = load_graph(tiny)
     xs = _inputs()
     art = b.compile(tiny, g, BitAssignment.parse("w8a8"), tmp_path, calib=xs)
-    man = read_manifest(art)
-    assert man["backend"] == "onnxruntime" and man["opset"] == 21
-    pred = man["prediction"]["flash"]["model_bytes"]
-    assert man["actual"]["weight_bytes"]["total_planned_form"] == pred  # same form: exact
-    assert man["agreement"]["cosine"] > 0.99
+    man = art.manifest
+    assert read_manifest(art.path) == man
+    assert man.backend == "onnxruntime" and man.backend_facts["opset"] == 21
+    assert man.weights.planned_form_bytes == man.prediction.flash.model_bytes  # same form: exact
+    assert man.agreement.cosine > 0.99 and man.agreement.reference == "fake-quant"
+    assert man.calibration == InputSource(kind="array", samples=8) == man.check_inputs
 
 
 def test_onnx_plan_int4_weights_and_int16_activations(tiny: LoadedModel, tmp_path: Path) -> None:
@@ -193,14 +179,15 @@ def test_onnx_plan_int4_weights_and_int16_activations(tiny: LoadedModel, tmp_pat
         {"default": {"w": 8, "a": 8}, "layers": {"conv2": {"w": 4, "a": 16}, "fc": {"w": 4, "a": 8}}}
     )
     art = b.compile(tiny, g, plan, tmp_path, calib=_inputs())
-    m = onnx.load(str(art))
+    m = onnx.load(str(art.path))
     types = {i.name: i.data_type for i in m.graph.initializer}
     assert any(t == TensorProto.INT4 for n, t in types.items() if n.endswith("_quantized"))
     assert any(t == TensorProto.INT16 for n, t in types.items() if n.endswith("_zero_point"))
-    man = read_manifest(art)
-    assert man["layers"]["conv2"]["stored"] == "int4" and man["layers"]["conv2"]["activation"] == "int16"
-    assert man["actual"]["weight_bytes"]["total_planned_form"] == man["prediction"]["flash"]["model_bytes"]
-    assert man["agreement"]["cosine"] > 0.9
+    man = art.manifest
+    layers = man.backend_facts["layers"]
+    assert layers["conv2"]["stored"] == "int4" and layers["conv2"]["activation"] == "int16"
+    assert man.weights.planned_form_bytes == man.prediction.flash.model_bytes
+    assert man.agreement.cosine > 0.9
 
 
 def test_onnx_weights_are_the_fake_quant_weights(tiny: LoadedModel, tmp_path: Path) -> None:
@@ -215,7 +202,7 @@ def test_onnx_weights_are_the_fake_quant_weights(tiny: LoadedModel, tmp_path: Pa
     plan = BitAssignment.from_plan({"default": {"w": 8, "a": 8}, "layers": {"conv2": {"w": 4, "a": 8}}})
     xs = _inputs()
     art = get_backend("onnxruntime").compile(tiny, load_graph(tiny), plan, tmp_path, calib=xs)
-    m = onnx.load(str(art))
+    m = onnx.load(str(art.path))
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     deq = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
     fq = dict(quantize_model(tiny.module, plan, torch.from_numpy(xs)).named_modules())
@@ -235,51 +222,78 @@ def test_onnx_weights_are_the_fake_quant_weights(tiny: LoadedModel, tmp_path: Pa
 def test_onnx_measure_in_child(tiny: LoadedModel, tmp_path: Path) -> None:
     b = get_backend("onnxruntime")
     art = b.compile(tiny, load_graph(tiny), BitAssignment.parse("w8a8"), tmp_path, calib=_inputs(4))
-    r = measure_artifact(art, runs=5, warmup=1, timeout=120)
+    r = measure_artifact(art.path, runs=5, warmup=1, timeout=120)
     assert r["latency"]["runs"] == 5 and r["latency"]["median_ms"] > 0
     assert r["peak_rss_bytes"] > r["import_baseline_bytes"] > 0
-    assert r["artifact_bytes"] == art.stat().st_size
+    assert r["artifact_bytes"] == art.path.stat().st_size
 
 
 # ---- verdict -----------------------------------------------------------------------------------------------
-def _manifest(arena: int, weights: int) -> dict:
-    return {
-        "backend": "tflite",
-        "model": "ds_cnn",
-        "bits": {"default": {"w": 8, "a": 8}, "layers": {}, "label": "w8a8"},
-        "prediction": {"flash": {"model_bytes": weights}, "arena_bytes": arena},
-        "prediction_tflm_host": {"arena_bytes": arena},
-        "actual": {"weight_bytes": {"total_planned_form": weights}},
-    }
+def _manifest(arena: int, weights: int) -> Manifest:
+    """The manifest of a ds_cnn w8a8 .tflite predicted at ``arena`` / ``weights`` bytes (its real prediction
+    with those two figures replaced)."""
+    from tap_edge.backends.manifest import prediction
+    from tap_edge.backends.tflite_backend import TFLM_HOST
+
+    pred = prediction(load_graph("ds_cnn"), BitAssignment.parse("w8a8"), None)
+    pred = pred.model_copy(update={"arena_bytes": arena, "arena_head_bytes": arena,
+                                   "flash": pred.flash.model_copy(update={"model_bytes": weights})})
+    return Manifest(artifact="x.tflite", artifact_bytes=1000, created="2025-01-01T00:00:00", backend="tflite",
+                    model="ds_cnn", bits=ManifestBits(default=Widths(w=8, a=8), label="w8a8"),
+                    input=InputSpec(shape=[1, 49, 10, 1], layout="NHWC"), compile_s=1.0, prediction=pred,
+                    other_predictions={TFLM_HOST: pred},
+                    weights=ArtifactWeights(planned_form_bytes=weights, stored_bytes=weights),
+                    calibration=InputSource(kind="gaussian noise", samples=16, seed=0),
+                    check_inputs=InputSource(kind="gaussian noise", samples=16, seed=0))
 
 
 def _meas(head: int, tail: int) -> dict:
     return {
         "backend": "tflite",
+        "latency": latency_stats([1.0, 2.0]),
         "tflm": {"arena_head_bytes": head, "arena_tail_bytes": tail, "arena_total_bytes": head + tail},
         "artifact_bytes": 1000,
     }
 
 
 def test_report_flags_more_than_five_percent() -> None:
-    from tap_edge.cli.measure import build_report
-
     r = build_report(Path("x.tflite"), _manifest(16000, 26720), _meas(16000, 8240), None)
-    figs = {c["figure"]: c for c in r["comparisons"]}
-    assert figs["arena head (planned tensors)"]["error_pct"] == 0.0
-    assert [f["figure"] for f in r["flags"]] == ["arena total"]
-    assert r["flags"][0]["predicted_bytes"] == 16000 and r["flags"][0]["measured_bytes"] == 24240
+    figs = {c.figure: c for c in r.comparisons}
+    assert figs["arena head (planned tensors)"].error_pct == 0.0
+    assert [f.figure for f in r.flags] == ["arena total"]
+    assert r.flags[0].predicted_bytes == 16000 and r.flags[0].measured_bytes == 24240
+    assert r.headline("sram") is figs["arena total"] and r.headline("flash") is figs["weights"]
+    assert r.arena.total_bytes == 24240 and r.verdict == "MEASURED" and r.limits is None
 
 
 def test_verdict_fits_only_when_prediction_and_measurement_fit() -> None:
-    from tap_edge.cli.measure import build_report
-
     ok = build_report(Path("x.tflite"), _manifest(16000, 26720), _meas(16000, 8240), "stm32h743")
-    assert ok["verdict"] == "FITS" and ok["predicted_fits"] and ok["measured_fits"]
+    assert ok.verdict == "FITS" and ok.predicted_fits and ok.measured_fits
+    assert ok.measured_use.sram_bytes == 24240 and ok.measured_use.sram_measured_by.startswith("TFLite Micro")
     # the prediction fits but the measured arena does not: OOM, with the measured problem named
     big = build_report(Path("x.tflite"), _manifest(16000, 26720), _meas(16000, 8 << 20), "stm32h743")
-    assert big["verdict"] == "OOM" and big["predicted_fits"] and not big["measured_fits"]
-    assert any(p.startswith("measured: SRAM") for p in big["problems"])
+    assert big.verdict == "OOM" and big.predicted_fits and not big.measured_fits
+    assert any(p.startswith("measured: SRAM") for p in big.problems)
+
+
+def test_verdict_limits_come_from_region_limits() -> None:
+    from tap_edge.devices import get_device
+    from tap_edge.fit.checker import region_limits
+
+    r = build_report(Path("x.tflite"), _manifest(16000, 26720), _meas(16000, 8240), "stm32h743")
+    lim = region_limits(get_device("stm32h743"), r.measured_use.flash_bytes)
+    assert (r.limits.flash_bytes, r.limits.sram_bytes, r.limits.shared) == (lim.flash_bytes, lim.sram_bytes,
+                                                                            lim.shared)
+
+
+def test_foreign_artifact_has_no_prediction() -> None:
+    """A .tflite tap-edge did not compile: measured, its file size stands for its flash, no verdict."""
+    from tap_edge.devices import get_device
+
+    r = build_report(Path("x.tflite"), None, _meas(16000, 8240), "stm32h743")
+    assert r.verdict == "UNKNOWN" and not r.comparisons and r.predicted_fits is None
+    code = get_backend("tflite").pick_runtime(get_device("stm32h743")).code_bytes
+    assert r.measured_use.flash_bytes == 1000 + code and "no manifest" in r.problems[0]
 
 
 # ---- TFLite Micro on a model shipped by tflite-micro -------------------------------------------------------
@@ -314,16 +328,6 @@ def test_tflm_arena_measured_in_child(tmp_path: Path) -> None:
     assert r["latency"]["runs"] == 3
 
 
-def test_cli_backends_json(capsys: pytest.CaptureFixture[str]) -> None:
-    from tap_edge.cli import main
-
-    with pytest.raises(SystemExit) as ei:
-        main(["backends", "--json"])
-    assert ei.value.code == 0
-    rows = json.loads(capsys.readouterr().out)
-    assert {r["name"] for r in rows} >= {"onnxruntime", "tflite", "tvm"}
-
-
 def test_cli_measure_missing_artifact_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     from tap_edge.cli import main
 
@@ -356,14 +360,14 @@ def test_tflite_int8_ds_cnn_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
             ]
         )
     assert ei.value.code == 0
-    art = Path(json.loads(capsys.readouterr().out)["artifact"])
+    art = tmp_path / Manifest.from_dict(json.loads(capsys.readouterr().out)).artifact
     with pytest.raises(SystemExit) as ei:
         main(["measure", str(art), "--json", "--runs", "3"])
-    rep = json.loads(capsys.readouterr().out)
-    head = next(c for c in rep["comparisons"] if c["figure"].startswith("arena head (planned"))
-    assert abs(head["error_pct"]) <= 5.0
-    assert rep["runtime_figures"]["tflm_vs_litert"]["top1_agreement"] == 1.0
-    assert rep["verdict"] == "FITS"
+    rep = MeasureReport.from_dict(json.loads(capsys.readouterr().out))
+    head = next(c for c in rep.comparisons if c.figure.startswith("arena head (planned"))
+    assert abs(head.error_pct) <= 5.0
+    assert rep.cross_check.top1_agreement == 1.0
+    assert rep.verdict == "FITS"
 
 
 # ---- tvm ---------------------------------------------------------------------------------------------------
@@ -403,11 +407,11 @@ def test_tvm_compile_and_measure(tiny: LoadedModel, tmp_path: Path) -> None:
         calib=_inputs(4),
         device=get_device("raspberry-pi-4"),
     )
-    man = read_manifest(art)
-    assert man["relax_memory_plan"]["planned_bytes"] > 0
-    assert man["cross_compile"]["objects"]
-    r = measure_artifact(art, runs=3, warmup=1, timeout=300)
-    assert r["latency"]["runs"] == 3 and r["tvm_planned_bytes"] == man["relax_memory_plan"]["planned_bytes"]
+    facts = art.manifest.backend_facts
+    assert facts["relax_memory_plan"]["planned_bytes"] > 0
+    assert facts["cross_compile"]["objects"]
+    r = measure_artifact(art.path, runs=3, warmup=1, timeout=300)
+    assert r["latency"]["runs"] == 3 and r["tvm_planned_bytes"] == facts["relax_memory_plan"]["planned_bytes"]
 
 
 def test_module_regex_finds_litert_tensor_names() -> None:
@@ -442,21 +446,22 @@ def test_tflite_rejects_plans_it_cannot_store() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not (HAS_TFLM and HAS_LITERT_TORCH), reason="pip install 'tap-edge[tflite]'")
 def test_tflite_int4_conv_plan_measured_by_tflm(tmp_path: Path) -> None:
-    from tap_edge.backends import sample_inputs
+    from tap_edge.backends.reference import sample_inputs
+    from tap_edge.backends.tflite_backend import TFLM_HOST
 
     from tap_edge.graph.models import load_model
 
     lm = load_model("ds_cnn")
     plan = BitAssignment.from_plan({"default": {"w": 8, "a": 8}, "layers": {"features.6": {"w": 4, "a": 8}}})
     art = get_backend("tflite").compile(lm, load_graph(lm), plan, tmp_path, calib=sample_inputs(lm, 8))
-    man = read_manifest(art)
-    assert man["mode"] == "mixed"
-    wb = man["actual"]["weight_bytes"]["total_planned_form"]
-    assert abs(wb - man["prediction"]["flash"]["model_bytes"]) / wb < 0.01
-    r = measure_artifact(art, runs=2, warmup=1, timeout=300)
+    man = art.manifest
+    assert man.backend_facts["mode"] == "mixed" and man.calibration.kind == "gaussian noise"
+    wb = man.weights.planned_form_bytes
+    assert abs(wb - man.prediction.flash.model_bytes) / wb < 0.01
+    r = measure_artifact(art.path, runs=2, warmup=1, timeout=300)
     assert r["tflm_vs_litert"]["top1_agreement"] == 1.0
     # TFLite Micro's reference conv unpacks int4 filters into a scratch buffer of out x in x kh x kw bytes
-    assert r["tflm"]["arena_head_bytes"] >= man["prediction_tflm_host"]["arena_head_bytes"] + 64 * 64
+    assert r["tflm"]["arena_head_bytes"] >= man.other_predictions[TFLM_HOST].arena_head_bytes + 64 * 64
 
 
 # ---- tvm: MetaSchedule tuning ------------------------------------------------------------------------------
@@ -476,16 +481,17 @@ class OneConv(nn.Module):
         return self.relu(self.conv(x))
 
 
-def test_tvm_tuning_options_are_validated() -> None:
-    from tap_edge.backends.tvm_backend import check_tuning_options
-
-    check_tuning_options("onnxruntime", None, None)  # no tuning asked: nothing to check
+def test_tvm_tuning_options_are_validated(tmp_path: Path) -> None:
+    assert not TVMOptions().tuned and TVMOptions(tune_trials=0).tuned and TVMOptions(tune_db=tmp_path).tuned
     with pytest.raises(UserError, match="backend 'onnxruntime' has no tuning step"):
-        check_tuning_options("onnxruntime", 10, None)
-    with pytest.raises(UserError, match="--tune-db tunes TVM kernels"):
-        check_tuning_options("tflite", None, Path("db"))
+        get_backend("onnxruntime").options_from_flags(tune_trials=10)
+    with pytest.raises(UserError, match="--tune-db holds TVM's MetaSchedule tuning database; backend 'tflite'"):
+        get_backend("tflite").options_from_flags(tune_db=Path("db"))
     with pytest.raises(UserError, match="--tune-trials must be 0 or more, got -1"):
-        check_tuning_options("tvm", -1, None)
+        TVMOptions(tune_trials=-1)
+    (tmp_path / "f").write_text("")
+    with pytest.raises(UserError, match="not a directory"):
+        TVMOptions(tune_db=str(tmp_path / "f"))
 
 
 def test_cli_tvm_tuning_options_are_one_line_errors(run_cli, tmp_path: Path) -> None:
@@ -516,10 +522,10 @@ def test_tvm_tuning_database_is_written_applied_and_reused(one_conv: LoadedModel
     g, bits, xs = load_graph(one_conv), BitAssignment.parse("fp32"), _conv_inputs()
     b, db = get_backend("tvm"), tmp_path / "db"
 
-    tuned = b.compile(one_conv, g, bits, tmp_path / "tuned", calib=xs, tune_trials=2, tune_db=db)
-    man = read_manifest(tuned)
-    first = man["tuning"]
-    assert man["tuned"] and not first["reused"] and first["trials_run"] >= 1 and first["tuning_s"] > 0
+    tuned = b.compile(one_conv, g, bits, tmp_path / "tuned", calib=xs, options=TVMOptions(tune_trials=2, tune_db=db))
+    man = tuned.manifest
+    first = man.backend_facts["tuning"]
+    assert man.backend_facts["tuned"] and not first["reused"] and first["trials_run"] >= 1 and first["tuning_s"] > 0
     assert first["tasks_with_records"] == first["tasks"] >= 1 and first["database"] == str(db)
     records = (db / "database_tuning_record.json").read_text().splitlines()
     assert len(records) == first["trials_run"] and (db / "database_workload.json").stat().st_size > 0
@@ -527,17 +533,20 @@ def test_tvm_tuning_database_is_written_applied_and_reused(one_conv: LoadedModel
     assert state["trials_budget"] == 2 and state["sessions"][0]["records"] == first["trials_run"]
     assert state["sessions"][0]["seed"] == 0
     # built with the database's schedules, it computes what ONNX Runtime computes on the same graph
-    assert man["agreement"]["max_abs_diff"] < 1e-4 and man["agreement"]["top1_agreement"] == 1.0
+    assert man.agreement.max_abs_diff < 1e-4 and man.agreement.top1_agreement == 1.0
+    assert man.agreement.reference == "ONNX Runtime (same graph)"
+    assert any("tuned with MetaSchedule" in line for line in b.summary_lines(man))
 
     # the same model, target and database again: reused, nothing tuned, no record added
-    again = read_manifest(b.compile(one_conv, g, bits, tmp_path / "again", calib=xs, tune_trials=2, tune_db=db))
-    tu = again["tuning"]
+    again = b.compile(one_conv, g, bits, tmp_path / "again", calib=xs,
+                      options=TVMOptions(tune_trials=2, tune_db=db)).manifest
+    tu = again.backend_facts["tuning"]
     assert tu["reused"] and tu["tuning_s"] == 0 and tu["trials_run"] == 0 and tu["trials_budget_total"] == 2
     assert tu["workload_key"] == first["workload_key"] and tu["tasks_with_records"] == first["tasks_with_records"]
     assert (db / "database_tuning_record.json").read_text().splitlines() == records
-    assert again["agreement"]["max_abs_diff"] < 1e-4
+    assert again.agreement.max_abs_diff < 1e-4
 
-    r = measure_artifact(tuned, runs=3, warmup=1, timeout=300)
+    r = measure_artifact(tuned.path, runs=3, warmup=1, timeout=300)
     assert r["latency"]["runs"] == 3 and "tuned" in r["runtime"] and r["threads"] == 1
     assert r["tvm_tuning"]["workload_key"] == first["workload_key"]
 
@@ -551,8 +560,7 @@ def test_tvm_apply_only_needs_records(one_conv: LoadedModel, tmp_path: Path) -> 
             BitAssignment.parse("fp32"),
             tmp_path,
             calib=_conv_inputs(2),
-            tune_trials=0,
-            tune_db=tmp_path / "empty-db",
+            options=TVMOptions(tune_trials=0, tune_db=tmp_path / "empty-db"),
         )
     assert not list(tmp_path.glob("*.so"))
 
@@ -586,8 +594,8 @@ def test_onnx_matmulnbits_weights_are_the_fake_quant_weights(tiny: LoadedModel, 
     plan = BitAssignment.from_plan({"default": {"w": 8, "a": 8}, "layers": {"fc": {"w": 4, "a": 8}}})
     xs = _inputs()
     art = get_backend("onnxruntime").compile(tiny, load_graph(tiny), plan, tmp_path, calib=xs,
-                                             linear_int4="matmulnbits")
-    m = onnx.load(str(art))
+                                             options=OnnxRuntimeOptions(linear_int4="matmulnbits"))
+    m = onnx.load(str(art.path))
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     nodes = [n for n in m.graph.node if n.op_type == "MatMulNBits"]
     assert len(nodes) == 1 and not any(n.op_type == "Gemm" for n in m.graph.node)
@@ -596,12 +604,13 @@ def test_onnx_matmulnbits_weights_are_the_fake_quant_weights(tiny: LoadedModel, 
     fq = dict(quantize_model(tiny.module, plan, torch.from_numpy(xs)).named_modules())
     want = fq[node_module(nodes[0].name)].weight.detach().double().numpy()
     np.testing.assert_allclose(_decode_matmulnbits(nodes[0], inits), want, rtol=1e-6, atol=1e-8)
-    man = read_manifest(art)
-    assert man["linear_int4"] == "matmulnbits" and man["layers"]["fc"]["stored"] == "int4-matmulnbits"
-    wb = man["actual"]["weight_bytes"]
+    man = art.manifest
+    facts = man.backend_facts
+    assert facts["linear_int4"] == "matmulnbits" and facts["layers"]["fc"]["stored"] == "int4-matmulnbits"
     # K = 16 = one block: per-block scales are the per-channel scales, so the planned form matches exactly
-    assert wb["total_planned_form"] == man["prediction"]["flash"]["model_bytes"]
-    assert man["agreement"]["top1_agreement"] == 1.0
+    assert man.weights.planned_form_bytes == man.prediction.flash.model_bytes
+    assert man.agreement.top1_agreement == 1.0
+    assert get_backend("onnxruntime").summary_lines(man) == ["1 linear layer(s) stored as MatMulNBits (4-bit blocks)"]
 
 
 def test_onnx_matmulnbits_agrees_with_qdq_int4(tiny: LoadedModel, tmp_path: Path) -> None:
@@ -609,9 +618,9 @@ def test_onnx_matmulnbits_agrees_with_qdq_int4(tiny: LoadedModel, tmp_path: Path
 
     plan = BitAssignment.from_plan({"default": {"w": 8, "a": 8}, "layers": {"fc": {"w": 4, "a": 8}}})
     b, g, xs = get_backend("onnxruntime"), load_graph(tiny), _inputs()
-    qdq = b.compile(tiny, g, plan, tmp_path / "qdq", calib=xs)
-    nb = b.compile(tiny, g, plan, tmp_path / "nb", calib=xs, linear_int4="matmulnbits")
-    assert read_manifest(qdq)["layers"]["fc"]["stored"] == "int4"
+    qdq = b.compile(tiny, g, plan, tmp_path / "qdq", calib=xs).path
+    nb = b.compile(tiny, g, plan, tmp_path / "nb", calib=xs, options=OnnxRuntimeOptions(linear_int4="matmulnbits")).path
+    assert read_manifest(qdq).backend_facts["layers"]["fc"]["stored"] == "int4"
     check = np.random.default_rng(7).standard_normal((64, 3, 16, 16)).astype(np.float32)
 
     def run(p: Path) -> np.ndarray:
@@ -623,9 +632,11 @@ def test_onnx_matmulnbits_agrees_with_qdq_int4(tiny: LoadedModel, tmp_path: Path
 
 
 def test_onnx_linear_int4_option_is_checked(tiny: LoadedModel, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="linear_int4"):
+    with pytest.raises(UserError, match="--linear-int4 'nbits' is not known; use qdq or matmulnbits"):
+        OnnxRuntimeOptions(linear_int4="nbits")
+    with pytest.raises(UserError, match="takes OnnxRuntimeOptions, not TVMOptions"):
         get_backend("onnxruntime").compile(tiny, load_graph(tiny), BitAssignment.parse("w8a8"), tmp_path,
-                                           linear_int4="nbits")
+                                           options=TVMOptions())
 
 
 def test_cli_linear_int4_matmulnbits(run_cli, tmp_path: Path) -> None:
@@ -634,9 +645,10 @@ def test_cli_linear_int4_matmulnbits(run_cli, tmp_path: Path) -> None:
     r = run_cli("compile", "resnet8", "--backend", "onnxruntime", "--plan", str(plan), "--linear-int4",
                 "matmulnbits", "--out", str(tmp_path), "--json", "-q")
     assert r.code == 0, r.err
-    man = json.loads(r.out)
-    assert man["layers"]["fc"]["stored"] == "int4-matmulnbits" and man["agreement"]["top1_agreement"] == 1.0
+    man = Manifest.from_dict(json.loads(r.out))
+    assert man.backend_facts["layers"]["fc"]["stored"] == "int4-matmulnbits" and man.agreement.top1_agreement == 1.0
     r = run_cli("compile", "resnet8", "--backend", "tvm", "--linear-int4", "matmulnbits", "--out", str(tmp_path))
-    assert r.code == 2 and "--linear-int4" in r.err and len(r.err.strip().splitlines()) == 1
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1
+    assert "--linear-int4 chooses an ONNX Runtime kernel; backend 'tvm' has none" in r.err
     r = run_cli("compile", "resnet8", "--backend", "onnxruntime", "--linear-int4", "nbits", "--out", str(tmp_path))
     assert r.code == 2 and "use qdq or matmulnbits" in r.err

@@ -46,8 +46,9 @@ def bench_one(
     model: str, backend: str, args: argparse.Namespace, tune_trials: int | None = None
 ) -> dict[str, Any]:
     """Compile, then measure in a child process; ``tune_trials``: the tvm backend's MetaSchedule budget."""
-    from tap_edge.backends import get_backend, read_manifest, sample_inputs
+    from tap_edge.backends import get_backend
     from tap_edge.backends.measure import measure_artifact
+    from tap_edge.backends.reference import sample_inputs
 
     from tap_edge.devices import get_device
     from tap_edge.fit.bits import BitAssignment
@@ -69,40 +70,24 @@ def bench_one(
     device = get_device(args.device) if args.device and b.serves(get_device(args.device)) else None
     if backend == "tvm" and args.cross:
         device = get_device(args.cross)
-    tuning: dict[str, Any] = {}
+    options = b.check_options(None)
     out_dir = Path(args.out) / backend
     if tune_trials is not None:
-        tuning = {"tune_trials": tune_trials, "tune_db": Path(args.tvm_tune_db) if args.tvm_tune_db else None}
+        tune_db = Path(args.tvm_tune_db) if args.tvm_tune_db else None
+        options = b.options_from_flags(tune_trials=tune_trials, tune_db=tune_db)
         out_dir = Path(args.out) / f"{backend}-tuned"
     t0 = time.perf_counter()
-    artifact = b.compile(
-        lm, graph, bits, out_dir, device=device, calib=xs[: args.samples], check=xs[:n_check], **tuning
-    )
+    artifact = b.compile(lm, graph, bits, out_dir, device=device, calib=xs.head(args.samples), check=xs.head(n_check),
+                         options=options)
     row["compile_s"] = round(time.perf_counter() - t0, 2)
-    man = read_manifest(artifact)
-    if man.get("tuning"):  # the database may hold a larger budget than asked for (reused as it is)
-        row["variant"] = f"tuned, {man['tuning']['trials_budget_total']} trials"
-    row["artifact"] = str(artifact)
-    row["manifest"] = {
-        k: man.get(k)
-        for k in (
-            "prediction",
-            "prediction_tflm_host",
-            "prediction_from_artifact_graph",
-            "actual",
-            "agreement",
-            "relax_memory_plan",
-            "cross_compile",
-            "widened_to_int8",
-            "tuning",
-            "relax_constants",
-            "host_target",
-        )
-    }
+    man = artifact.manifest
+    tuning = man.backend_facts.get("tuning")
+    if tuning:  # the database may hold a larger budget than asked for (reused as it is)
+        row["variant"] = f"tuned, {tuning['trials_budget_total']} trials"
+    row["artifact"] = str(artifact.path)
+    row["manifest"] = man.to_dict()
     row["load_avg_1min"] = round(os.getloadavg()[0], 2)
-    meas = measure_artifact(
-        artifact, backend=backend, runs=args.runs, warmup=args.warmup, timeout=args.timeout
-    )
+    meas = measure_artifact(artifact.path, backend=backend, runs=args.runs, warmup=args.warmup, timeout=args.timeout)
     meas.pop("child_stdout", None)
     row["measure"] = meas
     row["graph"] = {"ops": len(graph.ops), "tensors": len(graph.tensors), "params": graph.params}
@@ -185,10 +170,10 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
         tf = r["measure"].get("tflm") or {}
         if not tf:
             continue
-        host = r["manifest"].get("prediction_tflm_host") or {}
+        host = r["manifest"]["other_predictions"].get("tflm_host") or {}
         p = host.get("arena_bytes")  # head + persistent tail: compared with TFLM's total
         ph = host.get("arena_head_bytes", p)
-        art = r["manifest"].get("prediction_from_artifact_graph") or {}
+        art = r["manifest"]["other_predictions"].get("artifact_graph") or {}
         pa = art.get("arena_head_bytes", art.get("arena_bytes"))
         h, t, tot = tf.get("arena_head_bytes"), tf.get("arena_tail_bytes"), tf.get("arena_total_bytes")
         print(
@@ -200,12 +185,12 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
     print("| model | backend | predicted (flash model) | in artifact, same form | error | artifact extras |")
     print("|---|---|---|---|---|---|")
     for r in ok:
-        pred = (r["manifest"].get("prediction") or {}).get("flash", {}).get("model_bytes")
-        wb = (r["manifest"].get("actual") or {}).get("weight_bytes", {})
-        act = wb.get("total_planned_form")
+        pred = r["manifest"]["prediction"]["flash"]["model_bytes"]
+        wb = r["manifest"]["weights"]
+        act = wb["planned_form_bytes"]
         extras = ", ".join(
             f"{k} {v}"
-            for k, v in wb.items()
+            for k, v in wb["by_role"].items()
             if k in ("zero_points", "bias_qparams", "act_qparams", "bias_scales", "shared_buffers_saved")
             and v
         )
@@ -240,7 +225,7 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
         for model in dict.fromkeys([*untuned, *tuned]):
             o_row, u_row, t_row = ortr.get(model, {}), untuned.get(model, {}), tuned.get(model, {})
             o, u, t = (_median(x) for x in (o_row, u_row, t_row))
-            tu = (t_row.get("manifest") or {}).get("tuning") or {}
+            tu = ((t_row.get("manifest") or {}).get("backend_facts") or {}).get("tuning") or {}
             trials = f"{tu.get('trials_budget_total')} / {tu.get('trials_measured_total')}" if tu else "-"
             secs = f"{tu['tuning_s']} / {tu['tuning_s_total']}" + (" (reused)" if tu["reused"] else "") if tu else "-"
             load = " / ".join(str(x.get("load_avg_1min", "-")) for x in (o_row, u_row, t_row))
@@ -252,16 +237,16 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
         print("| model | variant | Relax planned B | constants B | agreement with ORT (max abs diff) | cross objects |")
         print("|---|---|---|---|---|---|")
         for r in [*untuned.values(), *tuned.values()]:
-            man = r["manifest"]
-            plan = (man.get("relax_memory_plan") or {}).get("planned_bytes")
-            consts = (man.get("relax_constants") or {}).get("bytes")
-            a = man.get("agreement") or {}
+            facts = r["manifest"]["backend_facts"]
+            plan = (facts.get("relax_memory_plan") or {}).get("planned_bytes")
+            consts = (facts.get("relax_constants") or {}).get("bytes")
+            a = r["manifest"].get("agreement") or {}
             agree = (
                 f"top-1 {100 * a.get('top1_agreement', 0):.0f}% of {a.get('n')} ({a.get('max_abs_diff')})"
                 if a
                 else "-"
             )
-            cross = man.get("cross_compile") or {}
+            cross = facts.get("cross_compile") or {}
             objs = ", ".join(f"{k} {v} B" for k, v in (cross.get("objects") or {}).items()) or cross.get(
                 "error", "-"
             )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
 from rich.markup import escape
 from rich.table import Table
 
@@ -10,55 +13,27 @@ from tap_edge.core import console
 
 
 @app.command("backends")
-def backends_cmd(as_json: JsonOpt = False) -> None:
+def backends_cmd(
+    pattern: Annotated[str, typer.Argument(help="Shell wildcard over backend names, e.g. 'onnx*'.")] = "*",
+    as_json: JsonOpt = False,
+) -> None:
     """List the compile/measure backends, what they serve and whether their dependencies are installed."""
-    from tap_edge.backends import broken_backends, get_backend, list_backends
+    from tap_edge.backends import backend_list
 
-    rows = []
-    for name in list_backends():
-        b = get_backend(name)
-        miss = b.missing()
-        rows.append(
-            {
-                "name": name,
-                "available": not miss,
-                "missing": miss,
-                "install": b.install_hint() if miss else "",
-                "runtimes": list(b.runtimes),
-                "kinds": list(b.kinds),
-                "artifact": b.suffix,
-                "description": b.description,
-            }
-        )
-    for name, err in broken_backends().items():
-        rows.append(
-            {
-                "name": name,
-                "available": False,
-                "missing": [],
-                "install": "",
-                "runtimes": [],
-                "kinds": [],
-                "artifact": "",
-                "description": f"failed to load: {err}",
-            }
-        )
+    listing = backend_list(pattern)
     if as_json:
-        console.print_json(rows)
+        console.print_json(listing.to_dict())
         return
-    t = Table(title=f"{len(rows)} backends")
-    for col in ("backend", "status", "serves runtimes", "device kinds", "artifact", "what"):
+    t = Table(title=f"{len(listing.backends)} backends")
+    for col in ("backend", "status", "serves runtimes", "device kinds", "artifact", "options", "what"):
         t.add_column(col)
-    for r in rows:
-        status = "[green]ready[/]" if r["available"] else f"[yellow]missing {', '.join(r['missing'])}[/]"
-        if r["install"]:
-            status += f" ({escape(r['install'])})"
-        t.add_row(
-            r["name"],
-            status,
-            ", ".join(r["runtimes"]),
-            ", ".join(r["kinds"]),
-            r["artifact"],
-            r["description"],
-        )
+    for b in listing.backends:
+        if b.broken:
+            status = f"[red]broken[/]: {escape(b.broken)}"
+        elif b.available:
+            status = "[green]ready[/]"
+        else:
+            status = f"[yellow]missing {', '.join(b.missing)}[/] ({escape(b.install)})"
+        t.add_row(b.name, status, ", ".join(b.runtimes), ", ".join(b.kinds), b.artifact, " ".join(b.options),
+                  b.description)
     console.out.print(t)

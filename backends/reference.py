@@ -1,0 +1,128 @@
+"""What a compiled artifact is calibrated on, checked on and compared with.
+
+- :func:`sample_inputs`: model inputs through :func:`tap_edge.plan.calib.load_images` with the model's own
+  preprocessing, the loader ``plan`` and ``eval`` use, so ``compile`` calibrates and checks on the very tensors
+  they see. Without a folder, 3-channel image models read the shared photo sample (``shared/data/
+  imagenet-sample``, found by walking up from this file); other models (DS-CNN's MFCC patch) get seeded
+  Gaussian noise. :class:`Samples` keeps where the inputs came from, for the manifest.
+- :func:`reference_outputs`: the PTQ fake-quant model's outputs (:func:`tap_edge.quantize.ptq.ptq`), the
+  reference an artifact must reproduce; :func:`weight_quantized_module`: the module the backends export, its
+  weights already on the plan's grid.
+- :func:`agreement`: top-1 agreement, cosine and the largest difference of two batches of logits.
+
+The measurement child imports this module (for :func:`agreement`) and must not load torch before its import
+baseline: the calibration loader, PTQ and torch are imported inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tap_edge.documents import InputSource
+from tap_edge.fit.bits import BitAssignment, LayerBits
+from tap_edge.graph.graph import ModelGraph
+from tap_edge.graph.models import LoadedModel
+
+#: The shared photo sample, relative to a parent folder of this file.
+PHOTO_FOLDER = Path("shared", "data", "imagenet-sample")
+#: Inputs the weight-only PTQ pass is given (it calibrates no activation: any few samples do).
+WEIGHT_PTQ_SAMPLES = 16
+#: Batch size of the reference model's forward passes.
+REFERENCE_BATCH = 32
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Model inputs ``[N, C, H, W]`` (float32) and where they came from."""
+
+    array: np.ndarray
+    source: InputSource
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def head(self, n: int) -> Samples:
+        """The first ``n`` samples (all of them when there are fewer)."""
+        a = self.array[:n]
+        return Samples(a, self.source.model_copy(update={"samples": len(a)}))
+
+    @classmethod
+    def of(cls, data: Samples | np.ndarray) -> Samples:
+        """``data`` as :class:`Samples` (an array a Python caller passed is recorded as such)."""
+        if isinstance(data, Samples):
+            return data
+        arr = np.ascontiguousarray(data, dtype=np.float32)
+        return cls(arr, InputSource(kind="array", samples=len(arr)))
+
+
+def default_photo_folder() -> Path | None:
+    """``shared/data/imagenet-sample`` in the nearest parent folder of this file that has it."""
+    for parent in Path(__file__).resolve().parents:
+        if (parent / PHOTO_FOLDER).is_dir():
+            return parent / PHOTO_FOLDER
+    return None
+
+
+def sample_inputs(model: LoadedModel, n: int, folder: Path | None = None, seed: int = 0) -> Samples:
+    """Up to ``n`` inputs shaped like the model's (fewer when the folder has fewer).
+
+    From ``folder`` when given (images or tensors, read exactly as ``plan --calib`` and ``eval --data`` read
+    them); else, for 3-channel image models, from :func:`default_photo_folder`; else seeded Gaussian noise."""
+    from tap_edge.plan.calib import load_images
+
+    if folder is None and model.preprocess.input_size[0] == 3:
+        folder = default_photo_folder()
+    if folder is not None:
+        tensor, _ = load_images(folder, model.preprocess, limit=n)
+        return Samples(tensor.numpy(), InputSource(kind="folder", folder=str(folder), samples=len(tensor)))
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((n, *model.preprocess.input_size)).astype(np.float32)
+    return Samples(noise, InputSource(kind="gaussian noise", samples=n, seed=seed))
+
+
+def reference_outputs(model: LoadedModel, graph: ModelGraph, bits: BitAssignment, xs: np.ndarray,
+                      calib: np.ndarray) -> np.ndarray:
+    """Outputs on ``xs`` of the PTQ fake-quant model at ``bits``, calibrated on ``calib`` (as ``eval`` makes
+    it: :func:`tap_edge.quantize.ptq.ptq` with its default config)."""
+    import torch
+
+    from tap_edge.quantize.ptq import PTQConfig, ptq
+
+    reference = ptq(model.module, PTQConfig(bits=bits), torch.from_numpy(calib), graph)
+    with torch.no_grad():
+        outs = [reference(torch.from_numpy(xs[i:i + REFERENCE_BATCH])).numpy()
+                for i in range(0, len(xs), REFERENCE_BATCH)]
+    return np.concatenate(outs)
+
+
+def weight_quantized_module(model: LoadedModel, graph: ModelGraph, bits: BitAssignment,
+                            calib: np.ndarray) -> Any:
+    """The module to export: BatchNorm folded and weights already on the plan's grid with tap-edge's
+    MSE-searched per-channel clipping (PTQ with float activations), so the backend's own symmetric
+    narrow-range weight quantizer reproduces the fake-quant model's weights exactly."""
+    import torch
+
+    from tap_edge.quantize.ptq import PTQConfig, ptq
+
+    weights_only = BitAssignment(bits.default_w, 32, {k: LayerBits(v.w, 32) for k, v in bits.layers.items()})
+    cal = torch.from_numpy(calib[:WEIGHT_PTQ_SAMPLES])
+    return ptq(model.module, PTQConfig(bits=weights_only), cal, graph).eval()
+
+
+def agreement(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
+    """Top-1 agreement, mean cosine similarity and the largest absolute difference of two batches of logits."""
+    ref = ref.reshape(len(ref), -1).astype(np.float64)
+    got = got.reshape(len(got), -1).astype(np.float64)
+    top1 = float(np.mean(ref.argmax(1) == got.argmax(1))) if len(ref) else 0.0
+    num = (ref * got).sum(1)
+    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1) + 1e-12
+    return {
+        "n": int(len(ref)),
+        "top1_agreement": round(top1, 4),
+        "cosine": round(float(np.mean(num / den)) if len(ref) else 0.0, 5),
+        "max_abs_diff": float(np.abs(ref - got).max()) if ref.size else 0.0,
+    }
