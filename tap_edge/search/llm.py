@@ -264,7 +264,11 @@ class LocalLLMServer:
 
     def __enter__(self) -> LocalLLMServer:
         self.start()
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:  # __exit__ does not run when __enter__ fails: stop the server here
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
