@@ -28,6 +28,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,8 +57,7 @@ class TaskSpec:
     @classmethod
     def parse(cls, text: str) -> TaskSpec:
         name, _, b = text.partition("@")
-        if name not in TASK_BUILDERS:
-            raise UserError(f"unknown search task '{name}'", f"known: {', '.join(TASK_BUILDERS)}")
+        task_builder(name)
         try:
             budget = float(b) if b else 3.0
         except ValueError:
@@ -87,6 +87,7 @@ class TaskScore:
 class SearchTask(Protocol):
     spec: TaskSpec
     bits: list[int]
+    api: str  # the documentation of program_layers()' dicts for the prompt (tap_edge.plan.stats.LAYERSTATS_API)
 
     def program_layers(self) -> list[dict]: ...
 
@@ -140,7 +141,7 @@ class SyntheticTask:
             qerr = np.array([float((d.astype(float) ** 2).sum()) for d in dq])
             x = rng.standard_normal((n, w.shape[1])).astype(np.float32)
             y = x @ w.T
-            layer = {  # the keys of tap_edge.plan.stats.LAYERSTATS_API (plus a few of the fallback's)
+            layer = {  # the keys of tap_edge.plan.stats.LAYERSTATS_API, plus qerror, depth and act_in
                 "name": f"layer{i}", "op_class": "fc", "index": i, "num_layers": n_layers,
                 "position": i / max(1, n_layers - 1), "weight": w, "grad": g, "fisher": fisher,
                 "bits": list(self.bits), "qscale": qscale, "qerr": qerr,
@@ -159,8 +160,6 @@ class SyntheticTask:
                               f"{pre}_zero_frac": float((t == 0).mean())})
             self.layers.append(layer)
         self.damage = np.array([self.sens[i] * self.layers[i]["qerror"] for i in range(n_layers)])
-        from tap_edge.search.prompts import layerstats_api
-
         self.api = layerstats_api()
         lo = self.bits.index(max(b for b in self.bits if b <= spec.budget_bits))
         self.scale = float(self.damage[:, lo].sum())  # uniform allocation scores exp(-1)
@@ -227,57 +226,66 @@ def _digits(size: int, channels: int, seed: int) -> dict[str, Any]:
     return {"x_train": x[tr], "y_train": y[tr], "x_calib": x[cal], "x_eval": x[ev], "y_eval": y[ev]}
 
 
-class _DigitsCNN:
-    """Factory for the 8x8 digits CNN (a small conv net, ~14 k weights)."""
+def _digits_cnn() -> Any:
+    """The 8x8 digits CNN (a small conv net, ~14 k weights)."""
+    from torch import nn
 
-    @staticmethod
-    def build() -> Any:
-        from torch import nn
+    class DigitsCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 16, 3, 1, 1)
+            self.relu1 = nn.ReLU()
+            self.conv2 = nn.Conv2d(16, 32, 3, 2, 1)
+            self.relu2 = nn.ReLU()
+            self.conv3 = nn.Conv2d(32, 32, 3, 1, 1)
+            self.relu3 = nn.ReLU()
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.flatten = nn.Flatten()
+            self.fc = nn.Linear(32, 10)
 
-        class DigitsCNN(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.conv1 = nn.Conv2d(1, 16, 3, 1, 1)
-                self.relu1 = nn.ReLU()
-                self.conv2 = nn.Conv2d(16, 32, 3, 2, 1)
-                self.relu2 = nn.ReLU()
-                self.conv3 = nn.Conv2d(32, 32, 3, 1, 1)
-                self.relu3 = nn.ReLU()
-                self.pool = nn.AdaptiveAvgPool2d(1)
-                self.flatten = nn.Flatten()
-                self.fc = nn.Linear(32, 10)
+        def forward(self, x: Any) -> Any:
+            x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+            return self.fc(self.flatten(self.pool(self.relu3(self.conv3(x)))))
 
-            def forward(self, x: Any) -> Any:
-                x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
-                return self.fc(self.flatten(self.pool(self.relu3(self.conv3(x)))))
-
-        return DigitsCNN()
+    return DigitsCNN()
 
 
-def fake_quant(w: Any, bits: int) -> Any:
-    """Per-output-channel symmetric weight quantization with MSE-searched clipping (weights only): the PTQ
-    quantizer of :mod:`tap_edge.quantize.ptq` when present (per-channel, so BatchNorm folding does not change it)."""
-    import torch
+def _resnet8() -> Any:
+    """The bundled MLPerf Tiny ResNet-8 (32x32x3 input)."""
+    from tap_edge.graph.zoo import ResNet8
 
-    try:
-        from tap_edge.quantize.ptq import quantize_weight, weight_scales
-    except ImportError:
-        pass
-    else:
-        return quantize_weight(w.detach().float(), weight_scales(w, bits)[0], bits)
+    return ResNet8()
 
-    flat = w.reshape(w.shape[0], -1)
-    qmax = 2 ** (bits - 1) - 1
-    amax = flat.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
-    best, best_err = flat, torch.full((flat.shape[0], 1), float("inf"))
-    for r in torch.linspace(0.3, 1.0, 15):
-        scale = amax * r / qmax
-        q = torch.clamp(torch.round(flat / scale), -qmax - 1 if bits > 2 else -qmax, qmax) * scale
-        err = ((q - flat) ** 2).sum(dim=1, keepdim=True)
-        better = err < best_err
-        best = torch.where(better, q, best)
-        best_err = torch.where(better, err, best_err)
-    return best.reshape(w.shape)
+
+@dataclass(frozen=True)
+class DigitsNetwork:
+    """The network of a digits search task: how to build it, its input (digits upscaled to ``size`` x
+    ``size``, repeated over ``channels``) and how long it trains."""
+
+    build: Callable[[], Any]
+    size: int
+    channels: int
+    epochs: int
+
+
+DIGITS_NETWORKS = {"digits-cnn": DigitsNetwork(_digits_cnn, 8, 1, 25),
+                   "digits-resnet8": DigitsNetwork(_resnet8, 32, 3, 6)}
+
+
+def quantized_weight(w: Any, bits: int) -> Any:
+    """``w`` after the PTQ weight quantizer (:mod:`tap_edge.quantize.ptq`: per output channel, symmetric,
+    MSE-searched clipping; per-channel, so BatchNorm folding does not change it)."""
+    from tap_edge.quantize.ptq import quantize_weight, weight_scales
+
+    return quantize_weight(w.detach().float(), weight_scales(w, bits)[0], bits)
+
+
+def layerstats_api() -> str:
+    """The documentation of a program's ``layer`` dict for the prompt (imported here: ``tap_edge.plan.stats``
+    loads torch, which the synthetic task and ``evolve --report`` do not need)."""
+    from tap_edge.plan.stats import LAYERSTATS_API
+
+    return LAYERSTATS_API.strip()
 
 
 class TorchTask:
@@ -287,25 +295,15 @@ class TorchTask:
         import torch
 
         self.spec = spec
+        self.network = DIGITS_NETWORKS[spec.name]
         self.bits = list(SEARCH_BITS)
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         torch.set_num_threads(1)
         self._load_or_build()
 
     # -- building
-    def _model(self) -> Any:
-        if self.spec.name == "digits-cnn":
-            return _DigitsCNN.build()
-        from tap_edge.graph.zoo import ResNet8
-        return ResNet8()
-
-    def _input(self) -> tuple[int, int]:
-        return (8, 1) if self.spec.name == "digits-cnn" else (32, 3)
-
     def _cache_file(self) -> Path:
-        from tap_edge.search.prompts import layerstats_api
-
-        # the layer dicts follow tap_edge.plan.stats when it exists: its API text is part of the key
+        # the layer dicts are tap_edge.plan.stats LayerStats: its API text is part of the key
         stamp = f"{self.spec.name}|{self.spec.seed}|{TASK_VERSION}|{self.bits}|{layerstats_api()}"
         h = hashlib.sha256(stamp.encode()).hexdigest()[:12]
         return self.cache_dir / f"{self.spec.name}-{h}.pt"
@@ -316,9 +314,8 @@ class TorchTask:
         torch.manual_seed(self.spec.seed)
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         x, y = data["x_train"], data["y_train"]
-        epochs = 25 if self.spec.name == "digits-cnn" else 6
         model.train()
-        for _ in range(epochs):
+        for _ in range(self.network.epochs):
             perm = torch.randperm(len(y))
             for i in range(0, len(y), 64):
                 idx = perm[i:i + 64]
@@ -351,12 +348,12 @@ class TorchTask:
     def _build(self) -> dict[str, Any]:
         import torch
 
-        from tap_edge.graph.graph import ModelGraph  # noqa: F401 - imported for the graph type
         from tap_edge.graph.models import LoadedModel, Preprocess, load_graph
+        from tap_edge.plan.stats import compute_layer_stats
 
-        size, ch = self._input()
+        size, ch = self.network.size, self.network.channels
         data = _digits(size, ch, self.spec.seed)
-        model = self._model()
+        model = self.network.build()
         float_top1 = self._train(model, data)
         lm = LoadedModel(f"evolve:{self.spec.name}", "torch", model,
                          preprocess=Preprocess((ch, size, size), size, (0.0,) * ch, (1.0,) * ch))
@@ -365,11 +362,12 @@ class TorchTask:
         modules = dict(model.named_modules())
         names = [op.name for op in qops]
         fqns = [op.module or op.name for op in qops]
-        quant = {n: {b: fake_quant(modules[f].weight.detach(), b) for b in self.bits}
+        quant = {n: {b: quantized_weight(modules[f].weight.detach(), b) for b in self.bits}
                  for n, f in zip(names, fqns, strict=True)}
         with torch.no_grad():
             float_logits = model(data["x_eval"])
-        layers, api = self._program_layers(model, graph, data["x_calib"], names, fqns, quant)
+        layers = [s.to_program_input() for s in compute_layer_stats(model, graph, data["x_calib"],
+                                                                      bits=tuple(self.bits))]
         # damage: KL(float || model with only this layer at REF_BITS) on the evaluation split
         damage = []
         for n, f in zip(names, fqns, strict=True):
@@ -384,49 +382,14 @@ class TorchTask:
                                                            and k != "y_train"},
                 "graph": graph.to_dict(), "names": names, "fqns": fqns, "quant": quant,
                 "float_logits": float_logits, "float_top1": float_top1, "layers": layers,
-                "damage": np.asarray(damage), "version": TASK_VERSION, "api": api}
-
-    def _program_layers(self, model: Any, graph: Any, x_calib: Any, names: list[str], fqns: list[str],
-                        quant: dict[str, dict[int, Any]]) -> tuple[list[dict], str]:
-        """Per-layer program input and its documentation: ``tap_edge.plan.stats`` when available, else ours."""
-        from tap_edge.search.prompts import FALLBACK_LAYERSTATS_API, layerstats_api
-
-        built = _stats_program_layers(model, graph, x_calib, self.bits)
-        if built is not None:
-            return built, layerstats_api()
-        import torch
-
-        modules = dict(model.named_modules())
-        acts: dict[str, Any] = {}
-        hooks = [modules[f].register_forward_hook(
-            lambda m, inp, out, f=f: acts.__setitem__(f, inp[0].detach())) for f in fqns]
-        model.zero_grad()
-        logits = model(x_calib)
-        pseudo = logits.argmax(1).detach()
-        torch.nn.functional.cross_entropy(logits, pseudo).backward()  # label-free: the model's own labels
-        for h in hooks:
-            h.remove()
-        ops = {op.name: op for op in graph.ops}
-        out = []
-        for i, (n, f) in enumerate(zip(names, fqns, strict=True)):
-            w = modules[f].weight.detach()
-            norm = float((w ** 2).sum()) or 1.0
-            out.append({
-                "name": n, "op_class": ops[n].op_class, "params": int(w.numel()), "macs": int(ops[n].macs),
-                "weight": w.numpy().astype(np.float32),
-                "act_in": acts[f].numpy().astype(np.float32),
-                "grad": modules[f].weight.grad.detach().numpy().astype(np.float32),
-                "qerror": np.array([float(((quant[n][b] - w) ** 2).sum()) / norm for b in self.bits]),
-                "depth": i / max(1, len(names) - 1)})
-        model.zero_grad()
-        return out, FALLBACK_LAYERSTATS_API
+                "damage": np.asarray(damage), "version": TASK_VERSION, "api": layerstats_api()}
 
     def _setup(self, blob: dict[str, Any]) -> None:
         from tap_edge.devices import Runtime
         from tap_edge.graph.graph import ModelGraph
         from tap_edge.plan.budgets import Budgets, flash_of_uniform
 
-        self.model = self._model()
+        self.model = self.network.build()
         self.model.load_state_dict(blob["state_dict"])
         self.model.eval()
         self.modules = dict(self.model.named_modules())
@@ -438,7 +401,7 @@ class TorchTask:
         self.float_pred = self.float_logits.argmax(1)
         self.float_top1 = blob["float_top1"]
         self.layers = blob["layers"]
-        self.api = blob.get("api") or ""
+        self.api = blob["api"]
         self.damage = np.asarray(blob["damage"])
         self.runtime = Runtime(name="search", weights={"default": list(self.bits)}, activations={"default": [8]},
                                code_bytes=0)
@@ -493,39 +456,26 @@ def _kl(p_logits: Any, q_logits: Any) -> float:
     return float((lp.exp() * (lp - lq)).sum(1).mean())
 
 
-def _stats_program_layers(model: Any, graph: Any, x_calib: Any, bits: list[int]) -> list[dict] | None:
-    """LayerStats program inputs from ``tap_edge.plan.stats`` if it offers a usable builder (else None)."""
-    try:
-        from tap_edge.plan import stats  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001
-        return None
-    builder = getattr(stats, "compute_layer_stats", None) or getattr(stats, "collect_layer_stats", None)
-    if builder is None:
-        return None
-    try:
-        result = builder(model, graph, x_calib, bits=tuple(bits))
-    except TypeError:
-        try:
-            result = builder(model, graph, x_calib)
-        except Exception:  # noqa: BLE001
-            return None
-    except Exception:  # noqa: BLE001
-        return None
-    items = list(result.values()) if isinstance(result, dict) else list(result)
-    try:
-        return [it.to_program_input() for it in items]
-    except Exception:  # noqa: BLE001
-        return None
+def _synthetic_task(spec: TaskSpec, cache_dir: Path | None) -> SearchTask:
+    return SyntheticTask(spec)  # built in a moment from its seed: nothing to cache
 
 
-TASK_BUILDERS: dict[str, Any] = {"synthetic": SyntheticTask, "digits-cnn": TorchTask, "digits-resnet8": TorchTask}
+#: The search tasks by name (``--task NAME[@BITS]``): each builds (or loads from ``cache_dir``) its task.
+TASK_BUILDERS: dict[str, Callable[[TaskSpec, Path | None], SearchTask]] = {
+    "synthetic": _synthetic_task, **{name: TorchTask for name in DIGITS_NETWORKS}}
 
 
 def build_task(spec: TaskSpec, cache_dir: Path | None = None) -> SearchTask:
     """Construct (or load from cache) a search task."""
-    if spec.name == "synthetic":
-        return SyntheticTask(spec)
-    return TorchTask(spec, cache_dir)
+    return task_builder(spec.name)(spec, cache_dir)
+
+
+def task_builder(name: str) -> Callable[[TaskSpec, Path | None], SearchTask]:
+    """The builder of the search task ``name``, or a one-line error listing the known ones."""
+    try:
+        return TASK_BUILDERS[name]
+    except KeyError:
+        raise UserError(f"unknown search task '{name}'", f"known: {', '.join(TASK_BUILDERS)}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -594,7 +544,7 @@ def evaluate_program(code: str, alpha: float, limits: Limits, tasks: list[Search
                     "seconds": round(time.perf_counter() - t0, 3)}
         try:
             scores.append(task.score(res.costs or [], alpha))
-        except Exception as e:  # noqa: BLE001 - e.g. an infeasible allocation: recorded, not fatal
+        except UserError as e:  # e.g. an infeasible allocation: this candidate's failure, not the run's
             return {"ok": False, "stage": "score", "reason": f"{task.spec.key()}: {e.__class__.__name__}: {e}"[:400],
                     **extra, "seconds": round(time.perf_counter() - t0, 3)}
     fitness = float(np.mean([s.fitness for s in scores]))
