@@ -14,16 +14,17 @@ constants ``devc.o``; no cross linker is needed). The artifact's outputs are com
 the same ONNX graph (``agreement`` in the manifest, with the largest absolute difference).
 
 Untuned, TVM runs its default schedules (plain loop nests, one TIR function per operator): tens of times
-slower than ONNX Runtime. ``--tune-trials N`` tunes the kernels with MetaSchedule (``tvm.s_tir.meta_schedule``)
-on this machine for at most N measured trials in total and builds with the best schedules found
-(``compile_relax``: legalize, fold constants, fuse, ``MetaScheduleApplyDatabase``). Constant folding also
-evaluates ``DequantizeLinear`` of the constant int8 weights at build time, so a tuned ``w8a8`` artifact holds
-float32 weights and dequantizes only activations at run time (``relax_constants`` in the manifest's
-``backend_facts`` gives the bytes). The tuning database (MetaSchedule's ``JSONDatabase``: ``database_workload.json`` and
-``database_tuning_record.json``, plus ``tap-edge-tuning.json`` with the trials and seconds spent per workload)
-lives in ``--tune-db DIR``, by default ``~/.cache/tap-edge/tvm-tuning/<workload key>/``; the key hashes the
-extracted kernels and the target, so a second compile of the same model for the same machine reuses the
-database without tuning again (``tuning.reused`` in the manifest) and a larger N only runs the difference.
+slower than ONNX Runtime. :class:`TVMOptions` ``tune_trials=N`` (``--tune-trials N``) tunes the kernels with
+MetaSchedule (``tvm.s_tir.meta_schedule``) on this machine for at most N measured trials in total and builds
+with the best schedules found (``compile_relax``: legalize, fold constants, fuse, ``MetaScheduleApplyDatabase``).
+Constant folding also evaluates ``DequantizeLinear`` of the constant int8 weights at build time, so a tuned
+``w8a8`` artifact holds float32 weights and dequantizes only activations at run time (``relax_constants`` in
+the manifest's ``backend_facts`` gives the bytes). The tuning database (MetaSchedule's ``JSONDatabase``:
+``database_workload.json`` and ``database_tuning_record.json``, plus ``tap-edge-tuning.json`` with the trials
+and seconds spent per workload) lives in ``tune_db`` (``--tune-db DIR``), by default
+``~/.cache/tap-edge/tvm-tuning/<workload key>/``; the key hashes the extracted kernels and the target, so a
+second compile of the same model for the same machine reuses the database without tuning again
+(``tuning.reused`` in the manifest) and a larger N only runs the difference.
 """
 
 from __future__ import annotations
