@@ -581,45 +581,161 @@ class MeasureReport(Document):
 
 
 # ---- search -----------------------------------------------------------------------------------------------
+SearchTemplate = Literal["init", "mutation", "crossover", "seed"]
+
+
+class LLMSettings(Part):
+    """Where and how a run asked its LLM (``tap_edge.search.llm.LLMConfig``)."""
+
+    base_url: str
+    model: str
+    temperature: float
+    max_tokens: int
+    timeout: float
+    max_retries: int
+    backoff: float
+    max_backoff: float
+    extra_body: dict[str, Any] | None = Field(
+        None, description="sent verbatim with every request (server-specific); a GBNF grammar shows as <GBNF>")
+    api_key_env: str
+
+
+class SandboxLimits(Part):
+    """Limits of one proxy-program run in the sandbox."""
+
+    cpu_seconds: float
+    memory_mb: int
+    wall_seconds: float
+
+
+class DPOSettings(Part):
+    """Hyper-parameters of the DPO template controller."""
+
+    beta: float
+    lr: float
+    steps: int
+    floor: float
+
+
+class ExecutorInfo(Part):
+    """Where the fitness evaluations ran in the last session (the ``ray_*`` fields with ``--executor ray``)."""
+
+    executor: str
+    workers: int
+    ray_version: str | None = None
+    ray_address: str | None = None
+    ray_started_here: bool | None = None
+    ray_nodes: int | None = None
+    ray_resources: dict[str, float] | None = None
+
+
+class RunSettings(Part):
+    """Everything that defines a run (``tap_edge.search.runlog.EvolveSettings``, saved in ``run.json``)."""
+
+    population: int
+    generations: int
+    tasks: list[str]
+    alpha: float
+    seed: int
+    seed_builtins: bool
+    tournament: int
+    workers: int
+    executor: str
+    ray_address: str | None
+    executor_info: ExecutorInfo | None
+    grammar: str
+    repair: bool
+    templates_dir: str | None
+    llm: LLMSettings
+    limits: SandboxLimits
+    dpo: DPOSettings
+    max_errors_in_prompt: int
+    max_consecutive_llm_failures: int
+    cache_dir: str | None
+
+
+class SearchTaskInfo(Part):
+    """One search task as the run recorded it (float accuracy and budget for the digits tasks)."""
+
+    task: str
+    layers: int
+    bits: list[int]
+    float_top1: float | None = None
+    flash_budget_bytes: int | None = None
+    eval_samples: int | None = None
+    calib_samples: int | None = None
+
+
 class GenerationSummary(Part):
+    """One generation: its children, fitness figures, and the template probabilities before and after the DPO
+    update (``n_pairs`` preference pairs)."""
+
     generation: int
-    children: int | None = None
-    valid: int | None = None
-    invalid_rate: float | None = None
-    best_child_fitness: float | None = None
-    median_child_fitness: float | None = None
-    best_fitness: float | None = None
-    best_id: str | None = None
-    median_population_fitness: float | None = None
-    templates_used: dict[str, int] | list[str] | None = None
-    probs_before: dict[str, float] | None = None
-    probs_after: dict[str, float] | None = None
-    n_pairs: int | None = None
+    children: int
+    valid: int
+    invalid_rate: float
+    best_child_fitness: float | None
+    median_child_fitness: float | None
+    best_fitness: float | None
+    best_id: str | None
+    median_population_fitness: float | None
+    templates_used: dict[str, int]
+    probs_before: dict[str, float]
+    probs_after: dict[str, float]
+    n_pairs: int
 
 
 class LineageStep(Part):
+    """One program in the chain of edits that made the best one (``edit``: the LLM's edit of the next step)."""
+
     id: str
-    template: str | None = None
-    seed: str | None = None
-    fitness: float | None = None
-    edit: str | None = None
-    reasoning: str | None = None
+    template: SearchTemplate | None
+    seed: str | None
+    fitness: float | None
+    edit: str | None
+    reasoning: str | None
+
+
+class RepairStep(Part):
+    """A statement the repair step deleted from a program, and the sandbox error that pointed at it."""
+
+    line: int | None
+    error: str | None
+    removed: str
+
+
+class TaskFitness(Part):
+    """One task's part of a program's fitness: ``quality`` (top-1 agreement with the float model) +
+    alpha x ``spearman``; the widths it was given and their parameter-weighted mean."""
+
+    task: str
+    quality: float
+    spearman: float
+    fitness: float
+    top1: float | None
+    avg_bits: float | None
+    bits: dict[str, int] | None
+    seconds: float
 
 
 class BestProgram(Part):
+    """The best valid program of the run, with its provenance."""
+
     id: str
     fitness: float
-    template: str | None = None
-    parents: list[str] | None = None
-    seed: str | None = None
-    reasoning: str | None = None
-    code: str | None = None
-    repairs: Any = None
-    tasks: Any = None
-    lineage: list[LineageStep] = Field(default_factory=list)
+    template: SearchTemplate | None
+    parents: list[str] | None
+    seed: str | None
+    reasoning: str | None
+    code: str | None
+    repairs: list[RepairStep] | None
+    tasks: list[TaskFitness] | None
+    lineage: list[LineageStep]
 
 
 class LLMUsage(Part):
+    """The LLM replies of a run: how many, their tokens and their seconds."""
+
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -636,18 +752,21 @@ class RunSummary(Document):
     WRITTEN_BY: ClassVar[str] = "tap-edge evolve --json"
 
     run_dir: str
-    created: str | None = None
-    settings: dict[str, Any] = Field(default_factory=dict)
-    tasks: list[dict[str, Any]] | None = None
-    generations: list[GenerationSummary] = Field(default_factory=list)
-    best: BestProgram | None = None
-    candidates: int = 0
-    evaluated: int = 0
-    valid: int = 0
-    invalid_reasons: dict[str, int] = Field(default_factory=dict)
-    llm_usage: LLMUsage = Field(default_factory=LLMUsage)
-    wall_seconds: float = 0.0
-    finished: bool = False
+    created: str | None
+    settings: RunSettings
+    tasks: list[SearchTaskInfo] | None = Field(description="None until the run has started")
+    generations: list[GenerationSummary]
+    best: BestProgram | None
+    candidates: int
+    evaluated: int
+    valid: int
+    invalid_reasons: dict[str, int] = Field(description="'stage: reason' -> count, most frequent first")
+    llm_usage: LLMUsage
+    wall_seconds: float = Field(description="from the first to the last logged step, over every session")
+    finished: bool
+    session_seconds: float | None = Field(
+        None, description="wall seconds of the last session that ended the run (None: unfinished, or a run "
+                          "written before this was recorded)")
 
 
 # ---- listings ---------------------------------------------------------------------------------------------
