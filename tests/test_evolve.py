@@ -17,10 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tap_edge.core.errors import UserError
+from tap_edge.documents import RunSummary
 from tap_edge.search.controller import DPOController, preference_pairs
 from tap_edge.search.llm import LLMClient, LLMConfig, LLMError
-from tap_edge.search.loop import Evolution, EvolveSettings, builtin_seed_programs, read_events, summarize
+from tap_edge.search.loop import Evolution, builtin_seed_programs
 from tap_edge.search.prompts import PROXY_GRAMMAR, load_templates, parse_reply, render
+from tap_edge.search.runlog import EvolveSettings, read_events
+from tap_edge.search.summary import summarize
 
 GOOD_GRAD = """REASONING: curvature from the label-free gradient times the quantization noise of each width.
 ```python
@@ -323,7 +327,7 @@ def test_loop_end_to_end_with_scripted_llm(tmp_path: Path, script_all: list[str]
     if muts:
         user = muts[0]["messages"][1]["content"]
         assert "def proxy" in user and "PROBLEMS TO AVOID" in user
-    assert summary["best"]["code"] and summary["best"]["fitness"] > 0
+    assert summary.best is not None and summary.best.code and summary.best.fitness > 0
     assert (tmp_path / "run" / "best_proxy.py").read_text().startswith("# TAP proxy discovered")
     assert (tmp_path / "run" / "summary.json").exists()
     r = run_cli("evolve", "--report", str(tmp_path / "run"))
@@ -332,10 +336,81 @@ def test_loop_end_to_end_with_scripted_llm(tmp_path: Path, script_all: list[str]
     r = run_cli("evolve", "--report", str(tmp_path / "run"), "--markdown", str(tmp_path / "run.md"), "-q")
     assert r.code == 0 and "## Best program" in (tmp_path / "run.md").read_text()
     r = run_cli("evolve", "--report", str(tmp_path / "run"), "--json")
-    assert json.loads(r.out)["valid"] == summary["valid"]
+    assert RunSummary.from_dict(json.loads(r.out)) == summary
     # the summary is a result the HTML report renders (TAP search section)
     r = run_cli("evolve", "--report", str(tmp_path / "run"), "-q", "--html", str(tmp_path / "run.html"))
     assert r.code == 0 and '<section id="search"' in (tmp_path / "run.html").read_text()
+
+
+def test_run_summary_is_the_document_and_round_trips(tmp_path: Path) -> None:
+    """The summary of a scripted run is a valid RunSummary (typed fields, no alias keys), the same one on disk
+    in summary.json and from the files again, and it survives to_dict / from_dict unchanged."""
+    with ScriptedLLM([GOOD_GRAD, BROKEN, GOOD_SIZE, HOSTILE]) as srv:
+        s = _settings(srv.base_url, population=4, generations=2)
+        summary = Evolution.create(tmp_path / "run", s, LLMClient(LLMConfig(**s.llm))).run(show_progress=False)
+    assert isinstance(summary, RunSummary)
+    data = json.loads(json.dumps(summary.to_dict()))
+    assert data["schema"] == "tap-edge/evolve-summary" and data["version"] == RunSummary.VERSION
+    again = RunSummary.from_dict(data)
+    assert again == summary and again.to_dict() == data
+    assert RunSummary.read(tmp_path / "run" / "summary.json") == summary == summarize(tmp_path / "run")
+    assert summary.finished and summary.candidates == 8 and summary.session_seconds is not None
+    assert summary.tasks is not None and summary.tasks[0].task == "synthetic@3"
+    assert [g.generation for g in summary.generations] == [0, 1]
+    for g in data["generations"]:
+        assert not {"gen", "median_fitness", "template_probs"} & set(g)  # the old alias keys are gone
+        assert set(g["probs_after"]) == {"init", "mutation", "crossover"}
+    assert summary.best is not None and summary.best.lineage[0].id == summary.best.id
+    assert summary.settings.llm.model == "scripted" and summary.settings.executor_info is not None
+    with pytest.raises(UserError, match="field 'valid'"):
+        RunSummary.from_dict({**data, "valid": "many"})
+
+
+def test_start_run_with_local_llm_owns_the_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``start_run(local_llm=True)``: the server is started with its log in the run directory, the run asks it
+    (its model, reweight grammar at T=0.7, replies capped at 450 tokens) and it is stopped afterwards, also
+    when the session fails; ``resume_run`` starts a new one."""
+    from tap_edge.search import session
+
+    servers: list = []
+
+    with ScriptedLLM([SKELETON_REPLY]) as srv:
+        class FakeServer:  # the llama.cpp server's interface, answering through the scripted endpoint
+            alias = "smollm2"
+            base_url = srv.base_url
+
+            def __init__(self, log_path: str | None = None) -> None:
+                self.log_path, self.stopped = log_path, False
+                servers.append(self)
+
+            def __enter__(self) -> FakeServer:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                self.stopped = True
+
+        monkeypatch.setattr(session, "LocalLLMServer", FakeServer)
+        settings = session.new_settings(local_llm=True, tasks=["synthetic"], population=2, generations=1,
+                                        executor="thread", workers=1, seed_builtins=False, max_tokens=600)
+        summary = session.start_run(settings, tmp_path / "run", local_llm=True, show_progress=False)
+        assert summary.finished and summary.valid == 2
+        llm = summary.settings.llm
+        assert (llm.model, llm.max_tokens, llm.temperature, summary.settings.grammar) == ("smollm2", 450, 0.7,
+                                                                                          "reweight")
+        assert servers[0].log_path == str(tmp_path / "run" / "llm_server.log") and servers[0].stopped
+        assert session.resume_run(tmp_path / "run", local_llm=True, show_progress=False) == summarize(
+            tmp_path / "run") and len(servers) == 2 and servers[1].stopped
+        with pytest.raises(UserError, match="not empty"):  # refused before a server starts
+            session.start_run(settings, tmp_path / "run", local_llm=True, show_progress=False)
+        assert len(servers) == 2
+
+        def fail(*args: object, **kw: object) -> None:
+            raise UserError("the run failed")
+
+        monkeypatch.setattr(session.Evolution, "run", fail)
+        with pytest.raises(UserError, match="the run failed"):  # a failing session stops its server too
+            session.start_run(settings, tmp_path / "run2", local_llm=True, show_progress=False)
+        assert len(servers) == 3 and servers[2].stopped
 
 
 def test_repair_deletes_the_failing_statement(tmp_path: Path) -> None:
@@ -343,11 +418,12 @@ def test_repair_deletes_the_failing_statement(tmp_path: Path) -> None:
     with ScriptedLLM([bad_line]) as srv:
         s = _settings(srv.base_url, seed_builtins=False, population=1, generations=1)
         summary = Evolution.create(tmp_path / "run", s, LLMClient(LLMConfig(**s.llm))).run(show_progress=False)
-    assert summary["valid"] == 1
-    best = summary["best"]
-    assert "undefined_helper" not in best["code"] and "def proxy" in best["code"]
-    assert best["repairs"][0]["removed"].startswith("junk = undefined_helper")
-    assert "NameError" in best["repairs"][0]["error"]
+    assert summary.valid == 1
+    best = summary.best
+    assert best is not None and best.code and best.repairs
+    assert "undefined_helper" not in best.code and "def proxy" in best.code
+    assert best.repairs[0].removed.startswith("junk = undefined_helper")
+    assert "NameError" in (best.repairs[0].error or "")
     events = read_events(tmp_path / "run" / "events.jsonl")
     assert [e["type"] for e in events].count("repair") == 1
     assert "Repair removed 1" in (tmp_path / "run" / "best_proxy.py").read_text()
@@ -358,7 +434,7 @@ def test_no_repair_leaves_the_candidate_invalid(tmp_path: Path) -> None:
     with ScriptedLLM([bad_line]) as srv:
         s = _settings(srv.base_url, seed_builtins=False, population=1, generations=1, repair=False)
         summary = Evolution.create(tmp_path / "run", s, LLMClient(LLMConfig(**s.llm))).run(show_progress=False)
-    assert summary["valid"] == 0 and "NameError" in " ".join(summary["invalid_reasons"])
+    assert summary.valid == 0 and "NameError" in " ".join(summary.invalid_reasons)
 
 
 SKELETON_REPLY = ("REASONING: default skeleton\n```python\n"
@@ -366,7 +442,7 @@ SKELETON_REPLY = ("REASONING: default skeleton\n```python\n"
 
 
 def run_edit_mode(tmp_path: Path, grammar: str, edit_grammar: str, edit_reply: str,
-                  check: Callable[[dict], None] | None = None) -> tuple[dict, list[dict], list[dict]]:
+                  check: Callable[[dict], None] | None = None) -> tuple[RunSummary, list[dict], list[dict]]:
     """A 4 x 2 run whose scripted LLM answers edit requests (sent with ``edit_grammar``) with ``edit_reply``
     and init requests with the score skeleton; returns the summary, the events and the edit children."""
     from tap_edge.search.prompts import SCORE_GRAMMAR
@@ -399,12 +475,10 @@ def test_edit_mode_inserts_llm_lines_into_the_parent(tmp_path: Path) -> None:
         parent = by_cid[e["edit_base"]]["code"]
         head = parent[:parent.rindex("    return")]
         assert e["code"].startswith(head) and "layer['position']" in e["code"]
-    assert summary["valid"] == len(by_cid)
+    assert summary.valid == len(by_cid)
 
 
 def test_existing_run_dir_is_refused(tmp_path: Path) -> None:
-    from tap_edge.core.errors import UserError
-
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "events.jsonl").write_text("")
     with pytest.raises(UserError):
@@ -412,8 +486,6 @@ def test_existing_run_dir_is_refused(tmp_path: Path) -> None:
 
 
 def test_llm_outage_stops_the_run_and_resume_asks_again(tmp_path: Path) -> None:
-    from tap_edge.core.errors import UserError
-
     with ScriptedLLM(["500"]) as srv:
         s = _settings(srv.base_url, seed_builtins=False, max_consecutive_llm_failures=2)
         s.llm["max_retries"] = 0
@@ -425,15 +497,15 @@ def test_llm_outage_stops_the_run_and_resume_asks_again(tmp_path: Path) -> None:
         evo.settings.llm["base_url"] = srv.base_url
         evo.client = LLMClient(LLMConfig(**evo.settings.llm))
         summary = evo.run(show_progress=False)
-    assert summary["finished"] and summary["valid"] == s.population * s.generations
+    assert summary.finished and summary.valid == s.population * s.generations
 
 
 def test_refused_prompt_fails_the_candidate_not_the_run(tmp_path: Path) -> None:
     with ScriptedLLM(["400", GOOD_GRAD]) as srv:
         s = _settings(srv.base_url, seed_builtins=False, population=2, generations=1)
         summary = Evolution.create(tmp_path / "run", s, LLMClient(LLMConfig(**s.llm))).run(show_progress=False)
-    assert summary["finished"] and summary["valid"] == 1
-    assert any(k.startswith("prompt: LLM request failed") for k in summary["invalid_reasons"])
+    assert summary.finished and summary.valid == 1
+    assert any(k.startswith("prompt: LLM request failed") for k in summary.invalid_reasons)
     assert len(srv.requests) == 2  # a 400 is not retried
 
 
@@ -481,7 +553,7 @@ def test_resume_after_kill_9_pays_nothing_twice(tmp_path: Path, script_all: list
     assert len({e["cid"] for e in replies}) == len(replies)  # no slot asked twice
     seeds = min(4 // 2, len(builtin_seed_programs()))
     assert asked_again == evo.llm_calls_now == n - seeds - len(replied)
-    assert summary["finished"] and len(summary["generations"]) == 3
+    assert summary.finished and len(summary.generations) == 3
     assert [e["generation"] for e in after if e["type"] == "generation"] == [0, 1, 2]
 
 
@@ -512,20 +584,20 @@ def test_real_local_llm_end_to_end(tmp_path: Path, local_llm: str) -> None:
                   limits={"cpu_seconds": 5, "memory_mb": 1024, "wall_seconds": 10})
     evo = Evolution.create(tmp_path / "run", s, LLMClient(llm))
     summary = evo.run(show_progress=False)
-    assert summary["finished"] and summary["candidates"] == 6
+    assert summary.finished and summary.candidates == 6
     events = read_events(tmp_path / "run" / "events.jsonl")
     replies = [e for e in events if e["type"] == "reply"]
     assert len(replies) == 5 and all(e["text"].startswith("REASONING: ") for e in replies)
     edits = {e["cid"] for e in events if e["type"] == "program" and e.get("edit")}
     ok = {e["cid"] for e in events if e["type"] == "fitness" and e.get("ok")}
     assert edits & ok, "no valid reweight child from the real LLM"
-    assert summarize(tmp_path / "run")["best"] is not None
+    assert summarize(tmp_path / "run").best is not None
 
 
 def test_process_pool_executor_scores_seeds(tmp_path: Path) -> None:
     s = _settings("http://127.0.0.1:9/v1", executor="process", workers=1, population=3, generations=1)
     summary = Evolution.create(tmp_path / "run", s).run(show_progress=False)
-    assert summary["valid"] >= 1 and summary["best"]["seed"]
+    assert summary.valid >= 1 and summary.best is not None and summary.best.seed
 
 
 @pytest.mark.parametrize("code,line,expect_removed,expect_in", [
@@ -595,17 +667,17 @@ def test_ray_executor_scores_like_the_process_pool(tmp_path: Path, monkeypatch: 
             s = _settings(srv.base_url, executor=executor, workers=2, population=4, generations=2,
                           limits={"cpu_seconds": 1, "memory_mb": 512, "wall_seconds": 2})
             summary = Evolution.create(tmp_path / executor, s, LLMClient(LLMConfig(**s.llm))).run(show_progress=False)
-        assert summary["finished"] and summary["valid"] >= 3
+        assert summary.finished and summary.valid >= 3
         fits[executor] = {e["cid"]: (e["ok"], e.get("fitness"), e.get("stage"))
                           for e in read_events(tmp_path / executor / "events.jsonl") if e["type"] == "fitness"}
     assert fits["ray"] == fits["process"]  # the same programs, the same fitness, the same failures
-    reasons = " ".join(summary["invalid_reasons"])
+    reasons = " ".join(summary.invalid_reasons)
     assert "limit exceeded" in reasons  # the sandbox's limits hold inside a Ray worker
     doc = json.loads((tmp_path / "ray" / "run.json").read_text())["settings"]
     info = doc["executor_info"]
     assert doc["executor"] == "ray" and info["executor"] == "ray" and info["ray_started_here"]
     assert info["ray_resources"]["CPU"] == 2 and info["ray_nodes"] == 1 and ":" in info["ray_address"]
-    assert summary["settings"]["executor_info"] == info
+    assert summary.settings.executor_info is not None and summary.settings.executor_info.model_dump() == info
     start = next(e for e in read_events(tmp_path / "ray" / "events.jsonl") if e["type"] == "run_start")
     assert start["settings"]["executor_info"] == info
     assert json.loads((tmp_path / "process" / "run.json").read_text())["settings"]["executor_info"] == {
@@ -628,8 +700,6 @@ def test_ray_executor_without_ray_names_the_extra(tmp_path: Path, run_cli, monke
 
 def test_unreachable_ray_address_is_a_one_line_error(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch
                                                      ) -> None:
-    from tap_edge.core.errors import UserError
-
     pytest.importorskip("ray", reason=NEEDS_RAY)
     address = f"127.0.0.1:{_free_port()}"  # nothing listens there
     t0 = time.perf_counter()

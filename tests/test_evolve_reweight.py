@@ -13,7 +13,7 @@ from test_evolve import ScriptedLLM, _settings, run_edit_mode
 
 from tap_edge.plan.proxies.sandbox import run_proxy_program, vet_source
 from tap_edge.search.llm import LLMClient, LLMConfig
-from tap_edge.search.loop import Evolution, builtin_seed_programs, read_events
+from tap_edge.search.loop import Evolution, builtin_seed_programs
 from tap_edge.search.prompts import (
     REWEIGHT_FEATURES,
     REWEIGHT_GRAMMAR,
@@ -22,6 +22,7 @@ from tap_edge.search.prompts import (
     grammar_for,
     load_templates,
 )
+from tap_edge.search.runlog import read_events
 
 PARENT = "import numpy as np\n\ndef proxy(layer, bits):\n    costs = [4.0 ** (-b) for b in bits]\n    return costs\n"
 
@@ -96,7 +97,7 @@ def test_loop_in_reweight_mode(tmp_path: Path) -> None:
     summary, events, edits = run_edit_mode(tmp_path, "reweight", REWEIGHT_GRAMMAR, reply, features_listed)
     for e in edits:
         assert re.search(r"return \[layer_weight \* c \*\* width_power for c in parent_costs\]", e["code"])
-    assert summary["valid"] == len([e for e in events if e["type"] == "program"])
+    assert summary.valid == len([e for e in events if e["type"] == "program"])
 
 
 def test_survivors_are_distinct_behaviours(tmp_path: Path) -> None:
@@ -117,7 +118,11 @@ def test_survivors_are_distinct_behaviours(tmp_path: Path) -> None:
 def test_lineage_and_best_program_header() -> None:
     """An edit child's saved program names its chain of edits and drops the module docstring it inherited (a
     seed's "hand-written" label would be false for it)."""
-    from tap_edge.search.loop import best_program_text, lineage
+    from dataclasses import asdict
+
+    from tap_edge.documents import BestProgram, LLMUsage, RunSettings, RunSummary
+    from tap_edge.search.runlog import EvolveSettings
+    from tap_edge.search.summary import best_program_text, lineage
 
     seed = ('"""HAND-WRITTEN SEED doc."""\n\nimport numpy as np\n\n\ndef proxy(layer, bits):\n'
             "    costs = [1.0 for b in bits]\n    return costs\n")
@@ -129,9 +134,12 @@ def test_lineage_and_best_program_header() -> None:
     prompts = {"g0c0": {"template": "seed", "seed": "tap_seed"}, "g1c3": {"template": "mutation"}}
     fits = {"g0c0": {"fitness": 1.0}, "g1c3": {"fitness": 1.25}}
     chain = lineage("g1c3", progs, prompts, fits)
-    assert [c["id"] for c in chain] == ["g1c3", "g0c0"] and chain[1]["seed"] == "tap_seed"
-    summary = {"run_dir": "runs/r9", "settings": {"llm": {"model": "m"}, "tasks": ["synthetic"]}, "generations": [],
-               "best": {"id": "g1c3", "fitness": 1.25, "template": "mutation", "code": child, "lineage": chain}}
+    assert [c.id for c in chain] == ["g1c3", "g0c0"] and chain[1].seed == "tap_seed"
+    best = BestProgram(id="g1c3", fitness=1.25, template="mutation", parents=["g0c0"], seed=None,
+                       reasoning="late layers", code=child, repairs=None, tasks=None, lineage=chain)
+    summary = RunSummary(run_dir="runs/r9", created=None, generations=[], best=best, candidates=2, evaluated=2,
+                         settings=RunSettings.model_validate(asdict(EvolveSettings(tasks=["synthetic"]))),
+                         tasks=None, valid=2, invalid_reasons={}, llm_usage=LLMUsage(), wall_seconds=0.0, finished=True)
     text = best_program_text(summary)
     assert "HAND-WRITTEN SEED" not in text and "def proxy" in text
     assert "# Lineage: g1c3 (mutation) = LLM edit of g0c0" in text and "built-in seed 'tap_seed'" in text

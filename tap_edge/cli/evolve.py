@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from tap_edge.cli.app import app
+from tap_edge.cli.app import JsonOpt, QuietOpt, app
 from tap_edge.core import console
-from tap_edge.core.errors import UserError
+
+if TYPE_CHECKING:
+    from tap_edge.documents import RunSummary
 
 
 @app.command("evolve")
@@ -58,152 +58,75 @@ def evolve_cmd(
              "local Ray instance with --workers CPUs.")] = None,
     templates: Annotated[Path | None, typer.Option(help="Folder with your own evolve_*.txt templates.")] = None,
     cpu_seconds: Annotated[float, typer.Option(help="CPU limit of one program run.")] = 10.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: JsonOpt = False,
     html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report of the run here.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Search for a sensitivity proxy with an LLM (TAP): evolve programs, score them on search tasks."""
-    from tap_edge.search.llm import LLMClient, LLMConfig, LocalLLMServer
-    from tap_edge.search.loop import EXECUTORS, Evolution, EvolveSettings, summarize
-    from tap_edge.search.prompts import TEMPLATES
+    from tap_edge.search import new_settings, resume_run, start_run, summarize
 
     console.set_quiet(quiet or as_json)
     if report is not None:
         summary = summarize(report)
         if markdown is not None:
-            from tap_edge.search.loop import summary_markdown
+            from tap_edge.search.summary import summary_markdown
 
             markdown.write_text(summary_markdown(summary))
-        if as_json:
-            console.print_json(summary)
-        else:
-            print_report(summary)
-        _html(summary, html)
-        return
-    from tap_edge.search.prompts import GRAMMARS
-
-    if grammar is not None and grammar not in GRAMMARS:
-        raise UserError(f"unknown --grammar '{grammar}'", f"use one of {', '.join(GRAMMARS)}")
-    if executor is not None and executor not in EXECUTORS:
-        raise UserError(f"unknown --executor '{executor}'", f"use one of {', '.join(EXECUTORS)}")
-    if ray_address is not None and (executor or ("ray" if resume is not None else "process")) != "ray":
-        raise UserError("--ray-address is only used with --executor ray", "add --executor ray")
-    if executor == "ray":  # before anything starts or is created: Ray installed, the cluster reachable
-        _check_ray(ray_address)
-    server = None
-    try:
-        if local_llm:
-            log = None
-            if resume is None:
-                run_dir = run_dir or Path("runs") / time.strftime("evolve-%Y%m%d-%H%M%S")
-                run_dir.mkdir(parents=True, exist_ok=True)
-                log = str(run_dir / "llm_server.log")
-            else:
-                log = str(resume / "llm_server.log")
-            console.info("starting the local LLM server (llama.cpp, SmolLM2-135M-Instruct)...")
-            server = LocalLLMServer(log_path=log).start()
-            server.wait_ready()
-            llm_base_url, llm_model = server.base_url, "smollm2"
-            max_tokens = min(max_tokens, 450)  # a crossover prompt (two parents) + the reply fit the 4096-token context
-            if grammar is None:
-                grammar = "reweight"
-        if resume is not None:
-            execution = {"executor": executor, "ray_address": ray_address}
-            evo = Evolution.resume(resume, overrides={"workers": workers,
-                                                      **{k: v for k, v in execution.items() if v is not None}})
-            if executor is None and evo.settings.executor == "ray":
-                _check_ray(evo.settings.ray_address)
-            if server is not None:
-                evo.settings.llm["base_url"] = server.base_url  # a new port; the model is the same
-            evo.client = LLMClient(LLMConfig(**evo.settings.llm))
-        else:
-            if temperature is None:
-                temperature = 0.7 if grammar == "reweight" else 0.2
-            llm = LLMConfig(base_url=llm_base_url, model=llm_model, temperature=temperature, max_tokens=max_tokens)
-            settings = EvolveSettings(
-                population=population, generations=generations, tasks=list(task or EvolveSettings().tasks),
-                alpha=alpha, seed=seed, seed_builtins=seed_builtins, workers=workers,
-                executor=executor or "process", ray_address=ray_address,
-                grammar=grammar or "off", repair=repair, templates_dir=str(templates) if templates else None,
-                llm=asdict(llm),
-                limits={"cpu_seconds": cpu_seconds, "memory_mb": 1024, "wall_seconds": 2 * cpu_seconds})
-            target = run_dir or Path("runs") / time.strftime("evolve-%Y%m%d-%H%M%S")
-            evo = Evolution.create(target, settings, LLMClient(llm))
-        console.info(f"run directory: {evo.dir}  (templates: {', '.join(TEMPLATES)}; resume with "
-                     f"--resume {evo.dir})")
-        t0 = time.perf_counter()
-        summary = evo.run(show_progress=not quiet)
-        summary["this_session_seconds"] = round(time.perf_counter() - t0, 1)
-    finally:
-        if server is not None:
-            server.stop()
+    elif resume is not None:
+        summary = resume_run(resume, workers=workers, executor=executor, ray_address=ray_address,
+                             local_llm=local_llm, show_progress=not quiet)
+    else:
+        settings = new_settings(
+            grammar=grammar, temperature=temperature, local_llm=local_llm, llm_base_url=llm_base_url,
+            llm_model=llm_model, max_tokens=max_tokens, cpu_seconds=cpu_seconds, templates_dir=templates, tasks=task,
+            population=population, generations=generations, alpha=alpha, seed=seed, seed_builtins=seed_builtins,
+            workers=workers, executor=executor or "process", ray_address=ray_address, repair=repair)
+        summary = start_run(settings, run_dir, local_llm=local_llm, show_progress=not quiet)
     if as_json:
-        console.print_json(summary)
+        console.print_json(summary.to_dict())
     else:
         print_report(summary)
-    _html(summary, html)
-
-
-def _check_ray(address: str | None) -> None:
-    """Ray installed and its cluster reachable and willing (joined once, then left), else a one-line error
-    before a run directory exists."""
-    from tap_edge.search.loop import import_ray, join_ray_cluster, resolve_ray_address
-
-    ray = import_ray()
-    target = resolve_ray_address(address)
-    if target is not None and not ray.is_initialized():
-        join_ray_cluster(target)
-        ray.shutdown()
-
-
-def _html(summary: dict, html: Path | None) -> None:
     from tap_edge.report import write_html_if_requested
 
     write_html_if_requested(summary, html)
 
 
-def print_report(summary: dict) -> None:
+def print_report(summary: RunSummary) -> None:
     """The terminal view of a run summary."""
-    s = summary["settings"]
-    llm = s.get("llm", {})
-    out = console.out
-    out.print(f"[bold]TAP search[/] {summary['run_dir']}: {summary['candidates']} candidates, "
-              f"{summary['valid']} valid; LLM {llm.get('model')} at {llm.get('base_url')} "
-              f"(T={llm.get('temperature')}, grammar {s.get('grammar')}, repair {'on' if s.get('repair') else 'off'}); "
-              "tasks "
-              f"{', '.join(s.get('tasks', []))}; alpha {s.get('alpha')}; wall {summary['wall_seconds']} s"
-              + ("" if summary.get("finished") else " [yellow](unfinished: --resume it)[/]"))
+    s, llm, out = summary.settings, summary.settings.llm, console.out
+    out.print(f"[bold]TAP search[/] {summary.run_dir}: {summary.candidates} candidates, {summary.valid} valid; "
+              f"LLM {llm.model} at {llm.base_url} (T={llm.temperature}, grammar {s.grammar}, repair "
+              f"{'on' if s.repair else 'off'}); tasks {', '.join(s.tasks)}; alpha {s.alpha}; wall "
+              f"{summary.wall_seconds} s" + ("" if summary.finished else " [yellow](unfinished: --resume it)[/]"))
     t = Table(title="per generation")
     for col in ("gen", "children", "invalid", "best child", "median child", "best overall", "templates used",
                 "p(init/mut/cross) after"):
-        t.add_column(col, justify="right" if col not in ("templates used",) else "left")
-    for g in summary["generations"]:
-        probs = g.get("probs_after") or {}
-        t.add_row(str(g["generation"]), str(g["children"]), f"{100 * (g['invalid_rate'] or 0):.0f}%",
-                  _f(g.get("best_child_fitness")), _f(g.get("median_child_fitness")), _f(g.get("best_fitness")),
-                  ", ".join(f"{k} {v}" for k, v in (g.get("templates_used") or {}).items()),
-                  "/".join(f"{probs.get(k, 0):.2f}" for k in ("init", "mutation", "crossover")))
+        t.add_column(col, justify="left" if col == "templates used" else "right")
+    for g in summary.generations:
+        t.add_row(str(g.generation), str(g.children), f"{100 * g.invalid_rate:.0f}%", _f(g.best_child_fitness),
+                  _f(g.median_child_fitness), _f(g.best_fitness),
+                  ", ".join(f"{k} {v}" for k, v in g.templates_used.items()),
+                  "/".join(f"{g.probs_after.get(k, 0):.2f}" for k in ("init", "mutation", "crossover")))
     out.print(t)
-    if summary.get("invalid_reasons"):
+    if summary.invalid_reasons:
         out.print("invalid candidates:")
-        for reason, n in list(summary["invalid_reasons"].items())[:8]:
+        for reason, n in list(summary.invalid_reasons.items())[:8]:
             out.print(f"  {n} x {reason}")
-    u = summary.get("llm_usage", {})
-    out.print(f"LLM: {u.get('calls')} calls, {u.get('prompt_tokens')} prompt + {u.get('completion_tokens')} "
-              f"completion tokens, {u.get('seconds')} s")
-    best = summary.get("best")
-    if not best:
+    u = summary.llm_usage
+    out.print(f"LLM: {u.calls} calls, {u.prompt_tokens} prompt + {u.completion_tokens} completion tokens, "
+              f"{u.seconds} s")
+    best = summary.best
+    if best is None:
         out.print("[red]no valid program[/]")
         return
-    out.print(f"[bold]best[/] {best['id']} fitness {best['fitness']:.4f} ({best.get('template')}"
-              f"{', seed ' + best['seed'] if best.get('seed') else ''})")
-    for tk in best.get("tasks") or []:
-        out.print(f"  {tk['task']}: quality {tk['quality']:.4f}, spearman {tk['spearman']:+.3f}, "
-                  f"avg bits {tk.get('avg_bits') or 0:.2f}")
-    out.print(f"reasoning: {best.get('reasoning') or '-'}")
-    out.print(best.get("code") or "", markup=False, highlight=False)
+    out.print(f"[bold]best[/] {best.id} fitness {best.fitness:.4f} ({best.template}"
+              f"{', seed ' + best.seed if best.seed else ''})")
+    for tk in best.tasks or []:
+        out.print(f"  {tk.task}: quality {tk.quality:.4f}, spearman {tk.spearman:+.3f}, "
+                  f"avg bits {tk.avg_bits or 0:.2f}")
+    out.print(f"reasoning: {best.reasoning or '-'}")
+    out.print(best.code or "", markup=False, highlight=False)
 
 
 def _f(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
-

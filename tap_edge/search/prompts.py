@@ -17,21 +17,14 @@ import hashlib
 import re
 import string
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-TEMPLATES = ("init", "mutation", "crossover")
+from tap_edge.core.errors import UserError
 
-#: Used when ``tap_edge.plan.stats`` (LayerStats) is not importable; describes what the search tasks provide.
-FALLBACK_LAYERSTATS_API = """\
-- "name": str, the layer name; "op_class": "conv" | "dwconv" | "fc"
-- "params": int, number of weights; "macs": int, multiply-accumulates per sample
-- "weight": np.ndarray, the float weights (conv: [out, in, kh, kw]; fc: [out, in])
-- "act_in": np.ndarray, the layer's input on the 16 calibration samples (conv: [n, in, H, W]; fc: [n, in])
-- "grad": np.ndarray, gradient of a label-free loss (KL to the float model's own predictions) w.r.t. weight
-- "qerror": np.ndarray [len(bits)], relative weight quantization error ||W - Q_b(W)||^2 / ||W||^2 per width
-- "depth": float in [0, 1], position of the layer in the network (0 = first, 1 = last)"""
+TEMPLATES = ("init", "mutation", "crossover")
 
 SYSTEM_PROMPT = ("You are an expert in neural network quantization who writes short, correct Python with numpy. "
                  "Answer exactly in the requested format.")
@@ -111,25 +104,6 @@ REWEIGHT_GRAMMAR = (
     'power ::= ("0." [5-9] | "1." [0-4]) [0-9]?\n'
     "feat ::= " + " | ".join(_gbnf_literal(f) for f in REWEIGHT_FEATURES) + "\n"
 )
-
-#: ``--grammar``: off | full (header forced) | score (skeleton forced) | edit (score skeleton for init;
-#: mutation and crossover insert 1-8 lines before the parent's final return, see :func:`apply_edit`) |
-#: reweight (score skeleton for init; mutation and crossover reweight the parent's costs per layer and
-#: reshape their fall with the width, see :func:`apply_reweight`).
-GRAMMARS = {"off": None, "full": PROXY_GRAMMAR, "score": SCORE_GRAMMAR, "edit": SCORE_GRAMMAR,
-            "reweight": SCORE_GRAMMAR}
-#: Grammar modes whose mutation / crossover children are edits of their first parent.
-EDIT_MODES = ("edit", "reweight")
-
-
-def grammar_for(mode: str, template: str) -> str | None:
-    """The GBNF grammar sent for ``template`` under ``--grammar mode``."""
-    if mode == "edit" and template in ("mutation", "crossover"):
-        return EDIT_GRAMMAR
-    if mode == "reweight" and template in ("mutation", "crossover"):
-        return REWEIGHT_GRAMMAR
-    return GRAMMARS.get(mode)
-
 
 def split_at_final_return(code: str) -> tuple[list[str], list[str], list[str]] | None:
     """(lines before the final ``return`` of ``proxy``, the lines from it on, names assigned in ``proxy``), or
@@ -227,19 +201,56 @@ def normalize_edit(edit: str) -> list[str]:
     return [ln for ln in lines if not ln.lstrip().startswith(("import ", "from "))]
 
 
-def layerstats_api() -> str:
-    """The LayerStats program-input documentation (``tap_edge.plan.stats.LAYERSTATS_API``) or the fallback."""
+@dataclass(frozen=True)
+class GrammarMode:
+    """One ``--grammar`` mode. ``program``: the GBNF grammar of a whole program (init, and a mutation /
+    crossover child that rewrites its parent). Edit modes also make mutation / crossover children as edits of
+    their first parent: ``edit`` is the edit's grammar, ``suffix`` the template that asks for it, ``apply``
+    turns (parent code, edit) into the child (None: not applicable) and ``refusal`` says why it was not."""
+
+    program: str | None
+    edit: str | None = None
+    suffix: str | None = None
+    apply: Callable[[str, str], str | None] | None = None
+    refusal: str = ""
+
+
+#: ``--grammar``: off | full (header forced) | score (skeleton forced) | edit (score skeleton for init;
+#: mutation and crossover insert 1-8 lines before the parent's final return, see :func:`apply_edit`) |
+#: reweight (score skeleton for init; mutation and crossover reweight the parent's costs per layer and
+#: reshape their fall with the width, see :func:`apply_reweight`).
+GRAMMARS: dict[str, GrammarMode] = {
+    "off": GrammarMode(None),
+    "full": GrammarMode(PROXY_GRAMMAR),
+    "score": GrammarMode(SCORE_GRAMMAR),
+    "edit": GrammarMode(SCORE_GRAMMAR, EDIT_GRAMMAR, "edit", apply_edit,
+                        "the parent has no final return to insert the edit before"),
+    "reweight": GrammarMode(SCORE_GRAMMAR, REWEIGHT_GRAMMAR, "reweight", apply_reweight,
+                            "the edit is not 'layer_weight = ...' and 'width_power = ...'"),
+}
+#: Templates appended to a mutation / crossover prompt in the edit modes.
+EDIT_SUFFIXES = tuple(m.suffix for m in GRAMMARS.values() if m.suffix)
+
+
+def grammar_mode(name: str) -> GrammarMode:
+    """The ``--grammar`` mode ``name``, or a one-line error listing the modes."""
     try:
-        from tap_edge.plan.stats import LAYERSTATS_API  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - stats may be absent or broken: the fallback documents our tasks
-        return FALLBACK_LAYERSTATS_API
-    return str(LAYERSTATS_API).strip() or FALLBACK_LAYERSTATS_API
+        return GRAMMARS[name]
+    except KeyError:
+        raise UserError(f"unknown --grammar '{name}'", f"use one of {', '.join(GRAMMARS)}") from None
+
+
+def grammar_for(mode: str, template: str) -> str | None:
+    """The GBNF grammar sent for ``template`` under ``--grammar mode`` (when a mutation / crossover child is
+    an edit of its parent; a child that rewrites its parent gets ``program``)."""
+    m = grammar_mode(mode)
+    return m.edit if m.edit is not None and template in ("mutation", "crossover") else m.program
 
 
 def load_templates(folder: str | Path | None = None) -> dict[str, str]:
     """Read the three templates and the edit-mode suffixes (from ``folder`` when given, else the packaged ones)."""
     out: dict[str, str] = {}
-    for name in (*TEMPLATES, "edit", "reweight"):
+    for name in (*TEMPLATES, *EDIT_SUFFIXES):
         fname = f"evolve_{name}.txt"
         if folder is not None and (name in TEMPLATES or (Path(folder) / fname).is_file()):
             out[name] = (Path(folder) / fname).read_text()
