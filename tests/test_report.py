@@ -1,9 +1,8 @@
-"""The HTML report: renders from recorded results of every kind (tests/fixtures), is self-contained, says why
-a device does not fit, tolerates missing optional keys, and renders in headless Chromium (sections present,
-every plot decoded at its expected size, a screenshot that is not blank).
-
-The check fixtures are real ``tap-edge check --json`` outputs; the plan, eval, measure and evolve fixtures are
-hand-made in the formats those commands write (their ``_note`` key says so)."""
+"""The HTML report, rendered from real documents (tests/fixtures, made by tools/make_report_fixtures.py with the
+real commands): every fixture validates with its document class, every section renders from its fixtures, the
+predicted-vs-measured section of a demo-like set has a number in every cell and its plot, flags read as
+sentences, the check and plan blocks show the figures the CLI prints, the page is self-contained, bad input to
+``tap-edge report`` is one line, and the page renders in headless Chromium."""
 
 from __future__ import annotations
 
@@ -16,61 +15,125 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pytest
+from html_refs import external_refs
 from PIL import Image
 
 from tap_edge.core.errors import UserError
-from tap_edge.report.page import SECTIONS, build_report, external_refs, pick_memory_device
+from tap_edge.core.units import fmt_bytes
+from tap_edge.documents import (
+    CheckReport,
+    DeviceList,
+    Document,
+    DocumentError,
+    EvalResult,
+    LatencyStats,
+    MeasureReport,
+    ModelSummary,
+    Plan,
+    RunSummary,
+    read_document,
+)
+from tap_edge.report import build_report, load_result, write_html_if_requested
+from tap_edge.report.memory import pick_memory_device
+from tap_edge.report.page import SECTIONS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SECTION_IDS = [sid for sid, _ in SECTIONS]
-IMG = re.compile(
-    r'<img class="plot" data-plot="([^"]+)" data-natural-width="(\d+)" data-natural-height="(\d+)"'
-    r'[^>]*src="data:image/png;base64,([^"]+)"'
-)
+KIND_OF_PREFIX: dict[str, type[Document]] = {"check": CheckReport, "plan": Plan, "eval": EvalResult,
+                                             "measure": MeasureReport, "evolve": RunSummary}
+IMG = re.compile(r'<img class="plot" data-plot="([^"]+)" data-natural-width="(\d+)" data-natural-height="(\d+)"'
+                 r'[^>]*src="data:image/png;base64,([^"]+)"')
+TAG = re.compile(r"<[^>]+>")
 
 
-def _load(pattern: str) -> list[dict[str, Any]]:
+def _docs(pattern: str) -> list[Document]:
     files = sorted(FIXTURES.glob(pattern))
     assert files, f"no fixture matches {pattern}"
-    return [json.loads(f.read_text()) for f in files]
+    return [read_document(f) for f in files]
+
+
+def _one(name: str) -> Document:
+    return read_document(FIXTURES / f"{name}.json")
 
 
 @pytest.fixture(scope="module")
-def everything() -> list[dict[str, Any]]:
-    return _load("*.json")
+def everything() -> list[Document]:
+    return _docs("*.json")
 
 
 @pytest.fixture(scope="module")
-def full_page(everything: list[dict[str, Any]]) -> str:
+def full_page(everything: list[Document]) -> str:
     return build_report(everything)
+
+
+@pytest.fixture(scope="module")
+def demo() -> list[Document]:
+    """What ``make demo`` hands the report: checks, the plan and its eval, ONNX Runtime and TFLite Micro runs."""
+    return [_one("check_efficientnet_lite0_w8a8"), _one("plan_efficientnet_lite0_raspberry-pi-5"),
+            _one("eval_efficientnet_lite0_plan"), _one("measure_resnet8_onnxruntime"), _one("measure_resnet8_tflite")]
 
 
 def _sections(page: str) -> list[str]:
     return re.findall(r'<section id="([^"]+)" class="report-section">', page)
 
 
+def _section(page: str, sid: str) -> str:
+    start = page.index(f'<section id="{sid}"')
+    return page[start:page.index("</section>", start)]
+
+
 def _plots(page: str) -> list[tuple[str, int, int, bytes]]:
     return [(m[0], int(m[1]), int(m[2]), base64.b64decode(m[3])) for m in IMG.findall(page)]
 
 
-# ---- each kind renders its own section -----------------------------------------------------------------
+def _words(cell: str) -> str:
+    """The text of a cell, tags removed, whitespace collapsed."""
+    return " ".join(html.unescape(TAG.sub(" ", cell)).split())
+
+
+def _rows(table_html: str) -> list[list[str]]:
+    """The body rows of one table as lists of cell HTML."""
+    body = table_html[table_html.index("<tbody>"):table_html.index("</tbody>")]
+    return [re.findall(r"<td>(.*?)</td>", r, re.S) for r in body.split("<tr>")[1:]]
+
+
+def _table(page: str, cls: str, after: str = "") -> str:
+    start = page.index(f'<table class="{cls}">', page.index(after) if after else 0)
+    return page[start:page.index("</table>", start)]
+
+
+# ---- the fixtures are real documents -------------------------------------------------------------------------
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.json")), ids=lambda p: p.stem)
+def test_every_fixture_validates_with_its_document_class(path: Path) -> None:
+    cls = KIND_OF_PREFIX[path.stem.split("_")[0]]
+    data = json.loads(path.read_text())
+    doc = cls.from_dict(data, path.name)
+    assert type(doc) is cls and cls.from_dict(doc.to_dict()) == doc  # round trip
+    assert "_note" not in data  # made by the commands, not by hand
+
+
+def test_fixtures_readme_names_the_command_of_every_fixture() -> None:
+    readme = (FIXTURES / "README.md").read_text()
+    for path in FIXTURES.glob("*.json"):
+        assert f"- `{path.name}`\n  - `tap-edge " in readme, path.name
+
+
+# ---- each section from its fixtures ----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("pattern", "sections", "plots"),
     [
         ("check_*.json", ["fit-matrix", "memory"], {"fit-overview": 2, "memory-timeline": 2}),
-        ("plan_*.json", ["bits", "accuracy"], {"bits-per-layer": 1, "accuracy-vs-size": 1}),
-        ("eval_*.json", ["accuracy"], {}),
+        ("plan_*.json", ["bits", "accuracy"], {"bits-per-layer": 2, "accuracy-vs-size": 1}),
+        ("eval_*.json", ["accuracy"], {"accuracy-vs-size": 1}),
         ("measure_*.json", ["measured"], {"predicted-vs-measured": 1}),
         ("evolve_*.json", ["search"], {"search-progress": 1}),
     ],
 )
-def test_each_kind_renders_only_its_sections(
-    pattern: str, sections: list[str], plots: dict[str, int]
-) -> None:
-    page = build_report(_load(pattern))
+def test_each_kind_renders_only_its_sections(pattern: str, sections: list[str], plots: dict[str, int]) -> None:
+    page = build_report(_docs(pattern))
     assert _sections(page) == sections
     got: dict[str, int] = {}
     for name, *_ in _plots(page):
@@ -87,65 +150,169 @@ def test_all_kinds_give_every_section_in_order(full_page: str) -> None:
     assert 'class="render-error"' not in full_page
 
 
+def test_plots_are_real_images_of_their_stated_size(full_page: str) -> None:
+    plots = _plots(full_page)
+    assert len(plots) == 10  # fit and memory per check, bits per plan, accuracy x2, measured, search
+    for name, w, h, png in plots:
+        im = Image.open(io.BytesIO(png))
+        assert im.format == "PNG" and im.size == (w, h), name
+        assert w >= 800 and h >= 300, (name, w, h)
+        assert len(im.convert("RGB").getcolors(maxcolors=1_000_000) or []) > 20, f"{name} looks blank"
+
+
 def test_no_external_url(full_page: str) -> None:
     assert external_refs(full_page) == []
-    for attr in re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", full_page, re.I):
-        assert not attr.lower().startswith(("http://", "https://", "//")), attr
-    for ref in re.findall(r"url\(\s*['\"]?([^'\")]*)", full_page, re.I):
-        assert not ref.lower().startswith(("http://", "https://", "//")), ref
     assert not re.search(r"<(script|link|iframe)[^>]+(src|href)=", full_page, re.I)
     assert "default-src 'none'" in full_page  # the browser itself refuses to fetch anything
 
 
 def test_external_refs_catches_fetches() -> None:
-    page = (
-        '<html><head><style>body{background:url("https://x.example/a.png")} @import "b.css";</style>'
-        '<link rel="stylesheet" href="//cdn.example/c.css"></head><body><a href="#fit">in-page</a>'
-        '<img src="data:image/png;base64,AAAA"><img src="http://x.example/i.png">'
-        '<pre>src = "http://text.only"</pre><div style="background: url(d.png)"></div></body></html>'
-    )
+    page = ('<html><head><style>body{background:url("https://x.example/a.png")} @import "b.css";</style>'
+            '<link rel="stylesheet" href="//cdn.example/c.css"></head><body><a href="#fit">in-page</a>'
+            '<img src="data:image/png;base64,AAAA"><img src="http://x.example/i.png">'
+            '<pre>src = "http://text.only"</pre><div style="background: url(d.png)"></div></body></html>')
     assert sorted(external_refs(page)) == sorted(
-        ["https://x.example/a.png", "b.css", "//cdn.example/c.css", "http://x.example/i.png", "d.png"]
-    )
+        ["https://x.example/a.png", "b.css", "//cdn.example/c.css", "http://x.example/i.png", "d.png"])
 
 
-def test_plots_are_real_images_of_their_stated_size(full_page: str) -> None:
-    plots = _plots(full_page)
-    assert len(plots) == 8
-    for name, w, h, png in plots:
-        im = Image.open(io.BytesIO(png))
-        assert im.format == "PNG" and im.size == (w, h), name
-        assert w >= 800 and h >= 300, (name, w, h)
-        colours = im.convert("RGB").getcolors(maxcolors=1_000_000) or []
-        assert len(colours) > 20, f"{name} looks blank"
+# ---- predicted vs measured -------------------------------------------------------------------------------------
+def test_demo_predicted_vs_measured_has_a_number_in_every_cell_and_its_plot(demo: list[Document]) -> None:
+    page = build_report(demo)
+    sec = _section(page, "measured")
+    rows = _rows(_table(sec, "measured"))
+    measures = [d for d in demo if isinstance(d, MeasureReport)]
+    assert len(rows) == len(measures) == 2
+    size, error = r"[\d,]+ B", r"[+-]\d+\.\d%( \(not judged\))?"
+    number = {1: r"\d+(\.\d+)? / \d+(\.\d+)?", 2: size, 3: size, 4: error, 5: size, 6: size, 7: error}
+    for row, m in zip(rows, measures, strict=True):
+        for i, pattern in number.items():
+            assert re.fullmatch(pattern, _words(row[i])), (m.backend, i, row[i])
+        sram, flash = m.headline("sram"), m.headline("flash")
+        assert sram is not None and flash is not None
+        assert row[2] == f"{sram.predicted_bytes:,} B" and row[3] == f"{sram.measured_bytes:,} B"
+        assert row[5] == f"{flash.predicted_bytes:,} B" and row[6] == f"{flash.measured_bytes:,} B"
+        assert f"{m.latency.median_ms:.3g} / {m.latency.p90_ms:.3g}" == row[1]
+    plots = [p for p in _plots(sec) if p[0] == "predicted-vs-measured"]
+    assert len(plots) == 1 and Image.open(io.BytesIO(plots[0][3])).size == plots[0][1:3]
+    every = _rows(_table(sec, "", after="Every comparison"))
+    assert len(every) == sum(len(m.comparisons) for m in measures)
+    assert all(re.search(r"\d", c) for r in every for c in r[3:6])
 
 
+def test_tflm_arena_comparison_is_judged_and_ort_rss_is_not() -> None:
+    ort, tflm = _one("measure_resnet8_onnxruntime"), _one("measure_resnet8_tflite")
+    sec = _section(build_report([ort, tflm]), "measured")
+    arena = tflm.headline("sram")
+    assert arena is not None and arena.gated
+    cls = "bad" if abs(arena.error_pct) > tflm.tolerance_pct else "good"
+    assert f'<span class="{cls}">{arena.error_pct:+.1f}%</span>' in sec
+    ungated = [c for c in ort.comparisons if not c.gated]
+    assert ungated and all(f"{c.error_pct:+.1f}% (not judged)" in sec for c in ungated)
+
+
+def test_flags_and_problems_are_sentences() -> None:
+    tflm = _one("measure_resnet8_tflite")
+    arena = tflm.headline("sram")
+    measured = arena.predicted_bytes + arena.predicted_bytes // 10  # 10% over: beyond the 5% tolerance
+    err = round(100 * (measured - arena.predicted_bytes) / arena.predicted_bytes, 2)
+    flagged = arena.model_copy(update={"measured_bytes": measured, "error_pct": err})
+    doc = tflm.model_copy(update={
+        "comparisons": [flagged if c is arena else c for c in tflm.comparisons], "flags": [flagged],
+        "verdict": "OOM", "problems": ["measured: SRAM (AXI_SRAM) over by 1.0 KiB (TFLite Micro arena)"]})
+    sec = _section(build_report([doc]), "measured")
+    sentence = (f"{arena.figure}: predicted {arena.predicted_bytes:,} B, measured {measured:,} B ({err:+.1f}%), "
+                f"over the 5% tolerance")
+    assert sentence in html.unescape(sec)
+    assert "measured: SRAM (AXI_SRAM) over by 1.0 KiB (TFLite Micro arena)" in sec
+    assert "{'" not in sec and "'figure'" not in sec and "predicted_bytes" not in sec  # never a raw dict
+
+
+# ---- the check and plan blocks show the CLI's figures ---------------------------------------------------------
+def test_check_block_shows_the_figures_tap_edge_check_prints(run_cli) -> None:
+    r = run_cli("check", "resnet8", "-d", "stm32f446re", "-d", "nrf52840", "-d", "esp32-s3", "--bits", "w4a8")
+    assert r.code in (0, 1), r.err
+    table_rows = {line.split("│")[1].strip(): line for line in r.out.splitlines() if line.count("│") >= 8}
+    j = run_cli("check", "resnet8", "-d", "stm32f446re", "-d", "nrf52840", "-d", "esp32-s3", "--bits", "w4a8",
+                "--json")
+    report = CheckReport.from_dict(json.loads(j.out))
+    rows = _rows(_table(_section(build_report([report]), "fit-matrix"), "fit"))
+    assert len(rows) == len(report.devices) == 3
+    for d, row in zip(report.devices, rows, strict=True):
+        cli = table_rows[d.device]
+        flash = f"{fmt_bytes(d.flash_bytes)} / {fmt_bytes(d.flash_limit_bytes)}"
+        sram = f"{fmt_bytes(d.peak_sram_bytes)} / {fmt_bytes(d.sram_limit_bytes)}"
+        assert flash in cli and sram in cli and d.verdict in cli
+        assert flash.replace(" / ", " of ") in row[3] and sram.replace(" / ", " of ") in row[4]
+        for margin, pct, cell in ((d.flash_margin_bytes, d.flash_margin_pct, row[3]),
+                                  (d.sram_margin_bytes, d.sram_margin_pct, row[4])):
+            shown = f"{fmt_bytes(abs(margin))} {'left' if margin >= 0 else 'short'} ({pct:+.0f}%)"
+            assert f"{fmt_bytes(margin)} ({pct:+.0f}%)" in cli and shown in cell
+
+
+def test_plan_block_shows_the_figures_tap_edge_plan_prints(run_cli, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        np.save(tmp_path / f"x{i:02d}.npy", rng.standard_normal((3, 32, 32)).astype(np.float32))
+    out = tmp_path / "out" / "plan.json"
+    r = run_cli("plan", "resnet8", "-d", "nrf52840", "--calib", str(tmp_path), "--flash-like", "w5",
+                "--act-bits", "8", "--out", str(out))
+    assert r.code == 0, r.err
+    plan = Plan.read(out)
+    cli = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]]
+           for line in r.out.splitlines() if line.count("│") == 5}
+    p, b = plan.predicted, plan.budgets
+    assert cli["flash"] == [fmt_bytes(p.flash_bytes), fmt_bytes(b.flash_bytes)]
+    assert cli["peak SRAM (arena)"] == [fmt_bytes(p.arena_bytes), fmt_bytes(b.sram_bytes)]
+    _assert_plan_block(plan)
+
+
+@pytest.mark.parametrize("name", ["plan_efficientnet_lite0_raspberry-pi-5", "plan_resnet8_nrf52840"])
+def test_plan_block_figures_equal_the_plan_document(name: str) -> None:
+    _assert_plan_block(_one(name))
+
+
+def _assert_plan_block(plan: Plan) -> None:
+    kv = dict(re.findall(r"<tr><th>(.*?)</th><td>(.*?)</td></tr>", _section(build_report([plan]), "bits")))
+    p, b = plan.predicted, plan.budgets
+    assert f"{fmt_bytes(p.flash_bytes)} / {fmt_bytes(b.flash_bytes)}" in kv["flash: predicted / budget"]
+    arena = kv["peak SRAM (arena): predicted / budget"]
+    assert f"{fmt_bytes(p.arena_bytes)} / {fmt_bytes(b.sram_bytes)}" in arena
+    assert fmt_bytes(p.weights_bytes) == kv["weights"]
+
+
+# ---- fit and memory details ------------------------------------------------------------------------------------
 def test_oom_device_says_which_memory_at_which_op_and_by_how_much() -> None:
-    page = build_report(_load("check_efficientnet_lite0_w8a8.json"))
-    why = page[page.index("do not fit</h4>") :]
+    rep = _one("check_efficientnet_lite0_w8a8")
+    page = build_report([rep])
+    why = page[page.index("do not fit</h4>"):]
     items = {re.search(r"<b>([^<]+)</b>", li).group(1): li for li in why.split("<li>")[1:]}
-    nano = items["arduino-nano-33-ble-sense"]
-    assert "SRAM (RAM) overflows by <b>1.3 MiB</b> at op <code>blocks.1.0.conv_dw</code>" in nano
-    assert "needs 1.4 MiB, 176.0 KiB free" in nano
-    assert "Flash (FLASH) overflows by <b>3.8 MiB</b>" in nano
-    esp = items["esp32-s3"]
-    assert "SRAM (INTERNAL_DRAM) overflows by <b>1.2 MiB</b>" in esp and "Flash" not in esp
-    assert "×8.4" in page  # the SRAM bar of the Nano: 8.4 times what it has
+    nano = next(d for d in rep.devices if d.device == "arduino-nano-33-ble-sense")
+    assert nano.verdict == "OOM" and nano.sram_margin_bytes < 0 and nano.flash_margin_bytes < 0
+    li = items[nano.device]
+    assert (f"SRAM ({nano.sram_region}) overflows by <b>{fmt_bytes(-nano.sram_margin_bytes)}</b> at op "
+            f"<code>{nano.peak_op}</code>") in li
+    assert f"needs {fmt_bytes(nano.peak_sram_bytes)}, {fmt_bytes(nano.sram_limit_bytes)} free" in li
+    assert f"Flash ({nano.flash_region}) overflows by <b>{fmt_bytes(-nano.flash_margin_bytes)}</b>" in li
+    esp = next(d for d in rep.devices if d.device == "esp32-s3")
+    assert esp.flash_margin_bytes >= 0 and "SRAM (INTERNAL_DRAM) overflows by" in items["esp32-s3"]
+    assert "Flash" not in items["esp32-s3"]
+    assert f"×{nano.peak_sram_bytes / nano.sram_limit_bytes:.1f}" in page
 
 
 def test_unsupported_ops_are_grouped() -> None:
-    page = build_report(_load("check_resnet8_w4a8.json"))
+    page = build_report([_one("check_resnet8_w4a8")])
     assert "4-bit weights on conv not supported by edgetpu (supports [8]): 9 op(s)" in page
     assert "+5 more" in page
 
 
 def test_memory_plot_device_choice() -> None:
-    lite0, r8 = _load("check_*.json")
-    assert pick_memory_device(lite0)["device"] == "coral-edgetpu"  # the tightest SRAM among those that fit
-    assert pick_memory_device(r8)["device"] == "stm32f446re"
-    none_fit = {**lite0, "devices": [d for d in lite0["devices"] if d["verdict"] != "FITS"]}
-    assert pick_memory_device(none_fit)["device"] == none_fit["devices"][0]["device"]
-    assert pick_memory_device(lite0, "stm32h7a3")["device"] == "stm32h7a3"
+    lite0, r8 = _one("check_efficientnet_lite0_w8a8"), _one("check_resnet8_w4a8")
+    tightest = min((d for d in lite0.devices if d.verdict == "FITS"), key=lambda d: d.sram_limit_bytes)
+    assert pick_memory_device(lite0).device == tightest.device
+    assert pick_memory_device(r8).verdict == "FITS"
+    none_fit = lite0.model_copy(update={"devices": [d for d in lite0.devices if d.verdict != "FITS"]})
+    assert pick_memory_device(none_fit).device == none_fit.devices[0].device
+    assert pick_memory_device(lite0, "stm32h7a3").device == "stm32h7a3"
     page = build_report([lite0], device="stm32h7a3")
     assert "Limit drawn: <b>stm32h7a3</b>" in page and "chosen with --device" in page
     with pytest.raises(UserError, match="not in the check results"):
@@ -153,77 +320,85 @@ def test_memory_plot_device_choice() -> None:
 
 
 def test_tensors_live_at_peak_listed(full_page: str) -> None:
-    assert "Tensors live at the peak (<code>blocks.1.0.conv_dw</code>)" in full_page
-    assert "<code>blocks_1_0_bn1</code>" in full_page
+    lite0 = _one("check_efficientnet_lite0_w8a8")
+    dev = pick_memory_device(lite0)
+    assert f"Tensors live at the peak (<code>{dev.peak_op}</code>)" in full_page
+    assert all(f"<code>{t.tensor}</code>" in full_page for t in dev.live_at_peak)
 
 
-def test_untrusted_text_is_escaped(full_page: str) -> None:
-    assert "<script>alert(1)</script>" not in full_page
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in full_page
-    assert '<pre class="code">def proxy(stats, bits):' in full_page
+# ---- accuracy and search ---------------------------------------------------------------------------------------
+def test_accuracy_places_the_chosen_plan_among_uniform_widths() -> None:
+    evals = _docs("eval_*.json")
+    sec = _section(build_report([_one("plan_efficientnet_lite0_raspberry-pi-5"), *evals]), "accuracy")
+    assert [p[0] for p in _plots(sec)] == ["accuracy-vs-size"]
+    rows = _rows(_table(sec, "narrow", after="Evaluations"))
+    assert len(rows) == len(evals)
+    for e, row in zip(evals, rows, strict=True):
+        assert row[2] == (f"{100 * e.top1:.2f}%" if e.top1 is not None else "–")
+        assert row[4] == f"{100 * e.agreement:.2f}%" and row[6] == fmt_bytes(e.flash_bytes)
 
 
-def test_predicted_vs_measured_table(full_page: str) -> None:
-    sec = full_page[full_page.index('id="measured"') : full_page.index('id="search"')]
-    assert '<span class="bad">+16.7%</span>' in sec  # onnxruntime SRAM, beyond 5%
-    assert '<span class="good">+1.9%</span>' in sec  # TFLM arena vs prediction (derived: no error_pct given)
-    assert "tflite-micro interpreter, arena_used_bytes()" in sec  # how the figure was measured
+def test_untrusted_text_is_escaped() -> None:
+    run = _one("evolve_rw3")
+    assert run.best is not None
+    evil = run.model_copy(update={"best": run.best.model_copy(update={"reasoning": "<script>alert(1)</script>"})})
+    page = build_report([evil])
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert '<pre class="code">' in page and html.escape(run.best.code.splitlines()[0]) in page
 
 
-def test_tolerates_missing_optional_keys() -> None:
-    minimal = [
-        {
-            "schema": "tap-edge/check-report",
-            "devices": [
-                {"device": "a", "verdict": "OOM", "peak_sram_bytes": 2000, "sram_limit_bytes": 1000},
-                {"device": "b", "verdict": "FITS"},
-            ],
-            "memory_timeline": {"ops": ["x", "y", "z"], "live_bytes": [100, 2000, 50]},
-        },
-        {"schema": "tap-edge/check-report", "devices": []},
-        {"schema": "tap-edge/plan", "layers": {"conv1": {"w": 4, "a": 8}, "fc": {"w": 8}}},
-        {
-            "schema": "tap-edge/plan",
-            "model": "m",
-            "layers": {"c": {"w": 4, "a": 8, "op": "c"}},
-            "proxy_scores": {"c": {"w4a8": 0.5}},
-            "sweep": [{"flash_bytes": 1000, "objective": 0.2}, {"flash_bytes": 2000, "objective": 0.1}],
-        },
-        {"schema": "tap-edge/eval", "top1": 0.5},
-        {"schema": "tap-edge/measure", "backend": "x", "latency_ms": 3.0},
-        {"schema": "tap-edge/measure", "backend": "y"},
-        {"schema": "tap-edge/evolve-run", "generations": [{"gen": 0}, {"best_fitness": 0.1}]},
-        {"schema": "tap-edge/evolve-run"},
-    ]
-    page = build_report(minimal)
+def test_search_block_reads_the_run_summary() -> None:
+    run = _one("evolve_rw3")
+    sec = _section(build_report([run]), "search")
+    assert f"Best program <code>{run.best.id}</code>" in sec
+    assert all(s.id in sec for s in run.best.lineage)
+    assert len(_rows(_table(sec, "narrow", after="template probabilities after"))) >= 1
+    assert f"{run.candidates} written, {run.evaluated} evaluated, {run.valid} valid" in sec
+
+
+# ---- sparse documents and bad input ----------------------------------------------------------------------------
+def test_sparse_documents_render() -> None:
+    model = ModelSummary(name="m", frontend="torch", ops=0, params=0, macs=0)
+    lite0 = _one("check_efficientnet_lite0_w8a8")
+    oom = lite0.devices[0].model_copy(update={"verdict": "OOM", "peak_sram_bytes": 2000, "sram_limit_bytes": 1000,
+                                              "sram_margin_bytes": -1000, "sram_region": "RAM", "live_at_peak": []})
+    plan = _one("plan_resnet8_nrf52840")
+    run = _one("evolve_rw3")
+    docs = [CheckReport(model=model, bits="w8a8", all_fit=False, devices=[oom],
+                        memory_timeline={"ops": ["x", "y", "z"], "live_bytes": [100, 2000, 50]}),
+            CheckReport(model=model, bits="w8a8", all_fit=True, devices=[]),
+            plan.model_copy(update={"layers": {}, "sweep": [], "proxy_scores": {}, "calibration": None}),
+            EvalResult(model="m", bits="w8a8", n_images=1, calib_samples=1, flash_bytes=10, ptq_s=0.1,
+                       agreement=1.0, kl=0.0),
+            MeasureReport(artifact="a.onnx", backend="onnxruntime", latency=LatencyStats(), artifact_bytes=1),
+            run.model_copy(update={"generations": [], "best": None, "tasks": None, "invalid_reasons": {}})]
+    page = build_report(docs)
     assert 'class="render-error"' not in page
-    assert _sections(page) == SECTION_IDS
-    assert "SRAM (?) overflows by <b>1000 B</b>" in page
+    assert _sections(page) == ["fit-matrix", "memory", "bits", "accuracy", "measured", "search"]
+    assert "SRAM (RAM) overflows by <b>1000 B</b>" in page
+    assert "No devices in this result." in page and "This plan lists no layers" in page
+    assert "No valid program in this run." in page and "no device given" in page
     assert external_refs(page) == []
 
 
 def test_nothing_to_show_and_bad_input() -> None:
     assert "None of the results has data" in build_report([])
-    with pytest.raises(UserError, match="unknown schema"):
+    with pytest.raises(DocumentError, match="not a tap-edge document"):
         build_report([{"schema": "something/else"}])
-    with pytest.raises(UserError, match="unknown schema"):
+    with pytest.raises(DocumentError, match="expected a JSON object"):
         build_report([["not", "a", "dict"]])  # type: ignore[list-item]
+    with pytest.raises(DocumentError, match="version 2; this tap-edge reads version 1"):
+        build_report([{**_one("plan_resnet8_nrf52840").to_dict(), "version": 2}])
+    with pytest.raises(UserError, match="a devices document .* has no section in the report"):
+        build_report([DeviceList(devices=[])])
 
 
-# ---- the command line ------------------------------------------------------------------------------------
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    from tap_edge.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    return int(e.value.code or 0), capsys.readouterr().err
-
-
-def test_cli_report_writes_one_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+# ---- the command line ------------------------------------------------------------------------------------------
+def test_cli_report_writes_one_file(run_cli, tmp_path: Path) -> None:
     out = tmp_path / "sub" / "report.html"
-    files = [str(p) for p in sorted(FIXTURES.glob("*.json"))]
-    rc, err = _run(["report", *files, "--out", str(out)], capsys)
-    assert rc == 0 and out.exists() and "report written to" in err
+    r = run_cli("report", *[str(p) for p in sorted(FIXTURES.glob("*.json"))], "--out", str(out))
+    assert r.code == 0 and out.exists() and "report written to" in r.err
     assert _sections(out.read_text()) == SECTION_IDS
 
 
@@ -235,57 +410,44 @@ def test_cli_report_writes_one_file(tmp_path: Path, capsys: pytest.CaptureFixtur
         ('{"a": ', "not valid JSON (line 1"),
         ("[1, 2]", "expected a JSON object"),
         ('{"schema": "other"}', "not a tap-edge document"),
+        ('{"schema": "tap-edge/measure-report", "version": 7}', "version 7; this tap-edge reads version 1"),
+        ('{"schema": "tap-edge/eval", "version": 1, "model": "m"}', "tap-edge/eval field 'bits': Field required"),
+        ('{"schema": "tap-edge/device-list", "version": 1, "devices": []}', "has no section in the report"),
     ],
 )
-def test_cli_report_bad_input_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, message: str
-) -> None:
+def test_cli_report_bad_input_is_one_line(run_cli, tmp_path: Path, content: str | None, message: str) -> None:
     src = tmp_path / "result.json"
     if content is not None:
         src.write_text(content)
-    rc, err = _run(["report", str(src), "--out", str(tmp_path / "r.html")], capsys)
-    assert rc == 2
-    assert message in err and err.strip().count("\n") == 0 and "Traceback" not in err
+    r = run_cli("report", str(src), "--out", str(tmp_path / "r.html"))
+    assert r.code == 2
+    assert message in r.err and r.err.strip().count("\n") == 0 and "Traceback" not in r.err
     assert not (tmp_path / "r.html").exists()
 
 
-def test_cli_report_without_files(capsys: pytest.CaptureFixture[str]) -> None:
-    rc, err = _run(["report"], capsys)
-    assert rc == 2 and "no result files given" in err
+def test_cli_report_without_files(run_cli) -> None:
+    r = run_cli("report")
+    assert r.code == 2 and "no result files given" in r.err
 
 
-def test_check_html_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_html_option(run_cli, tmp_path: Path) -> None:
     out = tmp_path / "check.html"
-    rc, _ = _run(
-        [
-            "check",
-            "resnet8",
-            "-d",
-            "stm32f446re",
-            "-d",
-            "nrf52840",
-            "--bits",
-            "w4a8",
-            "-q",
-            "--html",
-            str(out),
-        ],
-        capsys,
-    )
-    assert rc == 0
+    r = run_cli("check", "resnet8", "-d", "stm32f446re", "-d", "nrf52840", "--bits", "w4a8", "-q", "--html",
+                str(out))
+    assert r.code == 0
     page = out.read_text()
     assert _sections(page) == ["fit-matrix", "memory"] and "stm32f446re" in page
 
 
 def test_write_html_if_requested(tmp_path: Path) -> None:
-    from tap_edge.report import write_html_if_requested
-
-    assert write_html_if_requested(_load("check_resnet8_w4a8.json")[0], None) is None
-    out = write_html_if_requested(_load("evolve_*.json")[0], tmp_path / "e.html")
+    assert write_html_if_requested(_one("check_resnet8_w4a8"), None) is None
+    run = _one("evolve_rw3")
+    out = write_html_if_requested(run.to_dict(), tmp_path / "e.html")  # a dict in its on-disk form works too
     assert out == tmp_path / "e.html" and _sections(out.read_text()) == ["search"]
+    assert isinstance(load_result(FIXTURES / "evolve_rw3.json"), RunSummary)
 
 
-# ---- headless Chromium ------------------------------------------------------------------------------------
+# ---- headless Chromium -----------------------------------------------------------------------------------------
 _CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None)
 _PROBE = """<pre id="report-probe"></pre><script>
 window.addEventListener("load", () => {
@@ -302,27 +464,13 @@ window.addEventListener("load", () => {
 
 def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"  # a fresh profile for every start
-    cmd = [
-        _CHROMIUM or "chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-        f"--user-data-dir={profile}",
-        *args,
-    ]
-    return subprocess.run(
-        cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp)}
-    )
+    cmd = [_CHROMIUM or "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+           f"--user-data-dir={profile}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp)})
 
 
-@pytest.mark.skipif(
-    _CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install -y chromium)"
-)
+@pytest.mark.skipif(_CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install -y chromium)")
 def test_report_in_headless_chromium(tmp_path: Path, full_page: str) -> None:
     # 1. The DOM after load: every section is there and every plot decoded at the size it says it has.
     probe = tmp_path / "probe.html"
@@ -334,7 +482,7 @@ def test_report_in_headless_chromium(tmp_path: Path, full_page: str) -> None:
     assert [s["id"] for s in seen["sections"]] == SECTION_IDS
     assert [s["title"] for s in seen["sections"]] == [t for _, t in SECTIONS]
     assert all(s["height"] > 100 for s in seen["sections"])
-    assert len(seen["imgs"]) == len(_plots(full_page)) == 8
+    assert len(seen["imgs"]) == len(_plots(full_page))
     for img in seen["imgs"]:
         assert img["complete"] and img["w"] > 0 and img["h"] > 0, img
         assert (img["w"], img["h"]) == (img["want_w"], img["want_h"]), img

@@ -36,6 +36,6 @@ def report_cmd(
                                                  "tap-edge report check.json --out report.html")
     docs = [load_result(p) for p in results]
     path = write_report(docs, out, device=device)
-    kinds = sorted({d.KIND if hasattr(d, "KIND") else str(d["schema"]).split("/")[-1] for d in docs})
+    kinds = sorted({d.KIND for d in docs})
     size = path.stat().st_size / 1024
     console.info(f"report written to {path} ({size:.0f} KiB, from {len(docs)} result(s): {', '.join(kinds)})")

@@ -1,44 +1,43 @@
-"""Step 6, one HTML page from the documents other commands wrote: plots inline, nothing fetched.
+"""Step 7, one HTML page from the documents other commands wrote: plots inline, nothing fetched.
 
-:func:`build_report` takes documents (:mod:`tap_edge.documents`); :func:`write_report` writes the page;
-:func:`write_html_if_requested` is the helper behind every command's ``--html``. Import rule: the report
-imports only ``tap_edge.core``, ``tap_edge.documents`` and its own modules.
+:func:`build_report` takes documents (:mod:`tap_edge.documents`) or dicts in their on-disk form;
+:func:`write_report` writes the page; :func:`write_html_if_requested` is the helper behind every command's
+``--html``. One module per section (``fit``, ``memory``, ``bits``, ``accuracy``, ``measured``, ``search``), their
+building blocks in ``html`` and the page around them in ``page``. Import rule: the report imports only
+``tap_edge.core``, ``tap_edge.documents`` and its own modules.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tap_edge.core import console
 from tap_edge.core.errors import UserError
-from tap_edge.documents import Document, read_document
+from tap_edge.documents import Document, document_from_dict, read_document
 
 __all__ = ["build_report", "load_result", "write_html_if_requested", "write_report"]
 
 
-def load_result(path: Path) -> Document | dict[str, Any]:
-    """Read one document; every problem becomes a one-line error naming the file."""
-    # INTERIM (layout move): legacy dict results are still accepted until every producer writes documents
-    from tap_edge.documents import read_json
-    from tap_edge.report.page import KIND_OF_SCHEMA
-
-    data = read_json(path)
-    if isinstance(data, dict) and data.get("schema") in KIND_OF_SCHEMA:
-        return data
+def load_result(path: Path | str) -> Document:
+    """Read one document; every problem (no file, bad JSON, another schema or version) is one line naming it."""
     return read_document(path)
 
 
-def build_report(results: list[Document | dict[str, Any]], device: str | None = None,
+def _documents(results: Sequence[Document | dict[str, Any]]) -> list[Document]:
+    return [r if isinstance(r, Document) else document_from_dict(r, f"result {i + 1}") for i, r in enumerate(results)]
+
+
+def build_report(results: Sequence[Document | dict[str, Any]], device: str | None = None,
                  title: str | None = None) -> str:
-    """The HTML page of ``results`` (documents, or dicts in their on-disk form)."""
-    # INTERIM (layout move): the page still reads dicts
-    from tap_edge.report.page import build_report as build_page
+    """The HTML page of ``results`` (documents, or dicts in their on-disk form, validated here)."""
+    from tap_edge.report.page import build_page
 
-    return build_page([r.to_dict() if isinstance(r, Document) else r for r in results], device=device, title=title)
+    return build_page(_documents(results), device=device, title=title)
 
 
-def write_report(results: list[Document | dict[str, Any]], out: Path, device: str | None = None) -> Path:
+def write_report(results: Sequence[Document | dict[str, Any]], out: Path, device: str | None = None) -> Path:
     """Build the report from ``results`` and write it to ``out`` (parent folders created)."""
     page = build_report(results, device=device)
     try:
