@@ -233,15 +233,15 @@ def test_discovered_program_is_the_best_of_the_archived_run(tmp_path) -> None:
     import tarfile
 
     from tap_edge.plan.proxies.builtin import DISCOVERED_PROGRAM, PROGRAMS
-    from tap_edge.search.loop import summarize
+    from tap_edge.search.summary import summarize
 
     with tarfile.open(PROGRAMS / "runs" / "rw3.tar.gz") as tar:
         tar.extractall(tmp_path, filter="data")
-    best = summarize(tmp_path / "rw3")["best"]
-    assert f"candidate {best['id']})" in DISCOVERED_PROGRAM.read_text()
+    best = summarize(tmp_path / "rw3").best
+    assert f"candidate {best.id})" in DISCOVERED_PROGRAM.read_text()
     body = DISCOVERED_PROGRAM.read_text()
-    assert body[body.index("import numpy as np"):].strip() in best["code"]
-    assert [step["id"] for step in best["lineage"]] == ["g1c8", "g0c0"]
+    assert body[body.index("import numpy as np"):].strip() in best.code
+    assert [step.id for step in best.lineage] == ["g1c8", "g0c0"]
 
 
 def test_ompq_orthogonality_and_modes(setups: dict) -> None:

@@ -101,12 +101,21 @@ def register_proxy(name: str, *, needs_model: bool = False, replace: bool = Fals
     return deco
 
 
+def _builtins() -> Registry[Proxy]:
+    """The registry with the built-in proxies in it: they register when ``builtin`` is first imported, which
+    loads torch, so it happens on first use rather than with this package (the sandbox and the search import
+    the package without needing a proxy)."""
+    from tap_edge.plan.proxies import builtin  # noqa: F401 - registers hawq, ompq, fisher, ..., tap
+
+    return _PROXIES
+
+
 def list_proxies(pattern: str = "*") -> list[str]:
-    return _PROXIES.list(pattern)
+    return _builtins().list(pattern)
 
 
 def get_proxy(name: str) -> Proxy:
-    return _PROXIES.get(name)
+    return _builtins().get(name)
 
 
 class ProxyError(UserError):
@@ -181,8 +190,6 @@ def compute_costs(name: str, stats: list[Any], ctx: ProxyContext | None = None, 
     a = activation_costs(stats, w) if with_activations else {s.name: {8: 0.0} for s in stats}
     return cost_table(w, a)
 
-
-from tap_edge.plan.proxies import builtin as _builtin  # noqa: E402,F401  (registers the built-in proxies)
 
 __all__ = ["ACT_CHOICES", "CostTable", "Proxy", "ProxyContext", "ProxyError", "WeightCosts", "activation_costs",
            "activation_noise", "check_costs", "compute_costs", "cost_table", "get_proxy", "list_proxies",
