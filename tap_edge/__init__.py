@@ -8,6 +8,9 @@ loads neither torch nor a runtime)::
     plan = tap_edge.make_plan(tap_edge.PlanRequest(model="resnet8", device="nrf52840", calib="photos/",
                                                    budgets=tap_edge.BudgetSpec(flash_like_bits=4)))
     result = tap_edge.evaluate_plan(tap_edge.EvalRequest(model="resnet8", data="photos/", plan="plan.json"))
+    artifact = tap_edge.compile("resnet8", "tflite", tap_edge.BitAssignment.load("plan.json"), "build/",
+                                device="stm32h743")                              # Artifact(path, manifest)
+    measured = tap_edge.measure(artifact.path, device="stm32h743")             # MeasureReport
 
 The data path, one folder per step, in this import order (each imports only what is above it; a test keeps
 it): ``core`` (leaves) <- ``documents`` (every JSON a command writes) <- ``graph`` (what runs) <- ``devices``
@@ -30,6 +33,9 @@ _EXPORTS = {
     "PTQConfig": "tap_edge.quantize.ptq",
     "ptq": "tap_edge.quantize.ptq",
     "quantize_model": "tap_edge.quantize.ptq",
+    "BitAssignment": "tap_edge.fit.bits",
+    "compile": "tap_edge.backends:compile_model",
+    "measure": "tap_edge.backends.verdict:measure_report",
     "get_backend": "tap_edge.backends",
     "list_backends": "tap_edge.backends",
     "get_device": "tap_edge.devices",

@@ -144,8 +144,8 @@ def test_import_tap_edge_is_lean_and_exposes_the_verbs() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     lean, names = r.stdout.splitlines()
     assert lean == "LEAN"
-    assert {"check", "make_plan", "evaluate_plan", "ptq", "list_devices", "list_models", "list_proxies",
-            "list_backends", "get_backend"} <= set(names.split())
+    assert {"check", "make_plan", "evaluate_plan", "ptq", "compile", "measure", "list_devices", "list_models",
+            "list_proxies", "list_backends", "get_backend"} <= set(names.split())
     import tap_edge
 
     for name in tap_edge.__all__:

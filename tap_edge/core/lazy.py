@@ -11,14 +11,15 @@ from typing import Any
 
 
 def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``__getattr__, __dir__ = lazy_exports(__name__, {"check": "tap_edge.fit.checker", ...})``."""
+    """``__getattr__, __dir__ = lazy_exports(__name__, {"check": "tap_edge.fit.checker", ...})``; a target
+    ``"module:attr"`` offers ``module.attr`` under another name."""
 
     def __getattr__(name: str) -> Any:
         try:
-            module = exports[name]
+            module, _, attr = exports[name].partition(":")
         except KeyError:
             raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
-        value = getattr(importlib.import_module(module), name)
+        value = getattr(importlib.import_module(module), attr or name)
         setattr(sys.modules[package], name, value)
         return value
 
