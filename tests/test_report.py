@@ -71,9 +71,11 @@ def full_page(everything: list[Document]) -> str:
 
 @pytest.fixture(scope="module")
 def demo() -> list[Document]:
-    """What ``make demo`` hands the report: checks, the plan and its eval, ONNX Runtime and TFLite Micro runs."""
+    """What ``make demo`` hands the report: the check, the plan and its eval, the plan's ONNX Runtime run and
+    resnet8's TFLite Micro run."""
     return [_one("check_efficientnet_lite0_w8a8"), _one("plan_efficientnet_lite0_raspberry-pi-5"),
-            _one("eval_efficientnet_lite0_plan"), _one("measure_resnet8_onnxruntime"), _one("measure_resnet8_tflite")]
+            _one("eval_efficientnet_lite0_plan"), _one("measure_efficientnet_lite0_plan_onnxruntime"),
+            _one("measure_resnet8_tflite")]
 
 
 def _sections(page: str) -> list[str]:

@@ -45,10 +45,6 @@ def _unpack_run(work: Path) -> None:
         tar.extractall(work, filter="data")
 
 
-def _artifact(folder: str, suffix: str) -> str:
-    return f"{folder}/resnet8-w8a8{suffix}"
-
-
 FIXTURE_LIST = [
     Fixture("check_resnet8_w4a8", [["check", "resnet8", "--all", "--bits", "w4a8", "--json"]]),
     Fixture("check_efficientnet_lite0_w8a8", [["check", "efficientnet_lite0", "--all", "--json"]]),
@@ -64,17 +60,21 @@ FIXTURE_LIST = [
     Fixture("eval_efficientnet_lite0_w4a8",
             [["eval", "efficientnet_lite0", "--bits", "w4a8", "--data", SAMPLE, "--limit", "96", "--out",
               "eval-w4a8.json", "-q"]], output="eval-w4a8.json"),
+    Fixture("measure_efficientnet_lite0_plan_onnxruntime",  # the demo's ONNX Runtime run of the plan above
+            [["compile", "efficientnet_lite0", "--plan", "plan-lite0.json", "--backend", "onnxruntime", "-d",
+              "raspberry-pi-5", "--out", "ort-lite0", "-q"],
+             ["measure", "ort-lite0/efficientnet_lite0-plan.onnx", "-d", "raspberry-pi-5", "--json", "-q"]]),
     Fixture("plan_resnet8_nrf52840",
             [["plan", "resnet8", "-d", "nrf52840", "--calib", SAMPLE, "--flash-like", "w5", "--act-bits", "8",
               "--sweep", "6", "--out", "plan-resnet8.json", "-q"]], output="plan-resnet8.json"),
     Fixture("measure_resnet8_onnxruntime",
             [["compile", "resnet8", "--bits", "w8a8", "--backend", "onnxruntime", "-d", "raspberry-pi-5", "--out",
               "ort", "-q"],
-             ["measure", _artifact("ort", ".onnx"), "-d", "raspberry-pi-5", "--json", "-q"]]),
+             ["measure", "ort/resnet8-w8a8.onnx", "-d", "raspberry-pi-5", "--json", "-q"]]),
     Fixture("measure_resnet8_tflite",
             [["compile", "resnet8", "--bits", "w8a8", "--backend", "tflite", "-d", "stm32h743", "--out", "tflite",
               "-q"],
-             ["measure", _artifact("tflite", ".tflite"), "-d", "stm32h743", "--json", "-q"]]),
+             ["measure", "tflite/resnet8-w8a8.tflite", "-d", "stm32h743", "--json", "-q"]]),
     Fixture("evolve_rw3", [["evolve", "--report", "rw3", "--json"]], prepare=_unpack_run),
 ]
 
