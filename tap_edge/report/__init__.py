@@ -16,13 +16,17 @@ from typing import Any
 from tap_edge.core import console
 from tap_edge.core.errors import UserError
 from tap_edge.documents import Document, document_from_dict, read_document
+from tap_edge.report.page import build_page, require_reported
 
 __all__ = ["build_report", "load_result", "write_html_if_requested", "write_report"]
 
 
 def load_result(path: Path | str) -> Document:
-    """Read one document; every problem (no file, bad JSON, another schema or version) is one line naming it."""
-    return read_document(path)
+    """Read one document for the report; every problem (no file, bad JSON, another schema or version, a document
+    the report has no section for) is one line naming the file."""
+    doc = read_document(path)
+    require_reported(doc, str(path))
+    return doc
 
 
 def _documents(results: Sequence[Document | dict[str, Any]]) -> list[Document]:
@@ -32,8 +36,6 @@ def _documents(results: Sequence[Document | dict[str, Any]]) -> list[Document]:
 def build_report(results: Sequence[Document | dict[str, Any]], device: str | None = None,
                  title: str | None = None) -> str:
     """The HTML page of ``results`` (documents, or dicts in their on-disk form, validated here)."""
-    from tap_edge.report.page import build_page
-
     return build_page(_documents(results), device=device, title=title)
 
 

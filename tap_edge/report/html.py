@@ -92,23 +92,8 @@ def how(text: str) -> str:
     return f'<p class="how"><b>How to read this:</b> {text}</p>'
 
 
-def heading(text: str) -> str:
-    return f"<h3>{esc(text)}</h3>"
-
-
-def muted(text: str) -> str:
-    return f'<p class="muted">{esc(text)}</p>'
-
-
 def badge(verdict: str) -> str:
     return f'<span class="badge {VERDICT_CLASS.get(verdict, "unknown")}">{esc(verdict)}</span>'
-
-
-def error_cell(err: float | None, tolerance_pct: float) -> str:
-    """A signed error %, red beyond the tolerance and green within it."""
-    if err is None or not known(err):
-        return DASH
-    return f'<span class="{"bad" if abs(err) > tolerance_pct else "good"}">{fmt_pct(err)}</span>'
 
 
 def bar(used: float, limit: float, margin: float, margin_pct: float | None = None) -> str:

@@ -32,12 +32,11 @@ def describe(doc: Document) -> tuple[str, str]:
     return "?", doc.KIND
 
 
-def _check_kinds(docs: Sequence[Document]) -> None:
+def require_reported(doc: Document, source: str) -> None:
     """One-line error for a document the report has no section for (a manifest, a device list, ...)."""
-    for i, doc in enumerate(docs):
-        if not isinstance(doc, REPORTED):
-            raise UserError(f"result {i + 1}: a {doc.KIND} document ({doc.SCHEMA}) has no section in the report",
-                            "pass documents of " + ", ".join(c.WRITTEN_BY for c in REPORTED))
+    if not isinstance(doc, REPORTED):
+        raise UserError(f"{source}: a {doc.KIND} document ({doc.SCHEMA}) has no section in the report",
+                        "pass documents of " + ", ".join(c.WRITTEN_BY for c in REPORTED))
 
 
 def build_page(docs: Sequence[Document], device: str | None = None, title: str | None = None) -> str:
@@ -47,7 +46,8 @@ def build_page(docs: Sequence[Document], device: str | None = None, title: str |
     first). Sections without data are left out."""
     from matplotlib import rc_context
 
-    _check_kinds(docs)
+    for i, doc in enumerate(docs):
+        require_reported(doc, f"result {i + 1}")
     checks = [d for d in docs if isinstance(d, CheckReport)]
     plans = [d for d in docs if isinstance(d, Plan)]
     evals = [d for d in docs if isinstance(d, EvalResult)]
