@@ -24,12 +24,14 @@ from PIL import Image
 from tap_edge.core.errors import UserError
 from tap_edge.core.units import fmt_bytes
 from tap_edge.documents import (
+    BackendList,
     CheckReport,
     DeviceList,
     Document,
     DocumentError,
     EvalResult,
     LatencyStats,
+    Manifest,
     MeasureReport,
     ModelSummary,
     Plan,
@@ -42,8 +44,13 @@ from tap_edge.report.page import SECTIONS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SECTION_IDS = [sid for sid, _ in SECTIONS]
-KIND_OF_PREFIX: dict[str, type[Document]] = {"check": CheckReport, "plan": Plan, "eval": EvalResult,
-                                             "measure": MeasureReport, "evolve": RunSummary}
+#: The document class of a fixture, by the first word of its file name.
+CLASS_OF_PREFIX: dict[str, type[Document]] = {
+    "check": CheckReport, "plan": Plan, "eval": EvalResult, "measure": MeasureReport, "evolve": RunSummary,
+    "manifest": Manifest, "devices": DeviceList, "backends": BackendList}
+#: The fixtures the report has a section for (manifests and listings are samples for tests/test_documents.py).
+REPORTED = sorted(p for p in FIXTURES.glob("*.json")
+                  if p.stem.split("_")[0] in ("check", "plan", "eval", "measure", "evolve"))
 IMG = re.compile(r'<img class="plot" data-plot="([^"]+)" data-natural-width="(\d+)" data-natural-height="(\d+)"'
                  r'[^>]*src="data:image/png;base64,([^"]+)"')
 TAG = re.compile(r"<[^>]+>")
@@ -61,7 +68,7 @@ def _one(name: str) -> Document:
 
 @pytest.fixture(scope="module")
 def everything() -> list[Document]:
-    return _docs("*.json")
+    return [read_document(p) for p in REPORTED]
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +117,7 @@ def _table(page: str, cls: str, after: str = "") -> str:
 # ---- the fixtures are real documents -------------------------------------------------------------------------
 @pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.json")), ids=lambda p: p.stem)
 def test_every_fixture_validates_with_its_document_class(path: Path) -> None:
-    cls = KIND_OF_PREFIX[path.stem.split("_")[0]]
+    cls = CLASS_OF_PREFIX[path.stem.split("_")[0]]
     data = json.loads(path.read_text())
     doc = cls.from_dict(data, path.name)
     assert type(doc) is cls and cls.from_dict(doc.to_dict()) == doc  # round trip
@@ -399,7 +406,7 @@ def test_nothing_to_show_and_bad_input() -> None:
 # ---- the command line ------------------------------------------------------------------------------------------
 def test_cli_report_writes_one_file(run_cli, tmp_path: Path) -> None:
     out = tmp_path / "sub" / "report.html"
-    r = run_cli("report", *[str(p) for p in sorted(FIXTURES.glob("*.json"))], "--out", str(out))
+    r = run_cli("report", *[str(p) for p in REPORTED], "--out", str(out))
     assert r.code == 0 and out.exists() and "report written to" in r.err
     assert _sections(out.read_text()) == SECTION_IDS
 
@@ -415,6 +422,7 @@ def test_cli_report_writes_one_file(run_cli, tmp_path: Path) -> None:
         ('{"schema": "tap-edge/measure-report", "version": 7}', "version 7; this tap-edge reads version 1"),
         ('{"schema": "tap-edge/eval", "version": 1, "model": "m"}', "tap-edge/eval field 'bits': Field required"),
         ('{"schema": "tap-edge/device-list", "version": 1, "devices": []}', "has no section in the report"),
+        ((FIXTURES / "manifest_resnet8_tflite.json").read_text(), "a manifest document (tap-edge/artifact) has no"),
     ],
 )
 def test_cli_report_bad_input_is_one_line(run_cli, tmp_path: Path, content: str | None, message: str) -> None:

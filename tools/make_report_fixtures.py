@@ -1,5 +1,8 @@
 """Regenerate tests/fixtures/*.json: real documents written by the real commands on small, fast cases.
 
+One or more of every document class: the report's inputs (check, plan, eval, measure, evolve) and the others
+(compile manifests, the device and backend lists), which tests/test_documents.py validates against the schemas.
+
 Run it after a document class changes (``python tools/make_report_fixtures.py``, a few minutes on 2 cores):
 every command runs in a scratch folder with relative paths (so the documents hold no machine paths), each
 output is validated with its document class (:func:`tap_edge.documents.document_from_dict`) before it
@@ -45,37 +48,46 @@ def _unpack_run(work: Path) -> None:
         tar.extractall(work, filter="data")
 
 
+def _compile(model: str, widths: list[str], backend: str, device: str, out: str) -> list[str]:
+    return ["compile", model, *widths, "--backend", backend, "-d", device, "--calib", SAMPLE, "--out", out, "-q"]
+
+
+def _eval(widths: list[str], out: str) -> list[str]:
+    return ["eval", "efficientnet_lite0", *widths, "--data", SAMPLE, "--limit", "96", "--out", out, "-q"]
+
+
+R8 = ["--bits", "w8a8"]
 FIXTURE_LIST = [
     Fixture("check_resnet8_w4a8", [["check", "resnet8", "--all", "--bits", "w4a8", "--json"]]),
     Fixture("check_efficientnet_lite0_w8a8", [["check", "efficientnet_lite0", "--all", "--json"]]),
-    Fixture("plan_efficientnet_lite0_raspberry-pi-5",
+    Fixture("plan_efficientnet_lite0_raspberry-pi-5",  # the demo's plan
             [["plan", "efficientnet_lite0", "-d", "raspberry-pi-5", "--runtime", "onnxruntime", "--calib", SAMPLE,
               "--flash-like", "w6", "--act-bits", "8", "--out", "plan-lite0.json", "-q"]], output="plan-lite0.json"),
-    Fixture("eval_efficientnet_lite0_plan",
-            [["eval", "efficientnet_lite0", "--plan", "plan-lite0.json", "--data", SAMPLE, "--limit", "96",
-              "--out", "eval-plan.json", "-q"]], output="eval-plan.json"),
-    Fixture("eval_efficientnet_lite0_w8a8",
-            [["eval", "efficientnet_lite0", "--bits", "w8a8", "--data", SAMPLE, "--limit", "96", "--out",
-              "eval-w8a8.json", "-q"]], output="eval-w8a8.json"),
-    Fixture("eval_efficientnet_lite0_w4a8",
-            [["eval", "efficientnet_lite0", "--bits", "w4a8", "--data", SAMPLE, "--limit", "96", "--out",
-              "eval-w4a8.json", "-q"]], output="eval-w4a8.json"),
+    Fixture("eval_efficientnet_lite0_plan", [_eval(["--plan", "plan-lite0.json"], "eval-plan.json")],
+            output="eval-plan.json"),
+    Fixture("eval_efficientnet_lite0_w8a8", [_eval(["--bits", "w8a8"], "eval-w8a8.json")], output="eval-w8a8.json"),
+    Fixture("eval_efficientnet_lite0_w4a8", [_eval(["--bits", "w4a8"], "eval-w4a8.json")], output="eval-w4a8.json"),
     Fixture("measure_efficientnet_lite0_plan_onnxruntime",  # the demo's ONNX Runtime run of the plan above
-            [["compile", "efficientnet_lite0", "--plan", "plan-lite0.json", "--backend", "onnxruntime", "-d",
-              "raspberry-pi-5", "--out", "ort-lite0", "-q"],
+            [_compile("efficientnet_lite0", ["--plan", "plan-lite0.json"], "onnxruntime", "raspberry-pi-5",
+                      "ort-lite0"),
              ["measure", "ort-lite0/efficientnet_lite0-plan.onnx", "-d", "raspberry-pi-5", "--json", "-q"]]),
     Fixture("plan_resnet8_nrf52840",
             [["plan", "resnet8", "-d", "nrf52840", "--calib", SAMPLE, "--flash-like", "w5", "--act-bits", "8",
               "--sweep", "6", "--out", "plan-resnet8.json", "-q"]], output="plan-resnet8.json"),
     Fixture("measure_resnet8_onnxruntime",
-            [["compile", "resnet8", "--bits", "w8a8", "--backend", "onnxruntime", "-d", "raspberry-pi-5", "--out",
-              "ort", "-q"],
+            [_compile("resnet8", R8, "onnxruntime", "raspberry-pi-5", "ort"),
              ["measure", "ort/resnet8-w8a8.onnx", "-d", "raspberry-pi-5", "--json", "-q"]]),
     Fixture("measure_resnet8_tflite",
-            [["compile", "resnet8", "--bits", "w8a8", "--backend", "tflite", "-d", "stm32h743", "--out", "tflite",
-              "-q"],
+            [_compile("resnet8", R8, "tflite", "stm32h743", "tflite"),
              ["measure", "tflite/resnet8-w8a8.tflite", "-d", "stm32h743", "--json", "-q"]]),
     Fixture("evolve_rw3", [["evolve", "--report", "rw3", "--json"]], prepare=_unpack_run),
+    # documents the report has no section for, kept so that every document class has a real sample
+    Fixture("manifest_resnet8_onnxruntime", [_compile("resnet8", R8, "onnxruntime", "raspberry-pi-5", "m-ort")],
+            output="m-ort/resnet8-w8a8.onnx.manifest.json"),
+    Fixture("manifest_resnet8_tflite", [_compile("resnet8", R8, "tflite", "stm32h743", "m-tflite")],
+            output="m-tflite/resnet8-w8a8.tflite.manifest.json"),
+    Fixture("devices", [["devices", "--json"]]),
+    Fixture("backends", [["backends", "--json"]]),
 ]
 
 
