@@ -276,7 +276,8 @@ class PlanBudgets(Part):
 
 
 class PlanPrediction(Part):
-    flash_bytes: int
+    flash_bytes: int = Field(description="flash total as tap-edge check counts it: model_bytes + runtime code")
+    model_bytes: int = Field(description="the model's own flash: packed weights, scales, biases, float constants")
     weights_bytes: int
     arena_bytes: int
     peak_live_bytes: int
@@ -302,6 +303,7 @@ class Calibration(Part):
 
 class SweepPoint(Part):
     flash_bytes: int
+    model_bytes: int
     objective: float
     arena_bytes: int
     layers: dict[str, Widths]
@@ -318,6 +320,7 @@ class Plan(Document):
     KIND: ClassVar[str] = "plan"
     WRITTEN_BY: ClassVar[str] = "tap-edge plan"
 
+    plan_id: str = Field(description="a hash of the model and the widths: eval and compile results name it")
     model: str
     device: str
     runtime: str
@@ -345,10 +348,11 @@ class EvalResult(Document):
 
     model: str
     bits: str
-    plan: str | None = None
+    plan: str | None = Field(None, description="the plan file as given")
+    plan_id: str | None = Field(None, description="Plan.plan_id of that plan")
     n_images: int
     calib_samples: int
-    flash_bytes: int
+    model_bytes: int = Field(description="the model's flash at these widths (no runtime code)")
     ptq_s: float
     agreement: float = Field(description="top-1 agreement with the float model")
     kl: float = Field(description="mean KL divergence from the float model's output distribution")

@@ -344,7 +344,7 @@ def test_accuracy_places_the_chosen_plan_among_uniform_widths() -> None:
     assert len(rows) == len(evals)
     for e, row in zip(evals, rows, strict=True):
         assert row[2] == (f"{100 * e.top1:.2f}%" if e.top1 is not None else "–")
-        assert row[4] == f"{100 * e.agreement:.2f}%" and row[6] == fmt_bytes(e.flash_bytes)
+        assert row[4] == f"{100 * e.agreement:.2f}%" and row[6] == fmt_bytes(e.model_bytes)
 
 
 def test_untrusted_text_is_escaped() -> None:
@@ -378,7 +378,7 @@ def test_sparse_documents_render() -> None:
                         memory_timeline={"ops": ["x", "y", "z"], "live_bytes": [100, 2000, 50]}),
             CheckReport(model=model, bits="w8a8", all_fit=True, devices=[]),
             plan.model_copy(update={"layers": {}, "sweep": [], "proxy_scores": {}, "calibration": None}),
-            EvalResult(model="m", bits="w8a8", n_images=1, calib_samples=1, flash_bytes=10, ptq_s=0.1,
+            EvalResult(model="m", bits="w8a8", n_images=1, calib_samples=1, model_bytes=10, ptq_s=0.1,
                        agreement=1.0, kl=0.0),
             MeasureReport(artifact="a.onnx", backend="onnxruntime", latency=LatencyStats(), artifact_bytes=1),
             run.model_copy(update={"generations": [], "best": None, "tasks": None, "invalid_reasons": {}})]

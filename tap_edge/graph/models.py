@@ -107,17 +107,29 @@ def efficientnet_lite0() -> Any:
 
 
 @register_model("resnet8", Preprocess((3, 32, 32), 32, (0.0,) * 3, (1.0,) * 3),
-                "MLPerf Tiny image-classification ResNet-8 (CIFAR-10 sized, 78 k params); untrained architecture")
+                "MLPerf Tiny image-classification ResNet-8 (CIFAR-10 sized, 78 k params); untrained, seeded weights")
 def resnet8() -> Any:
     from tap_edge.graph.zoo import ResNet8
-    return ResNet8().eval()
+
+    return _seeded(ResNet8)
 
 
 @register_model("ds_cnn", Preprocess((1, 49, 10), 49, (0.0,), (1.0,)),
-                "MLPerf Tiny keyword-spotting DS-CNN (49x10 MFCC input, 12 classes); untrained architecture")
+                "MLPerf Tiny keyword-spotting DS-CNN (49x10 MFCC input, 12 classes); untrained, seeded weights")
 def ds_cnn() -> Any:
     from tap_edge.graph.zoo import DSCNN
-    return DSCNN().eval()
+
+    return _seeded(DSCNN)
+
+
+def _seeded(cls: Callable[[], Any], seed: int = 0) -> Any:
+    """An untrained network with the same initial weights in every process (plan, eval and compile of it must
+    see one model), without touching the caller's random state."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls().eval()
 
 
 def _timm_model(name: str) -> LoadedModel:

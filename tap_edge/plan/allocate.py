@@ -110,6 +110,7 @@ class Allocation:
     objective: float
     flash_bytes: int
     weights_bytes: int
+    model_bytes: int  # flash without the runtime's code: weights, scales, biases, float constants
     arena_bytes: int
     peak_live_bytes: int
     peak_op: str
@@ -597,7 +598,8 @@ def _allocation(prog: _Program, ev: _Evaluation, status: str, budgets: Budgets, 
         ops[lay.key] = [op.name for op in lay.ops]
     return Allocation(
         status=status, layers=layers, objective=prog.cost_of(ev.pick), flash_bytes=ev.flash.total_bytes,
-        weights_bytes=ev.flash.weights_bytes, arena_bytes=ev.arena.arena_bytes,
+        weights_bytes=ev.flash.weights_bytes, model_bytes=ev.flash.model_bytes,
+        arena_bytes=ev.arena.arena_bytes,
         peak_live_bytes=ev.arena.peak_live_bytes, peak_op=ev.arena.peak_op, solver_seconds=secs,
         iterations=iters, default_a=prog.default_a, layer_costs=costs, layer_ops=ops, bops=ev.bops,
         latency_ms=ev.latency_ms, budgets=budgets, tightenings=tightenings, n_variables=prog.nvar,

@@ -18,6 +18,15 @@ from tap_edge.plan.allocate import Allocation
 from tap_edge.plan.budgets import Budgets
 
 
+def plan_id(model: str, layers: dict[str, PlanLayer]) -> str:
+    """A short stable id of a plan: the model spec and every layer's widths (not costs or timings)."""
+    import hashlib
+    import json
+
+    key = json.dumps([model, {k: [v.w, v.a] for k, v in layers.items()}], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
 def plan_layers(allocation: Allocation, graph: ModelGraph) -> dict[str, PlanLayer]:
     """Per plan key: widths, the first op (and every op when several share the module), class, params, cost."""
     ops = {op.name: op for op in graph.ops}
@@ -39,17 +48,21 @@ def plan_document(allocation: Allocation, graph: ModelGraph, *, model: str, devi
                   sweep: list[Allocation] | None = None) -> Plan:
     """The ``plan.json`` document of ``allocation`` (figures recomputed by the allocator on the result)."""
     a = allocation
+    layers = plan_layers(a, graph)
     return Plan(
-        model=model, device=device, runtime=runtime, proxy=proxy, default=Widths(w=8, a=a.default_a),
-        layers=plan_layers(a, graph),
+        plan_id=plan_id(model, layers), model=model, device=device, runtime=runtime, proxy=proxy,
+        default=Widths(w=8, a=a.default_a),
+        layers=layers,
         budgets=PlanBudgets(**budgets.to_dict()),
-        predicted=PlanPrediction(flash_bytes=a.flash_bytes, weights_bytes=a.weights_bytes, arena_bytes=a.arena_bytes,
+        predicted=PlanPrediction(flash_bytes=a.flash_bytes, model_bytes=a.model_bytes, weights_bytes=a.weights_bytes,
+                                 arena_bytes=a.arena_bytes,
                                  peak_live_bytes=a.peak_live_bytes, peak_op=a.peak_op, bops=a.bops,
                                  latency_ms=a.latency_ms),
         solver=SolverReport(status=a.status, seconds=round(a.solver_seconds, 6), objective=a.objective,
                             iterations=a.iterations, variables=a.n_variables, constraints=a.n_constraints,
                             tightenings=a.tightenings),
         timing=dict(timing or {}), proxy_scores=dict(proxy_scores or {}), calibration=calibration,
-        sweep=[SweepPoint(flash_bytes=s.flash_bytes, objective=s.objective, arena_bytes=s.arena_bytes,
+        sweep=[SweepPoint(flash_bytes=s.flash_bytes, model_bytes=s.model_bytes, objective=s.objective,
+                          arena_bytes=s.arena_bytes,
                           layers={k: Widths(**v) for k, v in s.layers.items()}) for s in sweep or []],
     )

@@ -11,7 +11,7 @@ from typing import Any
 from tap_edge.core import console
 from tap_edge.core.errors import UserError
 from tap_edge.devices import Runtime
-from tap_edge.documents import Calibration, EvalResult, Plan
+from tap_edge.documents import Calibration, EvalResult, Plan, read_json
 from tap_edge.plan.budgets import BudgetSpec
 
 
@@ -154,7 +154,13 @@ def evaluate_plan(req: EvalRequest) -> EvalResult:
 
     if (req.plan is None) == (req.bits is None):
         raise UserError("pass exactly one of a plan and uniform bits", "e.g. --plan plan.json or --bits w4a8")
-    bits = BitAssignment.load(req.plan) if req.plan else BitAssignment.parse(req.bits or "w8a8")
+    plan_id = None
+    if req.plan:
+        data = read_json(req.plan, "pass a plan.json written by tap-edge plan")
+        bits = BitAssignment.from_plan(data, str(req.plan))
+        plan_id = Plan.from_dict(data, str(req.plan)).plan_id if data.get("schema") == Plan.SCHEMA else None
+    else:
+        bits = BitAssignment.parse(req.bits or "w8a8")
     lm = _torch_model(req.model)
     graph = load_graph(lm)
     bits.check_names(graph)
@@ -170,7 +176,7 @@ def evaluate_plan(req: EvalRequest) -> EvalResult:
     ptq_s = time.perf_counter() - t
     metrics = evaluate(qmodel, lm.module, images, labels)
     return EvalResult(model=req.model, bits=bits.label(), plan=str(req.plan) if req.plan else None,
-                      n_images=len(images), calib_samples=len(calib),
-                      flash_bytes=flash_breakdown(graph, bits).model_bytes, ptq_s=round(ptq_s, 3),
+                      plan_id=plan_id, n_images=len(images), calib_samples=len(calib),
+                      model_bytes=flash_breakdown(graph, bits).model_bytes, ptq_s=round(ptq_s, 3),
                       agreement=metrics["agreement"], kl=metrics["kl"], top1=metrics["top1"],
                       float_top1=metrics["float_top1"])

@@ -1,10 +1,7 @@
 """Section "Accuracy vs size" from :class:`~tap_edge.documents.EvalResult` and :class:`~tap_edge.documents.Plan`:
-each evaluated bit assignment as accuracy against its model bytes (the chosen plan beside uniform widths), and a
-plan's ``--sweep`` as proxy objective against predicted flash.
-
-The two panels keep their own x axis because the documents measure flash differently: an eval's
-``flash_bytes`` is the model's constants (weights, scales, biases), a plan's ``flash_bytes`` adds the runtime's
-code, as ``tap-edge plan`` prints it and its budget counts it."""
+each evaluated bit assignment as accuracy against its model bytes (the chosen plan, matched by ``plan_id``,
+beside uniform widths), and a plan's ``--sweep`` as proxy objective against the model bytes of each point. Both
+panels count the model's own flash (weights, scales, biases, float constants; no runtime code)."""
 
 from __future__ import annotations
 
@@ -63,19 +60,19 @@ def _log_axis(ax: Any, xs: list[float], div: float) -> bool:
 
 
 def _accuracy_panel(ax: Any, uniform: list[EvalResult], chosen: EvalResult | None, key: str, ylabel: str) -> None:
-    xs = [float(e.flash_bytes) for e in [*uniform, *([chosen] if chosen else [])] if e.flash_bytes > 0]
+    xs = [float(e.model_bytes) for e in [*uniform, *([chosen] if chosen else [])] if e.model_bytes > 0]
     div, unit = byte_scale(max(xs))
     if uniform:
-        pts = sorted(uniform, key=lambda e: e.flash_bytes)
-        ax.scatter([e.flash_bytes / div for e in pts], [_value(e, key) for e in pts], marker="D", s=70, color=GREY,
+        pts = sorted(uniform, key=lambda e: e.model_bytes)
+        ax.scatter([e.model_bytes / div for e in pts], [_value(e, key) for e in pts], marker="D", s=70, color=GREY,
                    zorder=3, label="uniform bits")
         for e in pts:
-            ax.annotate(e.bits, (e.flash_bytes / div, _value(e, key)), xytext=(7, -4), textcoords="offset points",
+            ax.annotate(e.bits, (e.model_bytes / div, _value(e, key)), xytext=(7, -4), textcoords="offset points",
                         fontsize=11, color="#444444")
     if chosen is not None:
         v = _value(chosen, key)
-        ax.scatter([chosen.flash_bytes / div], [v], marker="*", s=380, color=RED, zorder=4, edgecolor="black",
-                   label=f"chosen plan ({fmt_bytes(chosen.flash_bytes)}, {v:.4g}%)")
+        ax.scatter([chosen.model_bytes / div], [v], marker="*", s=380, color=RED, zorder=4, edgecolor="black",
+                   label=f"chosen plan ({fmt_bytes(chosen.model_bytes)}, {v:.4g}%)")
     log = _log_axis(ax, xs, div)
     ax.set_xlabel(f"model bytes: weights + scales + biases ({unit}{', log scale' if log else ''})")
     ax.set_ylabel(ylabel)
@@ -83,25 +80,27 @@ def _accuracy_panel(ax: Any, uniform: list[EvalResult], chosen: EvalResult | Non
 
 
 def _sweep_panel(ax: Any, plan: Plan) -> None:
-    pts = sorted(plan.sweep, key=lambda p: p.flash_bytes)
-    budget = plan.budgets.flash_bytes
-    xs = [float(p.flash_bytes) for p in pts] + [float(plan.predicted.flash_bytes)] + ([budget] if budget else [])
+    pts = sorted(plan.sweep, key=lambda p: p.model_bytes)
+    code = plan.predicted.flash_bytes - plan.predicted.model_bytes  # the runtime's code, in the flash budget
+    budget = plan.budgets.flash_bytes - code if plan.budgets.flash_bytes else None
+    xs = [float(p.model_bytes) for p in pts] + [float(plan.predicted.model_bytes)] + ([budget] if budget else [])
     div, unit = byte_scale(max(xs))
-    ax.plot([p.flash_bytes / div for p in pts], [p.objective for p in pts], "-o", color=BLUE, lw=2, ms=6,
+    ax.plot([p.model_bytes / div for p in pts], [p.objective for p in pts], "-o", color=BLUE, lw=2, ms=6,
             label=f"Pareto front ({plan.proxy} plans, --sweep)")
-    ax.scatter([plan.predicted.flash_bytes / div], [plan.solver.objective], marker="*", s=380, color=RED, zorder=4,
-               edgecolor="black", label=f"chosen plan ({fmt_bytes(plan.predicted.flash_bytes)})")
+    ax.scatter([plan.predicted.model_bytes / div], [plan.solver.objective], marker="*", s=380, color=RED, zorder=4,
+               edgecolor="black", label=f"chosen plan ({fmt_bytes(plan.predicted.model_bytes)})")
     if budget:
-        ax.axvline(budget / div, color="#333333", ls=":", lw=1.5, label=f"flash budget {fmt_bytes(budget)}")
+        ax.axvline(budget / div, color="#333333", ls=":", lw=1.5,
+                   label=f"flash budget less runtime code {fmt_bytes(budget)}")
     log = _log_axis(ax, xs, div)
-    ax.set_xlabel(f"predicted flash incl. runtime code ({unit}{', log scale' if log else ''})")
+    ax.set_xlabel(f"model bytes: weights + scales + biases ({unit}{', log scale' if log else ''})")
     ax.set_ylabel("proxy objective (summed cost, lower is better)")
     ax.set_title("proxy objective along the sweep")
 
 
 def _plot(model: str, plan: Plan | None, evals: list[EvalResult]) -> str:
     uniform = [e for e in evals if e.plan is None]
-    chosen = next((e for e in evals if e.plan is not None), None) if plan is not None else None
+    chosen = next((e for e in evals if e.plan_id == plan.plan_id), None) if plan is not None else None
     key, ylabel = _metric(evals)
     panels = int(bool(uniform or chosen)) + int(plan is not None and bool(plan.sweep))
     fig = figure(12 if panels == 2 else 10, 6.2)
@@ -118,7 +117,7 @@ def _evals_table(evals: list[EvalResult]) -> str:
     rows = [[esc(e.model), esc(e.bits) + (f"<br><span class='small muted'>{esc(e.plan)}</span>" if e.plan else ""),
              f"{100 * e.top1:.2f}%" if e.top1 is not None else "–",
              f"{100 * e.float_top1:.2f}%" if e.float_top1 is not None else "–",
-             f"{100 * e.agreement:.2f}%", fmt_num(e.kl), fmt_b(e.flash_bytes), str(e.n_images)] for e in evals]
+             f"{100 * e.agreement:.2f}%", fmt_num(e.kl), fmt_b(e.model_bytes), str(e.n_images)] for e in evals]
     return "<h4>Evaluations</h4>" + table(["model", "bits / plan", "top-1", "float top-1", "agreement with float",
                                            "mean KL", "model bytes", "images"], rows, "narrow")
 
@@ -136,11 +135,11 @@ def render(plans: list[Plan], evals: list[EvalResult]) -> str:
             if not (mine or plan.sweep):
                 continue
             out.append(f"<h3>{esc(model)} · {esc(plan.device)} · proxy {esc(plan.proxy)}</h3>")
-            if mine and not any(e.plan is not None for e in mine):
+            if mine and not any(e.plan_id == plan.plan_id for e in mine):
                 out.append('<p class="small muted">The chosen plan was not evaluated (<code>tap-edge eval '
                            "--plan plan.json</code> adds it).</p>")
             out.append(guard(_plot, model, plan, mine))
-        if not any(p.model == model for p in plans) and len([e for e in mine if e.flash_bytes > 0]) >= 2:
+        if not any(p.model == model for p in plans) and len([e for e in mine if e.model_bytes > 0]) >= 2:
             out.append(f"<h3>{esc(model)}</h3>")
             out.append(guard(_plot, model, None, mine))
     if evals:
