@@ -39,6 +39,8 @@ demo: install
 	$(TAP) measure $(OUT)/tflite/resnet8-w8a8.tflite -d stm32h743 --json -q > $(OUT)/measure-tflm.json; test $$? -le 1
 	$(TAP) report $(OUT)/check-efficientnet_lite0.json $(OUT)/check-resnet8.json $(OUT)/plan.json \
 		$(OUT)/eval-plan.json $(OUT)/measure-ort.json $(OUT)/measure-tflm.json --out $(OUT)/report.html
+	@echo "== 5. Every JSON written above, validated against the schema shipped in the package"
+	$(PY) -m tap_edge.documents $(OUT)/*.json $(OUT)/ort/*.manifest.json $(OUT)/tflite/*.manifest.json
 	@echo "== done: open $(OUT)/report.html"
 
 test: install

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
 from tap_edge.backends.manifest import manifest_bits, prediction, read_manifest, write_manifest
 from tap_edge.backends.reference import (
     Samples,
@@ -42,7 +43,6 @@ from tap_edge.backends.reference import (
     sample_inputs,
     weight_quantized_module,
 )
-
 from tap_edge.core.errors import UserError
 from tap_edge.core.registry import Registry
 from tap_edge.devices import DeviceProfile, Runtime, get_device

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
 from tap_edge.backends import Backend, BackendOptions, Build, is_float
 from tap_edge.backends.manifest import artifact_stem, module_bits
-
 from tap_edge.core.errors import UserError
 from tap_edge.devices import DeviceProfile
 from tap_edge.documents import ArtifactWeights, Manifest
@@ -246,6 +246,7 @@ class OnnxRuntimeBackend(Backend):
         baseline: Callable[[], None],
     ) -> dict[str, Any]:
         import onnxruntime as ort
+
         from tap_edge.backends.measure import time_runs, vm_hwm, vm_rss
 
         baseline()

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from tap_edge.backends import Backend, BackendOptions, Build
 from tap_edge.backends.manifest import artifact_stem, module_bits, prediction
 from tap_edge.backends.reference import agreement
-
 from tap_edge.core.errors import UserError
 from tap_edge.devices import DeviceProfile
 from tap_edge.documents import ArtifactWeights, InputSpec, Manifest
@@ -312,8 +312,9 @@ class TFLiteBackend(Backend):
         baseline: Callable[[], None],
     ) -> dict[str, Any]:
         import ai_edge_litert
-        from tap_edge.backends.measure import latency_stats, time_runs
         from tflite_micro.python.tflite_micro import runtime as tflm
+
+        from tap_edge.backends.measure import latency_stats, time_runs
 
         baseline()
         it = _litert(artifact, threads=threads)

@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
 from tap_edge.backends import Backend, BackendOptions, Build
 from tap_edge.backends.manifest import artifact_stem
 from tap_edge.backends.onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeOptions, onnx_outputs
-
 from tap_edge.core import console
 from tap_edge.core.errors import UserError
 from tap_edge.core.paths import cache_dir
@@ -634,8 +634,9 @@ class TVMBackend(Backend):
             raise UserError(f"{artifact}: no manifest beside it gives the input shape", "re-run tap-edge compile")
         os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts
         import tvm
-        from tap_edge.backends.measure import time_runs
         from tvm import relax
+
+        from tap_edge.backends.measure import time_runs
 
         baseline()
         lib = tvm.runtime.load_module(str(artifact))

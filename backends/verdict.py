@@ -28,7 +28,6 @@ from tap_edge.backends import get_backend
 from tap_edge.backends.manifest import bits_of, read_manifest
 from tap_edge.backends.measure import DEFAULT_RUNS, DEFAULT_TIMEOUT, DEFAULT_WARMUP, measure_artifact
 from tap_edge.backends.tflite_backend import ARTIFACT_GRAPH, TFLM_HOST
-
 from tap_edge.core.errors import UserError
 from tap_edge.core.units import fmt_bytes, pct
 from tap_edge.devices import get_device

@@ -14,7 +14,8 @@
 Each class is a pydantic model (validation and JSON Schema come from one declaration); on disk a document is
 ``{"schema": ..., "version": ..., **fields}``. Producers fill the classes, the report reads them, and
 ``tap_edge/schemas/<name>.schema.json`` is generated from them (``python -m tap_edge.documents`` rewrites the
-files; a test checks they are current). Reading a document of another schema or version gives one line.
+files; a test checks they are current; ``python -m tap_edge.documents FILE...`` validates written documents).
+Reading a document of another schema or version gives one line.
 
 Import rule: this module imports only ``tap_edge.core``.
 """
@@ -841,6 +842,28 @@ def write_schemas() -> list[Path]:
     return out
 
 
+def validate_files(paths: list[str]) -> int:
+    """Check each JSON file against the shipped schema of its document (``jsonschema``, a test extra) and
+    read it back as its class; one line per file, and the count of failures."""
+    import jsonschema
+
+    bad = 0
+    for path in paths:
+        try:
+            data = read_json(path)
+            doc = document_from_dict(data, path)
+            jsonschema.validate(data, json.loads(schema_file(type(doc)).read_text()))
+            sys.stdout.write(f"ok    {path}: {doc.SCHEMA} v{doc.VERSION}\n")
+        except (UserError, jsonschema.ValidationError) as e:
+            bad += 1
+            sys.stdout.write(f"FAIL  {path}: {str(e).splitlines()[0]}\n")
+    return bad
+
+
 if __name__ == "__main__":
+    # python -m tap_edge.documents            rewrite tap_edge/schemas/ from the classes
+    # python -m tap_edge.documents FILE...    validate documents against the shipped schemas
+    if len(sys.argv) > 1:
+        sys.exit(1 if validate_files(sys.argv[1:]) else 0)
     for written in write_schemas():
         sys.stdout.write(f"{written}\n")

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from tap_edge.backends import compile_model, read_manifest
 from tap_edge.backends.manifest import manifest_path
 from tap_edge.backends.onnxruntime_backend import OnnxRuntimeBackend
 from tap_edge.backends.reference import default_photo_folder, sample_inputs
 from tap_edge.backends.verdict import measure_report
-
 from tap_edge.documents import DocumentError, InputSource, Manifest, MeasureReport, schema_file
 from tap_edge.fit.bits import BitAssignment
 from tap_edge.graph.models import load_model

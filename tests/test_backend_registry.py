@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tap_edge.backends as backends_pkg
 import torch
+from torch import nn
+
+import tap_edge.backends as backends_pkg
 from tap_edge.backends import (
     ENTRY_POINT_GROUP,
     FIRST_PARTY,
@@ -26,8 +28,6 @@ from tap_edge.backends import (
     reload_backends,
 )
 from tap_edge.backends.verdict import measure_report
-from torch import nn
-
 from tap_edge.core.errors import UserError
 from tap_edge.documents import BackendList, Manifest, MeasureReport
 from tap_edge.fit.bits import BitAssignment

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from tap_edge.backends import BackendUnavailable, backend_for_artifact, get_backend, read_manifest
 from tap_edge.backends.measure import MeasureError, latency_stats, measure_artifact, run_child
 from tap_edge.backends.onnxruntime_backend import OnnxRuntimeOptions
 from tap_edge.backends.reference import agreement
 from tap_edge.backends.tvm_backend import TVMOptions
 from tap_edge.backends.verdict import build_report
-from torch import nn
-
 from tap_edge.core.errors import UserError
 from tap_edge.documents import (
     ArtifactWeights,
@@ -195,8 +195,8 @@ def test_onnx_weights_are_the_fake_quant_weights(tiny: LoadedModel, tmp_path: Pa
     of the float weights with the runtime's own absmax scales."""
     import onnx
     from onnx import numpy_helper
-    from tap_edge.backends.onnxruntime_backend import node_module
 
+    from tap_edge.backends.onnxruntime_backend import node_module
     from tap_edge.quantize.ptq import quantize_model
 
     plan = BitAssignment.from_plan({"default": {"w": 8, "a": 8}, "layers": {"conv2": {"w": 4, "a": 8}}})
@@ -373,7 +373,6 @@ def test_tflite_int8_ds_cnn_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
 # ---- tvm ---------------------------------------------------------------------------------------------------
 def test_tvm_targets_follow_the_device_isa() -> None:
     from tap_edge.backends.tvm_backend import device_target
-
     from tap_edge.devices import get_device
 
     assert device_target(get_device("raspberry-pi-4"))["mtriple"] == "aarch64-linux-gnu"
@@ -430,7 +429,6 @@ def test_module_regex_finds_litert_tensor_names() -> None:
 
 def test_tflite_rejects_plans_it_cannot_store() -> None:
     from tap_edge.backends.tflite_backend import TFLiteBackend
-
     from tap_edge.graph.models import load_graph as lg
 
     g = lg("ds_cnn")
@@ -448,7 +446,6 @@ def test_tflite_rejects_plans_it_cannot_store() -> None:
 def test_tflite_int4_conv_plan_measured_by_tflm(tmp_path: Path) -> None:
     from tap_edge.backends.reference import sample_inputs
     from tap_edge.backends.tflite_backend import TFLM_HOST
-
     from tap_edge.graph.models import load_model
 
     lm = load_model("ds_cnn")
@@ -587,8 +584,8 @@ def _decode_matmulnbits(node, inits: dict) -> np.ndarray:
 def test_onnx_matmulnbits_weights_are_the_fake_quant_weights(tiny: LoadedModel, tmp_path: Path) -> None:
     import onnx
     from onnx import numpy_helper
-    from tap_edge.backends.onnxruntime_backend import node_module
 
+    from tap_edge.backends.onnxruntime_backend import node_module
     from tap_edge.quantize.ptq import quantize_model
 
     plan = BitAssignment.from_plan({"default": {"w": 8, "a": 8}, "layers": {"fc": {"w": 4, "a": 8}}})

@@ -49,7 +49,6 @@ def bench_one(
     from tap_edge.backends import get_backend
     from tap_edge.backends.measure import measure_artifact
     from tap_edge.backends.reference import sample_inputs
-
     from tap_edge.devices import get_device
     from tap_edge.fit.bits import BitAssignment
     from tap_edge.graph.models import load_graph, load_model
