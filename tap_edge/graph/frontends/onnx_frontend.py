@@ -14,7 +14,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from tap_edge.core.errors import ModelLoadError
+from tap_edge.documents import InputInfo
+from tap_edge.graph.frontends.onnx_shapes import concrete_model
 from tap_edge.graph.graph import ModelGraph, Op, Tensor, conv_macs, normalize
+from tap_edge.graph.shapes import InputShapes
 
 _CLASSES = {
     "Add": "add", "Sub": "add", "Sum": "add", "Mul": "mul", "Div": "mul", "Concat": "concat",
@@ -33,7 +36,9 @@ _DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64", 3: "int8"
            6: "int32", 7: "int64", 9: "bool", 22: "int4", 21: "uint4"}
 
 
-def _read(path: Path) -> onnx.ModelProto:
+def _read(path: Path, input_shapes: InputShapes | None = None) -> tuple[onnx.ModelProto, list[InputInfo], list[str]]:
+    """The model with its tensor sizes inferred at the resolved input shapes (:mod:`.onnx_shapes`), the
+    inputs as planned and the tensors whose size stayed open."""
     if not path.exists():
         raise ModelLoadError(f"{path}: model file not found", "check the path")
     if path.stat().st_size == 0:
@@ -45,11 +50,7 @@ def _read(path: Path) -> onnx.ModelProto:
                              "the file is corrupt or truncated; re-export it") from None
     if not model.graph.node:
         raise ModelLoadError(f"{path}: the ONNX graph has no nodes", "re-export the model")
-    try:
-        return onnx.shape_inference.infer_shapes(model)
-    except Exception as e:
-        raise ModelLoadError(f"{path}: ONNX shape inference failed ({e.__class__.__name__}: {str(e)[:120]})",
-                             "run onnx.checker.check_model on it and re-export") from None
+    return concrete_model(model, input_shapes, path)
 
 
 def _shape(vi: onnx.ValueInfoProto) -> tuple[list[int], str] | None:
@@ -60,9 +61,11 @@ def _shape(vi: onnx.ValueInfoProto) -> tuple[list[int], str] | None:
     return dims, _DTYPES.get(tt.elem_type, "float32")
 
 
-def load_onnx_graph(path: str | Path) -> ModelGraph:
+def load_onnx_graph(path: str | Path, input_shapes: InputShapes | None = None) -> ModelGraph:
+    """Read an ``.onnx`` file into a ModelGraph at ``input_shapes`` (``--input-shape``; open dims other than
+    a batch dim are refused without it)."""
     path = Path(path)
-    model = _read(path)
+    model, input_infos, open_sizes = _read(path, input_shapes)
     g = model.graph
     inits: dict[str, np.ndarray | None] = {}
     for init in g.initializer:
@@ -180,5 +183,7 @@ def load_onnx_graph(path: str | Path) -> ModelGraph:
         tensors[o].kind = "output"
     if not ops:
         raise ModelLoadError(f"{path}: no operation consumes the model input", "is this an empty model?")
-    raw = ModelGraph(path.stem, "onnx", ops, tensors, graph_inputs, outputs, meta={"path": str(path)})
+    meta = {"path": str(path), "inputs": [i.model_dump() for i in input_infos],
+            "unresolved_shapes": [t for t in tensors if t in set(open_sizes)]}
+    raw = ModelGraph(path.stem, "onnx", ops, tensors, graph_inputs, outputs, meta=meta)
     return normalize(raw)

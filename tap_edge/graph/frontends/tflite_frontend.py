@@ -4,9 +4,9 @@ The LiteRT interpreter (``ai_edge_litert``) opens and verifies the file and list
 in execution order with their tensors; the flatbuffer itself (read with the schema classes shipped in
 ``ai_edge_litert``) adds what the interpreter does not expose: which tensors hold constant data, the stored
 tensor type (INT4 shows as int8 in the interpreter) and the builtin options (strides, fused activations).
-``allocate_tensors`` is never called. When the interpreter cannot register an op (a model newer than the
-installed runtime) the graph is read from the flatbuffer alone, so an op the runtime does not know is listed
-as ``unknown`` rather than failing the load.
+``allocate_tensors`` is called only to resize inputs (:mod:`.tflite_shapes`). When the interpreter cannot
+register an op (a model newer than the installed runtime) the graph is read from the flatbuffer alone, so an
+op the runtime does not know is listed as ``unknown`` rather than failing the load.
 
 Activation tensors (graph inputs, op outputs, variables) keep their TFLite NHWC shapes; constants are
 attached to the op that consumes them, weights in PyTorch layout (conv ``[out, in/groups, kh, kw]``, fc
@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from tap_edge.core.errors import ModelLoadError
+from tap_edge.graph.frontends.tflite_shapes import resize_inputs, stored_inputs
 from tap_edge.graph.graph import ModelGraph, Op, Tensor
+from tap_edge.graph.shapes import InputShapes
 
 # ---- op classes ----------------------------------------------------------------------------------------
 _OP_CLASSES: dict[str, str] = {
@@ -415,8 +417,9 @@ def _build(raw: _Raw, path: Path) -> ModelGraph:
     return ModelGraph(path.stem, "tflite", ops, tensors, inputs, outputs, meta)
 
 
-def load_tflite_graph(path: str | Path) -> ModelGraph:
-    """Read a ``.tflite`` file into a ModelGraph (``frontend="tflite"``); bad files raise ModelLoadError."""
+def load_tflite_graph(path: str | Path, input_shapes: InputShapes | None = None) -> ModelGraph:
+    """Read a ``.tflite`` file into a ModelGraph (``frontend="tflite"``) at ``input_shapes`` (inputs with -1
+    dims are resized: :mod:`.tflite_shapes`); bad files raise ModelLoadError."""
     p = Path(path)
     data = _read(p)
     try:
@@ -433,8 +436,11 @@ def load_tflite_graph(path: str | Path) -> ModelGraph:
                 raise _fail(p, f"cannot be loaded by the installed TFLite runtime ({detail})",
                             "upgrade ai-edge-litert, or re-export the model with an older op set") from None
             graph.meta["runtime_error"] = detail
+            stored = {n: (graph.tensors[n].shape, graph.tensors[n].dtype) for n in graph.inputs}
+            graph.meta["inputs"] = [i.model_dump() for i in stored_inputs(stored, p, input_shapes)]
             return graph
         raise _diagnose(p, data, detail) from None
+    inputs = resize_inputs(interp, p, input_shapes)
     try:
         fb: _Raw | None = _from_flatbuffer(data)
     except Exception:  # a schema the classes cannot read: use the interpreter alone
@@ -447,4 +453,6 @@ def load_tflite_graph(path: str | Path) -> ModelGraph:
     if fb is not None and len(fb.ops) != len(raw.ops):  # the interpreter skips ops it cannot wire up
         raise _fail(p, f"is corrupt: the file lists {len(fb.ops)} ops but only {len(raw.ops)} are valid",
                     "re-export or re-download the model")
-    return _build(raw, p)
+    graph = _build(raw, p)
+    graph.meta["inputs"] = [i.model_dump() for i in inputs]
+    return graph
