@@ -58,6 +58,7 @@ from tap_edge.documents import (
 from tap_edge.fit.bits import BitAssignment
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.models import LoadedModel, load_graph, load_model
+from tap_edge.graph.shapes import InputShapes, model_inputs
 
 __all__ = [
     "Artifact", "Backend", "BackendOptions", "BackendUnavailable", "Build", "backend_for_artifact",
@@ -254,6 +255,7 @@ class Backend:
             device=device.id if device is not None else None,
             runtime=runtime.name if runtime is not None else None,
             input=built.input or InputSpec(name="input", shape=model.input_shape),
+            inputs=model_inputs(graph),
             compile_s=round(compile_s, 3),
             prediction=prediction(graph, bits, runtime),
             other_predictions=built.other_predictions,
@@ -432,18 +434,20 @@ def compile_model(
     samples: int = DEFAULT_SAMPLES,
     check_samples: int = DEFAULT_SAMPLES,
     options: BackendOptions | None = None,
+    input_shapes: InputShapes | None = None,
 ) -> Artifact:
     """Compile ``model`` at ``bits`` with ``backend`` into ``out_dir``: the backend, its dependencies and the
     device are checked before the model is loaded; ``max(samples, check_samples)`` inputs are read once
     (:func:`~tap_edge.backends.reference.sample_inputs`: ``calib_dir``, the shared photos or noise), the
-    first ``samples`` calibrate and the first ``check_samples`` check the agreement."""
+    first ``samples`` calibrate and the first ``check_samples`` check the agreement. ``input_shapes``: the
+    shape a spec is traced at (``--input-shape``; the preprocessing follows)."""
     b = get_backend(backend) if isinstance(backend, str) else backend
     opts = b.check_options(options)
     b.require()
     profile = get_device(device) if isinstance(device, str) else device
     if profile is not None:
         b.pick_runtime(profile)
-    lm = load_model(model) if isinstance(model, str) else model
+    lm = load_model(model, input_shapes) if isinstance(model, str) else model
     if lm.frontend != "torch":
         raise UserError(f"{lm.spec}: compile takes a PyTorch model",
                         "pass a bundled model, timm:NAME or package.module:factory")

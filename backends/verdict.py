@@ -44,6 +44,7 @@ from tap_edge.documents import (
 )
 from tap_edge.fit.checker import Checker, region_limits
 from tap_edge.graph.models import load_graph
+from tap_edge.graph.shapes import user_shapes
 
 #: A gated figure further than this from its prediction is flagged.
 TOLERANCE = 0.05
@@ -173,7 +174,8 @@ def _judge(report: MeasureReport, manifest: Manifest | None, device: str) -> Non
         problems.append("prediction unavailable: no manifest beside the artifact (not compiled by tap-edge)")
     else:
         try:
-            verdict = Checker(load_graph(manifest.model), bits_of(manifest)).check(profile, runtime.name)
+            graph = load_graph(manifest.model, user_shapes(manifest.inputs))
+            verdict = Checker(graph, bits_of(manifest)).check(profile, runtime.name)
         except UserError as e:  # e.g. a model given as an object, which its spec cannot load again
             problems.append(f"prediction unavailable: {e}")
         else:

@@ -22,6 +22,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
+InputShapeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--input-shape", metavar="[NAME=]SHAPE",
+                 help="Shape to plan an input at, e.g. 1x3x320x320, or NAME=1x3x320x320 per input of a multi-input "
+                      "model (NAME= for a scalar); repeat. Needed for dynamic ONNX/TFLite dims; a PyTorch model is "
+                      "traced at it (default: its preprocessing)."),
+]
+
+
+def input_shapes(specs: list[str] | None) -> Any:
+    """``--input-shape`` values as numbers (:func:`tap_edge.graph.shapes.parse_input_shapes`)."""
+    from tap_edge.graph.shapes import parse_input_shapes
+
+    return parse_input_shapes(specs)
 
 
 def resolve_bits(bits: str | None, plan: Path | None, frontend: str) -> Any:

@@ -23,6 +23,7 @@ from tap_edge.documents import (
 from tap_edge.fit.bits import BitAssignment, tensor_bits
 from tap_edge.fit.memory import ArenaPlan, FlashBreakdown, flash_breakdown, plan_arena_for
 from tap_edge.graph.graph import ModelGraph
+from tap_edge.graph.shapes import InputShapes, as_input_shapes, model_inputs
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ def check_report(graph: ModelGraph, bits: BitAssignment, devices: list[DevicePro
     return CheckReport(
         model=ModelSummary(name=graph.name, frontend=graph.frontend, ops=len(graph.ops), params=graph.params,
                            macs=graph.macs,
-                           unknown_ops=[UnknownOp(op=o.name, op_type=o.op_type) for o in graph.unknown_ops()]),
+                           unknown_ops=[UnknownOp(op=o.name, op_type=o.op_type) for o in graph.unknown_ops()],
+                           inputs=model_inputs(graph)),
         bits=bits.label(), all_fit=all(r.verdict == "FITS" for r in rows), devices=rows,
         memory_timeline=MemoryTimeline(ops=[o.name for o in graph.ops],
                                        live_bytes=arena.live_bytes_per_step if arena else []),
@@ -135,16 +137,18 @@ def check_report(graph: ModelGraph, bits: BitAssignment, devices: list[DevicePro
 
 
 def check(model: str | ModelGraph, devices: str | DeviceProfile | list[str | DeviceProfile] = "*", *,
-          bits: str | BitAssignment | None = None, runtime: str | None = None) -> CheckReport:
+          bits: str | BitAssignment | None = None, runtime: str | None = None,
+          input_shapes: InputShapes | str | list[str] | None = None) -> CheckReport:
     """Will ``model`` fit ``devices``? The Python face of ``tap-edge check``.
 
     ``model``: a MODEL string (bundled name, ``timm:NAME``, ``module:factory``, ``.onnx``, ``.tflite``) or a
     graph; ``devices``: profile ids, YAML paths or profiles, or a wildcard pattern (``"stm32*"``, ``"*"``);
-    ``bits``: ``"w8a8"`` (default; ``"native"`` for .tflite files), ``"w4a8"``, ``"fp32"`` or a BitAssignment."""
+    ``bits``: ``"w8a8"`` (default; ``"native"`` for .tflite files), ``"w4a8"``, ``"fp32"`` or a BitAssignment;
+    ``input_shapes``: ``{"x": [1, 3, 320, 320]}`` or the flag's text (``"1x3x320x320"``, ``["x=1x3x320x320"]``)."""
     from tap_edge.devices import get_device, list_devices
     from tap_edge.graph.models import load_graph
 
-    graph = model if isinstance(model, ModelGraph) else load_graph(model)
+    graph = model if isinstance(model, ModelGraph) else load_graph(model, as_input_shapes(input_shapes))
     wanted = devices if isinstance(devices, list) else [devices]
     profiles: list[DeviceProfile] = []
     for d in wanted:

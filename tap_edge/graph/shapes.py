@@ -223,3 +223,10 @@ def model_inputs(graph: Any) -> list[InputInfo]:
 def user_shapes(inputs: list[InputInfo]) -> InputShapes | None:
     """The shapes a document's inputs were given with (to load the same graph again), None when none were."""
     return {i.name: list(i.shape) for i in inputs if i.source == "user"} or None
+
+
+def as_input_shapes(value: InputShapes | str | Iterable[str] | None) -> InputShapes | None:
+    """The Python faces' ``input_shapes``: a dict of dims, or the flag's text (one string or several)."""
+    if value is None or isinstance(value, dict):
+        return {k: [int(d) for d in v] for k, v in value.items()} if value else None
+    return parse_input_shapes([value] if isinstance(value, str) else list(value), "input_shapes")

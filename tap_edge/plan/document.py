@@ -14,6 +14,7 @@ from tap_edge.documents import (
     Widths,
 )
 from tap_edge.graph.graph import ModelGraph
+from tap_edge.graph.shapes import model_inputs
 from tap_edge.plan.allocate import Allocation
 from tap_edge.plan.budgets import Budgets
 
@@ -50,7 +51,8 @@ def plan_document(allocation: Allocation, graph: ModelGraph, *, model: str, devi
     a = allocation
     layers = plan_layers(a, graph)
     return Plan(
-        plan_id=plan_id(model, layers), model=model, device=device, runtime=runtime, proxy=proxy,
+        plan_id=plan_id(model, layers), model=model, inputs=model_inputs(graph), device=device, runtime=runtime,
+        proxy=proxy,
         default=Widths(w=8, a=a.default_a),
         layers=layers,
         budgets=PlanBudgets(**budgets.to_dict()),

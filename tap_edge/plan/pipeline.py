@@ -12,6 +12,7 @@ from tap_edge.core import console
 from tap_edge.core.errors import UserError
 from tap_edge.devices import Runtime
 from tap_edge.documents import Calibration, EvalResult, Plan, read_json
+from tap_edge.graph.shapes import InputShapes, model_inputs
 from tap_edge.plan.budgets import BudgetSpec
 
 
@@ -22,11 +23,13 @@ class PlanRequest:
     ``budgets`` holds numbers (the CLI parses ``--flash 1.5MB`` and friends); ``weight_bits`` overrides the
     runtime's weight widths (fake-quant studies: the plan may not deploy); ``act_bits`` restricts activation
     widths (e.g. ``[8]`` for an all-integer model); ``sweep`` > 0 adds a Pareto front over that many flash
-    budgets from uniform 2-bit to uniform 8-bit weights."""
+    budgets from uniform 2-bit to uniform 8-bit weights; ``input_shapes`` is the shape the model is traced at
+    (``--input-shape``; default: its preprocessing)."""
 
     model: str
     device: str
     calib: Path
+    input_shapes: InputShapes | None = None
     budgets: BudgetSpec = field(default_factory=BudgetSpec)
     calib_samples: int = 16
     proxy: str = "tap"
@@ -38,10 +41,10 @@ class PlanRequest:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _torch_model(spec: str) -> Any:
+def _torch_model(spec: str, input_shapes: InputShapes | None = None) -> Any:
     from tap_edge.graph.models import load_model
 
-    lm = load_model(spec)
+    lm = load_model(spec, input_shapes)
     if lm.frontend != "torch":
         raise UserError(f"'{spec}' is a {lm.frontend} file: planning needs the PyTorch model",
                         "pass a bundled name, timm:NAME or package.module:factory (check works on any file)")
@@ -65,7 +68,7 @@ def make_plan(req: PlanRequest) -> Plan:
     device = get_device(req.device)
     runtime = _restricted_runtime(device.runtime(req.runtime), req.weight_bits, req.act_bits)
     get_proxy(req.proxy)  # fail fast on an unknown proxy name
-    lm = _torch_model(req.model)
+    lm = _torch_model(req.model, req.input_shapes)
     graph = load_graph(lm)
     budgets = resolve_budgets(req.budgets, device, runtime, graph)
     timing["load_s"] = time.perf_counter() - t0
@@ -128,10 +131,12 @@ def _report_scores(costs: dict[str, dict[tuple[int, int], float]]) -> dict[str, 
 
 @dataclass(kw_only=True)
 class EvalRequest:
-    """Everything ``tap-edge eval`` needs: exactly one of ``plan`` (a plan.json) and ``bits`` (uniform)."""
+    """Everything ``tap-edge eval`` needs: exactly one of ``plan`` (a plan.json) and ``bits`` (uniform);
+    ``input_shapes`` as in :class:`PlanRequest`."""
 
     model: str
     data: Path
+    input_shapes: InputShapes | None = None
     plan: Path | None = None
     bits: str | None = None
     labels: Path | None = None
@@ -161,7 +166,7 @@ def evaluate_plan(req: EvalRequest) -> EvalResult:
         plan_id = Plan.from_dict(data, str(req.plan)).plan_id if data.get("schema") == Plan.SCHEMA else None
     else:
         bits = BitAssignment.parse(req.bits or "w8a8")
-    lm = _torch_model(req.model)
+    lm = _torch_model(req.model, req.input_shapes)
     graph = load_graph(lm)
     bits.check_names(graph)
     calib_dir = req.calib or req.data
@@ -175,7 +180,8 @@ def evaluate_plan(req: EvalRequest) -> EvalResult:
     qmodel = quantize_model(lm.module, bits, calib, graph=graph)
     ptq_s = time.perf_counter() - t
     metrics = evaluate(qmodel, lm.module, images, labels)
-    return EvalResult(model=req.model, bits=bits.label(), plan=str(req.plan) if req.plan else None,
+    return EvalResult(model=req.model, inputs=model_inputs(graph), bits=bits.label(),
+                      plan=str(req.plan) if req.plan else None,
                       plan_id=plan_id, n_images=len(images), calib_samples=len(calib),
                       model_bytes=flash_breakdown(graph, bits).model_bytes, ptq_s=round(ptq_s, 3),
                       agreement=metrics["agreement"], kl=metrics["kl"], top1=metrics["top1"],
