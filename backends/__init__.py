@@ -9,6 +9,10 @@ dataclass (a :class:`BackendOptions`, checked in ``__post_init__``), one :class:
   the device ``kinds``;
 - ``modules``: the Python modules it needs, and ``extra``: the pip extra that installs them. ``available()``
   only looks the modules up (nothing heavy is imported); ``require()`` raises one line naming the extra;
+- ``plan_rules(runtime)``: the widths a plan may choose so that the backend builds it as planned for that
+  runtime (:class:`~tap_edge.plan.rules.PlanRules`: width pairs per op class, one activation width or not);
+  ``tap-edge plan`` makes them constraints (:func:`plan_target` picks the backend for a device) and
+  ``build()`` refuses exactly what they forbid;
 - ``build()``: writes the artifact and returns a :class:`Build` (its weight bytes, what only it knows);
   ``outputs()``: runs the artifact on inputs. :meth:`Backend.compile` does the rest once for every backend:
   the prediction (:mod:`tap_edge.backends.manifest`), the agreement with the reference model
@@ -59,10 +63,12 @@ from tap_edge.fit.bits import BitAssignment
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.models import LoadedModel, load_graph, load_model
 from tap_edge.graph.shapes import InputShapes, model_inputs
+from tap_edge.plan.rules import ALL_CHOICES, PlanRules
 
 __all__ = [
     "Artifact", "Backend", "BackendOptions", "BackendUnavailable", "Build", "backend_for_artifact",
-    "backend_list", "broken_backends", "compile_model", "get_backend", "list_backends", "read_manifest",
+    "backend_for_runtime", "backend_list", "broken_backends", "compile_model", "get_backend", "list_backends",
+    "plan_target", "read_manifest",
 ]
 
 ENTRY_POINT_GROUP = "tap_edge.backends"
@@ -191,6 +197,29 @@ class Backend:
             f"(its runtimes: {', '.join(r.name for r in device.runtimes)})",
             f"{self.name} serves runtimes {', '.join(self.runtimes)}; pick another --backend",
         )
+
+    # ---- what it builds ------------------------------------------------------------------------------------
+    def plan_rules(self, runtime: Runtime | None) -> PlanRules:
+        """The widths a plan may choose so that this backend builds it as planned for ``runtime`` (None: no
+        device, the backend alone). A backend that says nothing of its own builds whatever the runtime's
+        tables allow, chosen per layer."""
+        if runtime is None:
+            return PlanRules.of("any", self.name, {"default": ALL_CHOICES})
+        return PlanRules.from_runtime(runtime, self.name)
+
+    def check_buildable(self, graph: ModelGraph, bits: BitAssignment, device: DeviceProfile | None) -> None:
+        """Refuse, in one line, widths :meth:`plan_rules` forbids for the device's runtime: the same rules the
+        planner kept, so a plan made for that device always passes."""
+        runtime = self.pick_runtime(device) if device is not None else None
+        rules = self.plan_rules(runtime)
+        problems = rules.violations(graph, bits)
+        if problems:
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            target = f"device '{device.id}'" if device is not None else "this backend"
+            raise UserError(f"{problems[0]}{more}",
+                            f"make the plan for {target} with this backend (tap-edge plan -d "
+                            f"{device.id if device is not None else 'DEVICE'} --backend {self.name}): plans keep "
+                            f"to {rules.builder()}")
 
     # ---- options -----------------------------------------------------------------------------------------
     def options_from_flags(self, **flags: Any) -> BackendOptions:
@@ -420,6 +449,32 @@ def _foreign_flag(option: str, backend: str) -> UserError:
             does, lacks = help_
             return UserError(f"{flag} {does}; backend '{backend}' {lacks}", f"pass --backend {other}, or drop {flag}")
     return UserError(f"{flag}: no backend takes this option", f"drop {flag}")
+
+
+def backend_for_runtime(runtime: str) -> Backend | None:
+    """The backend that builds for the device runtime ``runtime`` (its ``runtimes`` patterns match), if any;
+    first-party backends first."""
+    names = [n for n in FIRST_PARTY if n in list_backends()] + [n for n in list_backends() if n not in FIRST_PARTY]
+    return next((get_backend(n) for n in names if get_backend(n).serves_runtime(runtime)), None)
+
+
+def plan_target(device: DeviceProfile, runtime: str | None = None, backend: str | None = None,
+                ) -> tuple[Runtime, PlanRules]:
+    """The runtime a plan for ``device`` is made for and the rules of the backend that will build it there:
+    ``backend`` when given (its runtime on the device, or ``runtime`` if it builds for that one), else the
+    backend that serves the runtime (``runtime`` or the device's default). No backend serves it: the
+    runtime's own tables (``rules.backend`` is None). The rules are narrowed to the runtime's tables."""
+    if backend is not None:
+        b = get_backend(backend)
+        rt = device.runtime(runtime) if runtime is not None else b.pick_runtime(device)
+        if runtime is not None and not b.serves_runtime(rt.name):
+            raise UserError(f"backend '{b.name}' does not build for runtime '{rt.name}' of device '{device.id}' "
+                            f"(it builds for {', '.join(b.runtimes)})",
+                            "drop the runtime to use the backend's own, or drop the backend to follow the runtime")
+        return rt, b.plan_rules(rt).within(rt)
+    rt = device.runtime(runtime)
+    b = backend_for_runtime(rt.name)
+    return rt, (b.plan_rules(rt).within(rt) if b is not None else PlanRules.from_runtime(rt))
 
 
 # ---- the library call behind `tap-edge compile` ----------------------------------------------------------------

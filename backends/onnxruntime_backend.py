@@ -38,11 +38,12 @@ import numpy as np
 from tap_edge.backends import Backend, BackendOptions, Build, is_float
 from tap_edge.backends.manifest import artifact_stem, module_bits
 from tap_edge.core.errors import UserError
-from tap_edge.devices import DeviceProfile
+from tap_edge.devices import DeviceProfile, Runtime
 from tap_edge.documents import ArtifactWeights, Manifest
 from tap_edge.fit.bits import BitAssignment
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.models import LoadedModel
+from tap_edge.plan.rules import PlanRules
 
 OPSET = 21
 _WEIGHTED = ("Conv", "Gemm", "MatMul", "ConvTranspose")
@@ -195,11 +196,22 @@ class OnnxRuntimeBackend(Backend):
     suffix = ".onnx"
     options_class = OnnxRuntimeOptions
 
+    def plan_rules(self, runtime: Runtime | None) -> PlanRules:
+        """Per layer: integer weights of 2..8 bits (INT4 containers up to 4, int8 containers above) with 8-bit
+        (uint8) or 16-bit (int16) activations, or the layer in float32 (w32a32: 16-bit weights or 32-bit
+        activations leave the whole layer float, so no other pair with them is built as planned)."""
+        pairs = {(w, a) for w in range(2, 9) for a in (8, 16)} | {(32, 32)}
+        rules = PlanRules.of(runtime.name if runtime else "onnxruntime", self.name, {"default": pairs},
+                             reasons=("onnxruntime backend: QDQ per layer; 16-bit weights or 32-bit activations "
+                                      "leave the layer float32 (onnxruntime_backend._quantization_table)",))
+        return rules.within(runtime) if runtime is not None else rules
+
     def build(self, model: LoadedModel, graph: ModelGraph, bits: BitAssignment, out_dir: Path, *,
               calib: np.ndarray, check: np.ndarray, options: OnnxRuntimeOptions,
               device: DeviceProfile | None) -> Build:
         """Export, quantize to QDQ at the plan's widths (see the module docstring), optionally rewrite INT4
         Gemms into MatMulNBits."""
+        self.check_buildable(graph, bits, device)
         stem = artifact_stem(model, bits)
         float_path = out_dir / f"{stem}.float.onnx"
         q_path = out_dir / f"{stem}.onnx"

@@ -3,14 +3,15 @@
 Compile (needs the ``tflite`` extra: ``litert-torch``): the model's weights are first put on the plan's grid
 by ``tap_edge.quantize.ptq`` (float activations). Int8 plans are then quantized with PT2E before conversion
 (litert-torch's ``PT2EQuantizer``: per-channel symmetric int8 weights, int8 activations calibrated on sample
-inputs; a layer planned at 32-bit activations stays float through ``set_module_name``), with channel-last
-input (``to_channel_last_io``: no TRANSPOSE at the graph input, as on a microcontroller), and converted with
-``litert_torch.convert``. ``fp32`` plans convert without quantization. Plans with 4-bit conv weights or
-16-bit activations (one activation width for the whole model) go through ai-edge-quantizer per-op recipes
-on the float .tflite (``mixed`` mode); its policy has no int4 depthwise, and TFLite Micro's reference
-FULLY_CONNECTED rejects int4 filters, so those plans are refused with a hint. PT2E is the int8 path rather
-than ai-edge-quantizer because an ai-edge-quantizer int8 MobileNetV2 gave wrong TFLite Micro output here
-while the PT2E one matched; every measurement checks TFLM's outputs against LiteRT's.
+inputs), with channel-last input (``to_channel_last_io``: no TRANSPOSE at the graph input, as on a
+microcontroller), and converted with ``litert_torch.convert``. ``fp32`` plans convert without quantization.
+Plans with 4-bit conv weights or 16-bit activations (one activation width for the whole model) go through
+ai-edge-quantizer per-op recipes on the float .tflite (``mixed`` mode). What it builds, per runtime, is
+:meth:`TFLiteBackend.plan_rules` (one activation width; int4 weights on conv only, and with 8-bit activations
+on TFLite Micro; float for the whole model or not at all): ``tap-edge plan`` keeps to them and ``build``
+refuses the rest. PT2E is the int8 path rather than ai-edge-quantizer because an ai-edge-quantizer int8
+MobileNetV2 gave wrong TFLite Micro output here while the PT2E one matched; every measurement checks TFLM's
+outputs against LiteRT's.
 
 Measure (child process): LiteRT (``ai_edge_litert``, one thread) for latency; TFLite Micro's Python
 interpreter (``tflite-micro``, reference kernels on the host) for the arena: ``print_allocations()`` (the
@@ -36,13 +37,13 @@ import numpy as np
 from tap_edge.backends import Backend, BackendOptions, Build
 from tap_edge.backends.manifest import artifact_stem, module_bits, prediction
 from tap_edge.backends.reference import agreement
-from tap_edge.core.errors import UserError
-from tap_edge.devices import DeviceProfile
+from tap_edge.devices import DeviceProfile, Runtime
 from tap_edge.documents import ArtifactWeights, InputSpec, Manifest
 from tap_edge.fit.bits import BitAssignment
 from tap_edge.graph.frontends.tflite_frontend import load_tflite_graph
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.models import LoadedModel
+from tap_edge.plan.rules import PlanRules
 
 #: Keys of :attr:`Manifest.other_predictions`: TFLite Micro's host reference kernels (what ``measure`` runs),
 #: and the arena planned on the converted .tflite graph (isolates planner error from graph differences).
@@ -192,6 +193,7 @@ class TFLiteBackend(Backend):
               device: DeviceProfile | None) -> Build:
         """Convert at the plan's widths (see the module docstring); the first calibration inputs are saved
         beside the artifact (``<stem>.samples.npy``) for the TFLM-vs-LiteRT check of ``measure``."""
+        self.check_buildable(graph, bits, device)
         mode = self._mode(graph, bits)
         stem = artifact_stem(model, bits)
         path = out_dir / f"{stem}.tflite"
@@ -220,36 +222,45 @@ class TFLiteBackend(Backend):
         it = _litert(artifact)
         return np.stack([_invoke_litert(it, x) for x in xs])
 
+    def plan_rules(self, runtime: Runtime | None) -> PlanRules:
+        """What this backend builds (``runtime`` None: for TFLite Micro, which ``measure`` always runs).
+
+        - One activation width for the whole model: PT2E (int8) and ai-edge-quantizer (int4 conv weights, 16x8)
+          quantize every activation alike, and a float layer inside an int8 model is refused by litert-torch's
+          PT2E conversion ("quantization_config == None is not supported yet", litert-torch 0.10.0); float is the
+          whole model (w32a32) or nothing.
+        - Weights int8, int4 on conv only: the ai-edge-quantizer recipe puts CONV_2D at 4 bits; it has no int4
+          depthwise policy; TFLite Micro's FULLY_CONNECTED rejects int4 filters (fully_connected_common.cc:98,
+          tflite-micro 0.dev20261023182759). No float16 weights (TFLite Micro's DEQUANTIZE takes no float16).
+        - TFLite Micro: int4 filters only with int8 activations (conv_common.cc: "Hybrid models are not
+          supported on TFLite Micro" for an int4 filter with int16 input); LiteRT runs int4 conv at 16x8.
+        """
+        tflm = runtime is None or runtime.name.startswith("tflm")
+        common = {(8, 8), (8, 16), (32, 32)}
+        conv = common | {(4, 8)} | (set() if tflm else {(4, 16)})
+        reasons = (
+            "tflite backend: one activation width for the whole model (PT2E and ai-edge-quantizer quantize every "
+            "activation alike; litert-torch 0.10.0 PT2E refuses a float layer in an int8 model)",
+            "tflite backend: int4 weights on conv only (ai-edge-quantizer recipe: CONV_2D; no int4 depthwise "
+            "policy; TFLite Micro's FULLY_CONNECTED rejects int4 filters, fully_connected_common.cc:98)",
+            *(("TFLite Micro: int4 conv filters need int8 activations (conv_common.cc: 'Hybrid models are not "
+               "supported on TFLite Micro')",) if tflm else ()),
+        )
+        rules = PlanRules.of(runtime.name if runtime else "tflm (host reference)", self.name,
+                             {"conv": conv, "default": common}, one_activation_width=True, reasons=reasons)
+        return rules.within(runtime) if runtime is not None else rules
+
     @staticmethod
     def _mode(graph: Any, bits: Any) -> str:
-        """``float``, ``int8`` (PT2E) or ``mixed`` (ai-edge-quantizer: int4 conv weights and/or 16x8)."""
+        """``float``, ``int8`` (PT2E) or ``mixed`` (ai-edge-quantizer: int4 conv weights and/or 16x8), from
+        the widths of the quantizable layers (the build has refused what :meth:`plan_rules` forbids)."""
         quant = graph.quantizable_ops()
-        ws = {module_bits(bits, op.module)[0] for op in quant} | {bits.default_w}
-        acts = {module_bits(bits, op.module)[1] for op in quant} | {bits.default_a}
+        ws = {module_bits(bits, op.module)[0] for op in quant} or {bits.default_w}
+        acts = {module_bits(bits, op.module)[1] for op in quant} or {bits.default_a}
         if ws <= {32, 16} and acts <= {32}:
             return "float"
-        if ws <= {8, 32} and acts <= {8, 32}:
+        if ws <= {8} and acts <= {8}:
             return "int8"
-        bad_w = ws - {4, 8}
-        if bad_w:
-            raise UserError(
-                f"the tflite backend stores int8 or int4 weights; this plan has {sorted(bad_w)}-bit weights",
-                "use --backend onnxruntime (int4/int8 containers) or plan with 4 and 8 bits",
-            )
-        if len(acts) != 1 or acts - {8, 16}:
-            raise UserError(
-                f"the tflite backend quantizes every activation at one width (8 or 16 bits); this plan has "
-                f"{sorted(acts)}",
-                "use --backend onnxruntime for per-layer activation widths",
-            )
-        for op in quant:
-            if module_bits(bits, op.module)[0] == 4 and op.op_class != "conv":
-                raise UserError(
-                    f"layer '{op.module or op.name}': 4-bit weights on {op.op_class} are not supported by "
-                    "the tflite path (ai-edge-quantizer has no int4 depthwise policy; TFLite Micro's "
-                    "reference FULLY_CONNECTED rejects int4 filters)",
-                    "plan 4-bit weights on conv layers only, or use --backend onnxruntime",
-                )
         return "mixed"
 
     def _convert(self, module: Any, xs: np.ndarray, bits: Any, mode: str, graph: Any, path: Path) -> None:
@@ -286,10 +297,6 @@ class TFLiteBackend(Backend):
             q = PT2EQuantizer().set_global(
                 get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
             )
-            for op in graph.quantizable_ops():
-                w, a = module_bits(bits, op.module)
-                if op.module and (w >= 16 or a >= 32):
-                    q.set_module_name(op.module, None)
             exported = torch.export.export(cl_module, cl_example).module()
             prepared = prepare_pt2e(exported, q)
             with torch.no_grad():

@@ -3,7 +3,7 @@
 Compile (needs the ``tvm`` extra: ``apache-tvm==0.26.0`` with ``apache-tvm-ffi==0.1.13.post3``, the pair that
 shares an environment with litert-torch): the model goes through the onnxruntime backend's export first (an
 int8 QDQ graph at the plan's widths, or the float graph for ``fp32``). TVM cannot import INT4 initializers
-or MatMulNBits, so layers planned below 8 bits are given to TVM at int8 (recorded in the manifest). The ONNX
+or MatMulNBits, so plans with weights below 8 bits are refused (:meth:`TVMBackend.plan_rules`). The ONNX
 graph is imported with ``tvm.relax.frontend.onnx``, built with ``tvm.compile`` for this machine's CPU
 (``llvm`` with the host ``mcpu``, one thread: ``measure`` and ONNX Runtime run one thread) and saved as a
 shared library; Relax's static memory plan is read after block-memory planning (the bytes of the
@@ -55,9 +55,10 @@ from tap_edge.core.errors import UserError
 from tap_edge.core.paths import cache_dir
 from tap_edge.devices import DeviceProfile, Runtime
 from tap_edge.documents import Manifest
-from tap_edge.fit.bits import BitAssignment, LayerBits
+from tap_edge.fit.bits import BitAssignment
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.models import LoadedModel
+from tap_edge.plan.rules import PlanRules
 
 #: Bookkeeping beside MetaSchedule's two JSONDatabase files: trials and seconds spent per workload key.
 TUNING_STATE_FILE = "tap-edge-tuning.json"
@@ -518,6 +519,15 @@ class TVMBackend(Backend):
     def serves(self, device: DeviceProfile) -> bool:
         return device_target(device) is not None or super().serves(device)
 
+    def plan_rules(self, runtime: Runtime | None) -> PlanRules:
+        """Per layer int8 weights with 8- or 16-bit activations, or float32: TVM is given the onnxruntime
+        backend's QDQ graph and cannot import INT4 initializers, so weights below 8 bits would reach it only
+        widened to int8, not as planned."""
+        rules = PlanRules.of(runtime.name if runtime else "tvm", self.name, {"default": {(8, 8), (8, 16), (32, 32)}},
+                             reasons=("tvm backend: no INT4 import (weights below 8 bits widen to int8); int16 QDQ "
+                                      "activations build and agree with ONNX Runtime (resnet8, apache-tvm 0.26.0)",))
+        return rules.within(runtime) if runtime is not None else rules
+
     def build(self, model: LoadedModel, graph: ModelGraph, bits: BitAssignment, out_dir: Path, *,
               calib: np.ndarray, check: np.ndarray, options: TVMOptions, device: DeviceProfile | None) -> Build:
         """Build the host artifact from the onnxruntime backend's ONNX graph (tuned with MetaSchedule when
@@ -528,10 +538,10 @@ class TVMBackend(Backend):
         from tvm import relax
         from tvm.relax.frontend.onnx import from_onnx
 
-        tvm_bits, widened = _int8_or_wider(bits)
+        self.check_buildable(graph, bits, device)
         xs_check = check[:AGREEMENT_SAMPLES]
         with tempfile.TemporaryDirectory(prefix="tap-edge-tvm-") as tmp:
-            given = OnnxRuntimeBackend().build(model, graph, tvm_bits, Path(tmp), calib=calib, check=xs_check,
+            given = OnnxRuntimeBackend().build(model, graph, bits, Path(tmp), calib=calib, check=xs_check,
                                                options=OnnxRuntimeOptions(), device=None)
             proto = onnx.load(str(given.artifact))
             ort_outputs = onnx_outputs(given.artifact, xs_check)
@@ -564,7 +574,6 @@ class TVMBackend(Backend):
             facts={
                 "tvm_version": tvm.__version__,
                 "host_target": host_target(),
-                "widened_to_int8": widened,
                 "scalar_qdq_removed": stripped,
                 "tuned": tuning is not None,
                 "tuning": tuning.to_dict() if tuning is not None else None,
@@ -655,17 +664,6 @@ class TVMBackend(Backend):
             "tvm_planned_bytes": manifest.backend_facts["relax_memory_plan"]["planned_bytes"],
             "runtime_figures_note": "tvm planned bytes: Relax StaticPlanBlockMemory constant-size storage",
         }
-
-
-def _int8_or_wider(bits: BitAssignment) -> tuple[BitAssignment, list[str]]:
-    """TVM cannot import INT4 initializers: the widths given to it (int8 where the plan says fewer bits) and
-    the layers so widened (recorded in the manifest)."""
-    tvm_bits = BitAssignment(
-        max(8, bits.default_w), bits.default_a, {k: LayerBits(max(8, v.w), v.a) for k, v in bits.layers.items()})
-    widened = sorted(k for k, v in bits.layers.items() if v.w < 8)
-    if bits.default_w < 8:
-        widened.insert(0, f"default (w{bits.default_w})")
-    return tvm_bits, widened
 
 
 def _vm_outputs(vm: Any, xs: np.ndarray) -> np.ndarray:

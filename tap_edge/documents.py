@@ -208,6 +208,90 @@ class UnsupportedOp(Part):
     problem: str
 
 
+class Widths(Part):
+    w: int
+    a: int
+
+
+class LayerChange(Part):
+    """One layer a suggested widths plan changes."""
+
+    layer: str
+    op_class: str
+    params: int
+    before: Widths
+    after: Widths
+
+
+class WidthsSuggestion(Part):
+    """A widths plan that fits the device: one solve of the exact allocation program under the device's flash
+    and arena limits with a data-free objective (``objective`` says what it minimises). ``default`` and
+    ``layers`` are a plan (``tap-edge check --plan`` and ``compile --plan`` read a file with them)."""
+
+    objective: str
+    cost: float = Field(description="the objective's value for this plan")
+    backend: str | None = Field(None, description="the backend whose build rules the plan keeps")
+    flash_bytes: int
+    arena_bytes: int
+    sram_used_bytes: int = Field(description="arena, plus the flash total when weights and arena share a region")
+    default: Widths
+    layers: dict[str, Widths]
+    changed: list[LayerChange] = Field(default_factory=list)
+    plan_file: str | None = Field(None, description="where the plan was written (check --suggest-plans)")
+
+
+class ResolutionSuggestion(Part):
+    """The largest input resolution (spatial dims scaled together) at which the arena floor fits."""
+
+    input: str
+    shape: list[int] = Field(description="the shape the verdict is for")
+    fits_shape: list[int] | None = Field(None, description="largest shape that fits; None: even the smallest fails")
+    arena_bytes: int | None = Field(None, description="arena floor at fits_shape")
+    method: Literal["reloaded", "scaled"] = Field(
+        description="reloaded: the model was loaded again at that shape; scaled: activation bytes scaled by the "
+                    "input area (the model cannot be loaded at another shape)")
+    widths: WidthsSuggestion | None = Field(None, description="the cheapest widths plan at fits_shape (reloaded)")
+
+
+class QuantizationFloor(Part):
+    """Quantization cannot fit the model on this runtime: the smallest flash and arena any widths plan it
+    builds can reach, where the arena peaks, and what input resolution would fit."""
+
+    binding: list[Literal["flash", "SRAM"]]
+    activation_bits: int = Field(description="the runtime's narrowest activation width")
+    weight_bits: int = Field(description="the narrowest weight width it builds")
+    flash_floor_bytes: int
+    flash_limit_bytes: int
+    arena_floor_bytes: int = Field(description="smallest arena (plus flash on a shared region) of any plan")
+    sram_limit_bytes: int
+    peak_op: str
+    live_at_peak: list[LiveTensor] = Field(default_factory=list)
+    resolution: ResolutionSuggestion | None = None
+
+
+class ProfileSuggestion(Part):
+    """The nearest bundled profile on which the model fits at the widths asked for."""
+
+    device: str
+    device_name: str
+    runtime: str
+    flash_bytes: int
+    flash_limit_bytes: int
+    peak_sram_bytes: int
+    sram_limit_bytes: int
+    why: str = Field(description="what makes it near: same vendor / SoC family / core")
+
+
+class FitSuggestions(Part):
+    """What would make a failing device fit (``tap-edge check --suggest``), each computed, not guessed."""
+
+    widths: WidthsSuggestion | None = None
+    floor: QuantizationFloor | None = None
+    profile: ProfileSuggestion | None = None
+    notes: list[str] = Field(default_factory=list, description="why a kind of change cannot help")
+    seconds: float = 0.0
+
+
 class DeviceVerdict(Part):
     """One device's verdict. Margins = limit - used (negative: over); the percentages are None when the
     limit is not positive (nothing left for the arena, e.g. weights fill a shared region)."""
@@ -232,6 +316,7 @@ class DeviceVerdict(Part):
     sram_margin_bytes: int = 0
     flash_margin_pct: float | None = None
     sram_margin_pct: float | None = None
+    suggestions: FitSuggestions | None = Field(None, description="what would make it fit (check --suggest)")
 
     @model_validator(mode="before")
     @classmethod
@@ -268,11 +353,6 @@ class CheckReport(Document):
 
 
 # ---- plan -------------------------------------------------------------------------------------------------
-class Widths(Part):
-    w: int
-    a: int
-
-
 class PlanLayer(Part):
     w: int
     a: int
@@ -317,6 +397,24 @@ class Calibration(Part):
     samples: int
 
 
+class PlanRulesInfo(Part):
+    """What the plan could choose: per op class (``default``: the others) the (w, a) pairs the backend builds
+    and the runtime runs, and whether every layer shares one activation width."""
+
+    backend: str | None = None
+    runtime: str
+    choices: dict[str, list[Widths]]
+    one_activation_width: bool = False
+    reasons: list[str] = Field(default_factory=list, description="the facts behind the rules, with sources")
+
+
+class Pin(Part):
+    """A layer's widths fixed by the user (``a`` None: only the weight width is fixed)."""
+
+    w: int
+    a: int | None = None
+
+
 class SweepPoint(Part):
     flash_bytes: int
     model_bytes: int
@@ -352,6 +450,10 @@ class Plan(Document):
                                            description="per layer: the proxy's cost at w4a8 (or the nearest)")
     calibration: Calibration | None = None
     sweep: list[SweepPoint] = Field(default_factory=list)
+    backend: str | None = Field(None, description="the backend whose build rules the plan keeps (None: no backend "
+                                                  "builds for the runtime; its tables alone)")
+    rules: PlanRulesInfo | None = None
+    pins: dict[str, Pin] = Field(default_factory=dict, description="layers whose widths the user fixed")
 
 
 # ---- eval -------------------------------------------------------------------------------------------------

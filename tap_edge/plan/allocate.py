@@ -21,6 +21,11 @@ Formulation (``scipy.optimize.milp`` / HiGHS):
   shrinks with width, e.g. CMSIS-NN im2col is not used by 16x8 kernels), which is exact because the solver
   can always move it to the true max. When weights and arena share one memory (phones, Linux boards) the
   constraint is ``live + flash <= budget``, as ``check.py`` subtracts the flash total from that region.
+- Build rules (:class:`~tap_edge.plan.rules.PlanRules`, from the backend that builds the plan): a layer's
+  choices are also limited to the (w, a) pairs the rules allow for its op class, and ``pins`` fix a layer's
+  weight (and activation) width. ``one_activation_width``: binaries ``z[a]``, ``sum_a z[a] = 1`` and, for
+  every layer and width, ``sum_{c: a_c = a} x[l, c] = z[a]``: all layers share one activation width, and the
+  tensors that would take the default width take it too (``z`` is their width source).
 - Optional: BOPs ``sum MACs x w x a`` (``a`` = the layer's chosen activation width, i.e. its kernel mode:
   int8 or 16x8) and latency (see :func:`cycles_per_mac`).
 
@@ -64,6 +69,10 @@ from tap_edge.fit.memory import (
 )
 from tap_edge.graph.graph import INPLACE_CLASSES, ModelGraph, Op
 from tap_edge.plan.budgets import Budgets
+from tap_edge.plan.rules import PlanRules
+
+#: A user's fixed widths for a layer: (weight bits, activation bits or None for "any").
+Pins = dict[str, tuple[int, int | None]]
 
 Choice = tuple[int, int]
 #: The allocator's input: cost per quantizable op per (weight width, activation width); lower is better.
@@ -83,15 +92,18 @@ MAX_CUT_PATTERNS = 2**16
 class InfeasibleBudget(UserError):
     """No bit assignment meets the budgets. ``binding`` names the constraint(s) that cannot be met;
     ``min_flash_bytes`` / ``min_sram_bytes`` are the smallest achievable flash total and arena (for a shared
-    region: arena + flash) with the runtime's bit-widths."""
+    region: arena + flash) with the runtime's bit-widths; ``floor_bits`` is the plan with that smallest arena
+    (what a suggestion shows the peak of)."""
 
     def __init__(self, message: str, hint: str = "", *, binding: str = "", min_flash_bytes: int = 0,
-                 min_sram_bytes: int = 0, min_peak_live_bytes: int = 0) -> None:
+                 min_sram_bytes: int = 0, min_peak_live_bytes: int = 0,
+                 floor_bits: BitAssignment | None = None) -> None:
         super().__init__(message, hint)
         self.binding = binding
         self.min_flash_bytes = min_flash_bytes
         self.min_sram_bytes = min_sram_bytes
         self.min_peak_live_bytes = min_peak_live_bytes
+        self.floor_bits = floor_bits
 
 
 @dataclass
@@ -166,16 +178,21 @@ Source = tuple[frozenset[int], int]
 
 
 class _Program:
-    """The integer program for one (graph, costs, runtime, default_a); solved for many budgets."""
+    """The integer program for one (graph, costs, runtime, default_a, rules, pins); solved for many budgets."""
 
-    def __init__(self, graph: ModelGraph, costs: CostTable, runtime: Runtime, default_a: int = 8) -> None:
+    def __init__(self, graph: ModelGraph, costs: CostTable, runtime: Runtime, default_a: int = 8,
+                 rules: PlanRules | None = None, pins: Pins | None = None) -> None:
         # plan the graph the runtime executes (e.g. with a converter's PAD ops); its persistent arena
         # allocations are a constant share of every step's live bytes
         view, self.persistent = runtime_view(graph, runtime)
         self.graph, self.runtime, self.default_a = view, runtime, default_a
+        self.rules, self.pins = rules, dict(pins or {})
+        self.shared = bool(rules and rules.one_activation_width)
         self._layers(costs)
+        self._check_pins(graph)
         self._sources()
         self._restrict_inherited()
+        self._shared_widths()
         self._place()
         self._live_matrix()
         self.live_const = self.live_const + self.persistent
@@ -214,24 +231,51 @@ class _Program:
             for op in ops:
                 ws = set(rt.weight_bits(op.op_class)) & set(WEIGHT_BITS)
                 acts = set(rt.activation_bits(op.op_class)) & set(ACT_BITS)
+                built = self.rules.allowed(op.op_class) if self.rules else None
                 ok = set()
                 for ch, v in costs[op.name].items():
                     w, a = int(ch[0]), int(ch[1])
                     if v is None or (isinstance(v, float) and math.isnan(v)):
                         raise UserError(f"cost of {op.name} at w{w}a{a} is not a number",
                                         "check the proxy: every cost must be finite (or inf to forbid)")
-                    if w in ws and a in acts and math.isfinite(float(v)):
+                    if w in ws and a in acts and math.isfinite(float(v)) and (built is None or (w, a) in built):
                         ok.add((w, a))
                 allowed = ok if allowed is None else allowed & ok
             choices = sorted(allowed or set())
             if not choices:
                 op = ops[0]
+                built_note = f"; {self.rules.builder()} builds {self.rules.describe(op.op_class)}" if self.rules else ""
                 raise UserError(f"layer '{key}' ({op.op_class}) has no cost for any bit-width "
                                 f"{rt.name} supports "
                                 f"(weights {rt.weight_bits(op.op_class)}, activations "
-                                f"{rt.activation_bits(op.op_class)})",
-                                "give costs for the runtime's widths, or choose another runtime")
+                                f"{rt.activation_bits(op.op_class)}{built_note})",
+                                "give costs for those widths")
+            if key in self.pins:
+                choices = self._pinned(key, ops[0], choices)
             self.layers.append(self._make_layer(key, ops, choices, costs))
+
+    def _pinned(self, key: str, op: Op, choices: list[Choice]) -> list[Choice]:
+        """The choices of a pinned layer: its fixed weight (and activation) width, if the layer can take it."""
+        w, a = self.pins[key]
+        kept = [c for c in choices if c[0] == w and (a is None or c[1] == a)]
+        if not kept:
+            asked = f"w{w}" + (f"a{a}" if a is not None else "")
+            can = ", ".join(f"w{cw}a{ca}" for cw, ca in choices)
+            raise UserError(f"layer '{key}' ({op.op_class}) is pinned at {asked}, which "
+                            f"{self.rules.builder() if self.rules else self.runtime.name} cannot build for it",
+                            f"pin one of the widths it can take: {can}")
+        return kept
+
+    def _check_pins(self, graph: ModelGraph) -> None:
+        """Every pinned layer must be a layer of the model: one line with the close matches otherwise."""
+        import difflib
+
+        unknown = [k for k in self.pins if k not in self.keys]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], self.keys, n=4, cutoff=0.5)
+            hint = (f"close matches: {', '.join(close)}" if close
+                    else f"its layers are e.g. {', '.join(self.keys[:4])}")
+            raise UserError(f"pinned layer '{unknown[0]}' is not a layer of {graph.name}", hint)
 
     def _make_layer(self, key: str, ops: list[Op], choices: list[Choice], costs: CostTable) -> _Layer:
         cost = np.array([sum(float(costs[op.name][_find(costs[op.name], c)]) for op in ops) for c in choices])
@@ -245,27 +289,29 @@ class _Program:
         """Mirror of ``bits.tensor_bits``: each tensor's width = max(const, chosen a of each source layer)."""
         g, da = self.graph, self.default_a
         none: frozenset[int] = frozenset()
+        # with one activation width, the default width is the shared one: its binaries are source len(layers)
+        dflt: Source = (frozenset({len(self.layers)}), 0) if self.shared and self.layers else (none, da)
         src: dict[str, Source] = {}
         no_layers = not self.layers
         for name in g.inputs:
             first = next((i for i, o in enumerate(g.ops) if name in o.inputs), None)
             e = self.entry[first] if first is not None else None
-            src[name] = (frozenset({e}), 0) if e is not None else (none, da)
+            src[name] = (frozenset({e}), 0) if e is not None else dflt
         self.op_src: list[Source] = []
         for i, op in enumerate(g.ops):
             e = self.entry[i]
             if e is not None:
                 s: Source = (frozenset({e}), 0)
             elif op.quantizable or no_layers or not op.inputs:
-                s = (none, da)
+                s = dflt
             else:
-                parts = [src.get(t, (none, da)) for t in op.inputs]
+                parts = [src.get(t, dflt) for t in op.inputs]
                 s = (frozenset().union(*(p[0] for p in parts)), max(p[1] for p in parts))
             self.op_src.append(s)
             for t in op.outputs:
                 src[t] = s
         for name in g.tensors:
-            src.setdefault(name, (none, da))
+            src.setdefault(name, dflt)
         self.src = src
 
     def _restrict_inherited(self) -> None:
@@ -273,16 +319,21 @@ class _Program:
         the inheriting op's runtime kernels cannot run (exact for one source; for a max over several sources
         widths above the op's largest supported width are dropped)."""
         drop: dict[int, set[int]] = {}
+        n = len(self.layers)
         for i, op in enumerate(self.graph.ops):
             srcs, const = self.op_src[i]
             if self.entry[i] is not None or not srcs or not op.outputs:
                 continue
             acts = set(self.runtime.activation_bits(op.op_class))
             for li in srcs:
-                for a in {a for _, a in self.layers[li].choices}:
+                widths = {a for lay in self.layers for _, a in lay.choices} if li == n else \
+                    {a for _, a in self.layers[li].choices}
+                for a in widths:
                     width = max(a, const)
-                    if width > max(acts) or (len(srcs) == 1 and width not in acts):
+                    if width > max(acts) or ((len(srcs) == 1 or self.shared) and width not in acts):
                         drop.setdefault(li, set()).add(a)
+        if n in drop:  # the shared width itself: no layer may take it
+            drop = {li: drop.get(li, set()) | drop[n] for li in range(n)}
         for li, acts_out in drop.items():
             lay = self.layers[li]
             keep = [j for j, (_, a) in enumerate(lay.choices) if a not in acts_out]
@@ -293,17 +344,44 @@ class _Program:
             for attr in ("cost", "flash", "bops", "cycles"):
                 setattr(lay, attr, getattr(lay, attr)[keep])
 
+    def _shared_widths(self) -> None:
+        """With one activation width: the widths every layer can take (``self.widths``), and each layer's
+        choices cut to them; one line naming a layer that shares none."""
+        self.widths: list[int] = []
+        if not self.shared or not self.layers:
+            return
+        common = set.intersection(*({a for _, a in lay.choices} for lay in self.layers))
+        if not common:
+            lay = min(self.layers, key=lambda x: len({a for _, a in x.choices}))
+            others = sorted({a for x in self.layers for _, a in x.choices} - {a for _, a in lay.choices})
+            raise UserError(f"{self.rules.builder() if self.rules else self.runtime.name} quantizes every "
+                            f"activation at one width, but no width suits every layer: '{lay.key}' takes only "
+                            f"{sorted({a for _, a in lay.choices})}, others need {others}",
+                            "pin fewer layers, or pin them at one activation width")
+        for lay in self.layers:
+            keep = [j for j, (_, a) in enumerate(lay.choices) if a in common]
+            lay.choices = [lay.choices[j] for j in keep]
+            for attr in ("cost", "flash", "bops", "cycles"):
+                setattr(lay, attr, getattr(lay, attr)[keep])
+        self.widths = sorted(common)
+
     def _place(self) -> None:
         off = 0
         for lay in self.layers:
             lay.offset = off
             off += len(lay.choices)
         self.nx = off
+        self.nz = len(self.widths) if len(self.widths) > 1 else 0  # z[a]: the shared activation width
         self.levels = sorted({a for lay in self.layers for _, a in lay.choices}
                              | {c for _, c in self.src.values() if c} | {8})
-        # h[k][l]: columns of layer l's choices with a >= levels[k]
+        # h[k][l]: columns of layer l's choices with a >= levels[k]; h[k][len(layers)]: the shared width's
         self.h = [[np.array([lay.offset + j for j, (_, a) in enumerate(lay.choices) if a >= lev], dtype=int)
                    for lay in self.layers] for lev in self.levels]
+        for k, lev in enumerate(self.levels):
+            if self.nz:
+                self.h[k].append(np.array([self.nx + j for j, a in enumerate(self.widths) if a >= lev], dtype=int))
+            else:  # one width (or none shared): a constant indicator, as a column-free term
+                self.h[k].append(np.zeros(0, dtype=int))
         self.aux: dict[tuple[frozenset[int], int, str], int] = {}
         self.aux_rows: list[tuple[np.ndarray, np.ndarray, float]] = []  # (cols, vals, ub) rows <= ub
 
@@ -316,6 +394,13 @@ class _Program:
             return coef
         if not srcs:
             return 0.0
+        n = len(self.layers)
+        if n in srcs and not self.nz:  # the shared width is fixed: a constant
+            if self.widths and self.widths[0] >= self.levels[k]:
+                return coef
+            srcs = srcs - {n}
+            if not srcs:
+                return 0.0
         if len(srcs) == 1:
             c = self.h[k][next(iter(srcs))]
             cols.append(c)
@@ -324,7 +409,7 @@ class _Program:
         kind = "up" if coef > 0 else "down"
         key = (srcs, k, kind)
         if key not in self.aux:
-            v = self.nx + len(self.aux)
+            v = self.nx + self.nz + len(self.aux)
             self.aux[key] = v
             if kind == "up":  # u >= h_s for every source: u >= max
                 for s in srcs:
@@ -399,7 +484,7 @@ class _Program:
                 rows_r.append(np.full(len(c), i))
                 rows_c.append(c)
                 rows_v.append(v)
-        self.nvar = self.nx + len(self.aux)
+        self.nvar = self.nx + self.nz + len(self.aux)
         self.live = sp.csr_matrix((_cat(rows_v, float), (_cat(rows_r, int), _cat(rows_c, int))),
                                   shape=(steps, self.nvar))
         self.live.sum_duplicates()
@@ -415,6 +500,7 @@ class _Program:
             av.append(v)
         self.auxm = sp.csr_matrix((_cat(av, float), (_cat(ar, int), _cat(ac, int))),
                                   shape=(len(self.aux_rows), self.nvar))
+        self._link_rows()
         self.flash_row = self._row("flash")
         self.flash_fixed = sum(sum(op_weight_bytes(op, 32)) for op in g.ops
                                if op.params and not op.quantizable)
@@ -423,6 +509,39 @@ class _Program:
         self.cycles_fixed = sum(ELEMENTWISE_CYCLES * max(op.macs, sum(g.tensors[t].numel for t in op.outputs
                                                                       if t in g.tensors))
                                 for op in g.ops if not op.quantizable)
+
+    def _link_rows(self) -> None:
+        """One activation width: ``sum_a z[a] = 1`` and ``sum_{c: a_c = a} x[l, c] = z[a]`` per layer and
+        width (``self.link`` rows equal ``self.link_rhs``)."""
+        rows, cols, vals, rhs = [], [], [], []
+        if self.nz:
+            rows.append(np.zeros(self.nz, dtype=int))
+            cols.append(self.nx + np.arange(self.nz))
+            vals.append(np.ones(self.nz))
+            rhs.append(1.0)
+            for lay in self.layers:
+                for j, a in enumerate(self.widths):
+                    r = len(rhs)
+                    mine = [lay.offset + i for i, (_, ai) in enumerate(lay.choices) if ai == a]
+                    rows.append(np.full(len(mine) + 1, r))
+                    cols.append(np.array([*mine, self.nx + j]))
+                    vals.append(np.array([1.0] * len(mine) + [-1.0]))
+                    rhs.append(0.0)
+        self.link = sp.csr_matrix((_cat(vals, float), (_cat(rows, int), _cat(cols, int))),
+                                  shape=(len(rhs), self.nvar))
+        self.link_rhs = np.array(rhs)
+
+    def n_patterns(self) -> int:
+        """How many activation patterns the program has (one per shared width with one activation width)."""
+        if self.shared:
+            return max(len(self.widths), 1)
+        return math.prod(len({a for _, a in lay.choices}) for lay in self.layers)
+
+    def shared_width(self, pick: list[int]) -> int:
+        """The activation width every tensor without a layer of its own takes in ``pick``."""
+        if self.shared and self.layers:
+            return self.layers[0].choices[pick[0]][1]
+        return self.default_a
 
     def _row(self, attr: str) -> np.ndarray:
         r = np.zeros(self.nvar)
@@ -433,7 +552,7 @@ class _Program:
     # -- solving
     @property
     def n_constraints(self) -> int:
-        return self.eq.shape[0] + self.auxm.shape[0] + self.live.shape[0] + 1
+        return self.eq.shape[0] + self.auxm.shape[0] + self.link.shape[0] + self.live.shape[0] + 1
 
     def solve(self, objective: str, budgets: Budgets | None, slack: dict[str, Any],
               time_limit: float = 60.0, cuts: list[np.ndarray] | None = None,
@@ -449,9 +568,9 @@ class _Program:
         def widen(m: sp.spmatrix) -> sp.csr_matrix:
             return sp.hstack([m, sp.csr_matrix((m.shape[0], extra))], format="csr") if extra else m
 
-        blocks = [widen(self.eq), widen(self.auxm)]
-        lbs = [np.ones(self.eq.shape[0]), np.full(self.auxm.shape[0], -np.inf)]
-        ubs = [np.ones(self.eq.shape[0]), np.zeros(self.auxm.shape[0])]
+        blocks = [widen(self.eq), widen(self.auxm), widen(self.link)]
+        lbs = [np.ones(self.eq.shape[0]), np.full(self.auxm.shape[0], -np.inf), self.link_rhs]
+        ubs = [np.ones(self.eq.shape[0]), np.zeros(self.auxm.shape[0]), self.link_rhs]
 
         def add_row(row: np.ndarray, ub: float) -> None:
             blocks.append(sp.csr_matrix(np.append(row, np.zeros(extra))[None, :]))
@@ -494,7 +613,7 @@ class _Program:
         else:
             c[:self.nx] = self._scaled_costs()
         integrality = np.zeros(n)
-        integrality[:self.nx] = 1
+        integrality[:self.nx + self.nz] = 1
         ub_vars = np.ones(n)
         if extra:
             ub_vars[-1] = np.inf
@@ -525,7 +644,7 @@ class _Program:
     def evaluate(self, pick: list[int], clock_hz: int | None = None) -> _Evaluation:
         rt = self.runtime
         layers = {lay.key: LayerBits(*lay.choices[j]) for lay, j in zip(self.layers, pick, strict=True)}
-        bits = BitAssignment(8, self.default_a, layers)
+        bits = BitAssignment(8, self.shared_width(pick), layers)
         fb = flash_breakdown(self.graph, bits, rt.code_bytes)
         arena = plan_arena_for(self.graph, bits, rt)
         bops = int(sum(lay.bops[j] for lay, j in zip(self.layers, pick, strict=True)))
@@ -540,6 +659,8 @@ class _Program:
         x = np.zeros(self.nvar)
         for lay, j in zip(self.layers, pick, strict=True):
             x[lay.offset + j] = 1.0
+        if self.nz:
+            x[self.nx + self.widths.index(self.shared_width(pick))] = 1.0
         for (srcs, k, _kind), v in self.aux.items():
             x[v] = float(max(x[self.h[k][s]].sum() for s in srcs) > 0.5)
         return self.live @ x + self.live_const
@@ -601,7 +722,7 @@ def _allocation(prog: _Program, ev: _Evaluation, status: str, budgets: Budgets, 
         weights_bytes=ev.flash.weights_bytes, model_bytes=ev.flash.model_bytes,
         arena_bytes=ev.arena.arena_bytes,
         peak_live_bytes=ev.arena.peak_live_bytes, peak_op=ev.arena.peak_op, solver_seconds=secs,
-        iterations=iters, default_a=prog.default_a, layer_costs=costs, layer_ops=ops, bops=ev.bops,
+        iterations=iters, default_a=prog.shared_width(ev.pick), layer_costs=costs, layer_ops=ops, bops=ev.bops,
         latency_ms=ev.latency_ms, budgets=budgets, tightenings=tightenings, n_variables=prog.nvar,
         n_constraints=n_cons, seconds=time.perf_counter() - t_start)
 
@@ -632,7 +753,7 @@ def _solve_budgets(prog: _Program, budgets: Budgets, *, check_arena: bool, max_t
     cuts: list[np.ndarray] = []
     secs = cut_secs = 0.0
     n_cons = solves = n_tight = 0
-    few_patterns = math.prod(len({a for _, a in lay.choices}) for lay in prog.layers) <= MAX_CUT_PATTERNS
+    few_patterns = prog.n_patterns() <= MAX_CUT_PATTERNS
     while True:
         pick, status, s, n_cons = prog.solve("cost", budgets, slack, time_limit, cuts)
         secs += s
@@ -728,9 +849,10 @@ def _diagnose(prog: _Program, budgets: Budgets, check_arena: bool,
                         e2.flash.total_bytes if budgets.shared_region else 0)
                     parts.append(f"within the flash budget the smallest {sram_name} is {_b(m2)}")
     msg = f"no bit assignment meets the budgets (binding: {', '.join(binding)}): " + "; ".join(parts)
-    hint = "raise the binding budget, or pick a runtime with lower bit-widths (e.g. 4-bit weight kernels)"
+    hint = "raise the binding budget"
     return InfeasibleBudget(msg, hint, binding=", ".join(binding), min_flash_bytes=min_flash,
-                            min_sram_bytes=sram_measure, min_peak_live_bytes=min_live)
+                            min_sram_bytes=sram_measure, min_peak_live_bytes=min_live,
+                            floor_bits=ev.bits if ev else None)
 
 
 def _b(n: float) -> str:
@@ -739,27 +861,31 @@ def _b(n: float) -> str:
 
 # ---- public API -------------------------------------------------------------------------------------------
 def allocate(graph: ModelGraph, costs: CostTable, runtime: Runtime, budgets: Budgets, *, default_a: int = 8,
+             rules: PlanRules | None = None, pins: Pins | None = None,
              check_arena: bool = True, max_tightenings: int = MAX_TIGHTENINGS, max_cuts: int = MAX_CUTS,
              time_limit: float = 60.0) -> Allocation:
     """Minimise the summed per-layer cost under ``budgets`` (see the module docstring for the program).
 
-    ``costs[op_name][(w, a)]`` for every quantizable op; choices the runtime does not support are dropped.
+    ``costs[op_name][(w, a)]`` for every quantizable op; choices the runtime does not support, or ``rules``
+    (the building backend's) do not allow, are dropped; ``pins`` (plan key -> (w, a or None)) fix layers.
     ``check_arena=False`` bounds the peak live bytes instead of the greedy arena (no re-solves for
     fragmentation); ``max_cuts`` / ``max_tightenings`` bound the re-solves when the arena overshoots.
     Raises :class:`InfeasibleBudget` when nothing fits.
     """
     t0 = time.perf_counter()
-    prog = _Program(graph, costs, runtime, default_a)
+    prog = _Program(graph, costs, runtime, default_a, rules, pins)
     return _solve_budgets(prog, budgets, check_arena=check_arena, max_tightenings=max_tightenings,
                           max_cuts=max_cuts, time_limit=time_limit, t_start=t0)
 
 
 def pareto_sweep(graph: ModelGraph, costs: CostTable, runtime: Runtime, flash_budgets: Iterable[int],
                  sram_bytes: int | None, *, default_a: int = 8, base: Budgets | None = None,
+                 rules: PlanRules | None = None, pins: Pins | None = None,
                  check_arena: bool = True) -> list[Allocation]:
     """``--sweep``: allocate at each flash budget (one program, re-solved), skip infeasible points and keep
-    the non-dominated (flash, objective) plans, smallest flash first. ``base`` supplies the other budgets."""
-    prog = _Program(graph, costs, runtime, default_a)
+    the non-dominated (flash, objective) plans, smallest flash first. ``base`` supplies the other budgets;
+    ``rules`` and ``pins`` as for :func:`allocate`."""
+    prog = _Program(graph, costs, runtime, default_a, rules, pins)
     template = base or Budgets(None, sram_bytes)
     found: list[Allocation] = []
     for fb in sorted(set(int(f) for f in flash_budgets)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tap_edge.documents import (
     Calibration,
+    Pin,
     Plan,
     PlanBudgets,
     PlanLayer,
@@ -17,6 +18,7 @@ from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.shapes import model_inputs
 from tap_edge.plan.allocate import Allocation
 from tap_edge.plan.budgets import Budgets
+from tap_edge.plan.rules import PlanRules
 
 
 def plan_id(model: str, layers: dict[str, PlanLayer]) -> str:
@@ -46,8 +48,10 @@ def plan_layers(allocation: Allocation, graph: ModelGraph) -> dict[str, PlanLaye
 def plan_document(allocation: Allocation, graph: ModelGraph, *, model: str, device: str, runtime: str, proxy: str,
                   budgets: Budgets, timing: dict[str, float] | None = None,
                   proxy_scores: dict[str, float] | None = None, calibration: Calibration | None = None,
-                  sweep: list[Allocation] | None = None) -> Plan:
-    """The ``plan.json`` document of ``allocation`` (figures recomputed by the allocator on the result)."""
+                  sweep: list[Allocation] | None = None, rules: PlanRules | None = None,
+                  pins: dict[str, tuple[int, int | None]] | None = None) -> Plan:
+    """The ``plan.json`` document of ``allocation`` (figures recomputed by the allocator on the result), with
+    the backend and the rules it keeps and the layers the user pinned."""
     a = allocation
     layers = plan_layers(a, graph)
     return Plan(
@@ -67,4 +71,6 @@ def plan_document(allocation: Allocation, graph: ModelGraph, *, model: str, devi
         sweep=[SweepPoint(flash_bytes=s.flash_bytes, model_bytes=s.model_bytes, objective=s.objective,
                           arena_bytes=s.arena_bytes,
                           layers={k: Widths(**v) for k, v in s.layers.items()}) for s in sweep or []],
+        backend=rules.backend if rules else None, rules=rules.to_info() if rules else None,
+        pins={k: Pin(w=w, a=a) for k, (w, a) in (pins or {}).items()},
     )
