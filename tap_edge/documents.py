@@ -196,6 +196,8 @@ class ModelSummary(Part):
     macs: int = Field(ge=0)
     unknown_ops: list[UnknownOp] = Field(default_factory=list)
     inputs: list[InputInfo] = Field(default_factory=list, description="the input shapes the figures are for")
+    unresolved_shapes: list[str] = Field(default_factory=list, description="tensors whose size shape inference "
+                                         "left open at these inputs (each open dim planned at 1)")
 
 
 class LiveTensor(Part):

@@ -1,4 +1,9 @@
-"""``tap-edge check MODEL``: will it fit? One verdict per device; exit 1 when a target does not fit."""
+"""``tap-edge check MODEL``: will it fit? One verdict per device; exit 1 when a target does not fit.
+
+The table fits 100 columns (figures in short binary units, the peak op under the table; device and runtime
+names fold on a narrower terminal, nothing is cut), and a device whose weights and arena share one memory
+shows their sum against that memory's size (the device is marked ``*``): no limit is ever negative, and each overflow is
+stated once (the problem lines, from :func:`tap_edge.fit.checker.memory_problems`)."""
 
 from __future__ import annotations
 
@@ -7,24 +12,31 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
+from rich.markup import escape
 from rich.table import Table
 
-from tap_edge.cli.app import EXIT_FAIL, JsonOpt, QuietOpt, app, resolve_bits
+from tap_edge.cli.app import EXIT_FAIL, InputShapeOpt, JsonOpt, QuietOpt, app, input_shapes, resolve_bits
 from tap_edge.core import console
 from tap_edge.core.errors import UserError
-from tap_edge.core.units import fmt_bytes
-from tap_edge.documents import CheckReport
+from tap_edge.documents import CheckReport, DeviceVerdict
+from tap_edge.graph.shapes import input_lines
+
+_COLOURS = {"FITS": "green", "OOM": "red", "UNSUPPORTED": "yellow"}
+SHARED_NOTE = "* one memory holds weights and arena: SRAM used = arena + weights and code, against its whole size"
 
 
 @app.command("check")
 def check_cmd(
-    model: Annotated[str, typer.Argument(help="Bundled name, timm:NAME, package.module:factory, .onnx or .tflite.")],
+    model: Annotated[str, typer.Argument(help="Bundled name, timm:NAME, package.module:factory, path/model.py:factory, "
+                                              ".onnx or .tflite.")],
     device: Annotated[list[str] | None, typer.Option("--device", "-d", help="Profile id or YAML path; repeat.")] = None,
     all_devices: Annotated[bool, typer.Option("--all", help="Check every bundled profile.")] = False,
     bits: Annotated[str | None, typer.Option(help="Uniform widths: w8a8, w4a8, w8a16, fp32, native "
                                                   "(default: native for .tflite, else w8a8).")] = None,
     plan: Annotated[Path | None, typer.Option(help="A plan.json with per-layer widths.")] = None,
     runtime: Annotated[str | None, typer.Option(help="Runtime name (default: each device's default).")] = None,
+    input_shape: InputShapeOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report here.")] = None,
@@ -37,19 +49,20 @@ def check_cmd(
     console.set_quiet(quiet or as_json)
     if not device and not all_devices:
         raise UserError("no target device", "pass --device ID (repeatable) or --all; see tap-edge devices")
+    shapes = input_shapes(input_shape)
     ids = list(device or [])
     if all_devices:
         ids += [d for d in list_devices() if d not in ids]
     profiles = [get_device(d) for d in ids]
     t0 = time.perf_counter()
-    graph = load_graph(model)
+    graph = load_graph(model, shapes)
     b = resolve_bits(bits, plan, graph.frontend)
     report = check_report(graph, b, profiles, runtime)
     report.seconds = round(time.perf_counter() - t0, 3)
     if as_json:
         console.print_json(report.to_dict())
     else:
-        _print_check(report)
+        print_check(report)
     from tap_edge.report import write_html_if_requested
 
     write_html_if_requested(report, html)
@@ -57,32 +70,103 @@ def check_cmd(
         raise typer.Exit(EXIT_FAIL)
 
 
-def _print_check(report: CheckReport) -> None:
+def print_check(report: CheckReport) -> None:
+    """The header (model, inputs as planned, open sizes), the device table and one line per problem."""
     m = report.model
-    console.out.print(f"[bold]{m.name}[/] ({m.frontend}): {m.ops} ops, {m.params / 1e6:.2f} M params, "
-                      f"{m.macs / 1e6:.1f} M MACs, bits {report.bits}")
+    console.out.print(f"[bold]{escape(m.name)}[/] ({m.frontend}): {m.ops} ops, {_count(m.params)} params, "
+                      f"{_count(m.macs)} MACs, bits {escape(report.bits)}")
+    for line in input_lines(m.inputs):
+        console.out.print(line, markup=False)
+    if m.unresolved_shapes:
+        names = ", ".join(m.unresolved_shapes[:3]) + (f" +{len(m.unresolved_shapes) - 3} more"
+                                                      if len(m.unresolved_shapes) > 3 else "")
+        console.out.print(f"note: shape inference left the size of {len(m.unresolved_shapes)} tensor(s) open "
+                          f"({names}); each open dim is planned at 1", markup=False)
     if m.unknown_ops:
         names = ", ".join(f"{u.op} ({u.op_type})" for u in m.unknown_ops[:5])
-        console.out.print(f"[yellow]unknown ops[/]: {names}")
-    t = Table()
-    for col in ("device", "runtime", "verdict", "flash used / limit", "margin", "peak SRAM / limit", "margin",
-                "peak op"):
-        t.add_column(col, no_wrap=True, justify="right" if "margin" in col or "/" in col else "left")
-    colours = {"FITS": "green", "OOM": "red", "UNSUPPORTED": "yellow"}
-    for r in report.devices:
-        t.add_row(r.device, r.runtime, f"[{colours[r.verdict]}]{r.verdict}[/]",
-                  f"{fmt_bytes(r.flash_bytes)} / {fmt_bytes(r.flash_limit_bytes)}",
-                  _margin(r.flash_margin_bytes, r.flash_margin_pct),
-                  f"{fmt_bytes(r.peak_sram_bytes)} / {fmt_bytes(r.sram_limit_bytes)}",
-                  _margin(r.sram_margin_bytes, r.sram_margin_pct), r.peak_op)
-    console.out.print(t)
+        console.out.print(f"[yellow]unknown ops[/]: {escape(names)}")
+    console.out.print(device_table(report.devices))
+    if report.devices:
+        console.out.print(peak_line(report.devices), markup=False)
+    if any(_shared(r) for r in report.devices):
+        console.out.print(SHARED_NOTE, markup=False)
     for r in report.devices:
         for p in r.problems:
-            console.out.print(f"  {r.device}: {p}")
+            console.out.print(f"  {r.device}: {p}", markup=False)
     n_fit = sum(r.verdict == "FITS" for r in report.devices)
     console.out.print(f"{n_fit}/{len(report.devices)} targets fit ({report.seconds or 0:.2f} s)")
 
 
-def _margin(margin: int, pct: float | None) -> str:
-    colour = "green" if margin >= 0 else "red"
-    return f"[{colour}]{fmt_bytes(margin)}" + (f" ({pct:+.0f}%)" if pct is not None else "") + "[/]"
+def device_table(rows: list[DeviceVerdict]) -> Table:
+    """device | runtime | verdict | flash / limit, free | SRAM / limit, free: the figures never
+    wrap; the device and runtime names fold when the terminal is narrower than the table."""
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+    t.add_column("device", overflow="fold")
+    t.add_column("runtime", overflow="fold")
+    t.add_column("verdict", no_wrap=True)
+    t.add_column("flash / limit, free", justify="right", no_wrap=True)
+    t.add_column("SRAM / limit, free", justify="right", no_wrap=True)
+    for r in rows:
+        sram_used, sram_limit = _sram_view(r)
+        shared = _shared(r)
+        weights_over = shared and r.flash_bytes > r.flash_limit_bytes
+        flash_free = _free(r.flash_limit_bytes - r.flash_bytes, r.flash_limit_bytes)
+        sram_free = "[dim]   -[/]" if weights_over else _free(sram_limit - sram_used, sram_limit)
+        t.add_row(escape(r.device) + ("*" if shared else ""), escape(r.runtime),
+                  f"[{_COLOURS[r.verdict]}]{r.verdict}[/]",
+                  f"{short_bytes(r.flash_bytes)} / {short_bytes(r.flash_limit_bytes)} {flash_free}",
+                  f"{short_bytes(sram_used)} / {short_bytes(sram_limit)} {sram_free}")
+    return t
+
+
+def peak_line(rows: list[DeviceVerdict]) -> str:
+    """Where the arena peaks, once per op (``peak SRAM at op a (19 devices), b (6)``)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.peak_op] = counts.get(r.peak_op, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    if len(ranked) == 1:
+        return f"peak SRAM at op {ranked[0][0]}"
+    return "peak SRAM at op " + ", ".join(f"{op} ({n} device{'s' if n > 1 else ''})" for op, n in ranked)
+
+
+def short_bytes(n: int) -> str:
+    """Binary units with three significant digits at most (``832 KiB``, ``57.1 KiB``, ``4.7 MiB``): the
+    table's figures stay narrow."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            if unit == "B":
+                return f"{value:.0f} B"
+            return f"{value:.0f} {unit}" if abs(value) >= 100 else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def _shared(r: DeviceVerdict) -> bool:
+    return r.flash_region == r.sram_region
+
+
+def _sram_view(r: DeviceVerdict) -> tuple[int, int]:
+    """SRAM used and limit as shown: on a shared memory the arena plus the weights against its whole size
+    (the document's limit is what is left once the weights are in, which may be negative)."""
+    if _shared(r):
+        return r.peak_sram_bytes + r.flash_bytes, r.sram_limit_bytes + r.flash_bytes
+    return r.peak_sram_bytes, r.sram_limit_bytes
+
+
+def _count(n: int) -> str:
+    """``4.63 M``, ``385.2 M``, ``24.0 k``: params and MACs at a readable scale."""
+    for scale, unit, digits in ((1e9, "G", 2), (1e6, "M", 2 if n < 1e7 else 1), (1e3, "k", 1)):
+        if n >= scale:
+            return f"{n / scale:.{digits}f} {unit}"
+    return str(n)
+
+
+def _free(margin: int, limit: int) -> str:
+    """What is left, as a share of the limit (4 characters); an overflow says ``over`` (its size is in the
+    problem line)."""
+    if margin < 0:
+        return "[red]over[/]"
+    share = 100 * margin / limit if limit > 0 else 0.0
+    return f"[green]{share:>3.0f}%[/]"

@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from tap_edge.cli.app import JsonOpt, QuietOpt, app, resolve_bits
+from tap_edge.cli.app import InputShapeOpt, JsonOpt, QuietOpt, app, input_shapes, resolve_bits
 from tap_edge.core import console
 from tap_edge.core.units import fmt_bytes, pct
+from tap_edge.graph.shapes import input_lines
 
 
 @app.command("compile")
@@ -47,6 +48,7 @@ def compile_cmd(
         typer.Option(help="onnxruntime: linear layers planned at <= 4 bits as INT4 QDQ (qdq, default) or as ORT's "
                           "MatMulNBits kernel (matmulnbits: the same weights, no dequantization per run)."),
     ] = None,
+    input_shape: InputShapeOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -59,12 +61,14 @@ def compile_cmd(
     widths = resolve_bits(bits, plan, "torch")
     console.info(f"compiling {model} ({widths.label()}) with {b.name} ...")
     artifact = compile_model(model, b, widths, out, device=device, calib_dir=calib, samples=samples,
-                             check_samples=check_samples, options=options)
+                             check_samples=check_samples, options=options, input_shapes=input_shapes(input_shape))
     if as_json:
         console.print_json(artifact.manifest.to_dict())
         return
     man = artifact.manifest
     console.out.print(f"[bold]{artifact.path}[/] ({fmt_bytes(man.artifact_bytes)}, {man.compile_s:.1f} s)")
+    for line in input_lines(man.inputs, indent="  "):
+        console.out.print(line, markup=False)
     predicted, actual = man.prediction.flash.model_bytes, man.weights.planned_form_bytes
     roles = ", ".join(f"{k} {v}" for k, v in man.weights.by_role.items() if v)
     error = pct(actual - predicted, predicted)

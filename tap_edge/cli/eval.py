@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from tap_edge.cli.app import JsonOpt, QuietOpt, app
+from tap_edge.cli.app import InputShapeOpt, JsonOpt, QuietOpt, app, input_shapes
 from tap_edge.core import console
+from tap_edge.graph.shapes import input_lines
 
 
 @app.command("eval")
@@ -22,6 +23,7 @@ def eval_cmd(
                                                      "which are then not scored).")] = None,
     calib_samples: Annotated[int, typer.Option(help="Calibration samples for activation ranges.")] = 16,
     limit: Annotated[int | None, typer.Option(help="Score at most N samples.")] = None,
+    input_shape: InputShapeOpt = None,
     out: Annotated[Path | None, typer.Option(help="Also write the metrics JSON here.")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report here.")] = None,
     as_json: JsonOpt = False,
@@ -32,7 +34,8 @@ def eval_cmd(
 
     console.set_quiet(quiet or as_json)
     result = evaluate_plan(EvalRequest(model=model, data=data, plan=plan, bits=bits, labels=labels, calib=calib,
-                                       calib_samples=calib_samples, limit=limit))
+                                       calib_samples=calib_samples, limit=limit,
+                                       input_shapes=input_shapes(input_shape)))
     if out:
         result.write(out)
     if as_json:
@@ -41,6 +44,8 @@ def eval_cmd(
         top1 = f"top-1 {100 * result.top1:.1f}%, " if result.top1 is not None else ""
         console.out.print(f"[bold]{result.model}[/] {result.bits} on {result.n_images} samples: {top1}"
                           f"agreement with float {100 * result.agreement:.1f}%, mean KL {result.kl:.4f}")
+        for line in input_lines(result.inputs):
+            console.out.print(line, markup=False)
     from tap_edge.report import write_html_if_requested
 
     write_html_if_requested(result, html)

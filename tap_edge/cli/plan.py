@@ -9,11 +9,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tap_edge.cli.app import JsonOpt, QuietOpt, app
+from tap_edge.cli.app import InputShapeOpt, JsonOpt, QuietOpt, app, input_shapes
 from tap_edge.core import console
 from tap_edge.core.errors import UserError
 from tap_edge.core.units import fmt_bytes, parse_bytes, parse_count
 from tap_edge.documents import Plan
+from tap_edge.graph.shapes import input_lines
 from tap_edge.plan.budgets import BudgetSpec
 
 
@@ -87,6 +88,7 @@ def plan_cmd(
                                                          "(for fake-quant studies; the plan may not deploy).")] = None,
     act_bits: Annotated[str | None, typer.Option(help="Allowed activation widths, e.g. 8 or 8,16 (default: all "
                                                       "the runtime supports, float included).")] = None,
+    input_shape: InputShapeOpt = None,
     out: Annotated[Path, typer.Option(help="Where to write the plan.")] = Path("plan.json"),
     html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report here.")] = None,
     as_json: JsonOpt = False,
@@ -99,7 +101,8 @@ def plan_cmd(
     console.set_quiet(quiet or as_json)
     request = PlanRequest(model=model, device=device, calib=calib, calib_samples=calib_samples, proxy=proxy,
                           runtime=runtime, budgets=budget_spec(flash, flash_like, sram, bops, latency_ms), sweep=sweep,
-                          weight_bits=_parse_widths(weight_bits), act_bits=_parse_act_widths(act_bits))
+                          weight_bits=_parse_widths(weight_bits), act_bits=_parse_act_widths(act_bits),
+                          input_shapes=input_shapes(input_shape))
     plan = make_plan(request)
     plan.write(out)
     if as_json:
@@ -118,6 +121,8 @@ def _print_plan(plan: Plan, out: Path) -> None:
     console.out.print(f"[bold]{plan.model}[/] on {plan.device} ({plan.runtime}), proxy {plan.proxy}: "
                       f"{len(plan.layers)} layers -> "
                       + ", ".join(f"{n} x w{w}a{a}" for (w, a), n in sorted(hist.items())))
+    for line in input_lines(plan.inputs):
+        console.out.print(line, markup=False)
     t = Table(title="bits per layer")
     for col in ("layer", "class", "params", "w", "a", "cost"):
         t.add_column(col, justify="left" if col in ("layer", "class") else "right")

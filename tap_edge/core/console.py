@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -14,8 +15,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tap_edge.core.serialize import json_default
 
-# Wide tables stay on one line when piped (rich assumes 80 columns without a terminal).
-out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 180)
+#: Width when stdout is no terminal (CI logs, pipes, files) and COLUMNS is unset: rich would assume 80; every
+#: table is made to fit 100 (text cells wrap, never cut), so logs read as a 100-column terminal shows them.
+PIPE_WIDTH = 100
+out = Console(highlight=False, soft_wrap=False,
+              width=None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else PIPE_WIDTH)
 err = Console(stderr=True, highlight=False)
 T = TypeVar("T")
 

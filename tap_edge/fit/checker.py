@@ -48,6 +48,26 @@ def region_limits(device: DeviceProfile, flash_total: int) -> RegionLimits:
     return RegionLimits(device.free_bytes(wreg), wreg.name, sram, areg.name, shared)
 
 
+def memory_problems(flash_bytes: int, arena_bytes: int, peak_op: str, lim: RegionLimits) -> list[str]:
+    """One sentence per memory that overflows, each overflow stated once: on a shared region the weights
+    and the arena are one sum against one size (never a flash overflow and again an SRAM one)."""
+    if lim.shared:
+        size = lim.flash_bytes  # the free bytes of the one region
+        if flash_bytes > size:
+            return [f"weights and code {fmt_bytes(flash_bytes)} > {fmt_bytes(size)} shared {lim.flash_region}"]
+        if flash_bytes + arena_bytes > size:
+            return [f"weights and code {fmt_bytes(flash_bytes)} + arena {fmt_bytes(arena_bytes)} > "
+                    f"{fmt_bytes(size)} shared {lim.sram_region}: over by "
+                    f"{fmt_bytes(flash_bytes + arena_bytes - size)} at {peak_op}"]
+        return []
+    out = []
+    if flash_bytes > lim.flash_bytes:
+        out.append(f"flash ({lim.flash_region}) over by {fmt_bytes(flash_bytes - lim.flash_bytes)}")
+    if arena_bytes > lim.sram_bytes:
+        out.append(f"SRAM ({lim.sram_region}) over by {fmt_bytes(arena_bytes - lim.sram_bytes)} at {peak_op}")
+    return out
+
+
 def unsupported_ops(graph: ModelGraph, bits: BitAssignment, runtime: Runtime) -> list[dict[str, str]]:
     """Ops the runtime cannot run: unknown op classes, or widths outside its supported sets."""
     out: list[dict[str, str]] = []
@@ -103,11 +123,7 @@ class Checker:
             first = unsup[0]
             more = f" (+{len(unsup) - 1} more)" if len(unsup) > 1 else ""
             problems.append(f"{first['op']}: {first['problem']}{more}")
-        if flash.total_bytes > lim.flash_bytes:
-            problems.append(f"flash ({lim.flash_region}) over by {fmt_bytes(flash.total_bytes - lim.flash_bytes)}")
-        if arena.arena_bytes > lim.sram_bytes:
-            problems.append(f"SRAM ({lim.sram_region}) over by {fmt_bytes(arena.arena_bytes - lim.sram_bytes)} "
-                            f"at {arena.peak_op}")
+        problems += memory_problems(flash.total_bytes, arena.arena_bytes, arena.peak_op, lim)
         verdict = "UNSUPPORTED" if unsup else ("OOM" if problems else "FITS")
         return DeviceVerdict(
             device=device.id, device_name=device.name, runtime=rt.name, verdict=verdict, problems=problems,
@@ -129,7 +145,8 @@ def check_report(graph: ModelGraph, bits: BitAssignment, devices: list[DevicePro
         model=ModelSummary(name=graph.name, frontend=graph.frontend, ops=len(graph.ops), params=graph.params,
                            macs=graph.macs,
                            unknown_ops=[UnknownOp(op=o.name, op_type=o.op_type) for o in graph.unknown_ops()],
-                           inputs=model_inputs(graph)),
+                           inputs=model_inputs(graph),
+                           unresolved_shapes=list(graph.meta.get("unresolved_shapes", []))),
         bits=bits.label(), all_fit=all(r.verdict == "FITS" for r in rows), devices=rows,
         memory_timeline=MemoryTimeline(ops=[o.name for o in graph.ops],
                                        live_bytes=arena.live_bytes_per_step if arena else []),

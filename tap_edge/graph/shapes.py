@@ -230,3 +230,8 @@ def as_input_shapes(value: InputShapes | str | Iterable[str] | None) -> InputSha
     if value is None or isinstance(value, dict):
         return {k: [int(d) for d in v] for k, v in value.items()} if value else None
     return parse_input_shapes([value] if isinstance(value, str) else list(value), "input_shapes")
+
+
+def input_lines(inputs: list[InputInfo], indent: str = "") -> list[str]:
+    """The header lines a command prints for its inputs (plain text: print it without markup)."""
+    return [f"{indent}input {describe(i)}" for i in inputs]

@@ -29,21 +29,45 @@ HOW = ("the plot shows, per device, flash and peak SRAM as a % of what the devic
        "overflows, at which op and by how much.")
 
 
+def shared(d: DeviceVerdict) -> bool:
+    """One memory holds the weights and the arena (phones, Linux boards, some MCUs)."""
+    return d.flash_region == d.sram_region
+
+
+def sram_view(d: DeviceVerdict) -> tuple[int, int, int, float | None]:
+    """SRAM (used, limit, margin, margin %) as shown: on a shared memory the arena plus the weights against
+    its whole size, so the limit is never negative (the document's limit is what the weights leave)."""
+    if not shared(d):
+        return d.peak_sram_bytes, d.sram_limit_bytes, d.sram_margin_bytes, d.sram_margin_pct
+    used, limit = d.peak_sram_bytes + d.flash_bytes, d.sram_limit_bytes + d.flash_bytes
+    return used, limit, limit - used, (100.0 * (limit - used) / limit if limit > 0 else None)
+
+
 def overflow_sentences(d: DeviceVerdict) -> list[str]:
-    """Plain sentences (HTML) saying which memory overflowed, at which op and by how much, and which ops the
-    runtime cannot run (grouped by problem)."""
+    """Plain sentences (HTML) saying which memory overflowed, at which op and by how much (each overflow
+    once: a shared memory gets one sentence for weights and arena together), and which ops the runtime
+    cannot run (grouped by problem)."""
     out: list[str] = []
-    if d.sram_margin_bytes < 0:
-        at = f" at op <code>{esc(d.peak_op)}</code>" if d.peak_op else ""
-        free = (f"{fmt_b(d.sram_limit_bytes)} free" if d.sram_limit_bytes > 0
-                else "none free once the weights share that memory")
-        out.append(f"SRAM ({esc(d.sram_region)}) overflows by <b>{fmt_b(-d.sram_margin_bytes)}</b>{at} "
-                   f"(needs {fmt_b(d.peak_sram_bytes)}, {free}).")
-    if d.flash_margin_bytes < 0:
-        code = d.flash.get("runtime_bytes")
-        parts = f" incl. {fmt_b(code)} runtime code" if code else ""
-        out.append(f"Flash ({esc(d.flash_region)}) overflows by <b>{fmt_b(-d.flash_margin_bytes)}</b> "
-                   f"(needs {fmt_b(d.flash_bytes)}{parts}, {fmt_b(d.flash_limit_bytes)} free).")
+    at = f" at op <code>{esc(d.peak_op)}</code>" if d.peak_op else ""
+    if shared(d):
+        used, limit, margin, _ = sram_view(d)
+        if d.flash_bytes > limit:
+            out.append(f"Weights and code ({fmt_b(d.flash_bytes)}) overflow the shared {esc(d.flash_region)} "
+                       f"({fmt_b(limit)}) by <b>{fmt_b(d.flash_bytes - limit)}</b>, with nothing left for the "
+                       f"arena ({fmt_b(d.peak_sram_bytes)}).")
+        elif margin < 0:
+            out.append(f"Weights and code ({fmt_b(d.flash_bytes)}) plus the arena ({fmt_b(d.peak_sram_bytes)}) "
+                       f"overflow the shared {esc(d.sram_region)} ({fmt_b(limit)}) by <b>{fmt_b(-margin)}</b>{at}.")
+    else:
+        if d.sram_margin_bytes < 0:
+            free = f"{fmt_b(d.sram_limit_bytes)} free" if d.sram_limit_bytes > 0 else "none free"
+            out.append(f"SRAM ({esc(d.sram_region)}) overflows by <b>{fmt_b(-d.sram_margin_bytes)}</b>{at} "
+                       f"(needs {fmt_b(d.peak_sram_bytes)}, {free}).")
+        if d.flash_margin_bytes < 0:
+            code = d.flash.get("runtime_bytes")
+            parts = f" incl. {fmt_b(code)} runtime code" if code else ""
+            out.append(f"Flash ({esc(d.flash_region)}) overflows by <b>{fmt_b(-d.flash_margin_bytes)}</b> "
+                       f"(needs {fmt_b(d.flash_bytes)}{parts}, {fmt_b(d.flash_limit_bytes)} free).")
     groups: dict[str, list[str]] = {}
     for u in d.unsupported:
         groups.setdefault(u.problem, []).append(u.op)
@@ -69,7 +93,7 @@ def _plot(rep: CheckReport) -> str:
     fig = figure(11, max(3.0, 0.34 * n + 1.6))
     ax = fig.add_subplot()
     fp = [_share(d.flash_bytes, d.flash_limit_bytes) for d in devs]
-    sp = [_share(d.peak_sram_bytes, d.sram_limit_bytes) for d in devs]
+    sp = [_share(*sram_view(d)[:2]) for d in devs]
     finite = [v for v in fp + sp if math.isfinite(v) and v > 0]
     lo = 10 ** math.floor(math.log10(min(finite) / 2)) if finite else 1.0
     hi = max(max(finite, default=100.0) * 3, 300.0)
@@ -107,17 +131,25 @@ def _block(rep: CheckReport) -> str:
     summary = ", ".join(f"{c} {badge(v)}" for v, c in sorted(counts.items()))
     facts = [f"{len(devs)} devices: {summary}", f"{m.params / 1e6:.2f} M params", f"{m.macs / 1e6:.1f} M MACs",
              f"{m.ops} ops"]
+    facts += [f"input <code>{esc(i.name)}</code> {'x'.join(map(str, i.shape)) or 'scalar'} {esc(i.dtype)} "
+              f"({esc(i.source)})" for i in m.inputs]
+    if m.unresolved_shapes:
+        facts.append(f"{len(m.unresolved_shapes)} tensor(s) of open size (planned at 1 per open dim)")
     out = [f"<h3>{esc(m.name)} · bits {esc(rep.bits)}</h3>", f'<p class="facts">{" · ".join(facts)}</p>']
     if not devs:
         return "".join(out) + '<p class="muted">No devices in this result.</p>'
     out.append(_plot(rep))
-    rows = [[f"<b>{esc(d.device)}</b><br><span class='small muted'>{esc(d.device_name)}</span>",
+    rows = [[f"<b>{esc(d.device)}</b>{'*' if shared(d) else ''}<br>"
+             f"<span class='small muted'>{esc(d.device_name)}</span>",
              esc(d.runtime), badge(d.verdict),
              bar(d.flash_bytes, d.flash_limit_bytes, d.flash_margin_bytes, d.flash_margin_pct),
-             bar(d.peak_sram_bytes, d.sram_limit_bytes, d.sram_margin_bytes, d.sram_margin_pct),
+             bar(*sram_view(d)),
              f"<code>{esc(d.peak_op)}</code>"] for d in devs]
     out.append(table(["device", "runtime", "verdict", "flash: model + runtime vs free", "SRAM: peak arena vs free",
                       "peak op"], rows, "fit"))
+    if any(shared(d) for d in devs):
+        out.append('<p class="small muted">* one memory holds weights and arena: its SRAM bar is the arena plus '
+                   "the weights and code, against that memory's whole size.</p>")
     bad = [d for d in devs if d.verdict != "FITS"]
     if bad:
         items = [f"<li>{badge(d.verdict)} <b>{esc(d.device)}</b> ({esc(d.runtime)}): "
