@@ -619,13 +619,38 @@ class MeasuredMemory(Part):
 
 
 class MeasuredArena(Part):
-    """An arena the runtime itself reports (TFLite Micro: ``print_allocations``; total = head + tail)."""
+    """An arena the runtime itself reports (TFLite Micro: ``print_allocations``, total = head + tail) and the
+    smallest arena it builds and runs with (``min_bytes``: what a user must give it; the figure compared with
+    the prediction). The search probes each size in a child process: a probe that crashes is a failing size."""
 
     total_bytes: int
     head_bytes: int | None = None
     tail_bytes: int | None = None
     min_constructing_bytes: int | None = Field(None, description="smallest arena size that constructs")
+    min_bytes: int | None = Field(None, description="smallest arena size that constructs and invokes")
+    probes: int | None = Field(None, description="sizes the search tried")
+    crashed_probes: int | None = Field(None, description="sizes at which the runtime crashed (counted as failing)")
     measured_by: str
+
+
+class FedInput(Part):
+    """One input as the measurement fed it: its shape and dtype, as declared (open dims as symbols, ``?`` or
+    -1) and how its data was made (seeded, over its quantized range, or given with ``--input``)."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+    declared: str
+    data: str
+
+
+class RuntimeFailure(Part):
+    """A runtime that could not build or run the model, in its own words (the lines it printed); that
+    runtime's figures are missing, the others' are kept."""
+
+    runtime: str
+    stage: str = Field(description="build, allocate, invoke, or a crash")
+    reason: str
 
 
 class CrossCheck(Part):
@@ -637,6 +662,7 @@ class CrossCheck(Part):
     cosine: float
     max_abs_diff: float
     output_dtype: str | None = None
+    outputs: int | None = Field(None, description="outputs compared (max_abs_diff over all; the rest on the first)")
     latency: LatencyStats | None = Field(None, description="latency of the second runtime (host)")
 
 
@@ -671,8 +697,10 @@ class MeasuredUse(Part):
 
 @register_document
 class MeasureReport(Document):
-    """A compiled artifact run in a child process: latency, the runtime's memory figures, each beside its
-    prediction with the error, and the verdict on a device (prediction and measurement must both fit)."""
+    """A compiled artifact (or any .tflite / .onnx) run in a child process: latency, the runtime's memory
+    figures, each beside its prediction with the error, and the verdict on a device (prediction and
+    measurement must both fit). ``prediction_from``: ``manifest`` (tap-edge compiled it) or ``file`` (made
+    from the file itself: its graph at its stored widths)."""
 
     SCHEMA: ClassVar[str] = "tap-edge/measure-report"
     KIND: ClassVar[str] = "measure"
@@ -686,9 +714,14 @@ class MeasureReport(Document):
     threads: int | None = None
     latency: LatencyStats
     artifact_bytes: int
+    prediction_from: Literal["manifest", "file"] | None = Field(
+        None, description="manifest: tap-edge compiled it; file: predicted from the file; None: no prediction")
+    prediction_error: str | None = Field(None, description="why there is no prediction")
+    inputs: list[FedInput] = Field(default_factory=list, description="what every input was fed")
     memory: MeasuredMemory = Field(default_factory=MeasuredMemory)
     arena: MeasuredArena | None = None
     cross_check: CrossCheck | None = None
+    runtime_failures: list[RuntimeFailure] = Field(default_factory=list)
     runtime_figures: dict[str, Any] = Field(default_factory=dict, description="the runtime's own figures, as read")
     agreement: Agreement | None = Field(None, description="the manifest's agreement with the reference")
     comparisons: list[Comparison] = Field(default_factory=list)
