@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from tap_edge.backends.inputs import InputRequest
 from tap_edge.backends.manifest import manifest_bits, prediction, read_manifest, write_manifest
 from tap_edge.backends.reference import (
     Samples,
@@ -331,10 +332,13 @@ class Backend:
         warmup: int,
         threads: int,
         baseline: Callable[[], None],
+        feed: InputRequest,
+        timeout: float,
     ) -> dict[str, Any]:  # pragma: no cover - abstract
         """Runs in the child. Import the runtime, call ``baseline()`` (records the import-only peak RSS), load
         the artifact, warm up, time ``runs`` runs; return ``{"times_ms": [...], ...runtime figures}``.
-        ``manifest`` is None for an artifact tap-edge did not compile."""
+        ``manifest`` is None for an artifact tap-edge did not compile; ``feed``: the input shapes and values
+        the user gave (:mod:`tap_edge.backends.inputs`); ``timeout``: the seconds the child has in all."""
         raise NotImplementedError
 
 

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tap_edge.backends import Backend, BackendOptions, Build, is_float
+from tap_edge.backends.inputs import InputRequest, TensorSpec, fed_input, input_array, resolve_shapes
 from tap_edge.backends.manifest import artifact_stem, module_bits
 from tap_edge.core.errors import UserError
 from tap_edge.devices import DeviceProfile, Runtime
@@ -256,7 +257,11 @@ class OnnxRuntimeBackend(Backend):
         warmup: int,
         threads: int,
         baseline: Callable[[], None],
+        feed: InputRequest,
+        timeout: float,
     ) -> dict[str, Any]:
+        """ONNX Runtime (CPU) on every input of the graph, each fed data of its dtype and shape
+        (:mod:`tap_edge.backends.inputs`: dynamic dims from ``--input-shape``, values from ``--input``)."""
         import onnxruntime as ort
 
         from tap_edge.backends.measure import time_runs, vm_hwm, vm_rss
@@ -267,22 +272,38 @@ class OnnxRuntimeBackend(Backend):
         so.log_severity_level = 3
         so.intra_op_num_threads = threads
         sess = ort.InferenceSession(str(artifact), so, providers=["CPUExecutionProvider"])
-        inp = sess.get_inputs()[0]
-        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        specs = [_spec(i) for i in sess.get_inputs()]
+        shapes = [i.shape for i in resolve_shapes(specs, feed, f"{artifact.name}: ")]
+        x = {spec.name: input_array(spec, shape, feed.for_input(feed.values, spec.name, len(specs)), j)
+             for j, (spec, shape) in enumerate(zip(specs, shapes, strict=True))}
         loaded_hwm = vm_hwm()
         rss_loaded = vm_rss()
-        times = time_runs(lambda: sess.run(None, {inp.name: x}), runs=runs, warmup=warmup)
+        times = time_runs(lambda: sess.run(None, x), runs=runs, warmup=warmup)
         return {
             "times_ms": times,
             "threads": so.intra_op_num_threads,
             "runtime": f"onnxruntime {ort.__version__}",
+            "inputs": [fed_input(s, shape, feed, len(specs)) for s, shape in zip(specs, shapes, strict=True)],
             "ort_session_rss_bytes": rss_loaded - rss0,
             "ort_inference_growth_bytes": max(vm_hwm() - loaded_hwm, 0),
             "runtime_figures_note": "ONNX Runtime exposes no arena statistics to Python: session RSS = RSS "
             "after creating the session minus before; inference growth = peak RSS "
             "during the timed runs minus the peak after loading",
         }
+
+
+#: ONNX Runtime's input types -> numpy dtype names.
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(uint16)": "uint16",
+              "tensor(int32)": "int32", "tensor(uint32)": "uint32", "tensor(int64)": "int64",
+              "tensor(uint64)": "uint64", "tensor(bool)": "bool"}
+
+
+def _spec(node_arg: Any) -> TensorSpec:
+    """An ONNX Runtime input as a :class:`TensorSpec` (a dim without size or symbol is ``?``)."""
+    dims = tuple(d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) and d else "?")
+                 for d in node_arg.shape)
+    return TensorSpec(node_arg.name, dims, ORT_DTYPES.get(node_arg.type, node_arg.type))
 
 
 def onnx_outputs(path: Path, xs: np.ndarray) -> np.ndarray:

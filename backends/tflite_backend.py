@@ -13,11 +13,14 @@ refuses the rest. PT2E is the int8 path rather than ai-edge-quantizer because an
 MobileNetV2 gave wrong TFLite Micro output here while the PT2E one matched; every measurement checks TFLM's
 outputs against LiteRT's.
 
-Measure (child process): LiteRT (``ai_edge_litert``, one thread) for latency; TFLite Micro's Python
-interpreter (``tflite-micro``, reference kernels on the host) for the arena: ``print_allocations()`` (the
-RecordingMicroAllocator: total = head (the planned activation tensors) + tail (persistent: tensor structs,
-op data, quantization parameters)) and the smallest ``arena_size`` that constructs (binary search);
-TFLM's outputs vs LiteRT's on the same inputs.
+Measure (child process), any .tflite: LiteRT (``ai_edge_litert``, one thread) for latency, every input fed
+with data of its dtype and shape (:mod:`tap_edge.backends.inputs`; dynamic dims resized to the shapes the user
+gives); TFLite Micro's Python interpreter (``tflite-micro``, reference kernels on the host) in child processes
+of its own (:mod:`tap_edge.backends.tflm`) for the arena: ``print_allocations()`` (the RecordingMicroAllocator:
+total = head (the planned activation tensors) + tail (persistent: tensor structs, op data, quantization
+parameters)) and the smallest ``arena_size`` that builds and invokes; TFLM's outputs vs LiteRT's on the same
+inputs. When one runtime cannot build the model, its reason (the runtime's own printed lines) replaces its
+figures and the other runtime's are kept.
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ from typing import Any
 import numpy as np
 
 from tap_edge.backends import Backend, BackendOptions, Build
+from tap_edge.backends.inputs import InputRequest, TensorSpec, fed_input, input_array, quantize, resolve_shapes
 from tap_edge.backends.manifest import artifact_stem, module_bits, prediction
 from tap_edge.backends.reference import agreement
+from tap_edge.core.errors import UserError
 from tap_edge.devices import DeviceProfile, Runtime
 from tap_edge.documents import ArtifactWeights, InputSpec, Manifest
 from tap_edge.fit.bits import BitAssignment
@@ -51,7 +56,8 @@ TFLM_HOST = "tflm_host"
 ARTIFACT_GRAPH = "artifact_graph"
 #: Calibration inputs saved beside the artifact for the TFLM-vs-LiteRT check.
 MEASURE_SAMPLES = 8
-_ALLOC_LINE = re.compile(r"\[RecordingMicroAllocator\] (.+)")
+#: Samples of seeded inputs fed to a .tflite tap-edge did not compile.
+FOREIGN_SAMPLES = 4
 
 
 def tflite_weight_bytes(path: Path) -> dict[str, int]:
@@ -115,59 +121,6 @@ def tflite_weight_bytes(path: Path) -> dict[str, int]:
     out["total_planned_form"] = out["weights"] + out["bias"] + out["float"] + out["other"] + out["scales"]
     out["total_stored"] = out["total_planned_form"] - out["shared_buffers_saved"]
     return out
-
-
-def parse_allocations(text: str) -> dict[str, Any]:
-    """The figures ``print_allocations()`` prints, in bytes."""
-    out: dict[str, Any] = {"items": {}}
-    for line in text.splitlines():
-        m = _ALLOC_LINE.search(line)
-        if not m:
-            continue
-        body = m.group(1)
-        mm = re.match(r"Arena allocation (total|head|tail) (\d+) bytes", body)
-        if mm:
-            out[f"arena_{mm.group(1)}_bytes"] = int(mm.group(2))
-            continue
-        mm = re.match(
-            r"'(.+)' used (\d+) bytes with alignment overhead \(requested (\d+) bytes for (\d+)", body
-        )
-        if mm:
-            out["items"][mm.group(1)] = {
-                "bytes": int(mm.group(2)),
-                "requested": int(mm.group(3)),
-                "count": int(mm.group(4)),
-            }
-    return out
-
-
-@contextlib.contextmanager
-def capture_fds() -> Iterator[dict[str, str]]:
-    """Capture what C code writes to file descriptors 1 and 2 (TFLM's ``MicroPrintf`` writes to stderr)."""
-    import sys
-
-    res: dict[str, str] = {}
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 1)
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield res
-        finally:
-            try:
-                import ctypes
-
-                ctypes.CDLL(None).fflush(None)
-            except OSError:
-                pass
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-            tmp.seek(0)
-            res["text"] = tmp.read().decode(errors="replace")
 
 
 @dataclass
@@ -317,58 +270,62 @@ class TFLiteBackend(Backend):
         warmup: int,
         threads: int,
         baseline: Callable[[], None],
+        feed: InputRequest,
+        timeout: float,
     ) -> dict[str, Any]:
-        import ai_edge_litert
-        from tflite_micro.python.tflite_micro import runtime as tflm
+        """LiteRT in this process (latency, outputs), then TFLite Micro in child processes
+        (:func:`tap_edge.backends.tflm.measure_tflm`: build, run, ``print_allocations``, the smallest arena).
+        Each runtime's failure is its figures' ``reason``; the other runtime's figures are kept."""
+        import ai_edge_litert.interpreter  # noqa: F401 - the runtime is imported before the baseline
 
-        from tap_edge.backends.measure import latency_stats, time_runs
+        from tap_edge.backends.measure import time_runs
+        from tap_edge.backends.tflm import measure_tflm
 
         baseline()
-        it = _litert(artifact, threads=threads)
-        inp = it.get_input_details()[0]
-        xs = _samples(artifact, manifest, inp)
-        x0 = _quantize_input(it, xs[0])
-        it.set_tensor(inp["index"], x0)
-        times = time_runs(it.invoke, runs=runs, warmup=warmup)
-        res: dict[str, Any] = {
-            "times_ms": times,
-            "runtime": f"ai-edge-litert {_version(ai_edge_litert)}",
-            "threads": threads,
-        }
-        data = artifact.read_bytes()
-        # TFLM: the arena actually used.
-        big = max(len(data) * 10, 4 << 20)
-        with capture_fds() as cap:
-            m = tflm.Interpreter.from_bytes(data, arena_size=big)
-            m.print_allocations()
-        alloc = parse_allocations(cap.get("text", ""))
-        res["tflm"] = alloc
-        res["tflm_min_arena_bytes"] = _smallest_arena(tflm, data, alloc.get("arena_total_bytes", big), big)
-        # TFLM vs LiteRT outputs on the same int8 inputs.
-        tflm_out, lite_out = [], []
-        tflm_times = []
-        for x in xs:
-            q = _quantize_input(it, x)
-            lite_out.append(_invoke_litert_q(it, q))
-            m.set_input(q, 0)
-            t0 = time.perf_counter()
-            m.invoke()
-            tflm_times.append((time.perf_counter() - t0) * 1e3)
-            tflm_out.append(np.asarray(m.get_output(0)).copy())
-        a, b = np.stack(lite_out), np.stack(tflm_out)
-        diff = np.abs(a.astype(np.int64) - b.astype(np.int64)) if a.dtype.kind in "iu" else np.abs(a - b)
-        res["tflm_vs_litert"] = {
-            **agreement(a.astype(np.float64), b.astype(np.float64)),
-            "max_abs_diff": float(diff.max()) if diff.size else 0.0,
-            "output_dtype": str(a.dtype),
-        }
-        res["tflm_latency"] = latency_stats(tflm_times)
+        t0 = time.perf_counter()
+        res: dict[str, Any] = {"times_ms": [], "runtime": f"ai-edge-litert {_version('ai-edge-litert')}",
+                               "threads": threads}
+        litert, specs, shapes, resized = _litert_session(artifact, threads, feed)
+        res["litert"] = litert.status
+        samples = _samples(artifact, manifest, specs, shapes, feed)
+        res["inputs"] = [fed_input(spec, shape, feed, len(specs)) for spec, shape in zip(specs, shapes, strict=True)]
+        lite_outs = None
+        if litert.ok:
+            try:
+                litert.set_inputs(samples[0])
+                res["times_ms"] = time_runs(litert.interp.invoke, runs=runs, warmup=warmup)
+                lite_outs = [litert.run(x) for x in samples]
+            except (RuntimeError, ValueError) as e:  # LiteRT's failure costs its figures only
+                res["litert"] = {"ok": False, "stage": "invoke", "reason": f"{type(e).__name__}: {e}"[:600]}
+        if resized:
+            res["tflm"] = {"built": False, "reason": "TFLite Micro cannot resize inputs: it runs the stored shapes "
+                           f"({'; '.join(f'{n} {s}' for n, s in resized.items())}), not the ones given"}
+            return res
+        with tempfile.TemporaryDirectory(prefix="tap-edge-tflm-") as tmp:
+            left = max(timeout - (time.perf_counter() - t0), 30.0)
+            tflm, tflm_outs = measure_tflm(artifact, samples, Path(tmp), timeout=left)
+        tflm["runtime"] = f"tflite-micro {_version('tflite-micro')}"
+        res["tflm"] = tflm
+        if lite_outs is not None and tflm_outs is not None:
+            res["tflm_vs_litert"] = compare_outputs(lite_outs, tflm_outs)
         res["runtime_figures_note"] = (
-            "tflm arena: RecordingMicroAllocator (print_allocations) total = head "
-            "(planned activations) + tail (persistent); min arena = smallest "
-            "arena_size that constructs; TFLM reference kernels on the host"
+            "tflm: TFLite Micro's Python interpreter (reference kernels, 64-bit host) in child processes; "
+            "alloc = RecordingMicroAllocator (print_allocations) at a big arena: total = head (planned tensors) "
+            "+ tail (persistent); arena_search.min_bytes = smallest arena_size that builds and invokes "
+            "(1-byte exact; a crashing probe counts as a failing size)"
         )
         return res
+
+
+def compare_outputs(a: list[list[np.ndarray]], b: list[list[np.ndarray]]) -> dict[str, Any]:
+    """Two runtimes' outputs on the same samples (each a list of outputs): agreement of the first output
+    (top-1, cosine), the largest difference over every output."""
+    first_a = np.stack([s[0] for s in a]).astype(np.float64)
+    first_b = np.stack([s[0] for s in b]).astype(np.float64)
+    diffs = [np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).max(initial=0.0)
+             for sa, sb in zip(a, b, strict=True) for x, y in zip(sa, sb, strict=False)]
+    return {**agreement(first_a, first_b), "max_abs_diff": float(max(diffs, default=0.0)),
+            "output_dtype": str(np.asarray(a[0][0]).dtype), "outputs": len(a[0])}
 
 
 def module_regex(module: str) -> str:
@@ -467,13 +424,13 @@ def _quiet() -> Iterator[None]:
             os.close(saved[1])
 
 
-def _version(mod: Any) -> str:
-    try:
-        from importlib.metadata import version
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-        return version("ai-edge-litert")
-    except Exception:  # noqa: BLE001
-        return getattr(mod, "__version__", "?")
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "?"
 
 
 def _litert(path: Path, threads: int = 1) -> Any:
@@ -515,40 +472,96 @@ def _invoke_litert(it: Any, x: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _samples(artifact: Path, manifest: Manifest | None, inp: dict[str, Any]) -> list[np.ndarray]:
-    """The calibration inputs ``compile`` saved beside the artifact; seeded noise for a foreign .tflite."""
-    name = manifest.backend_facts.get("samples") if manifest is not None else None
-    if name and (artifact.parent / name).exists():
-        return list(np.load(artifact.parent / name)[:MEASURE_SAMPLES])
-    rng = np.random.default_rng(0)
-    shape = list(inp["shape"])
-    return [rng.standard_normal(shape[1:]).astype(np.float32) for _ in range(4)]
+class _LiteRT:
+    """A LiteRT interpreter with every input allocated, or the reason it is not (``status``)."""
+
+    def __init__(self, interp: Any, status: dict[str, Any]) -> None:
+        self.interp = interp
+        self.status = status
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.status.get("ok"))
+
+    def set_inputs(self, xs: list[np.ndarray]) -> None:
+        for d, x in zip(self.interp.get_input_details(), xs, strict=True):
+            self.interp.set_tensor(d["index"], x)
+
+    def run(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        self.set_inputs(xs)
+        self.interp.invoke()
+        return [self.interp.get_tensor(d["index"]).copy() for d in self.interp.get_output_details()]
 
 
-def _smallest_arena(tflm: Any, data: bytes, hint: int, big: int) -> int | None:
-    """Smallest ``arena_size`` (16-byte steps) with which the TFLM interpreter constructs."""
+def _litert_session(artifact: Path, threads: int, feed: InputRequest
+                    ) -> tuple[_LiteRT, list[TensorSpec], list[list[int]], dict[str, list[int]]]:
+    """LiteRT's interpreter for ``artifact``, its inputs, the shapes to feed (the stored ones unless ``feed``
+    gives others, which LiteRT is resized to) and the inputs so resized (TFLite Micro cannot resize)."""
+    from ai_edge_litert.interpreter import Interpreter
 
-    def ok(n: int) -> bool:
+    from tap_edge.backends.measure import capture_fds
+
+    with capture_fds() as cap:
         try:
-            with capture_fds():
-                tflm.Interpreter.from_bytes(data, arena_size=n)
-            return True
-        except Exception:  # noqa: BLE001 - construction fails with a RuntimeError when the arena is too small
-            return False
+            interp = Interpreter(model_path=str(artifact), num_threads=threads)
+        except (RuntimeError, ValueError) as e:
+            interp, error = None, e
+    if interp is None:
+        raise UserError(f"{artifact}: LiteRT cannot read it ({_lines(cap.get('text', ''), error)})",
+                        "is it a .tflite file?")
+    details = interp.get_input_details()
+    specs = [_spec(d) for d in details]
+    # the stored shape where the user gives none (TFLite Micro runs that one), else the signature's open dims
+    stored = [[int(n) for n in d["shape"]] for d in details]
+    declared = [s if feed.for_input(feed.shapes, s.name, len(specs)) is not None else
+                TensorSpec(s.name, tuple(shape), s.dtype, s.scale, s.zero_point) for s, shape in zip(specs, stored,
+                                                                                                   strict=True)]
+    shapes = [i.shape for i in resolve_shapes(declared, feed, f"{artifact.name}: ")]
+    resized = {}
+    for d, spec, shape, was in zip(details, specs, shapes, stored, strict=True):
+        if shape != was:
+            interp.resize_tensor_input(d["index"], shape)
+            resized[spec.name] = was
+    with capture_fds() as cap:
+        try:
+            interp.allocate_tensors()
+            status: dict[str, Any] = {"ok": True}
+        except (RuntimeError, ValueError) as e:  # e.g. an unresolved custom op: LiteRT's figures are lost
+            status = {"ok": False, "stage": "allocate", "reason": _lines(cap.get("text", ""), e)}
+    return _LiteRT(interp, status), specs, shapes, resized
 
-    hi = hint if ok(hint) else big
-    if not ok(hi):
-        return None
-    lo = max(hi // 2, 16)
-    while lo > 16 and ok(lo):
-        lo //= 2
-    while hi - lo > 16:
-        mid = (lo + hi) // 2 // 16 * 16
-        if mid <= lo:
-            break
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
 
+def _spec(d: dict[str, Any]) -> TensorSpec:
+    """A LiteRT input detail as a :class:`TensorSpec` (``shape_signature`` -1 dims are dynamic)."""
+    sig = d.get("shape_signature")
+    dims = [int(n) for n in (sig if sig is not None and len(sig) == len(d["shape"]) else d["shape"])]
+    scale, zp = d.get("quantization") or (0.0, 0)
+    return TensorSpec(name=d["name"], dims=tuple(dims),
+                      dtype=np.dtype(d["dtype"]).name, scale=float(scale) or None, zero_point=int(zp))
+
+
+def _lines(text: str, exc: BaseException) -> str:
+    """A runtime's failure in one line: the last lines it printed (INFO lines dropped), then the exception."""
+    kept = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("INFO")]
+    return " | ".join(kept[-3:] + [f"{type(exc).__name__}: {' '.join(str(exc).split())}"])[:600]
+
+
+def _samples(artifact: Path, manifest: Manifest | None, specs: list[TensorSpec], shapes: list[list[int]],
+             feed: InputRequest) -> list[list[np.ndarray]]:
+    """Each sample's inputs: for an artifact tap-edge compiled, the calibration inputs ``compile`` saved beside
+    it (NCHW floats -> the input's layout and quantization); otherwise :data:`FOREIGN_SAMPLES` samples of
+    :func:`~tap_edge.backends.inputs.input_array` for every input (a value the user gave in every sample)."""
+    name = manifest.backend_facts.get("samples") if manifest is not None else None
+    if name and (artifact.parent / name).exists() and len(specs) == 1 and not feed.values:
+        return [[_to_input(specs[0], shapes[0], x)] for x in np.load(artifact.parent / name)[:MEASURE_SAMPLES]]
+    return [[input_array(spec, shape, feed.for_input(feed.values, spec.name, len(specs)), 1000 * i + j)
+             for j, (spec, shape) in enumerate(zip(specs, shapes, strict=True))] for i in range(FOREIGN_SAMPLES)]
+
+
+def _to_input(spec: TensorSpec, shape: list[int], x: np.ndarray) -> np.ndarray:
+    """A float NCHW sample -> the input (NHWC when the input is; quantized with its scale and zero point)."""
+    x = np.asarray(x, np.float32)
+    if x.ndim == 3 and len(shape) == 4 and list(x.shape) != shape[1:]:
+        x = x.transpose(1, 2, 0)
+    x = x.reshape(shape)
+    return quantize(spec, x) if spec.quantized else x.astype(spec.dtype)

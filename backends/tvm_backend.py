@@ -48,6 +48,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tap_edge.backends import Backend, BackendOptions, Build
+from tap_edge.backends.inputs import InputRequest, TensorSpec, input_array
 from tap_edge.backends.manifest import artifact_stem
 from tap_edge.backends.onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeOptions, onnx_outputs
 from tap_edge.core import console
@@ -638,7 +639,11 @@ class TVMBackend(Backend):
         warmup: int,
         threads: int,
         baseline: Callable[[], None],
+        feed: InputRequest,
+        timeout: float,
     ) -> dict[str, Any]:
+        """The Relax VM on the compiled input shape: the user's ``--input`` value when given, else seeded
+        noise."""
         if manifest is None:
             raise UserError(f"{artifact}: no manifest beside it gives the input shape", "re-run tap-edge compile")
         os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts
@@ -650,7 +655,9 @@ class TVMBackend(Backend):
         baseline()
         lib = tvm.runtime.load_module(str(artifact))
         vm = relax.VirtualMachine(lib, tvm.cpu())
-        x = np.random.default_rng(0).standard_normal(manifest.input.shape).astype(np.float32)
+        spec = TensorSpec(manifest.input.name or "input", tuple(manifest.input.shape), "float32")
+        feed.check_value_names([spec.name])
+        x = input_array(spec, list(manifest.input.shape), feed.for_input(feed.values, spec.name, 1), 0)
         xt = tvm.runtime.tensor(x)
         fn = vm["main"]
         times = time_runs(lambda: fn(xt), runs=runs, warmup=warmup)

@@ -1,39 +1,53 @@
 """The measured verdict: an artifact's measurement beside its prediction, judged on a device (a
 :class:`~tap_edge.documents.MeasureReport`, what ``tap-edge measure`` prints and writes).
 
-Comparisons (predicted vs measured bytes, the error, how each figure was measured):
+The prediction comes from the manifest beside an artifact tap-edge compiled, or, for any other .tflite / .onnx,
+from the file itself (:func:`prediction_source`: ``load_graph`` at the user's ``--input-shape`` and the fit
+checker at the file's stored widths, ``native``), so a file nobody here wrote gets a verdict too.
 
-- flash: the flash model's bytes vs the constant bytes in the artifact, counted in the same form;
-- sram, TFLite Micro: its arena head vs the planned buffers (TFLM host settings), its total (head + persistent
-  tail) vs the predicted arena, and the head vs the arena planned on the converted .tflite's own graph (not
-  gated: it isolates planner error from graph differences);
+Comparisons (predicted vs measured bytes, the error, how each figure was measured; ``gated``: beyond
+:data:`TOLERANCE` it is a flag):
+
+- flash: an artifact tap-edge compiled: the flash model's bytes vs the constant bytes in the artifact, counted
+  in the same form (gated); any other file: vs the file's size, which is what TFLite Micro keeps in flash
+  (gated), and vs its constant bytes (not gated: it separates the weights from the flatbuffer's structure);
+- sram, TFLite Micro: the smallest arena that builds and runs vs the predicted arena (gated, the headline),
+  the arena head vs the planned buffers (gated), ``print_allocations``' total (head + persistent tail; not
+  gated: it leaves out what the planner needs during ``AllocateTensors``), and the head vs the arena planned
+  on the converted .tflite's own graph (not gated: it isolates planner error from graph differences);
 - sram, other runtimes (not gated: host figures, not an arena the runtime reports): the predicted arena vs the
   closest host figure (ONNX Runtime: the RSS growth during the runs; TVM: Relax's static memory plan), and
   predicted weights + arena vs the child's peak RSS over the runtime's import baseline, which also holds the
   runtime's own allocations.
 
-A gated comparison more than :data:`TOLERANCE` off is a flag. On a device the verdict needs both sides:
-the prediction (:class:`~tap_edge.fit.checker.Checker` on the manifest's model and widths) and the measurement
-(against :func:`~tap_edge.fit.checker.region_limits`) must fit for ``FITS``; a memory over its limit on either
-side is ``OOM``; an op or width the runtime cannot run is ``UNSUPPORTED``; without a prediction (no manifest,
-or a model that cannot be loaded by its spec) the verdict is ``UNKNOWN``.
+On a device the verdict needs both sides: the prediction (:class:`~tap_edge.fit.checker.Checker` on the
+device's runtime) and the measurement (against :func:`~tap_edge.fit.checker.region_limits`; TFLite Micro's
+smallest arena on a TFLite Micro runtime, the host RSS on others) must fit for ``FITS``; a memory over its
+limit on either side is ``OOM``; an op or width the runtime cannot run, on either side (the runtime's own
+refusal counts), is ``UNSUPPORTED``; ``UNKNOWN`` only when no prediction could be made (the reason is in the
+problems). A runtime that fails costs its own figures: its reason is a :class:`RuntimeFailure`, the other
+runtimes' figures are kept.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from tap_edge.backends import get_backend
-from tap_edge.backends.manifest import bits_of, read_manifest
+from tap_edge.backends.inputs import InputRequest
+from tap_edge.backends.manifest import bits_of, prediction, read_manifest
 from tap_edge.backends.measure import DEFAULT_RUNS, DEFAULT_TIMEOUT, DEFAULT_WARMUP, measure_artifact
-from tap_edge.backends.tflite_backend import ARTIFACT_GRAPH, TFLM_HOST
+from tap_edge.backends.onnxruntime_backend import onnx_weight_bytes
+from tap_edge.backends.tflite_backend import ARTIFACT_GRAPH, TFLM_HOST, tflite_weight_bytes
 from tap_edge.core.errors import UserError
 from tap_edge.core.units import fmt_bytes, pct
-from tap_edge.devices import get_device
+from tap_edge.devices import Runtime, get_device
 from tap_edge.documents import (
     Comparison,
     CrossCheck,
+    FedInput,
     LatencyStats,
     Limits,
     Manifest,
@@ -41,14 +55,21 @@ from tap_edge.documents import (
     MeasuredMemory,
     MeasuredUse,
     MeasureReport,
+    Prediction,
+    RuntimeFailure,
 )
+from tap_edge.fit.bits import BitAssignment
 from tap_edge.fit.checker import Checker, region_limits
+from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.models import load_graph
+from tap_edge.graph.shapes import FLAG as INPUT_SHAPE_FLAG
 from tap_edge.graph.shapes import user_shapes
 
 #: A gated figure further than this from its prediction is flagged.
 TOLERANCE = 0.05
-TFLM_ARENA = "TFLite Micro arena (RecordingMicroAllocator, print_allocations: total = head + tail)"
+TFLM_ARENA = ("TFLite Micro: smallest arena_size that builds and invokes (each probe in a child process); "
+              "print_allocations at a big arena: total = head + tail")
+TFLM_MIN = "TFLite Micro: smallest arena_size that builds and invokes (1-byte exact)"
 HOST_RSS = "child peak RSS minus the runtime's import baseline (host; also holds the runtime's own allocations)"
 #: Host figures closest to an arena (a key of the child's result, how it was measured), per runtime.
 HOST_ARENA = (
@@ -57,7 +78,50 @@ HOST_ARENA = (
     ("tvm_planned_bytes", "TVM: Relax's static memory plan (StaticPlanBlockMemory storage)"),
 )
 #: Keys of the child's result that are the runtime's own figures.
-_RUNTIME_FIGURES = ("tflm", "ort_", "tvm_", "runtime_figures_note")
+_RUNTIME_FIGURES = ("tflm", "litert", "ort_", "tvm_", "runtime_figures_note")
+#: Runtime names of the child's result, as the report names them.
+RUNTIME_NAMES = {"tflm": "TFLite Micro", "litert": "LiteRT"}
+#: The constant bytes of a file tap-edge did not compile (the flash model's form), per backend.
+_FILE_WEIGHTS = {"tflite": tflite_weight_bytes, "onnxruntime": onnx_weight_bytes}
+
+
+@dataclass
+class PredictionSource:
+    """Where a measurement's prediction comes from: the graph and widths the fit checker judges
+    (``graph`` None: no prediction, ``error`` says why), and the predictions to compare the measured figures
+    with (``host``: with TFLite Micro's host reference settings; ``base``: the manifest's, with its device's)."""
+
+    origin: Literal["manifest", "file"] | None
+    graph: ModelGraph | None = None
+    bits: BitAssignment | None = None
+    base: Prediction | None = None
+    host: Prediction | None = None
+    on_artifact_graph: Prediction | None = None
+    error: str | None = None
+
+
+def prediction_source(artifact: Path, manifest: Manifest | None, feed: InputRequest) -> PredictionSource:
+    """The prediction for ``artifact``: its manifest's, else made from the file at ``feed``'s input shapes and
+    the file's stored widths. An input whose dims nothing fixes is refused in one line (the measurement could
+    not feed it either); any other failure to read the graph leaves the measurement without a prediction."""
+    if manifest is not None:
+        src = PredictionSource("manifest", base=manifest.prediction,
+                               host=manifest.other_predictions.get(TFLM_HOST, manifest.prediction),
+                               on_artifact_graph=manifest.other_predictions.get(ARTIFACT_GRAPH))
+        try:
+            src.graph, src.bits = load_graph(manifest.model, user_shapes(manifest.inputs)), bits_of(manifest)
+        except UserError as e:  # e.g. a model given as an object, which its spec cannot load again
+            src.error = str(e)
+        return src
+    bits = BitAssignment.parse("native")
+    try:
+        graph = load_graph(str(artifact), feed.shapes or None)
+    except UserError as e:
+        if INPUT_SHAPE_FLAG in str(e):
+            raise
+        return PredictionSource(None, error=f"tap-edge cannot read the file's graph: {e}")
+    host = prediction(graph, bits, None)
+    return PredictionSource("file", graph=graph, bits=bits, base=host, host=host)
 
 
 def measure_report(
@@ -68,68 +132,119 @@ def measure_report(
     warmup: int = DEFAULT_WARMUP,
     timeout: float = DEFAULT_TIMEOUT,
     threads: int = 1,
+    feed: InputRequest | None = None,
 ) -> MeasureReport:
     """Measure ``artifact`` in a child process and judge it on ``device`` (default: the device it was
-    compiled for; none: figures and comparisons only)."""
+    compiled for; none: figures and comparisons only). ``feed``: input shapes and values
+    (``--input-shape``, ``--input``)."""
+    feed = feed or InputRequest()
+    artifact = Path(artifact)
+    if not artifact.exists():
+        raise UserError(f"{artifact}: artifact not found", "compile one with tap-edge compile, or give a .tflite / "
+                        ".onnx file")
     manifest = read_manifest(artifact)
+    source = prediction_source(artifact, manifest, feed)
     measurement = measure_artifact(artifact, backend=manifest.backend if manifest else None, runs=runs,
-                                   warmup=warmup, timeout=timeout, threads=threads)
-    return build_report(Path(artifact), manifest, measurement, device or (manifest.device if manifest else None))
+                                   warmup=warmup, timeout=timeout, threads=threads, feed=feed)
+    if manifest is None and measurement["backend"] in _FILE_WEIGHTS:
+        measurement["file_weights"] = _FILE_WEIGHTS[measurement["backend"]](artifact)
+    return build_report(artifact, manifest, measurement, device or (manifest.device if manifest else None),
+                        source)
 
 
-def build_report(artifact: Path, manifest: Manifest | None, measurement: dict[str, Any],
-                 device: str | None) -> MeasureReport:
+def build_report(artifact: Path, manifest: Manifest | None, measurement: dict[str, Any], device: str | None,
+                 source: PredictionSource | None = None) -> MeasureReport:
     """The report of one measurement (the child's result, :func:`~tap_edge.backends.measure.measure_artifact`)
-    beside the manifest's prediction, with the verdict when a device is given."""
+    beside its prediction (``source``, default :func:`prediction_source` of the manifest), with the verdict
+    when a device is given."""
     m = measurement
+    if source is None:
+        source = (prediction_source(artifact, manifest, InputRequest()) if manifest is not None
+                  else PredictionSource(None, error="no manifest beside the artifact and no file graph given"))
     arena = _tflm_arena(m)
     report = MeasureReport(
         artifact=str(artifact),
         backend=m["backend"],
-        model=manifest.model if manifest else None,
-        bits=manifest.bits.label if manifest else None,
+        model=manifest.model if manifest else str(artifact),
+        bits=manifest.bits.label if manifest else ("native" if source.graph is not None else None),
         runtime=m.get("runtime"),
         threads=m.get("threads"),
         latency=LatencyStats(**m["latency"]),
         artifact_bytes=m["artifact_bytes"],
+        prediction_from=source.origin if source.base is not None else None,
+        prediction_error=source.error,
+        inputs=[FedInput(**i) for i in m.get("inputs", [])],
         memory=MeasuredMemory(peak_rss_bytes=m.get("peak_rss_bytes"), wait4_maxrss_bytes=m.get("wait4_maxrss_bytes"),
                               import_baseline_bytes=m.get("import_baseline_bytes"),
                               model_rss_bytes=m.get("model_rss_bytes")),
         arena=arena,
         cross_check=_tflm_vs_litert(m),
+        runtime_failures=runtime_failures(m),
         runtime_figures={k: v for k, v in m.items() if k.startswith(_RUNTIME_FIGURES)},
         agreement=manifest.agreement if manifest else None,
         tolerance_pct=100 * TOLERANCE,
         device=device,
     )
-    if manifest is not None:
-        report.comparisons = comparisons(manifest, arena, report.memory, m)
+    report.problems = [f"measured: {RUNTIME_NAMES.get(f.runtime, f.runtime)} cannot {_verb(f.stage)} the model: "
+                       f"{f.reason}" for f in report.runtime_failures]
+    if source.base is not None:
+        report.comparisons = comparisons(source, manifest, arena, report.memory, m)
         report.flags = [c for c in report.comparisons if c.gated and c.error_pct is not None
                         and abs(c.error_pct) > 100 * TOLERANCE]
     if device:
-        _judge(report, manifest, device)
+        _judge(report, source, manifest, device)
     return report
 
 
-def comparisons(manifest: Manifest, arena: MeasuredArena | None, memory: MeasuredMemory,
-                measurement: dict[str, Any]) -> list[Comparison]:
-    """Every predicted figure of ``manifest`` that has a measurement (see the module docstring)."""
-    pred = manifest.prediction
-    out = [_compare("weights", "flash", pred.flash.model_bytes, manifest.weights.planned_form_bytes,
-                    "constant bytes in the artifact, in the planned form (weights, scales, biases, float constants)",
-                    headline=True)]
+def runtime_failures(m: dict[str, Any]) -> list[RuntimeFailure]:
+    """The runtimes of the child's result that did not build or run the model, with their own reasons."""
+    out = []
+    lite = m.get("litert") or {}
+    if lite and not lite.get("ok"):
+        out.append(RuntimeFailure(runtime="litert", stage=lite.get("stage", "build"), reason=lite.get("reason", "")))
+    tflm = m.get("tflm") or {}
+    if tflm and not (tflm.get("built") and tflm.get("invoked")):
+        out.append(RuntimeFailure(runtime="tflm", stage="invoke" if tflm.get("built") else "build",
+                                  reason=tflm.get("reason", "")))
+    return out
+
+
+def _verb(stage: str) -> str:
+    return "run" if stage == "invoke" else "build"
+
+
+def comparisons(source: PredictionSource, manifest: Manifest | None, arena: MeasuredArena | None,
+                memory: MeasuredMemory, measurement: dict[str, Any]) -> list[Comparison]:
+    """Every predicted figure that has a measurement (see the module docstring)."""
+    pred = source.base
+    assert pred is not None
+    if manifest is not None:
+        out = [_compare("weights", "flash", pred.flash.model_bytes, manifest.weights.planned_form_bytes,
+                        "constant bytes in the artifact, in the planned form (weights, scales, biases, float "
+                        "constants)", headline=True)]
+    else:
+        out = [_compare("model file", "flash", pred.flash.model_bytes, measurement["artifact_bytes"],
+                        "the file's size (TFLite Micro keeps the whole flatbuffer in flash)"
+                        if measurement["backend"] == "tflite" else "the file's size", headline=True)]
+        consts = (measurement.get("file_weights") or {}).get("total_planned_form")
+        if consts is not None:
+            out.append(_compare("constant bytes", "flash", pred.flash.model_bytes, consts,
+                                "constants in the file (weights, scales, biases, float constants)", gated=False))
     if arena is not None:
-        host = manifest.other_predictions.get(TFLM_HOST, pred)
+        host = source.host or pred
+        if arena.min_bytes is not None:
+            out.append(_compare("arena (smallest that builds and runs)", "sram", host.arena_bytes, arena.min_bytes,
+                                TFLM_MIN, headline=True))
         if arena.head_bytes is not None:
             out.append(_compare("arena head (planned tensors)", "sram", host.arena_head_bytes, arena.head_bytes,
                                 "TFLite Micro arena head (non-persistent, print_allocations)"))
-        out.append(_compare("arena total", "sram", host.arena_bytes, arena.total_bytes,
-                            "TFLite Micro arena total = head + tail (persistent)", headline=True))
-        planned_on_artifact = manifest.other_predictions.get(ARTIFACT_GRAPH)
-        if planned_on_artifact is not None and arena.head_bytes is not None:
+        out.append(_compare("arena total (print_allocations)", "sram", host.arena_bytes, arena.total_bytes,
+                            "TFLite Micro arena total = head + tail (persistent), print_allocations",
+                            headline=arena.min_bytes is None, gated=arena.min_bytes is None))
+        if source.on_artifact_graph is not None and arena.head_bytes is not None:
             out.append(_compare("arena head, planned on the .tflite graph", "sram",
-                                planned_on_artifact.arena_head_bytes, arena.head_bytes, "TFLite Micro arena head",
-                                gated=False))
+                                source.on_artifact_graph.arena_head_bytes, arena.head_bytes,
+                                "TFLite Micro arena head", gated=False))
         return out
     host_arena = next(((measurement[k], how) for k, how in HOST_ARENA if measurement.get(k) is not None), None)
     if host_arena is not None:
@@ -149,10 +264,14 @@ def _compare(figure: str, memory: Literal["flash", "sram"], predicted: int, meas
 
 def _tflm_arena(m: dict[str, Any]) -> MeasuredArena | None:
     tflm = m.get("tflm") or {}
-    if not tflm.get("arena_total_bytes"):
+    alloc = tflm.get("alloc") or {}
+    if not alloc.get("arena_total_bytes"):
         return None
-    return MeasuredArena(total_bytes=tflm["arena_total_bytes"], head_bytes=tflm.get("arena_head_bytes"),
-                         tail_bytes=tflm.get("arena_tail_bytes"), min_constructing_bytes=m.get("tflm_min_arena_bytes"),
+    search = tflm.get("arena_search") or {}
+    return MeasuredArena(total_bytes=alloc["arena_total_bytes"], head_bytes=alloc.get("arena_head_bytes"),
+                         tail_bytes=alloc.get("arena_tail_bytes"),
+                         min_constructing_bytes=search.get("min_build_bytes"), min_bytes=search.get("min_bytes"),
+                         probes=search.get("probes"), crashed_probes=search.get("crashed_probes"),
                          measured_by=TFLM_ARENA)
 
 
@@ -160,46 +279,51 @@ def _tflm_vs_litert(m: dict[str, Any]) -> CrossCheck | None:
     check = m.get("tflm_vs_litert")
     if not check:
         return None
-    return CrossCheck(between="TFLite Micro vs LiteRT (same quantized inputs)", **check,
-                      latency=LatencyStats(**m["tflm_latency"]) if m.get("tflm_latency") else None)
+    latency = (m.get("tflm") or {}).get("latency")
+    return CrossCheck(between="TFLite Micro vs LiteRT (same inputs)", **check,
+                      latency=LatencyStats(**latency) if latency else None)
 
 
-def _judge(report: MeasureReport, manifest: Manifest | None, device: str) -> None:
+def _judge(report: MeasureReport, source: PredictionSource, manifest: Manifest | None, device: str) -> None:
     """Fill the verdict fields of ``report`` for ``device`` (see the module docstring)."""
     profile = get_device(device)
     runtime = get_backend(report.backend).pick_runtime(profile)
-    problems: list[str] = []
-    predicted_fits = None
-    if manifest is None:
-        problems.append("prediction unavailable: no manifest beside the artifact (not compiled by tap-edge)")
+    problems = list(report.problems)
+    predicted = None
+    if source.graph is None or source.bits is None:
+        problems.append(f"prediction unavailable: {source.error}")
     else:
-        try:
-            graph = load_graph(manifest.model, user_shapes(manifest.inputs))
-            verdict = Checker(graph, bits_of(manifest)).check(profile, runtime.name)
-        except UserError as e:  # e.g. a model given as an object, which its spec cannot load again
-            problems.append(f"prediction unavailable: {e}")
-        else:
-            predicted_fits = verdict.verdict == "FITS"
-            problems += [f"predicted: {p}" for p in verdict.problems]
+        predicted = Checker(source.graph, source.bits).check(profile, runtime.name)
+        problems += [f"predicted: {p}" for p in predicted.problems]
     weights = manifest.weights.planned_form_bytes if manifest else report.artifact_bytes
     use = MeasuredUse(flash_bytes=weights + runtime.code_bytes)
-    if report.arena is not None:
-        use.sram_bytes, use.sram_measured_by = report.arena.total_bytes, report.arena.measured_by
+    if _on_tflm(runtime):  # TFLite Micro's own arena; the host RSS says nothing about an MCU
+        if report.arena is not None:
+            a = report.arena
+            use.sram_bytes = a.min_bytes if a.min_bytes is not None else a.total_bytes
+            use.sram_measured_by = TFLM_MIN if a.min_bytes is not None else a.measured_by
     elif report.memory.model_rss_bytes is not None:
         use.sram_bytes, use.sram_measured_by = report.memory.model_rss_bytes, HOST_RSS
     lim = region_limits(profile, use.flash_bytes)
+    over = []
     if use.flash_bytes > lim.flash_bytes:
-        problems.append(f"measured: flash ({lim.flash_region}) over by {fmt_bytes(use.flash_bytes - lim.flash_bytes)}")
+        over.append(f"measured: flash ({lim.flash_region}) over by {fmt_bytes(use.flash_bytes - lim.flash_bytes)}")
     if use.sram_bytes is not None and use.sram_bytes > lim.sram_bytes:
-        problems.append(f"measured: SRAM ({lim.sram_region}) over by {fmt_bytes(use.sram_bytes - lim.sram_bytes)} "
-                        f"({use.sram_measured_by})")
-    measured_fits = not any(p.startswith("measured") for p in problems)
-    if predicted_fits is None:
+        over.append(f"measured: SRAM ({lim.sram_region}) over by {fmt_bytes(use.sram_bytes - lim.sram_bytes)} "
+                    f"({use.sram_measured_by})")
+    problems += over
+    refused = [f for f in report.runtime_failures if (f.runtime == "tflm") == _on_tflm(runtime)]
+    measured_fits = not refused and not over
+    # the measurement is the truth where it speaks: its refusal or overflow names the verdict, else the prediction's
+    if predicted is None:
         verdict_name = "UNKNOWN"
-    elif predicted_fits and measured_fits:
-        verdict_name = "FITS"
+    elif refused:
+        verdict_name = "UNSUPPORTED"
+    elif over:
+        verdict_name = "OOM"
     else:
-        verdict_name = "OOM" if any("over by" in p for p in problems) else "UNSUPPORTED"
+        verdict_name = predicted.verdict
+    predicted_fits = predicted.verdict == "FITS" if predicted is not None else None
     report.verdict = verdict_name
     report.problems = problems
     report.runtime_name = runtime.name
@@ -208,3 +332,8 @@ def _judge(report: MeasureReport, manifest: Manifest | None, device: str) -> Non
     report.measured_use = use
     report.predicted_fits = predicted_fits
     report.measured_fits = measured_fits
+
+
+def _on_tflm(runtime: Runtime) -> bool:
+    """Whether the device runtime is a TFLite Micro build (its measured truth is TFLite Micro's)."""
+    return runtime.name.startswith("tflm")

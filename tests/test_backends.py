@@ -247,11 +247,16 @@ def _manifest(arena: int, weights: int) -> Manifest:
                     check_inputs=InputSource(kind="gaussian noise", samples=16, seed=0))
 
 
-def _meas(head: int, tail: int) -> dict:
+def _meas(head: int, tail: int, min_bytes: int | None = None) -> dict:
+    """A TFLite measurement: print_allocations' head and tail, and the smallest arena the search found."""
+    search = {"arena_search": {"min_build_bytes": min_bytes, "min_bytes": min_bytes, "probes": 20,
+                               "crashed_probes": 1}} if min_bytes else {}
     return {
         "backend": "tflite",
         "latency": latency_stats([1.0, 2.0]),
-        "tflm": {"arena_head_bytes": head, "arena_tail_bytes": tail, "arena_total_bytes": head + tail},
+        "litert": {"ok": True},
+        "tflm": {"built": True, "invoked": True, "alloc": {"arena_head_bytes": head, "arena_tail_bytes": tail,
+                                                           "arena_total_bytes": head + tail}, **search},
         "artifact_bytes": 1000,
     }
 
@@ -260,10 +265,22 @@ def test_report_flags_more_than_five_percent() -> None:
     r = build_report(Path("x.tflite"), _manifest(16000, 26720), _meas(16000, 8240), None)
     figs = {c.figure: c for c in r.comparisons}
     assert figs["arena head (planned tensors)"].error_pct == 0.0
-    assert [f.figure for f in r.flags] == ["arena total"]
+    assert [f.figure for f in r.flags] == ["arena total (print_allocations)"]
     assert r.flags[0].predicted_bytes == 16000 and r.flags[0].measured_bytes == 24240
-    assert r.headline("sram") is figs["arena total"] and r.headline("flash") is figs["weights"]
+    assert r.headline("sram") is figs["arena total (print_allocations)"] and r.headline("flash") is figs["weights"]
     assert r.arena.total_bytes == 24240 and r.verdict == "MEASURED" and r.limits is None
+
+
+def test_smallest_arena_is_the_gated_figure_when_it_was_searched() -> None:
+    """The smallest arena that builds and runs is compared with the prediction (gated, the headline) and is
+    the measured SRAM use; print_allocations' total is shown, not gated."""
+    r = build_report(Path("x.tflite"), _manifest(16000, 26720), _meas(15800, 200, min_bytes=16400), "stm32h743")
+    figs = {c.figure: c for c in r.comparisons}
+    smallest, total = figs["arena (smallest that builds and runs)"], figs["arena total (print_allocations)"]
+    assert r.headline("sram") is smallest and smallest.gated and smallest.measured_bytes == 16400
+    assert not total.gated and total.measured_bytes == 16000 and not r.flags
+    assert (r.arena.min_bytes, r.arena.probes, r.arena.crashed_probes) == (16400, 20, 1)
+    assert r.measured_use.sram_bytes == 16400 and r.verdict == "FITS"
 
 
 def test_verdict_fits_only_when_prediction_and_measurement_fit() -> None:
@@ -286,19 +303,24 @@ def test_verdict_limits_come_from_region_limits() -> None:
                                                                             lim.shared)
 
 
-def test_foreign_artifact_has_no_prediction() -> None:
-    """A .tflite tap-edge did not compile: measured, its file size stands for its flash, no verdict."""
+def test_no_prediction_is_unknown_and_says_why() -> None:
+    """Without any prediction (no manifest and no graph of the file): measured, its file size stands for its
+    flash, the verdict is UNKNOWN with the reason (a foreign file gets its own prediction:
+    tests/test_measure_foreign.py)."""
+    from tap_edge.backends.verdict import PredictionSource
     from tap_edge.devices import get_device
 
-    r = build_report(Path("x.tflite"), None, _meas(16000, 8240), "stm32h743")
+    source = PredictionSource(None, error="tap-edge cannot read the file's graph: broken")
+    r = build_report(Path("x.tflite"), None, _meas(16000, 8240), "stm32h743", source)
     assert r.verdict == "UNKNOWN" and not r.comparisons and r.predicted_fits is None
     code = get_backend("tflite").pick_runtime(get_device("stm32h743")).code_bytes
-    assert r.measured_use.flash_bytes == 1000 + code and "no manifest" in r.problems[0]
+    assert r.measured_use.flash_bytes == 1000 + code and r.problems == [
+        "prediction unavailable: tap-edge cannot read the file's graph: broken"]
 
 
 # ---- TFLite Micro on a model shipped by tflite-micro -------------------------------------------------------
 def test_parse_allocations() -> None:
-    from tap_edge.backends.tflite_backend import parse_allocations
+    from tap_edge.backends.tflm import parse_allocations
 
     text = (
         "[RecordingMicroAllocator] Arena allocation total 1536 bytes\n"
@@ -319,11 +341,11 @@ def test_tflm_arena_measured_in_child(tmp_path: Path) -> None:
     art = tmp_path / "sine.tflite"
     shutil.copyfile(_sine(), art)
     r = measure_artifact(art, runs=3, warmup=1, timeout=120)
-    tf = r["tflm"]
-    assert tf["arena_total_bytes"] == tf["arena_head_bytes"] + tf["arena_tail_bytes"] > 0
-    # the smallest arena that constructs can exceed the recorded total: planning needs temporary memory in the
-    # head, which shows when the planned tensors are tiny (sine: 128-byte head)
-    assert r["tflm_min_arena_bytes"] >= tf["arena_total_bytes"]
+    alloc, search = r["tflm"]["alloc"], r["tflm"]["arena_search"]
+    assert alloc["arena_total_bytes"] == alloc["arena_head_bytes"] + alloc["arena_tail_bytes"] > 0
+    # the smallest arena that builds and runs can exceed the recorded total: planning needs temporary memory in
+    # the head, which shows when the planned tensors are tiny (sine: 128-byte head)
+    assert search["min_bytes"] >= search["min_build_bytes"] >= alloc["arena_total_bytes"]
     assert r["tflm_vs_litert"]["max_abs_diff"] < 1e-4
     assert r["latency"]["runs"] == 3
 

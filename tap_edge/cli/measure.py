@@ -1,4 +1,9 @@
-"""``tap-edge measure ARTIFACT``: run it in a child process; prediction vs measurement and the verdict."""
+"""``tap-edge measure FILE``: run it in a child process; prediction vs measurement and the verdict.
+
+FILE is an artifact ``tap-edge compile`` wrote (its manifest holds the prediction) or any .tflite / .onnx (the
+prediction is made from the file). Every input is fed data of its dtype and shape: ``--input-shape`` fixes
+dynamic dims, ``--input NAME=value`` / ``NAME=file.npy`` gives real values.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,23 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from tap_edge.cli.app import EXIT_FAIL, JsonOpt, QuietOpt, app
+from tap_edge.cli.app import EXIT_FAIL, InputShapeOpt, JsonOpt, QuietOpt, app, input_shapes
 from tap_edge.core import console
 from tap_edge.core.units import fmt_bytes
 from tap_edge.documents import MeasureReport
 
 VERDICT_COLOURS = {"FITS": "green", "OOM": "red", "UNSUPPORTED": "yellow", "UNKNOWN": "yellow"}
+PREDICTION_FROM = {"manifest": "the manifest beside it (tap-edge compiled it)",
+                   "file": "the file itself (no tap-edge manifest): its graph at its stored widths"}
 
 
 @app.command("measure")
 def measure_cmd(
-    artifact: Annotated[Path, typer.Argument(help="An artifact written by tap-edge compile (.onnx, .tflite, .so).")],
+    artifact: Annotated[Path, typer.Argument(help="An artifact written by tap-edge compile (.onnx, .tflite, .so), "
+                                                  "or any .tflite / .onnx file.")],
     device: Annotated[
         str | None,
         typer.Option("--device", "-d", help="Profile id or YAML (default: the device it was compiled for)."),
@@ -27,29 +36,50 @@ def measure_cmd(
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs.")] = 3,
     timeout: Annotated[float, typer.Option(help="Seconds before the measurement child is killed.")] = 300.0,
     threads: Annotated[int, typer.Option(min=1, help="Runtime threads.")] = 1,
+    input_shape: InputShapeOpt = None,
+    input_value: Annotated[
+        list[str] | None,
+        typer.Option("--input", metavar="[NAME=]VALUE|FILE.npy",
+                     help="Data for an input: a number (every element; e.g. sr=16000) or a .npy file (its shape "
+                          "also fixes the input's dynamic dims); repeat. Default: seeded data of its dtype."),
+    ] = None,
     html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report here.")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Run ARTIFACT in a child process: latency (median, p90), peak memory, the runtime's own figures; the
+    """Run FILE in a child process: latency (median, p90), peak memory, the runtime's own figures; the
     verdict compares them with the prediction and the device."""
+    from tap_edge.backends.inputs import InputRequest, npy_shapes, parse_input_values
     from tap_edge.backends.verdict import measure_report
     from tap_edge.report import write_html_if_requested
 
     console.set_quiet(quiet or as_json)
+    values = parse_input_values(input_value or [])
+    shapes = {**npy_shapes(values), **(input_shapes(input_shape) or {})}
+    feed = InputRequest(shapes=shapes, values=values)
     console.info(f"measuring {artifact} in a child process ...")
-    report = measure_report(artifact, device=device, runs=runs, warmup=warmup, timeout=timeout, threads=threads)
+    report = measure_report(artifact, device=device, runs=runs, warmup=warmup, timeout=timeout, threads=threads,
+                            feed=feed)
     if as_json:
         console.print_json(report.to_dict())
     else:
         print_report(report)
     write_html_if_requested(report, html)
-    if report.verdict not in ("FITS", "MEASURED") or report.flags:
+    failed_without_device = not report.device and report.runtime_failures
+    if report.verdict not in ("FITS", "MEASURED") or report.flags or failed_without_device:
         raise typer.Exit(EXIT_FAIL)
 
 
 def print_report(r: MeasureReport) -> None:
-    console.out.print(f"[bold]{r.artifact}[/] ({r.backend}, {r.runtime}): {fmt_bytes(r.artifact_bytes)}")
+    console.out.print(f"[bold]{escape(r.artifact)}[/] ({r.backend}, {r.runtime}): {fmt_bytes(r.artifact_bytes)}")
+    if r.prediction_from:
+        console.out.print(f"  prediction from {PREDICTION_FROM[r.prediction_from]}")
+    elif r.prediction_error:
+        console.out.print(f"  [yellow]no prediction[/]: {escape(r.prediction_error)}")
+    for i in r.inputs:
+        shape = "x".join(map(str, i.shape)) or "scalar"
+        declared = f", declared {i.declared}" if i.declared != str(i.shape) else ""
+        console.out.print(escape(f"  input {i.name}: {shape} {i.dtype}{declared}; data {i.data}"))
     lat = r.latency
     if lat.runs:
         console.out.print(f"  latency: median {lat.median_ms:.3f} ms, p90 {lat.p90_ms:.3f} ms ({lat.runs} runs, host, "
@@ -61,22 +91,32 @@ def print_report(r: MeasureReport) -> None:
                           f"{fmt_bytes(mem.model_rss_bytes or 0)}")
     if r.arena is not None:
         a = r.arena
-        console.out.print(f"  TFLite Micro arena: total {a.total_bytes} B = head {a.head_bytes} + tail {a.tail_bytes}; "
-                          f"smallest arena that constructs {a.min_constructing_bytes} B")
+        smallest = (f"smallest arena that builds and runs {a.min_bytes} B (compared with the prediction; "
+                    f"{a.probes} probes in child processes" + (f", {a.crashed_probes} crashed" if a.crashed_probes
+                                                               else "") + ")"
+                    if a.min_bytes is not None else "smallest arena not found")
+        console.out.print(f"  TFLite Micro arena: {smallest}; print_allocations total {a.total_bytes} B = head "
+                          f"{a.head_bytes} + tail {a.tail_bytes}")
     if r.cross_check is not None:
         c = r.cross_check
         console.out.print(f"  {c.between}: top-1 {100 * c.top1_agreement:.0f}%, max |diff| {c.max_abs_diff} "
                           f"({c.output_dtype}), {c.n} inputs")
+        if c.latency is not None and c.latency.runs:
+            console.out.print(f"  TFLite Micro latency: median {c.latency.median_ms:.3f} ms ({c.latency.runs} runs, "
+                              "host reference kernels)")
+    failures = {p for p in r.problems if p.startswith("measured: ") and " cannot " in p}
+    for p in sorted(failures):
+        console.out.print(f"  [yellow]{escape(p.removeprefix('measured: '))}[/]")
     if r.comparisons:
         t = Table(title="prediction vs measurement")
         for col in ("figure", "predicted", "measured", "error", "measured by"):
-            t.add_column(col)
+            t.add_column(col, overflow="fold")
         for c in r.comparisons:
             off = c.error_pct is not None and abs(c.error_pct) > r.tolerance_pct
             colour = ("red" if c.gated else "yellow") if off else "green"
             error = f"{c.error_pct:+.2f}%" if c.error_pct is not None else "-"
-            t.add_row(c.figure, f"{c.predicted_bytes} B", f"{c.measured_bytes} B", f"[{colour}]{error}[/]",
-                      c.measured_by + ("" if c.gated else " (not gated)"))
+            t.add_row(escape(c.figure), f"{c.predicted_bytes} B", f"{c.measured_bytes} B", f"[{colour}]{error}[/]",
+                      escape(c.measured_by + ("" if c.gated else " (not gated)")))
         console.out.print(t)
     for f in r.flags:
         console.out.print(f"  [yellow]flag[/]: {f.figure} predicted {f.predicted_bytes} B, measured "
@@ -85,4 +125,5 @@ def print_report(r: MeasureReport) -> None:
         console.out.print(f"  verdict on {r.device} ({r.runtime_name}): "
                           f"[{VERDICT_COLOURS.get(r.verdict, 'white')}]{r.verdict}[/]")
         for p in r.problems:
-            console.out.print(f"    {p}")
+            if p not in failures:
+                console.out.print(f"    {escape(p)}")
