@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +157,90 @@ def test_console_script_runs_in_a_fresh_process() -> None:
     r = subprocess.run([str(exe), "check", "resnet8", "--device", "nosuch"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "unknown device" in r.stderr
+
+
+# ---- displays: no negative limits, each overflow once, tables that fit 100 columns and never cut a cell ----------
+def _wide_onnx(tmp: Path, fc_in: int = 1024, fc_out: int = 1024, channels: int = 8, size: int = 32) -> Path:
+    """x[1, 3, size, size] -> conv 3x3 (channels) -> global pool -> a fc_in x fc_out fc (its weights dominate)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in
+             (("w", [channels, 3, 3, 3]), ("p", [channels, fc_in]), ("fc", [fc_in, fc_out]))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("MatMul", ["f", "p"], ["h"]), helper.make_node("MatMul", ["h", "fc"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])
+    graph = helper.make_graph(nodes, "wide", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, fc_out])],
+                              inits)
+    path = tmp / f"wide_{fc_in}_{fc_out}_{channels}_{size}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def _table_rows(out: str, devices: list[str]) -> dict[str, str]:
+    return {line.split()[0].rstrip("*"): line for line in out.splitlines()
+            if line.split() and line.split()[0].rstrip("*") in devices}
+
+
+def test_shared_memory_shows_no_negative_limit_and_one_overflow(run_cli, tmp_path: Path) -> None:
+    from tap_edge.documents import CheckReport
+
+    model = str(_wide_onnx(tmp_path))  # ~1 MiB of int8 weights: more than spresense's 640 KiB shared SRAM
+    devices = ["spresense", "esp32-s3", "raspberry-pi-5"]
+    args = ["check", model, *[x for d in devices for x in ("-d", d)]]
+    r = run_cli(*args)
+    report = CheckReport.from_dict(json.loads(run_cli(*args, "--json").out))
+    spresense = report.devices[0]
+    assert spresense.sram_limit_bytes < 0  # the document's arithmetic: what the weights leave of the region
+    rows = _table_rows(r.out, devices)
+    assert set(rows) == set(devices)
+    for row in rows.values():
+        figures = row.split(None, 3)[3]  # after device, runtime and verdict
+        assert not re.search(r"-\s*\d", figures), row  # no negative figure
+    assert rows["spresense"].split()[0] == "spresense*" and "640 KiB" in rows["spresense"]
+    problems = [line for line in r.out.splitlines() if line.strip().startswith("spresense:")]
+    assert len(problems) == 1 and "shared" in problems[0] and "flash (" not in problems[0], problems
+    assert "weights and code" in problems[0] and "> 640.0 KiB shared" in problems[0]
+    assert spresense.problems == [problems[0].split(": ", 1)[1]]
+
+
+def test_memory_problems_state_each_overflow_once() -> None:
+    from tap_edge.fit.checker import RegionLimits, memory_problems
+
+    shared = RegionLimits(1000, "RAM", 1000 - 400, "RAM", True)
+    assert memory_problems(400, 500, "conv", shared) == []
+    over_sum = memory_problems(400, 700, "conv", shared)
+    assert over_sum == ["weights and code 400 B + arena 700 B > 1000 B shared RAM: over by 100 B at conv"]
+    assert memory_problems(1200, 50, "conv", RegionLimits(1000, "RAM", -200, "RAM", True)) == [
+        "weights and code 1.2 KiB > 1000 B shared RAM"]
+    split = RegionLimits(1000, "FLASH", 100, "SRAM", False)
+    assert memory_problems(1200, 150, "conv", split) == ["flash (FLASH) over by 200 B",
+                                                         "SRAM (SRAM) over by 50 B at conv"]
+
+
+@pytest.mark.parametrize("columns", ["100", "140", None])
+def test_check_table_fits_the_terminal_and_never_cuts(tmp_path: Path, columns: str | None) -> None:
+    import os
+
+    model = _wide_onnx(tmp_path, 256, 64)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    if columns:
+        env["COLUMNS"] = columns
+    # fp32 on every profile: UNSUPPORTED on the int8-only runtimes, the widest verdict there is
+    exe = Path(sys.executable).with_name("tap-edge")
+    r = subprocess.run([str(exe), "check", str(model), "--all", "--bits", "fp32"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode in (0, 1), r.stderr
+    width = int(columns or 100)  # stdout is a pipe here: without COLUMNS the table is made for 100 columns
+    lines = r.stdout.splitlines()
+    assert max(len(line) for line in lines) <= width
+    assert "…" not in r.stdout
+    from tap_edge.devices import list_devices
+
+    verdicts = re.findall(r"\b(FITS|OOM|UNSUPPORTED)\b", "\n".join(lines[:len(list_devices()) * 2 + 4]))
+    assert len(verdicts) == len(list_devices()) and "UNSUPPORTED" in verdicts
+    if width >= 140:  # wide enough: every device id whole on its own row
+        assert set(_table_rows(r.stdout, list_devices())) == set(list_devices())
