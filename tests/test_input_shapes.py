@@ -271,6 +271,9 @@ def test_plan_document_records_the_shape(run_cli, tmp_path: Path) -> None:
     assert "input x 1x3x48x48 float32 (user)" in r.out
     plan = json.loads(out.read_text())
     assert plan["inputs"][0]["shape"] == [1, 3, 48, 48] and plan["inputs"][0]["source"] == "user"
+    # check (and eval, compile) of that plan see the plan's shape without the flag again
+    r = run_cli("check", "resnet8", "-d", "nrf52840", "--plan", str(out), "--json")
+    assert json.loads(r.out)["model"]["inputs"][0]["shape"] == [1, 3, 48, 48], r.err
 
 
 # ---- user models --------------------------------------------------------------------------------------------------

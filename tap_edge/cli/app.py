@@ -31,11 +31,19 @@ InputShapeOpt = Annotated[
 ]
 
 
-def input_shapes(specs: list[str] | None) -> Any:
-    """``--input-shape`` values as numbers (:func:`tap_edge.graph.shapes.parse_input_shapes`)."""
-    from tap_edge.graph.shapes import parse_input_shapes
+def input_shapes(specs: list[str] | None, plan: Path | None = None) -> Any:
+    """``--input-shape`` values as numbers (:func:`tap_edge.graph.shapes.parse_input_shapes`); without the
+    flag, the shapes a ``--plan`` document was made at (so check, eval and compile of a plan made at
+    ``--input-shape`` see the same graph and preprocessing as plan did)."""
+    from tap_edge.documents import Plan, read_json
+    from tap_edge.graph.shapes import parse_input_shapes, user_shapes
 
-    return parse_input_shapes(specs)
+    shapes = parse_input_shapes(specs)
+    if shapes is None and plan is not None:
+        data = read_json(plan, "pass a plan.json written by tap-edge plan")
+        if isinstance(data, dict) and data.get("schema") == Plan.SCHEMA:
+            shapes = user_shapes(Plan.from_dict(data, str(plan)).inputs)
+    return shapes
 
 
 def resolve_bits(bits: str | None, plan: Path | None, frontend: str) -> Any:

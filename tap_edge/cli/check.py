@@ -49,7 +49,7 @@ def check_cmd(
     console.set_quiet(quiet or as_json)
     if not device and not all_devices:
         raise UserError("no target device", "pass --device ID (repeatable) or --all; see tap-edge devices")
-    shapes = input_shapes(input_shape)
+    shapes = input_shapes(input_shape, plan)
     ids = list(device or [])
     if all_devices:
         ids += [d for d in list_devices() if d not in ids]

@@ -61,7 +61,8 @@ def compile_cmd(
     widths = resolve_bits(bits, plan, "torch")
     console.info(f"compiling {model} ({widths.label()}) with {b.name} ...")
     artifact = compile_model(model, b, widths, out, device=device, calib_dir=calib, samples=samples,
-                             check_samples=check_samples, options=options, input_shapes=input_shapes(input_shape))
+                             check_samples=check_samples, options=options,
+                             input_shapes=input_shapes(input_shape, plan))
     if as_json:
         console.print_json(artifact.manifest.to_dict())
         return

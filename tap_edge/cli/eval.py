@@ -35,7 +35,7 @@ def eval_cmd(
     console.set_quiet(quiet or as_json)
     result = evaluate_plan(EvalRequest(model=model, data=data, plan=plan, bits=bits, labels=labels, calib=calib,
                                        calib_samples=calib_samples, limit=limit,
-                                       input_shapes=input_shapes(input_shape)))
+                                       input_shapes=input_shapes(input_shape, plan)))
     if out:
         result.write(out)
     if as_json:

@@ -215,7 +215,8 @@ def load_model(spec: str, input_shapes: InputShapes | None = None) -> LoadedMode
         lm = _user_model(spec)
     elif suffix:
         raise ModelLoadError(f"{spec}: unsupported model file type '{suffix}'",
-                             "pass a .onnx or .tflite file, a timm:NAME, a bundled model or package.module:factory")
+                             "pass a .onnx or .tflite file, a timm:NAME, a bundled model, package.module:factory "
+                             "or path/to/model.py:factory")
     else:
         import timm
 
@@ -314,7 +315,8 @@ def _model_hint(spec: str) -> str:
     close += [f"timm:{n}" for n in difflib.get_close_matches(spec.removeprefix("timm:"), timm_names, n=3, cutoff=0.75)]
     prefix = [f"timm:{n}" for n in timm.list_models(f"{spec.removeprefix('timm:')}*")[:3]] if len(spec) >= 4 else []
     close = list(dict.fromkeys(close + prefix))[:5]
-    forms = "a bundled model (tap-edge models), timm:NAME, package.module:factory, .onnx or .tflite"
+    forms = ("a bundled model (tap-edge models), timm:NAME, package.module:factory, path/to/model.py:factory, "
+             ".onnx or .tflite")
     return f"did you mean {', '.join(close)}? ({forms})" if close else f"pass {forms}"
 
 
