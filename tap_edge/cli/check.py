@@ -19,8 +19,11 @@ from rich.table import Table
 from tap_edge.cli.app import EXIT_FAIL, InputShapeOpt, JsonOpt, QuietOpt, app, input_shapes, resolve_bits
 from tap_edge.core import console
 from tap_edge.core.errors import UserError
-from tap_edge.documents import CheckReport, DeviceVerdict
-from tap_edge.graph.shapes import input_lines
+from tap_edge.devices import DeviceProfile
+from tap_edge.documents import CheckReport, DeviceVerdict, write_json
+from tap_edge.fit.bits import BitAssignment
+from tap_edge.graph.graph import ModelGraph
+from tap_edge.graph.shapes import InputShapes, input_lines
 
 _COLOURS = {"FITS": "green", "OOM": "red", "UNSUPPORTED": "yellow"}
 SHARED_NOTE = "* one memory holds weights and arena: SRAM used = arena + weights and code, against its whole size"
@@ -37,6 +40,11 @@ def check_cmd(
     plan: Annotated[Path | None, typer.Option(help="A plan.json with per-layer widths.")] = None,
     runtime: Annotated[str | None, typer.Option(help="Runtime name (default: each device's default).")] = None,
     input_shape: InputShapeOpt = None,
+    suggest: Annotated[bool, typer.Option("--suggest", help="For each device it does not fit: the cheapest widths "
+                                          "plan that fits, or the floor quantization cannot beat and the largest "
+                                          "input that fits, and the nearest profile that fits.")] = False,
+    suggest_plans: Annotated[Path | None, typer.Option(help="With --suggest: write each suggested widths plan to "
+                                                            "DIR/DEVICE.plan.json (check --plan reads it).")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report here.")] = None,
@@ -58,6 +66,10 @@ def check_cmd(
     graph = load_graph(model, shapes)
     b = resolve_bits(bits, plan, graph.frontend)
     report = check_report(graph, b, profiles, runtime)
+    if suggest_plans is not None and not suggest:
+        raise UserError("--suggest-plans without --suggest", "add --suggest")
+    if suggest:
+        _suggest(report, model, graph, b, profiles, runtime, shapes, suggest_plans)
     report.seconds = round(time.perf_counter() - t0, 3)
     if as_json:
         console.print_json(report.to_dict())
@@ -93,8 +105,85 @@ def print_check(report: CheckReport) -> None:
     for r in report.devices:
         for p in r.problems:
             console.out.print(f"  {r.device}: {p}", markup=False)
+    print_suggestions(report)
     n_fit = sum(r.verdict == "FITS" for r in report.devices)
     console.out.print(f"{n_fit}/{len(report.devices)} targets fit ({report.seconds or 0:.2f} s)")
+
+
+def _suggest(report: CheckReport, model: str, graph: ModelGraph, bits: BitAssignment, profiles: list[DeviceProfile],
+             runtime: str | None, shapes: InputShapes | None, plans_dir: Path | None) -> None:
+    """Fill each failing device's suggestions (the building backend's rules, every bundled profile as a
+    candidate, the model reloaded at other input shapes when it can be) and write the widths plans."""
+    from tap_edge.backends import plan_target
+    from tap_edge.devices import get_device, list_devices
+    from tap_edge.plan.suggest import reloader, suggest_report
+
+    with console.progress("what would make it fit", None):
+        suggest_report(report, graph, bits, profiles, runtime=runtime, rules_for=plan_target,
+                       candidates=[get_device(d) for d in list_devices()], reload=reloader(model, graph, shapes))
+    if plans_dir is None:
+        return
+    for r in report.devices:
+        w = r.suggestions.widths if r.suggestions else None
+        if w is not None:
+            path = plans_dir / f"{r.device}.plan.json"
+            write_json({"default": w.default.model_dump(), "layers": {k: v.model_dump() for k, v in w.layers.items()},
+                        "note": f"tap-edge check --suggest: {graph.name} on {r.device} ({r.runtime}); {w.objective}"},
+                       path)
+            w.plan_file = str(path)
+
+
+def print_suggestions(report: CheckReport) -> None:
+    """What would make each failing device fit (check --suggest), a few lines per device."""
+    rows = [r for r in report.devices if r.suggestions is not None]
+    if not rows:
+        return
+    secs = sum(r.suggestions.seconds for r in rows if r.suggestions)
+    console.out.print(f"what would make it fit ({secs:.2f} s):", markup=False)
+    for r in rows:
+        for line in suggestion_lines(r):
+            console.out.print(f"  {line}", markup=False)
+
+
+def suggestion_lines(r: DeviceVerdict) -> list[str]:
+    """The suggestions of one device as plain lines (``device: ...``)."""
+    s = r.suggestions
+    if s is None:
+        return []
+    out = []
+    if s.widths is not None:
+        w = s.widths
+        changes = ", ".join(f"{c.layer} w{c.before.w}a{c.before.a}->w{c.after.w}a{c.after.a}" for c in w.changed[:3])
+        more = f" +{len(w.changed) - 3} more" if len(w.changed) > 3 else ""
+        built = f", built by {w.backend}" if w.backend else ""
+        out.append(f"{r.device}: widths plan, {len(w.changed)} layer(s) change ({changes}{more}): flash "
+                   f"{short_bytes(w.flash_bytes)}, arena {short_bytes(w.arena_bytes)}{built}"
+                   + (f" -> {w.plan_file}" if w.plan_file else ""))
+    if s.floor is not None:
+        f = s.floor
+        what = []
+        if "flash" in f.binding:
+            what.append(f"weights need {short_bytes(f.flash_floor_bytes)} at the narrowest widths "
+                        f"(> {short_bytes(f.flash_limit_bytes)})")
+        if "SRAM" in f.binding:
+            live = ", ".join(f"{t.tensor} {short_bytes(t.bytes)}" for t in f.live_at_peak[:3])
+            what.append(f"arena needs {short_bytes(f.arena_floor_bytes)} at {f.activation_bits}-bit activations "
+                        f"(> {short_bytes(f.sram_limit_bytes)}), peak at {f.peak_op}: {live}")
+        out.append(f"{r.device}: no widths fit: " + "; ".join(what))
+        res = f.resolution
+        if res is not None and res.fits_shape:
+            how = "model reloaded at that shape" if res.method == "reloaded" else "estimate: activations scaled by area"
+            changed = f", {len(res.widths.changed)} layer(s) change" if res.widths and res.widths.changed else ""
+            out.append(f"{r.device}: an input of {'x'.join(map(str, res.fits_shape))} fits (arena "
+                       f"{short_bytes(res.arena_bytes or 0)}{changed}; {how})")
+        elif res is not None:
+            out.append(f"{r.device}: no smaller input of {res.input} fits either")
+    if s.profile is not None:
+        p = s.profile
+        out.append(f"{r.device}: fits {p.device} as asked ({p.why}; flash {short_bytes(p.flash_bytes)}, arena "
+                   f"{short_bytes(p.peak_sram_bytes)})")
+    out += [f"{r.device}: {n}" for n in s.notes]
+    return out
 
 
 def device_table(rows: list[DeviceVerdict]) -> Table:

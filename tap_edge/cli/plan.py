@@ -57,6 +57,27 @@ def _parse_uniform_width(spec: str | None) -> int | None:
     return int(m.group(1))
 
 
+_PIN = re.compile(r"w(\d+)(?:a(\d+))?")
+
+
+def parse_pins(specs: list[str] | None) -> dict[str, tuple[int, int | None]]:
+    """``--pin LAYER=w4`` / ``LAYER=w8a16`` (repeatable) -> {layer: (w, a or None)}; one line per bad one."""
+    pins: dict[str, tuple[int, int | None]] = {}
+    for spec in specs or []:
+        layer, sep, widths = spec.rpartition("=")
+        m = _PIN.fullmatch(widths.strip().lower())
+        if not sep or not layer.strip() or not m:
+            raise UserError(f"cannot read --pin '{spec}'", "write LAYER=wN or LAYER=wNaM, e.g. --pin fc=w8a8")
+        w, a = int(m.group(1)), int(m.group(2)) if m.group(2) else None
+        if w not in (2, 3, 4, 5, 6, 7, 8, 16, 32) or (a is not None and a not in (8, 16, 32)):
+            raise UserError(f"--pin '{spec}': weights take 2..8, 16 or 32 bits, activations 8, 16 or 32",
+                            "e.g. --pin fc=w8a8")
+        if layer.strip() in pins:
+            raise UserError(f"--pin: layer '{layer.strip()}' pinned twice", "pin each layer once")
+        pins[layer.strip()] = (w, a)
+    return pins
+
+
 def budget_spec(flash: str | None, flash_like: str | None, sram: str | None, bops: str | None,
                 latency_ms: float | None) -> BudgetSpec:
     """The budget flags as numbers; each unreadable one is a one-line error naming the flag."""
@@ -78,6 +99,11 @@ def plan_cmd(
     calib_samples: Annotated[int, typer.Option(help="Calibration samples (TAP uses 16).")] = 16,
     proxy: Annotated[str, typer.Option(help="Sensitivity proxy (see tap-edge proxies).")] = "tap",
     runtime: Annotated[str | None, typer.Option(help="Runtime (default: the device's default).")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", "-b", help="The backend that will build the plan "
+                                                "(default: the one that serves the runtime); the plan keeps to "
+                                                "what it builds (see tap-edge backends).")] = None,
+    pin: Annotated[list[str] | None, typer.Option("--pin", help="Fix a layer's widths: LAYER=w4 or LAYER=w8a16 "
+                                                  "(repeatable).")] = None,
     flash: Annotated[str | None, typer.Option(help="Flash budget, e.g. 1.5MB (default: the device).")] = None,
     flash_like: Annotated[str | None, typer.Option(help="Flash budget of a uniform width, e.g. w4.")] = None,
     sram: Annotated[str | None, typer.Option(help="Arena budget, e.g. 256KB (default: the device).")] = None,
@@ -96,13 +122,17 @@ def plan_cmd(
 ) -> None:
     """Make MODEL fit DEVICE: proxy scores on calibration samples, then an exact integer program picks
     per-layer weight/activation widths under the device's flash and SRAM budgets."""
+    from tap_edge.backends import plan_target
+    from tap_edge.devices import get_device
     from tap_edge.plan.pipeline import PlanRequest, make_plan
 
     console.set_quiet(quiet or as_json)
+    pins = parse_pins(pin)
+    rt, rules = plan_target(get_device(device), runtime, backend)
     request = PlanRequest(model=model, device=device, calib=calib, calib_samples=calib_samples, proxy=proxy,
-                          runtime=runtime, budgets=budget_spec(flash, flash_like, sram, bops, latency_ms), sweep=sweep,
+                          runtime=rt.name, budgets=budget_spec(flash, flash_like, sram, bops, latency_ms), sweep=sweep,
                           weight_bits=_parse_widths(weight_bits), act_bits=_parse_act_widths(act_bits),
-                          input_shapes=input_shapes(input_shape))
+                          input_shapes=input_shapes(input_shape), rules=rules, pins=pins)
     plan = make_plan(request)
     plan.write(out)
     if as_json:
@@ -123,6 +153,13 @@ def _print_plan(plan: Plan, out: Path) -> None:
                       + ", ".join(f"{n} x w{w}a{a}" for (w, a), n in sorted(hist.items())))
     for line in input_lines(plan.inputs):
         console.out.print(line, markup=False)
+    if plan.rules is not None:
+        r = plan.rules
+        built = f"built by the {r.backend} backend" if r.backend else "no tap-edge backend builds for it: its tables"
+        pins = f"; pinned: {', '.join(f'{k}=w{v.w}' + (f'a{v.a}' if v.a else '') for k, v in plan.pins.items())}" \
+            if plan.pins else ""
+        console.out.print(f"widths {built}{' (one activation width for every layer)' if r.one_activation_width else ''}"
+                          f"{pins}", markup=False)
     t = Table(title="bits per layer")
     for col in ("layer", "class", "params", "w", "a", "cost"):
         t.add_column(col, justify="left" if col in ("layer", "class") else "right")

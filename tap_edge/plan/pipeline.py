@@ -14,17 +14,20 @@ from tap_edge.devices import Runtime
 from tap_edge.documents import Calibration, EvalResult, Plan, read_json
 from tap_edge.graph.shapes import InputShapes, model_inputs
 from tap_edge.plan.budgets import BudgetSpec
+from tap_edge.plan.rules import PlanRules
 
 
 @dataclass(kw_only=True)
 class PlanRequest:
     """Everything ``tap-edge plan`` needs (one config object for the transformation, built with keywords).
 
-    ``budgets`` holds numbers (the CLI parses ``--flash 1.5MB`` and friends); ``weight_bits`` overrides the
-    runtime's weight widths (fake-quant studies: the plan may not deploy); ``act_bits`` restricts activation
-    widths (e.g. ``[8]`` for an all-integer model); ``sweep`` > 0 adds a Pareto front over that many flash
-    budgets from uniform 2-bit to uniform 8-bit weights; ``input_shapes`` is the shape the model is traced at
-    (``--input-shape``; default: its preprocessing)."""
+    ``budgets`` holds numbers (the CLI parses ``--flash 1.5MB`` and friends); ``rules``: what the backend that
+    builds the plan on this device stores (``tap_edge.backends.plan_target(device, runtime, backend)``; None:
+    the runtime's tables alone); ``pins`` fix layers (plan key -> (w, a or None)); ``weight_bits`` overrides the
+    runtime's weight widths (fake-quant studies: the plan may not deploy, the backend's rules are dropped);
+    ``act_bits`` restricts activation widths (e.g. ``[8]`` for an all-integer model); ``sweep`` > 0 adds a
+    Pareto front over that many flash budgets from uniform 2-bit to uniform 8-bit weights; ``input_shapes`` is
+    the shape the model is traced at (``--input-shape``; default: its preprocessing)."""
 
     model: str
     device: str
@@ -37,6 +40,8 @@ class PlanRequest:
     sweep: int = 0
     weight_bits: list[int] | None = None
     act_bits: list[int] | None = None
+    rules: PlanRules | None = None
+    pins: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     default_a: int = 8
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -56,17 +61,18 @@ def make_plan(req: PlanRequest) -> Plan:
     provenance and an optional Pareto sweep)."""
     from tap_edge.devices import get_device
     from tap_edge.graph.models import load_graph
-    from tap_edge.plan.allocate import allocate, pareto_sweep
+    from tap_edge.plan.allocate import InfeasibleBudget, allocate, pareto_sweep
     from tap_edge.plan.budgets import flash_of_uniform, resolve_budgets
     from tap_edge.plan.calib import load_images
     from tap_edge.plan.document import plan_document
     from tap_edge.plan.proxies import ProxyContext, compute_costs, get_proxy
     from tap_edge.plan.stats import compute_layer_stats
+    from tap_edge.plan.suggest import infeasible_hint
 
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     device = get_device(req.device)
-    runtime = _restricted_runtime(device.runtime(req.runtime), req.weight_bits, req.act_bits)
+    runtime, rules = plan_rules(device.runtime(req.runtime), req.rules, req.weight_bits, req.act_bits)
     get_proxy(req.proxy)  # fail fast on an unknown proxy name
     lm = _torch_model(req.model, req.input_shapes)
     graph = load_graph(lm)
@@ -90,7 +96,11 @@ def make_plan(req: PlanRequest) -> Plan:
     timing["proxy_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    alloc = allocate(graph, costs, runtime, budgets, default_a=req.default_a)
+    try:
+        alloc = allocate(graph, costs, runtime, budgets, default_a=req.default_a, rules=rules, pins=req.pins)
+    except InfeasibleBudget as e:
+        e.hint = infeasible_hint(graph, device, runtime, rules, budgets, e)
+        raise
     timing["ilp_s"] = time.perf_counter() - t
     sweep = []
     if req.sweep:
@@ -98,25 +108,42 @@ def make_plan(req: PlanRequest) -> Plan:
         n = max(2, req.sweep)
         with console.progress("Pareto sweep", None):
             sweep = pareto_sweep(graph, costs, runtime, [int(lo + (hi - lo) * i / (n - 1)) for i in range(n)],
-                                 budgets.sram_bytes, default_a=req.default_a, base=budgets)
+                                 budgets.sram_bytes, default_a=req.default_a, base=budgets, rules=rules,
+                                 pins=req.pins)
     timing["total_s"] = time.perf_counter() - t0
     return plan_document(alloc, graph, model=req.model, device=device.id, runtime=runtime.name, proxy=req.proxy,
                          budgets=budgets, timing={k: round(v, 4) for k, v in timing.items()},
                          proxy_scores=_report_scores(costs), sweep=sweep,
-                         calibration=Calibration(folder=str(req.calib), samples=len(calib)))
+                         calibration=Calibration(folder=str(req.calib), samples=len(calib)), rules=rules,
+                         pins=req.pins)
 
 
-def _restricted_runtime(runtime: Runtime, weight_bits: list[int] | None, act_bits: list[int] | None) -> Runtime:
-    """The runtime with its weight widths replaced and its activation widths narrowed, as the request says."""
+def plan_rules(runtime: Runtime, rules: PlanRules | None, weight_bits: list[int] | None,
+               act_bits: list[int] | None) -> tuple[Runtime, PlanRules]:
+    """The runtime and the rules a plan keeps: the building backend's ``rules`` (default: the runtime's
+    tables); with ``weight_bits`` (a study; the plan may not deploy) the runtime's weight widths are replaced
+    and its own tables are the rules; narrowed to ``act_bits``."""
+    if rules is not None and rules.runtime != runtime.name:
+        raise UserError(f"the plan rules are for runtime '{rules.runtime}', the plan for '{runtime.name}'",
+                        "take the runtime and its rules from one plan_target() call")
+    rules = rules or PlanRules.from_runtime(runtime)
     if weight_bits:
         runtime = runtime.model_copy(update={"weights": {"default": sorted(weight_bits)}})
+        table = PlanRules.from_runtime(runtime)
+        rules = PlanRules(runtime=table.runtime, choices=table.choices, reasons=(
+            f"weight widths {sorted(weight_bits)} given for a study: no backend's rules; the plan may not deploy",))
     if act_bits:
         allowed = {k: [b for b in v if b in act_bits] for k, v in runtime.activations.items()}
         if not allowed["default"]:
             raise UserError(f"{runtime.name} runs none of the activation widths {act_bits}",
                             f"it supports {runtime.activations['default']}")
         runtime = runtime.model_copy(update={"activations": {k: v or allowed["default"] for k, v in allowed.items()}})
-    return runtime
+        narrowed = rules.narrowed(act_bits=act_bits)
+        if not narrowed.activation_widths():
+            raise UserError(f"{rules.builder()} builds none of the activation widths {act_bits}",
+                            f"it builds {', '.join(map(str, rules.activation_widths()))}")
+        rules = narrowed
+    return runtime, rules
 
 
 def _report_scores(costs: dict[str, dict[tuple[int, int], float]]) -> dict[str, float]:

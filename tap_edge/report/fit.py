@@ -155,7 +155,55 @@ def _block(rep: CheckReport) -> str:
         items = [f"<li>{badge(d.verdict)} <b>{esc(d.device)}</b> ({esc(d.runtime)}): "
                  f"{' '.join(overflow_sentences(d))}</li>" for d in bad]
         out.append(f'<h4>Why {len(bad)} device(s) do not fit</h4><ul class="why">{"".join(items)}</ul>')
+    fixes = [d for d in bad if d.suggestions is not None]
+    if fixes:
+        items = [f"<li><b>{esc(d.device)}</b> ({esc(d.runtime)}): {' '.join(suggestion_sentences(d))}</li>"
+                 for d in fixes]
+        out.append(f'<h4>What would make it fit</h4><ul class="why">{"".join(items)}</ul>')
     return "".join(out)
+
+
+def suggestion_sentences(d: DeviceVerdict) -> list[str]:
+    """``tap-edge check --suggest``'s changes for one device as sentences (HTML): the widths plan and the
+    layers it changes, or the floor quantization cannot beat and the largest input that fits; the nearest
+    profile that fits; why a kind of change cannot help."""
+    s = d.suggestions
+    if s is None:
+        return []
+    out: list[str] = []
+    if s.widths is not None:
+        w = s.widths
+        shown = ", ".join(f"<code>{esc(c.layer)}</code> w{c.before.w}a{c.before.a} → w{c.after.w}a{c.after.a}"
+                          for c in w.changed[:6])
+        more = f" and {len(w.changed) - 6} more" if len(w.changed) > 6 else ""
+        by = f" (the {esc(w.backend)} backend builds it)" if w.backend else ""
+        out.append(f"A widths plan fits{by}: flash {fmt_b(w.flash_bytes)}, arena {fmt_b(w.arena_bytes)}; "
+                   f"{len(w.changed)} layer(s) change: {shown}{more}.")
+    if s.floor is not None:
+        f = s.floor
+        parts = []
+        if "flash" in f.binding:
+            parts.append(f"the weights need {fmt_b(f.flash_floor_bytes)} even at the narrowest widths built "
+                         f"({f.weight_bits}-bit), {fmt_b(f.flash_limit_bytes)} free")
+        if "SRAM" in f.binding:
+            live = ", ".join(f"<code>{esc(t.tensor)}</code> {fmt_b(t.bytes)}" for t in f.live_at_peak[:4])
+            parts.append(f"the arena needs {fmt_b(f.arena_floor_bytes)} at {f.activation_bits}-bit activations, "
+                         f"{fmt_b(f.sram_limit_bytes)} free; it peaks at <code>{esc(f.peak_op)}</code> ({live})")
+        out.append(f"No widths plan fits: {'; '.join(parts)}.")
+        res = f.resolution
+        if res is not None and res.fits_shape:
+            how_ = ("the model loaded at that shape" if res.method == "reloaded"
+                    else "an estimate: activation bytes scaled by the input area")
+            out.append(f"An input <code>{esc(res.input)}</code> of {'x'.join(map(str, res.fits_shape))} fits "
+                       f"(arena {fmt_b(res.arena_bytes)}; {how_}).")
+        elif res is not None:
+            out.append(f"No smaller input <code>{esc(res.input)}</code> fits either.")
+    if s.profile is not None:
+        p = s.profile
+        out.append(f"It fits <b>{esc(p.device)}</b> as asked: {esc(p.why)} (flash {fmt_b(p.flash_bytes)}, arena "
+                   f"{fmt_b(p.peak_sram_bytes)}).")
+    out += [f"{esc(n)}." for n in s.notes]
+    return out
 
 
 def render(checks: list[CheckReport]) -> str:
