@@ -223,6 +223,16 @@ def test_tflite_signature_dims_are_resized(run_cli, tmp_path: Path) -> None:
         load_graph(str(model), {"x": [1, 16, 16, 4]})
 
 
+def test_tflite_input_by_its_short_name() -> None:
+    from tap_edge.graph.frontends.tflite_shapes import _by_full_name, short_name
+
+    assert short_name("serving_default_input:0") == "input" and short_name("x") == "x"
+    names = ["serving_default_input:0", "serving_default_state:0"]
+    assert _by_full_name(names, {"input": [1, 1760], "state": [2]}) == {"serving_default_input:0": [1, 1760],
+                                                                        "serving_default_state:0": [2]}
+    assert _by_full_name(names, {"nosuch": [1]}) == {"nosuch": [1]}  # left for the one-line error
+
+
 def test_tflite_open_batch_alone_is_assumed(tmp_path: Path) -> None:
     g = load_graph(str(conv_tflite(tmp_path / "batch.tflite", (-1, 8, 8, 3))))
     assert g.meta["inputs"][0]["source"] == "assumed batch 1" and g.tensors["y"].shape == [1, 8, 8, 8]

@@ -26,10 +26,30 @@ def _declared(detail: dict[str, Any]) -> DeclaredInput:
     return DeclaredInput(str(detail["name"]), [d if d > 0 else -1 for d in dims], np.dtype(detail["dtype"]).name)
 
 
+def short_name(name: str) -> str:
+    """A converter's input tensor name without its signature decoration: ``serving_default_input:0`` ->
+    ``input`` (the name the exported function gave the argument)."""
+    return name.removeprefix("serving_default_").rsplit(":", 1)[0]
+
+
+def _by_full_name(names: list[str], input_shapes: InputShapes | None) -> InputShapes | None:
+    """``--input-shape input=...`` for the tensor ``serving_default_input:0``: a name that is no input's but
+    is exactly one input's short name means that input."""
+    if not input_shapes:
+        return input_shapes
+    out: InputShapes = {}
+    for key, shape in input_shapes.items():
+        matches = [n for n in names if short_name(n) == key]
+        out[matches[0] if key and key not in names and len(matches) == 1 else key] = shape
+    return out
+
+
 def resize_inputs(interp: Any, path: Path, input_shapes: InputShapes | None) -> list[InputInfo]:
-    """Resolve the interpreter's inputs at ``input_shapes``, resize those whose stored shape differs and
-    allocate (so the interpreter's tensor details carry the new sizes); returns the inputs as planned."""
+    """Resolve the interpreter's inputs at ``input_shapes`` (full tensor names or their short names),
+    resize those whose stored shape differs and allocate (so the interpreter's tensor details carry the new
+    sizes); returns the inputs as planned."""
     details = interp.get_input_details()
+    input_shapes = _by_full_name([str(d["name"]) for d in details], input_shapes)
     infos = resolve_inputs([_declared(d) for d in details], input_shapes, where=f"{path.name}: ", resizable=False)
     resized = False
     for d, info in zip(details, infos, strict=True):
