@@ -58,6 +58,8 @@ ARTIFACT_GRAPH = "artifact_graph"
 MEASURE_SAMPLES = 8
 #: Samples of seeded inputs fed to a .tflite tap-edge did not compile.
 FOREIGN_SAMPLES = 4
+#: TFLite Micro is not started with less of the measurement's time left than this (seconds).
+MIN_TFLM_SECONDS = 5.0
 
 
 def tflite_weight_bytes(path: Path) -> dict[str, int]:
@@ -298,11 +300,15 @@ class TFLiteBackend(Backend):
             except (RuntimeError, ValueError) as e:  # LiteRT's failure costs its figures only
                 res["litert"] = {"ok": False, "stage": "invoke", "reason": f"{type(e).__name__}: {e}"[:600]}
         if resized:
-            res["tflm"] = {"built": False, "reason": "TFLite Micro cannot resize inputs: it runs the stored shapes "
+            res["tflm"] = {"built": False, "reason": "it runs only its stored input shapes "
                            f"({'; '.join(f'{n} {s}' for n, s in resized.items())}), not the ones given"}
             return res
+        left = timeout - (time.perf_counter() - t0) - min(10.0, 0.1 * timeout)  # a margin to return in
+        if left < MIN_TFLM_SECONDS:
+            res["tflm"] = {"built": False, "reason": f"not run: {max(left, 0):.0f} s of the measurement's "
+                           f"{timeout:.0f} s left (raise --timeout)"}
+            return res
         with tempfile.TemporaryDirectory(prefix="tap-edge-tflm-") as tmp:
-            left = max(timeout - (time.perf_counter() - t0), 30.0)
             tflm, tflm_outs = measure_tflm(artifact, samples, Path(tmp), timeout=left)
         tflm["runtime"] = f"tflite-micro {_version('tflite-micro')}"
         res["tflm"] = tflm

@@ -270,14 +270,19 @@ def _smallest(ok: Callable[[int], bool], start: int, ceiling: int) -> int | None
     return hi
 
 
+class OutOfTime(Exception):
+    """The measurement's time ran out during the arena search (the search stops; no size is made up)."""
+
+
 def measure_tflm(artifact: Path, samples: list[list[np.ndarray]], folder: Path, *,
                  timeout: float) -> tuple[dict[str, Any], list[list[np.ndarray]] | None]:
-    """Run :func:`run_tflm` and the arena search in child processes (see the module docstring); returns
-    (TFLM's figures, its outputs per sample, None when it did not run). Never raises for TFLM's failures:
-    they are the figures' ``reason``."""
+    """Run :func:`run_tflm` and the arena search in child processes within ``timeout`` seconds (see the module
+    docstring); returns (TFLM's figures, its outputs per sample, None when it did not run). Never raises for
+    TFLM's failures: they are the figures' ``reason``; a search that runs out of time says so and keeps the
+    other figures."""
     samples_path = save_samples(samples, folder / "tflm_inputs.npz")
     outputs_path = folder / "tflm_outputs.npz"
-    t0 = time.perf_counter()
+    deadline = time.monotonic() + timeout
     try:
         res = run_child("tap_edge.backends.tflm:run_tflm",
                         {"path": str(artifact), "samples": str(samples_path), "outputs": str(outputs_path)},
@@ -289,11 +294,20 @@ def measure_tflm(artifact: Path, samples: list[list[np.ndarray]], folder: Path, 
     if not res.get("built") or not res.get("invoked"):
         return res, None
     res["latency"] = latency_stats(res.pop("times_ms"))
-    left = max(timeout - (time.perf_counter() - t0), 10.0)
+
+    def probe(n: int, invoke: bool) -> dict[str, Any]:
+        if time.monotonic() > deadline:
+            raise OutOfTime
+        return child.probe(n, invoke=invoke)
+
+    left = deadline - time.monotonic()
     with ProbeChild("tap_edge.backends.tflm:probe_arena", {"path": str(artifact), "samples": str(samples_path)},
-                    timeout=min(PROBE_TIMEOUT, left)) as child:
-        search = smallest_arena(lambda n, invoke: child.probe(n, invoke=invoke),
-                                res["alloc"].get("arena_total_bytes") or res["arena_size"], res["arena_size"])
-    res["arena_search"] = search.to_dict()
+                    timeout=max(min(PROBE_TIMEOUT, left), 1.0)) as child:
+        try:
+            search = smallest_arena(probe, res["alloc"].get("arena_total_bytes") or res["arena_size"],
+                                    res["arena_size"])
+            res["arena_search"] = search.to_dict()
+        except OutOfTime:
+            res["arena_search"] = {"stopped": f"out of time after {timeout:.0f} s (raise --timeout)"}
     res["arena_search"]["children"] = child.starts
     return res, load_samples(outputs_path)

@@ -9,8 +9,9 @@ Comparisons (predicted vs measured bytes, the error, how each figure was measure
 :data:`TOLERANCE` it is a flag):
 
 - flash: an artifact tap-edge compiled: the flash model's bytes vs the constant bytes in the artifact, counted
-  in the same form (gated); any other file: vs the file's size, which is what TFLite Micro keeps in flash
+  in the same form (gated); any other .tflite: vs the file's size, which is what TFLite Micro keeps in flash
   (gated), and vs its constant bytes (not gated: it separates the weights from the flatbuffer's structure);
+  any other .onnx: vs its constant bytes (gated) and its size (not gated: a protobuf the runtime unpacks);
 - sram, TFLite Micro: the smallest arena that builds and runs vs the predicted arena (gated, the headline),
   the arena head vs the planned buffers (gated), ``print_allocations``' total (head + persistent tail; not
   gated: it leaves out what the planner needs during ``AllocateTensors``), and the head vs the arena planned
@@ -22,11 +23,12 @@ Comparisons (predicted vs measured bytes, the error, how each figure was measure
 
 On a device the verdict needs both sides: the prediction (:class:`~tap_edge.fit.checker.Checker` on the
 device's runtime) and the measurement (against :func:`~tap_edge.fit.checker.region_limits`; TFLite Micro's
-smallest arena on a TFLite Micro runtime, the host RSS on others) must fit for ``FITS``; a memory over its
-limit on either side is ``OOM``; an op or width the runtime cannot run, on either side (the runtime's own
-refusal counts), is ``UNSUPPORTED``; ``UNKNOWN`` only when no prediction could be made (the reason is in the
-problems). A runtime that fails costs its own figures: its reason is a :class:`RuntimeFailure`, the other
-runtimes' figures are kept.
+smallest arena on a TFLite Micro runtime, the host RSS on others) must fit for ``FITS``. Otherwise the
+measurement names the verdict where it speaks (the device runtime's own refusal to build or run the model:
+``UNSUPPORTED``; a measured memory over its limit: ``OOM``), else the prediction does (its ``UNSUPPORTED`` or
+``OOM``); ``UNKNOWN`` only when no prediction could be made (the reason is in the problems). A runtime that
+fails costs its own figures: its reason is a :class:`~tap_edge.documents.RuntimeFailure`, the other runtimes'
+figures are kept (TFLite Micro's refusal does not decide the verdict on a LiteRT device).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ from tap_edge.graph.shapes import user_shapes
 TOLERANCE = 0.05
 TFLM_ARENA = ("TFLite Micro: smallest arena_size that builds and invokes (each probe in a child process); "
               "print_allocations at a big arena: total = head + tail")
-TFLM_MIN = "TFLite Micro: smallest arena_size that builds and invokes (1-byte exact)"
+TFLM_MIN = "TFLite Micro: smallest arena_size that builds and invokes"
 HOST_RSS = "child peak RSS minus the runtime's import baseline (host; also holds the runtime's own allocations)"
 #: Host figures closest to an arena (a key of the child's result, how it was measured), per runtime.
 HOST_ARENA = (
@@ -222,14 +224,16 @@ def comparisons(source: PredictionSource, manifest: Manifest | None, arena: Meas
         out = [_compare("weights", "flash", pred.flash.model_bytes, manifest.weights.planned_form_bytes,
                         "constant bytes in the artifact, in the planned form (weights, scales, biases, float "
                         "constants)", headline=True)]
-    else:
+    else:  # a .tflite stays whole in TFLite Micro's flash; an .onnx file is a protobuf its runtime unpacks
+        in_flash = measurement["backend"] == "tflite"
         out = [_compare("model file", "flash", pred.flash.model_bytes, measurement["artifact_bytes"],
-                        "the file's size (TFLite Micro keeps the whole flatbuffer in flash)"
-                        if measurement["backend"] == "tflite" else "the file's size", headline=True)]
+                        "file size (TFLite Micro keeps the flatbuffer in flash)" if in_flash else "file size",
+                        headline=in_flash, gated=in_flash)]
         consts = (measurement.get("file_weights") or {}).get("total_planned_form")
         if consts is not None:
             out.append(_compare("constant bytes", "flash", pred.flash.model_bytes, consts,
-                                "constants in the file (weights, scales, biases, float constants)", gated=False))
+                                "constants in the file (weights, biases, scales, float constants)",
+                                headline=not in_flash, gated=not in_flash))
     if arena is not None:
         host = source.host or pred
         if arena.min_bytes is not None:
@@ -237,9 +241,9 @@ def comparisons(source: PredictionSource, manifest: Manifest | None, arena: Meas
                                 TFLM_MIN, headline=True))
         if arena.head_bytes is not None:
             out.append(_compare("arena head (planned tensors)", "sram", host.arena_head_bytes, arena.head_bytes,
-                                "TFLite Micro arena head (non-persistent, print_allocations)"))
+                                "TFLite Micro print_allocations: head"))
         out.append(_compare("arena total (print_allocations)", "sram", host.arena_bytes, arena.total_bytes,
-                            "TFLite Micro arena total = head + tail (persistent), print_allocations",
+                            "TFLite Micro print_allocations: head + tail",
                             headline=arena.min_bytes is None, gated=arena.min_bytes is None))
         if source.on_artifact_graph is not None and arena.head_bytes is not None:
             out.append(_compare("arena head, planned on the .tflite graph", "sram",

@@ -94,7 +94,9 @@ def print_report(r: MeasureReport) -> None:
         smallest = (f"smallest arena that builds and runs {a.min_bytes} B (compared with the prediction; "
                     f"{a.probes} probes in child processes" + (f", {a.crashed_probes} crashed" if a.crashed_probes
                                                                else "") + ")"
-                    if a.min_bytes is not None else "smallest arena not found")
+                    if a.min_bytes is not None else "smallest arena not found ("
+                    + str((r.runtime_figures.get("tflm") or {}).get("arena_search", {}).get("stopped", "no size ran"))
+                    + ")")
         console.out.print(f"  TFLite Micro arena: {smallest}; print_allocations total {a.total_bytes} B = head "
                           f"{a.head_bytes} + tail {a.tail_bytes}")
     if r.cross_check is not None:
