@@ -418,11 +418,16 @@ def _serve(spec_json: str) -> int:
 
 
 def _selftest(mode: str = "ok", seconds: float = 60.0) -> dict[str, Any]:
-    """A child target for tests: ``ok``, ``raise``, ``crash`` (SIGSEGV), ``hang``, ``exit``."""
+    """A child target for tests: ``ok``, ``raise``, ``crash`` (SIGSEGV), ``crash_in_capture`` (C code's last
+    words, then SIGSEGV, inside :func:`capture_fds`), ``hang``, ``exit``."""
     if mode == "raise":
         raise RuntimeError("selftest failure")
     if mode == "crash":
         os.kill(os.getpid(), signal.SIGSEGV)
+    if mode == "crash_in_capture":
+        with capture_fds():
+            os.write(2, b"kernels/conv.cc:42 filter->type == kTfLiteInt8 was not true.\n")
+            os.kill(os.getpid(), signal.SIGSEGV)
     if mode == "hang":
         time.sleep(seconds)
     if mode == "exit":

@@ -68,6 +68,16 @@ def test_probe_child_answers_crashes_and_hangs_in_one_session() -> None:
     assert first["built"] and last["built"] and first["pid"] != last["pid"] and child.crashes == 2
 
 
+def test_a_crashed_runtime_keeps_its_last_words() -> None:
+    """What a runtime printed just before it crashed, inside a capture, reaches the parent (TFLM's reason)."""
+    from tap_edge.backends.measure import MeasureError, run_child
+
+    with pytest.raises(MeasureError, match="killed by SIGSEGV") as ei:
+        run_child("tap_edge.backends.measure:_selftest", {"mode": "crash_in_capture"}, timeout=60)
+    assert "conv.cc:42 filter->type == kTfLiteInt8 was not true." in ei.value.output
+    assert "\n" not in str(ei.value)
+
+
 # ---- inputs ----------------------------------------------------------------------------------------------------
 def test_input_data_has_the_dtype_shape_and_quantization_of_the_input() -> None:
     q = TensorSpec("audio", (1, 3, 40), "int8", scale=0.1, zero_point=-128)
