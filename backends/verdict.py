@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tap_edge.backends import get_backend
+from tap_edge.backends import backend_for_artifact, get_backend
 from tap_edge.backends.inputs import InputRequest
 from tap_edge.backends.manifest import bits_of, prediction, read_manifest
 from tap_edge.backends.measure import DEFAULT_RUNS, DEFAULT_TIMEOUT, DEFAULT_WARMUP, measure_artifact
@@ -145,13 +145,22 @@ def measure_report(
         raise UserError(f"{artifact}: artifact not found", "compile one with tap-edge compile, or give a .tflite / "
                         ".onnx file")
     manifest = read_manifest(artifact)
+    device = device or (manifest.device if manifest else None)
+    if device:  # an unknown device, or one the backend does not serve, is refused before anything runs
+        backend = get_backend(manifest.backend) if manifest else backend_for_artifact(artifact)
+        profile = get_device(device)
+        try:
+            backend.pick_runtime(profile)
+        except UserError as e:
+            raise UserError(f"{artifact.name}: {e.message}", f"measure it on a device with a runtime "
+                            f"{backend.name} serves ({', '.join(backend.runtimes)}; see tap-edge devices), or "
+                            "without --device") from None
     source = prediction_source(artifact, manifest, feed)
     measurement = measure_artifact(artifact, backend=manifest.backend if manifest else None, runs=runs,
                                    warmup=warmup, timeout=timeout, threads=threads, feed=feed)
     if manifest is None and measurement["backend"] in _FILE_WEIGHTS:
         measurement["file_weights"] = _FILE_WEIGHTS[measurement["backend"]](artifact)
-    return build_report(artifact, manifest, measurement, device or (manifest.device if manifest else None),
-                        source)
+    return build_report(artifact, manifest, measurement, device, source)
 
 
 def build_report(artifact: Path, manifest: Manifest | None, measurement: dict[str, Any], device: str | None,

@@ -212,6 +212,13 @@ def test_onnx_with_int64_scalar_and_two_inputs_measures(tmp_path: Path) -> None:
     assert fed["sr"].shape == [] and fed["sr"].dtype == "int64" and fed["sr"].data == "given: 16000"
 
 
+def test_a_device_the_file_cannot_run_on_is_refused_before_measuring(tmp_path: Path) -> None:
+    model = _two_input_onnx(tmp_path / "two.onnx")
+    with pytest.raises(UserError, match="does not serve device 'esp32-s3'") as ei:
+        measure_report(model, device="esp32-s3", feed=InputRequest(shapes={"x": [1, 8]}))
+    assert "without --device" in ei.value.hint
+
+
 def test_cli_measure_onnx_takes_input_shape_and_an_npy_value(tmp_path: Path, run_cli) -> None:
     model = _two_input_onnx(tmp_path / "two.onnx")
     np.save(tmp_path / "clip.npy", np.linspace(-1, 1, 160, dtype=np.float32).reshape(1, 160))
