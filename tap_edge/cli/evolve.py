@@ -1,4 +1,7 @@
-"""``tap-edge evolve``: the TAP search (LLM-written proxies, DPO template controller), resume and report."""
+"""``tap-edge evolve``: the TAP search (LLM-written proxies, DPO template controller), resume and report.
+
+Everything the terminal view prints from a run (reasons, reasoning, names, paths) is text that a program or an
+LLM may control: it is printed as one escaped line (:func:`_text`), never as rich markup."""
 
 from __future__ import annotations
 
@@ -6,10 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tap_edge.cli.app import JsonOpt, QuietOpt, app
 from tap_edge.core import console
+from tap_edge.core.errors import UserError
 
 if TYPE_CHECKING:
     from tap_edge.documents import RunSummary
@@ -71,7 +76,7 @@ def evolve_cmd(
         if markdown is not None:
             from tap_edge.search.summary import summary_markdown
 
-            markdown.write_text(summary_markdown(summary))
+            _write_text(markdown, summary_markdown(summary), "--markdown")
     elif resume is not None:
         summary = resume_run(resume, workers=workers, executor=executor, ray_address=ray_address,
                              local_llm=local_llm, show_progress=not quiet)
@@ -91,13 +96,29 @@ def evolve_cmd(
     write_html_if_requested(summary, html)
 
 
+def _write_text(path: Path, text: str, option: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise UserError(f"{option} {path}: cannot write ({e.strerror or e.__class__.__name__})",
+                        "pick a writable path") from None
+
+
+def _text(value: object, limit: int = 300) -> str:
+    """A value from a run as one escaped line for rich (program- or LLM-controlled text is never markup)."""
+    from tap_edge.plan.proxies.sandbox import one_line
+
+    return escape(one_line(value, limit))
+
+
 def print_report(summary: RunSummary) -> None:
     """The terminal view of a run summary."""
     s, llm, out = summary.settings, summary.settings.llm, console.out
-    out.print(f"[bold]TAP search[/] {summary.run_dir}: {summary.candidates} candidates, {summary.valid} valid; "
-              f"LLM {llm.model} at {llm.base_url} (T={llm.temperature}, grammar {s.grammar}, repair "
-              f"{'on' if s.repair else 'off'}); tasks {', '.join(s.tasks)}; alpha {s.alpha}; wall "
-              f"{summary.wall_seconds} s" + ("" if summary.finished else " [yellow](unfinished: --resume it)[/]"))
+    out.print(f"[bold]TAP search[/] {_text(summary.run_dir)}: {summary.candidates} candidates, {summary.valid} "
+              f"valid; LLM {_text(llm.model)} at {_text(llm.base_url)} (T={llm.temperature}, grammar "
+              f"{_text(s.grammar)}, repair {'on' if s.repair else 'off'}); tasks {_text(', '.join(s.tasks))}; "
+              f"alpha {s.alpha}; wall {summary.wall_seconds} s"
+              + ("" if summary.finished else " [yellow](unfinished: --resume it)[/]"))
     t = Table(title="per generation")
     for col in ("gen", "children", "invalid", "best child", "median child", "best overall", "templates used",
                 "p(init/mut/cross) after"):
@@ -105,13 +126,13 @@ def print_report(summary: RunSummary) -> None:
     for g in summary.generations:
         t.add_row(str(g.generation), str(g.children), f"{100 * g.invalid_rate:.0f}%", _f(g.best_child_fitness),
                   _f(g.median_child_fitness), _f(g.best_fitness),
-                  ", ".join(f"{k} {v}" for k, v in g.templates_used.items()),
+                  _text(", ".join(f"{k} {v}" for k, v in g.templates_used.items())),
                   "/".join(f"{g.probs_after.get(k, 0):.2f}" for k in ("init", "mutation", "crossover")))
     out.print(t)
     if summary.invalid_reasons:
         out.print("invalid candidates:")
         for reason, n in list(summary.invalid_reasons.items())[:8]:
-            out.print(f"  {n} x {reason}")
+            out.print(f"  {n} x {_text(reason)}")
     u = summary.llm_usage
     out.print(f"LLM: {u.calls} calls, {u.prompt_tokens} prompt + {u.completion_tokens} completion tokens, "
               f"{u.seconds} s")
@@ -119,13 +140,14 @@ def print_report(summary: RunSummary) -> None:
     if best is None:
         out.print("[red]no valid program[/]")
         return
-    out.print(f"[bold]best[/] {best.id} fitness {best.fitness:.4f} ({best.template}"
-              f"{', seed ' + best.seed if best.seed else ''})")
+    out.print(f"[bold]best[/] {_text(best.id)} fitness {best.fitness:.4f} ({_text(best.template)}"
+              f"{', seed ' + _text(best.seed) if best.seed else ''})")
     for tk in best.tasks or []:
-        out.print(f"  {tk.task}: quality {tk.quality:.4f}, spearman {tk.spearman:+.3f}, "
+        out.print(f"  {_text(tk.task)}: quality {tk.quality:.4f}, spearman {tk.spearman:+.3f}, "
                   f"avg bits {tk.avg_bits or 0:.2f}")
-    out.print(f"reasoning: {best.reasoning or '-'}")
-    out.print(best.code or "", markup=False, highlight=False)
+    out.print(f"reasoning: {_text(best.reasoning or '-', 1000)}")
+    code = (best.code or "").encode("utf-8", "replace").decode("utf-8")  # no unpaired surrogate reaches stdout
+    out.print(code, markup=False, highlight=False)
 
 
 def _f(x: float | None) -> str:

@@ -4,6 +4,10 @@
 Every executor takes a :class:`Workload` and offers the two calls the loop makes: :meth:`~Executor.evaluate`
 (one program's fitness, a ``concurrent.futures.Future``) and :meth:`~Executor.shutdown`; ``info`` says what was
 used and where (recorded in ``run.json``). :data:`EXECUTORS` names them and builds them.
+
+The process pool's workers die with the process that started them, ``kill -9`` included
+(:func:`~tap_edge.plan.proxies.sandbox.die_with_parent`: a parent-death signal on Linux, a psutil watch
+elsewhere), and each sandbox child of theirs dies with them, so nothing of a killed run keeps running.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tap_edge.core.errors import UserError
+from tap_edge.plan.proxies.sandbox import die_with_parent
 from tap_edge.search.fitness import Limits, SearchTask, TaskSpec, evaluate_program, init_worker, worker_tasks
 
 RAY_INSTALL = "pip install 'tap-edge[ray]'"
@@ -60,12 +65,19 @@ class _PoolExecutor:
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
+def pool_worker_init(parent_pid: int, specs: list[TaskSpec], cache_dir: str | None) -> None:
+    """Process-pool initializer: die with the parent first (``kill -9`` of the run included), then build
+    every search task once (:func:`init_worker`)."""
+    die_with_parent(parent_pid)
+    init_worker(specs, cache_dir)
+
+
 def process_executor(work: Workload) -> Executor:
-    """A pool of ``spawn``-ed processes; each builds the search tasks once (:func:`init_worker`)."""
+    """A pool of ``spawn``-ed processes that die with this one; each builds the search tasks once."""
     import multiprocessing as mp
 
     pool = ProcessPoolExecutor(max_workers=max(1, work.workers), mp_context=mp.get_context("spawn"),
-                               initializer=init_worker, initargs=(list(work.specs), work.cache_dir))
+                               initializer=pool_worker_init, initargs=(os.getpid(), list(work.specs), work.cache_dir))
     return _PoolExecutor(pool, None)
 
 

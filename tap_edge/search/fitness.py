@@ -37,7 +37,7 @@ import numpy as np
 
 from tap_edge.core.errors import UserError
 from tap_edge.core.paths import cache_dir
-from tap_edge.plan.proxies.sandbox import run_proxy_program
+from tap_edge.plan.proxies.sandbox import SandboxResult, one_line, run_proxy_program
 
 SEARCH_BITS = [2, 3, 4, 5, 6, 7, 8]  # tap_edge.quantize.ptq.CANDIDATE_BITS
 REF_BITS = 3
@@ -513,41 +513,47 @@ def evaluate_program(code: str, alpha: float, limits: Limits, tasks: list[Search
                      repair: bool = False) -> dict[str, Any]:
     """Fitness of one program: ``{"ok": True, "fitness", "tasks": [...]}`` or ``{"ok": False, "reason"}``.
 
-    With ``repair``, failing statements are first deleted on the first task (:mod:`tap_edge.search.repair`);
-    the result then carries ``repaired_code`` and the removed statements in ``repairs``."""
+    With ``repair``, failing statements are first deleted on the first task (:mod:`tap_edge.search.repair`:
+    its reruns share one run's limits, and its last, working run counts for the first task); the result then
+    carries ``repaired_code`` and the removed statements in ``repairs``. Reasons are one line."""
     t0 = time.perf_counter()
     tasks = tasks if tasks is not None else _WORKER["tasks"]
     extra: dict[str, Any] = {}
+    done: dict[int, SandboxResult] = {}
     if repair and tasks:
         from tap_edge.search.repair import repair_program
 
         first = tasks[0]
-        fixed, steps, why = repair_program(code, first.program_layers(), first.bits,
-                                           cpu_seconds=limits.cpu_seconds, memory_mb=limits.memory_mb,
-                                           wall_seconds=limits.wall_seconds)
+        fixed, steps, why, last = repair_program(code, first.program_layers(), first.bits,
+                                                 cpu_seconds=limits.cpu_seconds, memory_mb=limits.memory_mb,
+                                                 wall_seconds=limits.wall_seconds)
         if steps:
             extra["repairs"] = steps
         if fixed is None:
             after = f" (after deleting {len(steps)} failing statement(s))" if steps else ""
-            return {"ok": False, "stage": "run", "reason": f"{first.spec.key()}: {why}{after}", **extra,
+            return {"ok": False, "stage": "run", "reason": one_line(f"{first.spec.key()}: {why}{after}"), **extra,
                     "seconds": round(time.perf_counter() - t0, 3)}
         if fixed != code:
             extra["repaired_code"] = fixed
             code = fixed
+        if last is not None and last.ok:
+            done[0] = last
     scores: list[TaskScore] = []
     sandbox_s = 0.0
-    for task in tasks:
-        res = run_proxy_program(code, task.program_layers(), task.bits, cpu_seconds=limits.cpu_seconds,
-                                memory_mb=limits.memory_mb, wall_seconds=limits.wall_seconds)
+    for i, task in enumerate(tasks):
+        res = done.get(i) or run_proxy_program(code, task.program_layers(), task.bits,
+                                               cpu_seconds=limits.cpu_seconds, memory_mb=limits.memory_mb,
+                                               wall_seconds=limits.wall_seconds)
         sandbox_s += res.seconds
         if not res.ok:
-            return {"ok": False, "stage": res.stage, "reason": f"{task.spec.key()}: {res.reason}", **extra,
+            return {"ok": False, "stage": res.stage, "reason": one_line(f"{task.spec.key()}: {res.reason}"), **extra,
                     "seconds": round(time.perf_counter() - t0, 3)}
         try:
             scores.append(task.score(res.costs or [], alpha))
         except UserError as e:  # e.g. an infeasible allocation: this candidate's failure, not the run's
-            return {"ok": False, "stage": "score", "reason": f"{task.spec.key()}: {e.__class__.__name__}: {e}"[:400],
-                    **extra, "seconds": round(time.perf_counter() - t0, 3)}
+            why = one_line(f"{task.spec.key()}: {e.__class__.__name__}: {e}")
+            return {"ok": False, "stage": "score", "reason": why, **extra,
+                    "seconds": round(time.perf_counter() - t0, 3)}
     fitness = float(np.mean([s.fitness for s in scores]))
     return {"ok": True, "fitness": round(fitness, 6), "tasks": [asdict(s) for s in scores], **extra,
             "sandbox_seconds": round(sandbox_s, 3), "seconds": round(time.perf_counter() - t0, 3)}

@@ -2,31 +2,64 @@
 
 Built on the ``openai`` package (optional extra ``tap-edge[llm]``). The key comes from ``OPENAI_API_KEY``;
 local servers accept any key, so a dummy one is used when the variable is unset. Each call records its
-tokens, seconds, attempts and the errors retried. Retries use exponential backoff (with jitter, honouring
-``Retry-After``) on 429, 5xx, timeouts and dropped connections; other errors (400, 401, 404) fail at once.
+tokens, seconds, attempts and the errors retried. Retries use exponential backoff (with jitter) on 429, 5xx,
+timeouts and dropped connections; other errors (400, 401, 404) fail at once. A ``Retry-After`` of up to
+:data:`MAX_RETRY_AFTER_SECONDS` is honoured (with a note on stderr); a longer one is one clear failure that
+ends the run (resume it later). An endpoint that answers 200 with something that is not a chat completion
+(HTML, a list, broken JSON) also ends the run: every request would fail the same way.
 """
 
 from __future__ import annotations
 
+import email.utils
+import math
 import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tap_edge.core import console
 from tap_edge.core.errors import UserError
+from tap_edge.plan.proxies.sandbox import one_line
 
 DUMMY_KEY = "sk-local-no-key"
+#: The longest ``Retry-After`` a run waits for; a longer one ends the run (resume it later).
+MAX_RETRY_AFTER_SECONDS = 30.0
+CHECK_ENDPOINT = "check --llm-base-url / --llm-model and the server"
 
 
 class LLMError(UserError):
     """The endpoint could not produce a reply. ``retryable`` is False for errors that asking again cannot fix
-    (400 such as a prompt longer than the context, 401, 404); ``status`` is the HTTP status when there was one."""
+    (400 such as a prompt longer than the context, 401, 404); ``status`` is the HTTP status when there was one;
+    ``fatal`` when no request of the run can succeed now (not a chat-completions endpoint, or it asks to wait
+    longer than :data:`MAX_RETRY_AFTER_SECONDS`): the run stops and can be resumed."""
 
-    def __init__(self, message: str, hint: str = "", *, retryable: bool = True, status: int | None = None) -> None:
+    def __init__(self, message: str, hint: str = "", *, retryable: bool = True, status: int | None = None,
+                 fatal: bool = False) -> None:
         super().__init__(message, hint)
         self.retryable = retryable
         self.status = status
+        self.fatal = fatal
+
+
+def retry_after_seconds(value: Any) -> float | None:
+    """A ``Retry-After`` header in seconds (a number, or an HTTP date), or None when absent or unreadable."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _int_or_none(x: Any) -> int | None:
+    return x if isinstance(x, int) and not isinstance(x, bool) and x >= 0 else None
 
 
 @dataclass
@@ -88,11 +121,9 @@ class LLMClient:
         o = self._openai
         retry_after = None
         resp = getattr(e, "response", None)
-        if resp is not None:
-            try:
-                retry_after = float(resp.headers.get("retry-after"))
-            except (TypeError, ValueError):
-                retry_after = None
+        headers = getattr(resp, "headers", None)
+        if headers is not None:
+            retry_after = retry_after_seconds(headers.get("retry-after"))
         if isinstance(e, o.APIConnectionError):  # includes APITimeoutError and dropped connections
             return True, None
         if isinstance(e, o.RateLimitError):
@@ -120,29 +151,60 @@ class LLMClient:
                     temperature=cfg.temperature if temperature is None else temperature,
                     max_tokens=max_tokens or cfg.max_tokens, extra_body=body or None)
             except Exception as e:  # noqa: BLE001 - classified below
-                retry, after = self._retryable(e)
                 status = getattr(e, "status_code", None)
-                errors.append(f"{e.__class__.__name__}{f' {status}' if status else ''}: {str(e)[:160]}")
+                status = status if isinstance(status, int) else None
+                errors.append(one_line(f"{e.__class__.__name__}{f' {status}' if status else ''}: {e}", 200))
+                if isinstance(e, ValueError) and not isinstance(e, self._openai.APIError):  # a 200 that is not JSON
+                    raise LLMError(f"the LLM endpoint at {cfg.base_url} answered with a body that is not JSON "
+                                   f"({errors[-1]})", f"{CHECK_ENDPOINT}: it must be an OpenAI-compatible "
+                                   "endpoint (.../v1)", retryable=False, fatal=True) from None
+                retry, after = self._retryable(e)
+                if retry and after is not None and after > MAX_RETRY_AFTER_SECONDS:
+                    raise LLMError(f"the LLM endpoint at {cfg.base_url} asks to wait {after:.0f} s before the next "
+                                   f"request (HTTP {status}, Retry-After), longer than the "
+                                   f"{MAX_RETRY_AFTER_SECONDS:g} s a run waits", "resume the run later",
+                                   retryable=True, status=status, fatal=True) from None
                 if not retry or attempt == cfg.max_retries:
                     raise LLMError(f"LLM request to {cfg.base_url} failed after {attempt + 1} attempt(s): "
-                                   f"{errors[-1]}", "check --llm-base-url / --llm-model and the server",
-                                   retryable=retry, status=status) from None
+                                   f"{errors[-1]}", CHECK_ENDPOINT, retryable=retry, status=status) from None
                 delay = min(cfg.max_backoff, cfg.backoff * 2 ** attempt) * (0.75 + 0.5 * random.random())
                 if after is not None:
-                    delay = min(cfg.max_backoff, max(delay, after))
+                    delay = max(delay, after)
+                    if after >= 1:
+                        console.info(f"the LLM endpoint asks to wait {after:.0f} s (HTTP {status}, Retry-After): "
+                                     "waiting")
                 time.sleep(delay)
                 continue
-            choice = resp.choices[0] if resp.choices else None
-            text = (choice.message.content if choice and choice.message else None) or ""
-            usage = resp.usage
-            reply = LLMReply(text=text, model=resp.model or cfg.model,
-                             prompt_tokens=getattr(usage, "prompt_tokens", None) if usage else None,
-                             completion_tokens=getattr(usage, "completion_tokens", None) if usage else None,
-                             seconds=round(time.perf_counter() - t0, 3), attempts=attempt + 1,
-                             finish_reason=getattr(choice, "finish_reason", None), retried_errors=errors)
+            reply = self._reply(resp, t0, attempt + 1, errors)
             self.calls.append(reply)
             return reply
         raise AssertionError("unreachable")
+
+    def _reply(self, resp: Any, t0: float, attempts: int, errors: list[str]) -> LLMReply:
+        """The reply in a chat completion, checked: an endpoint that answered 200 with something else (HTML, a
+        list, fields of the wrong types) is a fatal :class:`LLMError`."""
+        cfg = self.config
+        choices = getattr(resp, "choices", None)
+        problem = None
+        if not isinstance(choices, list):
+            problem = f"a {type(resp).__name__} without a list of choices"
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        message = getattr(choice, "message", None) if choice is not None else None
+        text = getattr(message, "content", None) if message is not None else None
+        if problem is None and text is not None and not isinstance(text, str):
+            problem = f"a reply whose content is a {type(text).__name__}, not text"
+        if problem is not None:
+            raise LLMError(f"the LLM endpoint at {cfg.base_url} did not answer with a chat completion ({problem})",
+                           f"{CHECK_ENDPOINT}: it must be an OpenAI-compatible endpoint (.../v1)",
+                           retryable=False, fatal=True)
+        usage = getattr(resp, "usage", None)
+        model = getattr(resp, "model", None)
+        finish = getattr(choice, "finish_reason", None)
+        return LLMReply(text=text or "", model=model if isinstance(model, str) and model else cfg.model,
+                        prompt_tokens=_int_or_none(getattr(usage, "prompt_tokens", None)),
+                        completion_tokens=_int_or_none(getattr(usage, "completion_tokens", None)),
+                        seconds=round(time.perf_counter() - t0, 3), attempts=attempts,
+                        finish_reason=finish if isinstance(finish, str) else None, retried_errors=errors)
 
     def totals(self) -> dict[str, float]:
         """Sum of tokens and seconds over every successful call."""

@@ -13,7 +13,18 @@ A run is a directory:
 The loop is a deterministic function of the settings, the LLM replies and the fitness values (per-slot random
 generators seeded by ``(seed, generation, slot)``), so ``--resume`` replays the log: a slot with a recorded
 fitness is never evaluated again, a recorded reply is never asked again, and only the missing steps run.
-A torn last line (``kill -9`` while writing) is ignored.
+A torn last line (``kill -9`` while writing) is ignored, and ended before the next event is appended. One
+session holds a run directory at a time (:class:`~tap_edge.search.runlog.RunLock`); a second one is refused in
+one line naming the holder's PID.
+
+What an LLM sends is bounded before anything handles it (:mod:`~tap_edge.search.prompts`: reply length, program
+size and nesting), and a reply or program that cannot be handled costs that candidate, never the run: every
+step of a candidate that could still fail on its content (building a prompt from a parent, parsing, vetting,
+evaluating) records the failure as the candidate's and goes on. An evaluation is logged (``evaluate``) before
+it is submitted, so one that the session died during is tried again on resume, but at most
+:data:`MAX_EVALUATION_ATTEMPTS` times: a resumed run cannot replay the same crash forever. Reasons are one line
+of bounded length (:func:`~tap_edge.plan.proxies.sandbox.one_line`) before they reach a prompt, the log or a
+terminal.
 
 Generation 0 is the initial population (init template, plus the built-in seed programs with
 ``seed_builtins``: at most half of it, the shipped ``tap_discovered`` and ``tap_seed`` first); generations 1..
@@ -40,7 +51,7 @@ import json
 import math
 import statistics
 import time
-from concurrent.futures import Future
+from concurrent.futures import BrokenExecutor, Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,12 +61,13 @@ import numpy as np
 from tap_edge.core import console
 from tap_edge.core.errors import UserError
 from tap_edge.documents import RunSummary
-from tap_edge.plan.proxies.sandbox import SandboxRejection, vet_source
+from tap_edge.plan.proxies.sandbox import SandboxRejection, one_line, vet_source
 from tap_edge.search.controller import DPOController, preference_pairs
 from tap_edge.search.executors import Executor, Workload, check_executor, open_executor
 from tap_edge.search.fitness import Limits, SearchTask, TaskSpec, build_task, describe_tasks
 from tap_edge.search.llm import LLMClient, LLMConfig, LLMError
 from tap_edge.search.prompts import (
+    MAX_REPLY_CHARS,
     REWEIGHT_FEATURES,
     SYSTEM_PROMPT,
     TEMPLATES,
@@ -71,6 +83,7 @@ from tap_edge.search.runlog import (
     RUN_FORMAT,
     RUN_VERSION,
     EvolveSettings,
+    RunLock,
     RunLog,
     read_events,
     read_run_json,
@@ -80,6 +93,11 @@ from tap_edge.search.summary import best_program_text, summarize
 
 __all__ = ["Candidate", "Evolution", "EvolveSettings", "behaviour_key", "builtin_seed_programs", "check_new_run_dir",
            "check_settings"]
+
+#: An evaluation the session died during is tried again on resume, this many times in all at most.
+MAX_EVALUATION_ATTEMPTS = 3
+#: Files a new run's directory may already hold (the local LLM server's log, a lock of a session that ended).
+_NEW_RUN_FILES = ("llm_server.log", "session.lock")
 
 
 @dataclass
@@ -135,20 +153,50 @@ def builtin_seed_programs() -> dict[str, str]:
 
 def check_new_run_dir(run_dir: Path) -> None:
     """A new run needs a new or empty directory (the local LLM server's log may already be there)."""
-    if run_dir.exists() and any(p.name != "llm_server.log" for p in run_dir.iterdir()):
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: is a file, not a run directory", "give --run-dir a new or empty directory")
+    if run_dir.exists() and any(p.name not in _NEW_RUN_FILES for p in run_dir.iterdir()):
         raise UserError(f"{run_dir}: run directory exists and is not empty",
                         f"continue it with --resume {run_dir}, or choose a new directory")
 
 
+def _check_number(value: Any, option: str, low: float, high: float | None = None, *, integer: bool = False,
+                  low_open: bool = False) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and (
+        value > low if low_open else value >= low) and (high is None or value <= high) and (
+        not integer or float(value).is_integer())
+    if not ok:
+        bound = (f"more than {low:g}" if low_open else f"at least {low:g}") + (f" and at most {high:g}" if high
+                                                                                 is not None else "")
+        raise UserError(f"{option} {value!r} is out of range", f"give a{'n integer' if integer else ' number'} "
+                                                                f"{bound}")
+
+
 def check_settings(settings: EvolveSettings) -> None:
-    """One-line errors for settings a run cannot use: no task, an unknown task, grammar or executor, a Ray
-    address without the Ray executor."""
+    """One-line errors for settings a run cannot use: a population or a number of generations that is not a
+    count, limits that kill every program, sampling values an endpoint refuses, no task, an unknown task,
+    grammar or executor, a Ray address without the Ray executor."""
+    s, llm, lim = settings, settings.llm, settings.limits
+    _check_number(s.population, "--population", 1, integer=True)
+    _check_number(s.generations, "--generations", 0, integer=True)
+    _check_number(s.workers, "--workers", 1, integer=True)
+    _check_number(s.tournament, "tournament size", 1, integer=True)
+    _check_number(s.alpha, "--alpha", 0, 10)
+    _check_number(lim.get("cpu_seconds"), "--cpu-seconds", 0, low_open=True)
+    _check_number(lim.get("wall_seconds"), "the wall-clock limit", 0, low_open=True)
+    _check_number(lim.get("memory_mb"), "the memory limit (MB)", 64, integer=True)
+    _check_number(llm.get("temperature"), "--temperature", 0, 2)
+    _check_number(llm.get("max_tokens"), "--max-tokens", 1, integer=True)
+    _check_number(s.max_errors_in_prompt, "max_errors_in_prompt", 0, integer=True)
+    _check_number(s.max_consecutive_llm_failures, "max_consecutive_llm_failures", 1, integer=True)
+    _check_number(s.seed, "--seed", 0, integer=True)
     if not settings.tasks:
         raise UserError("no search task given", "add one with --task NAME[@BITS], e.g. --task digits-cnn@3")
     for spec in settings.tasks:
         TaskSpec.parse(spec)
     grammar_mode(settings.grammar)
     check_executor(settings.executor)
+    load_templates(settings.templates_dir)
     if settings.ray_address is not None and settings.executor != "ray":
         raise UserError("--ray-address is only used with --executor ray", "add --executor ray")
 
@@ -160,8 +208,10 @@ class Evolution:
     """One run: build with :meth:`create` or :meth:`resume`, then :meth:`run`."""
 
     def __init__(self, run_dir: Path, settings: EvolveSettings, events: list[dict[str, Any]],
-                 client: LLMClient | None = None, tasks: list[SearchTask] | None = None) -> None:
+                 client: LLMClient | None = None, tasks: list[SearchTask] | None = None,
+                 lock: RunLock | None = None) -> None:
         self.dir = run_dir
+        self.lock = lock if lock is not None else RunLock.acquire(run_dir)  # released when run() ends
         self.settings = settings
         self.log = RunLog(run_dir)
         self.events = events
@@ -186,34 +236,54 @@ class Evolution:
         check_new_run_dir(d)
         check_settings(settings)
         templates = load_templates(settings.templates_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        write_run_json(d, {"format": RUN_FORMAT, "version": RUN_VERSION,
-                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "settings": asdict(settings), "templates_digest": templates_digest(templates)})
-        return cls(d, settings, [], client, tasks)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{d}: cannot create the run directory ({e.strerror or e})",
+                            "give --run-dir a writable path") from None
+        lock = RunLock.acquire(d)
+        try:
+            check_new_run_dir(d)  # again, holding the lock: another session may have started it meanwhile
+            write_run_json(d, {"format": RUN_FORMAT, "version": RUN_VERSION,
+                               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                               "settings": asdict(settings), "templates_digest": templates_digest(templates)})
+            return cls(d, settings, [], client, tasks, lock)
+        except BaseException:
+            lock.release()
+            raise
 
     @classmethod
     def resume(cls, run_dir: str | Path, client: LLMClient | None = None, tasks: list[SearchTask] | None = None,
                overrides: dict[str, Any] | None = None) -> Evolution:
         d = Path(run_dir)
-        settings = EvolveSettings.from_dict(read_run_json(d).get("settings", {}))
-        for k, v in (overrides or {}).items():  # only what does not change results (e.g. workers)
-            setattr(settings, k, v)
-        check_settings(settings)
-        return cls(d, settings, read_events(d / "events.jsonl"), client, tasks)
+        read_run_json(d)  # a directory a run created, before its lock file is made there
+        lock = RunLock.acquire(d)
+        try:  # read under the lock: no other session appends meanwhile
+            settings = EvolveSettings.from_dict(read_run_json(d).get("settings", {}), str(d / "run.json"))
+            for k, v in (overrides or {}).items():  # only what does not change results (e.g. workers)
+                setattr(settings, k, v)
+            check_settings(settings)
+            return cls(d, settings, read_events(d / "events.jsonl"), client, tasks, lock)
+        except BaseException:
+            lock.release()
+            raise
 
     def _index(self) -> None:
         """Recorded steps per candidate id, and generations already summarised."""
         self.recorded: dict[str, dict[str, dict[str, Any]]] = {}
+        self.attempts: dict[str, int] = {}  # evaluations started per candidate
         self.gen_done: set[int] = set()
         self.started = False
         for ev in self.events:
             kind = ev.get("type")
-            if kind == "generation":
-                self.gen_done.add(int(ev["generation"]))
+            if kind == "generation" and isinstance(ev.get("generation"), int):
+                self.gen_done.add(ev["generation"])
             elif kind == "run_start":
                 self.started = True
-            elif "cid" in ev and kind in ("prompt", "reply", "program", "vet", "fitness", "repair"):
+            elif kind == "evaluate" and isinstance(ev.get("cid"), str):
+                self.attempts[ev["cid"]] = self.attempts.get(ev["cid"], 0) + 1
+            elif isinstance(ev.get("cid"), str) and kind in ("prompt", "reply", "program", "vet", "fitness",
+                                                              "repair"):
                 if kind == "fitness" and ev.get("stage") == "llm":
                     continue  # the LLM never answered: nothing was paid, ask again on resume
                 self.recorded.setdefault(ev["cid"], {})[kind] = ev
@@ -247,7 +317,7 @@ class Evolution:
             if len(reasons) >= self.settings.max_errors_in_prompt:
                 break
         reasons = reasons[:self.settings.max_errors_in_prompt]
-        return "; ".join(r[:200] for r in reasons) if reasons else "none so far"
+        return "; ".join(one_line(r, 200) for r in reasons) if reasons else "none so far"
 
     def _select(self, rng: np.random.Generator, k: int, exclude: str | None = None) -> Candidate:
         pool = [c for c in self.population if c.id != exclude] or self.population
@@ -294,8 +364,9 @@ class Evolution:
         for n, p in enumerate(parents[:2]):
             pre = "parent" if n == 0 else "parent2"
             fields[f"{pre}_code"] = compact_code(p.code or "")
-            fields[f"{pre}_reasoning"] = p.reasoning or "(none given)"
-            fields[f"{pre}_fitness"] = f"{p.fitness:.4f}" if p.fitness is not None else f"none: {p.reason}"
+            fields[f"{pre}_reasoning"] = one_line(p.reasoning, 600) if p.reasoning else "(none given)"
+            fields[f"{pre}_fitness"] = f"{p.fitness:.4f}" if p.fitness is not None else \
+                f"none: {one_line(p.reason, 200)}"
         user = render(self.templates[template], **fields)
         base = self._edit_base(template, parents)
         if base is not None:
@@ -309,7 +380,13 @@ class Evolution:
     # -- the run
     def run(self, *, show_progress: bool = True) -> RunSummary:
         """Do every step the log does not hold yet; write ``summary.json`` and ``best_proxy.py``; return the
-        summary."""
+        summary. The run directory's lock is released when this returns or fails."""
+        try:
+            return self._run(show_progress)
+        finally:
+            self.lock.release()
+
+    def _run(self, show_progress: bool) -> RunSummary:
         t0 = time.perf_counter()
         s = self.settings
         tasks = self.tasks()
@@ -343,7 +420,7 @@ class Evolution:
                             bar.advance()
                         self._describe(bar, gen, idx)
                     for cand, fut in pending:
-                        self._finish(cand, fut.result())
+                        self._finish(cand, self._result(cand, fut))
                         bar.advance()
                         self._describe(bar, gen, s.population - 1)
                     self._end_generation(gen, children)
@@ -358,7 +435,7 @@ class Evolution:
         summary = summarize(self.dir)
         summary.write(self.dir / "summary.json")
         if best and best.code:
-            (self.dir / "best_proxy.py").write_text(best_program_text(summary))
+            (self.dir / "best_proxy.py").write_text(best_program_text(summary), encoding="utf-8", errors="replace")
         return summary
 
     def _describe(self, bar: Any, gen: int, idx: int) -> None:
@@ -387,25 +464,55 @@ class Evolution:
                                executor_info=info)
         write_run_json(self.dir, doc)
 
-    def _submit(self, executor: Executor, code: str) -> Future:
+    def _submit(self, executor: Executor, cid: str, code: str) -> Future:
+        """Log the evaluation (so that resume counts the attempts), then submit it."""
+        self.attempts[cid] = self.attempts.get(cid, 0) + 1
+        self._emit({"type": "evaluate", "cid": cid, "attempt": self.attempts[cid]})
         self.evaluated_now += 1
         return executor.evaluate(code, self.settings.alpha, self.limits, self.settings.repair)
 
+    def _result(self, cand: Candidate, fut: Future) -> dict[str, Any]:
+        """An evaluation's outcome. An error raised by the evaluation is the candidate's failure; a worker
+        that died ends the session (resume tries the evaluation again, :data:`MAX_EVALUATION_ATTEMPTS` times
+        in all)."""
+        try:
+            result = fut.result()
+        except BrokenExecutor:
+            raise UserError(f"an evaluation worker died while {cand.id} was evaluated",
+                            f"the run continues with --resume {self.dir}") from None
+        except Exception as e:  # noqa: BLE001 - whatever a program's content makes the evaluation raise
+            return {"ok": False, "stage": "run",
+                    "reason": one_line(f"the evaluation failed: {e.__class__.__name__}: {e}")}
+        if not isinstance(result, dict):
+            return {"ok": False, "stage": "run", "reason": "the evaluation returned no result"}
+        return result
+
+    def _fail(self, cand: Candidate, stage: str, reason: str) -> None:
+        """Record ``cand``'s failure (one line) in the log: it is never tried again."""
+        cand.reason, cand.stage = one_line(reason), stage
+        self._emit({"type": "fitness", "cid": cand.id, "ok": False, "stage": stage, "reason": cand.reason})
+
     def _slot(self, gen: int, idx: int, cid: str, seeds: list[tuple[str, str]], executor: Executor
               ) -> tuple[Candidate, Future | None, bool]:
-        """Bring one slot as far as the log allows, then do the missing steps."""
+        """Bring one slot as far as the log allows, then do the missing steps. A step that fails on the
+        candidate's content is recorded as its failure (and so never replayed on resume)."""
         rec = self.recorded.get(cid, {})
         by_id = {c.id: c for c in self.candidates}
+        problem: str | None = None
         if "prompt" in rec:
             p = rec["prompt"]
-            template, parents, seed_name = p["template"], [by_id[i] for i in p["parents"] if i in by_id], \
-                p.get("seed", "")
+            template, seed_name = str(p.get("template")), str(p.get("seed") or "")
+            parents = [by_id[i] for i in p.get("parents") or [] if isinstance(i, str) and i in by_id]
             messages = p.get("messages")
-            base = by_id.get(p.get("edit_base") or "")
+            base = by_id.get(str(p.get("edit_base") or ""))
         else:
             template, parents, seed_name = self._plan_slot(gen, idx, seeds)
-            messages = None if template == "seed" else self._prompt(template, parents)
-            base = self._edit_base(template, parents)
+            try:
+                messages = None if template == "seed" else self._prompt(template, parents)
+                base = self._edit_base(template, parents)
+            except (RecursionError, MemoryError) as e:  # bounded parents make this unreachable: last guard
+                messages, base = None, None
+                problem = f"the prompt could not be built from the parent ({e.__class__.__name__})"
             self._emit({"type": "prompt", "cid": cid, "generation": gen, "slot": idx, "template": template,
                         "parents": [c.id for c in parents], "seed": seed_name,
                         "edit_base": base.id if base else None, "messages": messages})
@@ -414,19 +521,34 @@ class Evolution:
         if "fitness" in rec:  # evaluated before: never pay again
             f = rec["fitness"]
             prog = rec.get("program", {})
-            cand.code, cand.reasoning = prog.get("code"), prog.get("reasoning", "")
+            cand.code, cand.reasoning = prog.get("code"), str(prog.get("reasoning") or "")
             if "repair" in rec:
                 cand.code = rec["repair"].get("code") or cand.code
-            cand.fitness, cand.reason, cand.stage = f.get("fitness"), f.get("reason"), f.get("stage")
-            cand.details = f.get("tasks")
+            fitness = f.get("fitness")
+            cand.fitness = float(fitness) if f.get("ok") and isinstance(fitness, int | float) else None
+            cand.reason, cand.stage = f.get("reason"), f.get("stage")
+            cand.details = f.get("tasks") if isinstance(f.get("tasks"), list) else None
             return cand, None, False
-        # the reply (or the seed's source)
-        if template == "seed":
-            text = dict(seeds).get(seed_name, "")
-            code, reasoning, problem = text, f"built-in seed program '{seed_name}'", None
+        if problem is not None:
+            self._fail(cand, "prompt", problem)
+            return cand, None, False
+        try:
+            return self._candidate(cand, rec, seeds, messages, base, executor)
+        except (RecursionError, MemoryError) as e:  # the bounds make this unreachable: the last guard
+            self._fail(cand, "parse", f"the reply could not be handled ({e.__class__.__name__})")
+            return cand, None, False
+
+    def _candidate(self, cand: Candidate, rec: dict[str, dict[str, Any]], seeds: list[tuple[str, str]],
+                   messages: Any, base: Candidate | None, executor: Executor) -> tuple[Candidate, Future | None, bool]:
+        """The reply (asked, or read from the log), its program, vetting and the evaluation's submission."""
+        cid = cand.id
+        if cand.template == "seed":
+            text = dict(seeds).get(cand.source or "", "")
+            code, reasoning, problem = text, f"built-in seed program '{cand.source}'", None
         else:
             if "reply" in rec:
-                text = rec["reply"]["text"]
+                text = rec["reply"].get("text")
+                text = text if isinstance(text, str) else ""
             else:
                 try:
                     mode = grammar_mode(self.settings.grammar)
@@ -435,17 +557,17 @@ class Evolution:
                         {**(self.settings.llm.get("extra_body") or {}), "grammar": grammar} if grammar else None))
                 except LLMError as e:
                     self.llm_calls_now += 1
+                    if e.fatal:  # the endpoint is not a chat-completions endpoint: every request would fail
+                        raise
                     # an outage (retryable) is asked again on resume; a refused prompt (e.g. longer than the
                     # context) is this candidate's failure and does not stop the run
                     stage = "llm" if e.retryable else "prompt"
-                    cand.reason, cand.stage = f"LLM request failed: {e.message}", stage
-                    self._emit({"type": "llm_error", "cid": cid, "error": str(e), "status": e.status,
+                    self._emit({"type": "llm_error", "cid": cid, "error": one_line(e, 500), "status": e.status,
                                 "retryable": e.retryable})
-                    self._emit({"type": "fitness", "cid": cid, "ok": False, "stage": stage,
-                                "reason": cand.reason})
+                    self._fail(cand, stage, f"LLM request failed: {e.message}")
                     return cand, None, e.retryable
                 self.llm_calls_now += 1
-                text = reply.text
+                text = reply.text[:MAX_REPLY_CHARS + 1]  # a longer reply is refused unread (prompts.parse_reply)
                 self._emit({"type": "reply", "cid": cid, "text": text, **{k: v for k, v in reply.to_dict().items()
                                                                         if k != "text"}})
             parsed = parse_reply(text, edit=base is not None)
@@ -457,27 +579,31 @@ class Evolution:
             edit, code = code, mode.apply(base.code or "", code)
             problem = None if code else mode.refusal
         if "program" in rec:  # recorded before the crash: the same program
-            code, reasoning = rec["program"].get("code"), rec["program"].get("reasoning", "")
+            code, reasoning = rec["program"].get("code"), str(rec["program"].get("reasoning") or "")
+            code = code if isinstance(code, str) else None
         cand.code, cand.reasoning = code, reasoning
         if "program" not in rec:
             self._emit({"type": "program", "cid": cid, "code": code, "reasoning": reasoning, "problem": problem,
                         **({"edit": edit, "edit_base": base.id} if base is not None else {})})
         if code is None:
-            cand.reason, cand.stage = f"no program: {problem}", "parse"
-            self._emit({"type": "fitness", "cid": cid, "ok": False, "stage": "parse", "reason": cand.reason})
+            self._fail(cand, "parse", f"no program: {problem or 'unreadable log entry'}")
             return cand, None, False
         try:
             vet_source(code)
             verdict: str | None = None
         except SandboxRejection as e:
-            verdict = e.reason
+            verdict = one_line(e.reason)
         if "vet" not in rec:
             self._emit({"type": "vet", "cid": cid, "ok": verdict is None, "reason": verdict})
         if verdict is not None and not self.settings.repair:
-            cand.reason, cand.stage = f"rejected: {verdict}", "vet"
-            self._emit({"type": "fitness", "cid": cid, "ok": False, "stage": "vet", "reason": cand.reason})
+            self._fail(cand, "vet", f"rejected: {verdict}")
             return cand, None, False
-        return cand, self._submit(executor, code), False
+        tried = self.attempts.get(cid, 0)
+        if tried >= MAX_EVALUATION_ATTEMPTS:
+            self._fail(cand, "run", f"the evaluation was started {tried} times and each time the session ended "
+                                    "during it")
+            return cand, None, False
+        return cand, self._submit(executor, cid, code), False
 
     def _finish(self, cand: Candidate, result: dict[str, Any]) -> None:
         if result.get("repairs") or result.get("repaired_code"):
@@ -489,7 +615,8 @@ class Evolution:
         if result.get("ok"):
             cand.fitness, cand.details = float(result["fitness"]), result.get("tasks")
         else:
-            cand.reason, cand.stage = str(result.get("reason")), str(result.get("stage") or "run")
+            result["reason"] = cand.reason = one_line(result.get("reason") or "unknown failure")
+            cand.stage = one_line(result.get("stage") or "run", 20)
         self._emit({"type": "fitness", "cid": cand.id, **result})
 
     def _end_generation(self, gen: int, children: list[Candidate]) -> None:

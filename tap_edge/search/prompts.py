@@ -8,6 +8,10 @@ filled in; unknown ``$`` fields are left as they are.
 A reply is reasoning T plus code C. Parsing accepts code fences with or without a language, prose before
 and after, ``<think>`` blocks, a missing closing fence, indented code and bare code without fences; the
 code is then checked strictly by :func:`tap_edge.plan.proxies.sandbox.vet_source` (the contract) before it runs.
+
+Replies and programs are LLM-controlled text: a reply longer than :data:`MAX_REPLY_CHARS` is refused before any
+pattern runs on it, and every syntax tree here comes from :func:`~tap_edge.plan.proxies.sandbox.parse_program`
+(size and nesting bounded), so no reply can make the search recurse past Python's limit or run out of memory.
 """
 
 from __future__ import annotations
@@ -23,8 +27,14 @@ from importlib import resources
 from pathlib import Path
 
 from tap_edge.core.errors import UserError
+from tap_edge.plan.proxies.sandbox import MAX_SOURCE_CHARS, SandboxRejection, one_line, parse_program
 
 TEMPLATES = ("init", "mutation", "crossover")
+
+#: A reply longer than this is refused unread (a program may have MAX_SOURCE_CHARS; prose around it less).
+MAX_REPLY_CHARS = 2 * MAX_SOURCE_CHARS
+#: What a prompt shows of a parent's program at most (small models have small contexts).
+MAX_PROMPT_CODE_CHARS = 6_000
 
 SYSTEM_PROMPT = ("You are an expert in neural network quantization who writes short, correct Python with numpy. "
                  "Answer exactly in the requested format.")
@@ -105,12 +115,20 @@ REWEIGHT_GRAMMAR = (
     "feat ::= " + " | ".join(_gbnf_literal(f) for f in REWEIGHT_FEATURES) + "\n"
 )
 
+def bounded_tree(code: str) -> ast.Module | None:
+    """The syntax tree of ``code`` (:func:`~tap_edge.plan.proxies.sandbox.parse_program`: size and nesting
+    bounded), or None when it does not parse or is too big or too deep."""
+    try:
+        return parse_program(code)
+    except SandboxRejection:
+        return None
+
+
 def split_at_final_return(code: str) -> tuple[list[str], list[str], list[str]] | None:
     """(lines before the final ``return`` of ``proxy``, the lines from it on, names assigned in ``proxy``), or
-    None when ``proxy`` does not end with a top-level return."""
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
+    None when ``proxy`` does not end with a top-level return (or the code does not parse within the bounds)."""
+    tree = bounded_tree(code)
+    if tree is None:
         return None
     fns = [s for s in tree.body if isinstance(s, ast.FunctionDef) and s.name == "proxy"]
     if not fns or not fns[-1].body or not isinstance(fns[-1].body[-1], ast.Return):
@@ -124,19 +142,26 @@ def split_at_final_return(code: str) -> tuple[list[str], list[str], list[str]] |
     return lines[:ret.lineno - 1], lines[ret.lineno - 1:], names
 
 
+def _cut(text: str, limit: int = MAX_PROMPT_CODE_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit].rstrip() + f"\n# ... ({len(text) - limit} more characters)"
+
+
 def compact_code(code: str) -> str:
     """The program without docstrings and comments (what prompts show of a parent: small models have small
-    contexts); the original when it does not parse."""
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
-        return code.strip()
+    contexts), at most :data:`MAX_PROMPT_CODE_CHARS` characters; the original text (cut to that) when it does
+    not parse within the bounds."""
+    tree = bounded_tree(code)
+    if tree is None:
+        return _cut(code.strip())
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(node, ast.Module | ast.FunctionDef) and body and isinstance(body[0], ast.Expr) \
                 and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
             node.body = body[1:] or [ast.Pass()]
-    return ast.unparse(tree).strip()
+    try:
+        return _cut(ast.unparse(tree).strip())
+    except (RecursionError, MemoryError, ValueError):  # bounded trees unparse; this is the last guard
+        return _cut(code.strip())
 
 
 def apply_edit(parent_code: str, edit: str) -> str | None:
@@ -157,17 +182,17 @@ def apply_reweight(parent_code: str, edit: str) -> str | None:
     [0.2, 5] and ``p`` the power clipped to [0.5, 1.5] (children stay near their parent: a first search with
     [0.05, 20] and [0.25, 2] gave mostly much worse children). None when the edit is not exactly these two
     assignments or the parent has no final return."""
-    if split_at_final_return(parent_code) is None:
+    parent_tree = bounded_tree(parent_code)
+    if parent_tree is None or split_at_final_return(parent_code) is None:
         return None
-    try:
-        tree = ast.parse(textwrap.dedent(edit).strip())
-    except (SyntaxError, ValueError):
+    tree = bounded_tree(textwrap.dedent(edit).strip())
+    if tree is None:
         return None
     assigned = {t.id for st in tree.body if isinstance(st, ast.Assign) for t in st.targets if isinstance(t, ast.Name)}
     if len(tree.body) != 2 or not all(isinstance(st, ast.Assign) for st in tree.body) \
             or assigned != {"layer_weight", "width_power"}:
         return None
-    fn = [st for st in ast.parse(parent_code).body if isinstance(st, ast.FunctionDef) and st.name == "proxy"][-1]
+    fn = [st for st in parent_tree.body if isinstance(st, ast.FunctionDef) and st.name == "proxy"][-1]
     ret = fn.body[-1]
     assert isinstance(ret, ast.Return)
     if ret.value is None:
@@ -175,8 +200,12 @@ def apply_reweight(parent_code: str, edit: str) -> str | None:
     lines = parent_code.splitlines()
     first = lines[ret.lineno - 1]
     indent = first[:len(first) - len(first.lstrip())]
-    new = [f"{indent}parent_costs = [max(0.0, float(c)) for c in {ast.unparse(ret.value)}]"] + [
-        indent + ast.unparse(st) for st in tree.body] + [
+    try:
+        costs, assignments = ast.unparse(ret.value), [ast.unparse(st) for st in tree.body]
+    except (RecursionError, MemoryError, ValueError):  # bounded trees unparse; this is the last guard
+        return None
+    new = [f"{indent}parent_costs = [max(0.0, float(c)) for c in {costs}]"] + [
+        indent + st for st in assignments] + [
         f"{indent}layer_weight = min(5.0, max(0.2, float(layer_weight)))",
         f"{indent}width_power = min(1.5, max(0.5, float(width_power)))",
         f"{indent}return [layer_weight * c ** width_power for c in parent_costs]",
@@ -248,14 +277,26 @@ def grammar_for(mode: str, template: str) -> str | None:
 
 
 def load_templates(folder: str | Path | None = None) -> dict[str, str]:
-    """Read the three templates and the edit-mode suffixes (from ``folder`` when given, else the packaged ones)."""
+    """Read the three templates and the edit-mode suffixes (from ``folder`` when given, else the packaged ones).
+    A folder that is missing, or lacks one of the three templates, or holds one that is not UTF-8 text, is a
+    one-line error naming the file."""
     out: dict[str, str] = {}
+    hint = ("a --templates folder holds evolve_init.txt, evolve_mutation.txt and evolve_crossover.txt (copy "
+            "them from tap_edge/templates and edit them)")
+    if folder is not None and not Path(folder).is_dir():
+        raise UserError(f"--templates {folder}: not a folder", hint)
     for name in (*TEMPLATES, *EDIT_SUFFIXES):
         fname = f"evolve_{name}.txt"
-        if folder is not None and (name in TEMPLATES or (Path(folder) / fname).is_file()):
-            out[name] = (Path(folder) / fname).read_text()
+        path = Path(folder) / fname if folder is not None else None
+        if path is not None and (name in TEMPLATES or path.is_file()):
+            try:
+                out[name] = path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                raise UserError(f"--templates {folder}: no {fname} there", hint) from None
+            except (OSError, UnicodeDecodeError) as e:
+                raise UserError(f"{path}: cannot read the template ({one_line(e, 100)})", hint) from None
         else:  # the edit-mode suffixes fall back to the packaged ones
-            out[name] = resources.files("tap_edge").joinpath("templates", fname).read_text()
+            out[name] = resources.files("tap_edge").joinpath("templates", fname).read_text(encoding="utf-8")
     return out
 
 
@@ -286,11 +327,7 @@ _CODE_START = re.compile(r"^(import |from |def |[A-Z_][A-Z0-9_]* *=)")
 
 
 def _parses(code: str) -> bool:
-    try:
-        ast.parse(code)
-        return True
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return False
+    return bounded_tree(code) is not None
 
 
 def _trim_to_parse(code: str, max_drop: int = 15) -> str:
@@ -330,6 +367,8 @@ def parse_reply(text: str | None, edit: bool = False) -> ParsedReply:
     """Split a reply into reasoning and code, tolerantly (see the module docstring). ``edit``: the code is a
     few lines to insert into a parent (any code block counts; no ``def proxy`` needed, no trimming)."""
     raw = (text or "").replace("\r\n", "\n")
+    if len(raw) > MAX_REPLY_CHARS:
+        return ParsedReply("", None, f"reply too long ({len(raw)} characters > {MAX_REPLY_CHARS}), not read")
     body = _THINK.sub("", raw).strip()
     if not body:
         return ParsedReply("", None, "empty reply")
@@ -366,4 +405,4 @@ def _reasoning(before: str, after: str) -> str:
         m2 = _REASON.search(after)
         text = after[m2.end():] if m2 else after
     text = re.sub(r"```.*", "", text, flags=re.S)
-    return " ".join(text.split())[:1000]
+    return one_line(text, 1000)

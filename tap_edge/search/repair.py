@@ -6,6 +6,11 @@ innermost statement covering that line is removed (an emptied block gets ``pass`
 again, up to ``max_steps`` times. The repaired program is vetted and run like any other; every removed
 statement is recorded with the error that removed it, so a repaired candidate's provenance stays visible.
 Output errors (wrong shape, NaN) carry no line and end the repair: deleting lines cannot fix them safely.
+
+The reruns share one budget: together they may use the CPU and wall-clock time of one program run (the
+sandbox's limits), so a program cannot use its limits up to ``max_steps + 1`` times over. Trees come from
+:func:`~tap_edge.plan.proxies.sandbox.parse_program` (bounded); code that does not parse within the bounds
+loses its raw lines instead.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ import ast
 import re
 from typing import Any
 
-from tap_edge.plan.proxies.sandbox import run_proxy_program
+from tap_edge.plan.proxies.sandbox import SandboxRejection, SandboxResult, parse_program, run_proxy_program
+
+#: Below this much CPU or wall-clock time left, the repair stops (a run needs at least this to start a program).
+MIN_RUN_SECONDS = 0.2
 
 
 def _stmt_lists(node: ast.AST) -> list[list[ast.stmt]]:
@@ -31,14 +39,14 @@ def _stmt_lists(node: ast.AST) -> list[list[ast.stmt]]:
 def drop_statement(code: str, line: int) -> tuple[str, str] | None:
     """Remove the innermost statement that covers ``line``; returns (new code, removed text) or None.
 
-    The ``def proxy`` line itself is never removed. Code that does not parse loses the raw line (and the
-    lines indented under it)."""
+    The ``def proxy`` line itself is never removed. Code that does not parse (or is too big or too deep to
+    parse safely) loses the raw line (and the lines indented under it)."""
     lines = code.splitlines()
     if not 1 <= line <= len(lines):
         return None
     try:
-        tree = ast.parse(code)
-    except SyntaxError:
+        tree = parse_program(code)
+    except SandboxRejection:
         text = lines[line - 1]
         if text.lstrip().startswith("def proxy"):
             return None
@@ -69,35 +77,46 @@ def drop_statement(code: str, line: int) -> tuple[str, str] | None:
                 break
     if container is None or target is None:
         return None
-    removed = ast.get_source_segment(code, target) or ast.unparse(target)
-    container.remove(target)
-    if not container:
-        container.append(ast.Pass())
-    return ast.unparse(tree) + "\n", removed
+    try:
+        removed = ast.get_source_segment(code, target) or ast.unparse(target)
+        container.remove(target)
+        if not container:
+            container.append(ast.Pass())
+        return ast.unparse(tree) + "\n", removed
+    except (RecursionError, MemoryError, ValueError):  # bounded trees unparse; this is the last guard
+        return None
 
 
 def repair_program(code: str, layers: list[dict], bits: list[int], *, cpu_seconds: float = 10,
                    memory_mb: int = 1024, wall_seconds: float = 20, max_steps: int = 12
-                   ) -> tuple[str | None, list[dict[str, Any]], str | None]:
-    """(working code or None, removed statements with their errors, last failure reason)."""
+                   ) -> tuple[str | None, list[dict[str, Any]], str | None, SandboxResult | None]:
+    """(working code or None, removed statements with their errors, last failure reason, the last run). The
+    runs share ``cpu_seconds`` and ``wall_seconds`` (each gets what the ones before it left)."""
     steps: list[dict[str, Any]] = []
     cur = code
     reason: str | None = None
+    cpu_left, wall_left = float(cpu_seconds), float(wall_seconds)
+    res: SandboxResult | None = None
     for _ in range(max_steps + 1):
-        res = run_proxy_program(cur, layers, bits, cpu_seconds=cpu_seconds, memory_mb=memory_mb,
-                                wall_seconds=wall_seconds)
+        if steps and min(cpu_left, wall_left) < MIN_RUN_SECONDS:
+            return None, steps, f"{reason} (the repair's time budget of {cpu_seconds:g} s CPU, " \
+                                f"{wall_seconds:g} s wall is used up)", res
+        res = run_proxy_program(cur, layers, bits, cpu_seconds=max(MIN_RUN_SECONDS, cpu_left),
+                                memory_mb=memory_mb, wall_seconds=max(MIN_RUN_SECONDS, wall_left))
+        cpu_left -= max(res.cpu_seconds, 0.0)
+        wall_left -= max(res.run_seconds, 0.0)
         if res.ok:
-            return cur, steps, None
+            return cur, steps, None, res
         reason = res.reason
         line = res.line
         m = re.search(r"expected an indented block after .* on line (\d+)", reason or "")
         if m:  # the error points below an emptied block header: drop the header
             line = int(m.group(1))
         if line is None or len(steps) >= max_steps:
-            return None, steps, reason
+            return None, steps, reason, res
         dropped = drop_statement(cur, line)
         if dropped is None or dropped[0] == cur:
-            return None, steps, reason
+            return None, steps, reason, res
         cur = dropped[0]
         steps.append({"line": res.line, "error": res.reason, "removed": dropped[1][:300]})
-    return None, steps, reason
+    return None, steps, reason, res

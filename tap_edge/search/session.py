@@ -11,6 +11,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from tap_edge.core import console
 from tap_edge.documents import RunSummary
 from tap_edge.search.executors import check_ray
@@ -85,7 +87,8 @@ def resume_run(run_dir: str | Path, *, workers: int | None = None, executor: str
 
 
 def _run(evo: Evolution, show_progress: bool) -> RunSummary:
-    console.info(f"run directory: {evo.dir}  (templates: {', '.join(TEMPLATES)}; resume with --resume {evo.dir})")
+    where = escape(str(evo.dir))  # a path is text, not markup
+    console.info(f"run directory: {where}  (templates: {', '.join(TEMPLATES)}; resume with --resume {where})")
     return evo.run(show_progress=show_progress)
 
 

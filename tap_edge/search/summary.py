@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tap_edge.documents import LineageStep, RunSummary
+from tap_edge.plan.proxies.sandbox import one_line
+from tap_edge.search.prompts import bounded_tree
 from tap_edge.search.runlog import EvolveSettings, read_events, read_run_json
 
 
@@ -20,7 +22,7 @@ def summarize(run_dir: str | Path) -> RunSummary:
     program with its reasoning and lineage, LLM usage and invalid reasons."""
     d = Path(run_dir)
     doc = read_run_json(d)
-    events = read_events(d / "events.jsonl")
+    events = [ev for ev in read_events(d / "events.jsonl") if _well_formed(ev)]
     progs: dict[str, dict[str, Any]] = {}
     prompts: dict[str, dict[str, Any]] = {}
     fits: dict[str, dict[str, Any]] = {}
@@ -61,7 +63,7 @@ def summarize(run_dir: str | Path) -> RunSummary:
     reasons: dict[str, int] = {}
     for f in fits.values():
         if not f.get("ok"):
-            key = f"{f.get('stage')}: {str(f.get('reason'))[:90]}"
+            key = f"{one_line(f.get('stage'), 20)}: {one_line(f.get('reason'), 90)}"
             reasons[key] = reasons.get(key, 0) + 1
     generations = []
     for g in sorted(gens):
@@ -71,7 +73,7 @@ def summarize(run_dir: str | Path) -> RunSummary:
             "best_fitness", "best_id", "median_population_fitness", "templates_used", "probs_before",
             "probs_after")} | {"n_pairs": (e.get("dpo") or {}).get("n_pairs")})
     times = [ev["t"] for ev in events if "t" in ev]
-    settings = asdict(EvolveSettings.from_dict(doc.get("settings", {})))
+    settings = asdict(EvolveSettings.from_dict(doc.get("settings", {}), str(d / "run.json")))
     llm = settings["llm"]
     if isinstance(llm.get("extra_body"), dict) and "grammar" in llm["extra_body"]:
         llm["extra_body"] = {**llm["extra_body"], "grammar": "<GBNF>"}
@@ -91,6 +93,25 @@ def summarize(run_dir: str | Path) -> RunSummary:
     }, source=f"{d}: the run's summary")
 
 
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _well_formed(ev: dict[str, Any]) -> bool:
+    """Whether an event has the fields the summary reads, of the right types (a damaged log's other lines
+    are left out, as torn ones are)."""
+    kind = ev.get("type")
+    if "t" in ev and not _is_number(ev["t"]):
+        return False
+    if kind in ("program", "repair", "prompt", "fitness", "reply") and not isinstance(ev.get("cid"), str):
+        return False
+    if kind == "fitness" and ev.get("ok") and not _is_number(ev.get("fitness")):
+        return False
+    if kind == "generation" and not isinstance(ev.get("generation"), int):
+        return False
+    return True
+
+
 def lineage(cid: str, progs: dict[str, dict[str, Any]], prompts: dict[str, dict[str, Any]],
             fits: dict[str, dict[str, Any]]) -> list[LineageStep]:
     """The chain of edits that made ``cid``: itself, the parent it is an edit of, ... down to a program the LLM
@@ -108,9 +129,8 @@ def lineage(cid: str, progs: dict[str, dict[str, Any]], prompts: dict[str, dict[
 def _without_module_docstring(code: str) -> str:
     """``code`` without its module docstring (an edit child inherits its ancestor's, which describes the
     ancestor: e.g. a seed's "hand-written" label)."""
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
+    tree = bounded_tree(code)
+    if tree is None:
         return code
     first = tree.body[0] if tree.body else None
     if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
