@@ -205,6 +205,9 @@ def test_resolve_inputs_suggests_readable_placeholders() -> None:
     with pytest.raises(UserError) as e:
         resolve_inputs(declared, None)
     assert str(e.value) == ("input [batch_size, samples] has dynamic dims; give --input-shape input=1xSAMPLES")
+    unnamed = [DeclaredInput("input", ["?", "?"]), DeclaredInput("state", [2, "?", 128])]
+    with pytest.raises(UserError, match="give --input-shape input=1xD1 --input-shape state=2xD2x128$"):
+        resolve_inputs(unnamed, None)
     infos = resolve_inputs(declared, {"input": [1, 512]})
     assert [i.shape for i in infos] == [[1, 512], [2, 1, 128]] and infos[1].source == "user"
 

@@ -102,23 +102,26 @@ def _is_batch(inp: DeclaredInput, axis: int, symbols: set[str]) -> bool:
     return (axis == 0 and len(inp.dims) >= 2) or (isinstance(d, str) and d in symbols)
 
 
-def _placeholder(inp: DeclaredInput, axis: int) -> str:
-    """What to write for an open dim in the suggested flag: its symbol when it reads as a word, else a letter."""
+def _placeholder(inp: DeclaredInput, axis: int, counter: list[int]) -> str:
+    """What to write for an open dim in the suggested flag: its symbol when it reads as a word, a layout letter
+    for a 4-D input, else ``D1``, ``D2``, ... numbered across the whole message (two unnamed dims are not one)."""
     d = inp.dims[axis]
     if isinstance(d, str) and _SYMBOL.match(d) and not d.lower().startswith(("unk", "dynamic")):
         return d.upper()
     if len(inp.dims) == 4:  # NCHW (channels small at 1) or NHWC
         letters = "NCHW" if isinstance(inp.dims[1], int) and 0 < inp.dims[1] <= 4 else "NHWC"
         return letters[axis]
-    return f"D{axis}"
+    counter[0] += 1
+    return f"D{counter[0]}"
 
 
 def _refusal(open_inputs: list[tuple[DeclaredInput, list[int], list[int]]], where: str) -> UserError:
     """One line naming each input with open dims, its declared shape, and the flag to give."""
     parts, flags = [], []
+    counter = [0]
     for inp, axes, shape in open_inputs:
         parts.append(f"{inp.name} [{', '.join(_show(d) for d in inp.dims)}]")
-        dims = [_placeholder(inp, a) if a in axes else str(v) for a, v in enumerate(shape)]
+        dims = [_placeholder(inp, a, counter) if a in axes else str(v) for a, v in enumerate(shape)]
         flags.append(f"{FLAG} {inp.name}={'x'.join(dims)}")
     what = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
     verb = "has" if len(parts) == 1 else "have"
