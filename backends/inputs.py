@@ -68,6 +68,14 @@ class InputRequest:
     shapes: InputShapes = field(default_factory=dict)
     values: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, shapes: InputShapes | None = None, values: dict[str, str | float | int] | None = None
+           ) -> InputRequest:
+        """The request of a caller's shapes and values (numbers or ``.npy`` paths, checked here); a ``.npy``
+        file's shape fixes its input's dims unless a shape is given for it."""
+        texts = parse_input_values([f"{k}={v}" if k else str(v) for k, v in (values or {}).items()])
+        return cls({**npy_shapes(texts), **(shapes or {})}, texts)
+
     def to_dict(self) -> dict[str, Any]:
         return {"shapes": self.shapes, "values": self.values}
 

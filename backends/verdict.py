@@ -65,7 +65,7 @@ from tap_edge.fit.checker import Checker, region_limits
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.models import load_graph
 from tap_edge.graph.shapes import FLAG as INPUT_SHAPE_FLAG
-from tap_edge.graph.shapes import user_shapes
+from tap_edge.graph.shapes import InputShapes, user_shapes
 
 #: A gated figure further than this from its prediction is flagged.
 TOLERANCE = 0.05
@@ -134,12 +134,14 @@ def measure_report(
     warmup: int = DEFAULT_WARMUP,
     timeout: float = DEFAULT_TIMEOUT,
     threads: int = 1,
-    feed: InputRequest | None = None,
+    input_shapes: InputShapes | None = None,
+    input_values: dict[str, str | float | int] | None = None,
 ) -> MeasureReport:
     """Measure ``artifact`` in a child process and judge it on ``device`` (default: the device it was
-    compiled for; none: figures and comparisons only). ``feed``: input shapes and values
-    (``--input-shape``, ``--input``)."""
-    feed = feed or InputRequest()
+    compiled for; none: figures and comparisons only). ``input_shapes`` (``--input-shape``: input name ->
+    shape, ``""`` for a model's only input) fixes dynamic dims; ``input_values`` (``--input``: input name -> a
+    number or a ``.npy`` path, whose shape also fixes the input's dims) gives real data."""
+    feed = InputRequest.of(input_shapes, input_values)
     artifact = Path(artifact)
     if not artifact.exists():
         raise UserError(f"{artifact}: artifact not found", "compile one with tap-edge compile, or give a .tflite / "

@@ -211,8 +211,8 @@ def test_onnx_with_int64_scalar_and_two_inputs_measures(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="samples") as ei:
         measure_report(model, runs=2, warmup=0)
     assert "--input-shape" in str(ei.value) and "\n" not in str(ei.value)
-    r = measure_report(model, runs=3, warmup=1, device="raspberry-pi-5",
-                       feed=InputRequest(shapes={"x": [1, 512]}, values={"sr": "16000"}))
+    r = measure_report(model, runs=3, warmup=1, device="raspberry-pi-5", input_shapes={"x": [1, 512]},
+                       input_values={"sr": 16000})
     assert r.latency.runs == 3 and r.prediction_from == "file" and r.verdict != "UNKNOWN"
     fed = {i.name: i for i in r.inputs}
     assert fed["x"].shape == [1, 512] and fed["x"].dtype == "float32" and fed["x"].declared == "[batch, samples]"
@@ -222,7 +222,7 @@ def test_onnx_with_int64_scalar_and_two_inputs_measures(tmp_path: Path) -> None:
 def test_a_device_the_file_cannot_run_on_is_refused_before_measuring(tmp_path: Path) -> None:
     model = _two_input_onnx(tmp_path / "two.onnx")
     with pytest.raises(UserError, match="does not serve device 'esp32-s3'") as ei:
-        measure_report(model, device="esp32-s3", feed=InputRequest(shapes={"x": [1, 8]}))
+        measure_report(model, device="esp32-s3", input_shapes={"x": [1, 8]})
     assert "without --device" in ei.value.hint
 
 
@@ -258,8 +258,8 @@ def test_corpus_models_measure_with_a_prediction(name: str) -> None:
         pytest.skip("needs tflite-micro and ai-edge-litert")
     shapes, device = CORPUS_RUNS[name]
     values = {"sr": "16000"} if name.startswith("silero") else {}
-    r = measure_report(path, device=device, runs=3, warmup=1, timeout=600,
-                       feed=InputRequest(shapes=shapes, values=values))
+    r = measure_report(path, device=device, runs=3, warmup=1, timeout=600, input_shapes=shapes,
+                       input_values=values)
     assert r.prediction_from == "file" and r.verdict != "UNKNOWN" and r.latency.runs == 3
     if name == "mp_face_detection_short.tflite":
         assert r.runtime_failures[0].runtime == "tflm" and "dequantize_common.cc" in r.runtime_failures[0].reason

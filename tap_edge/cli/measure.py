@@ -49,17 +49,16 @@ def measure_cmd(
 ) -> None:
     """Run FILE in a child process: latency (median, p90), peak memory, the runtime's own figures; the
     verdict compares them with the prediction and the device."""
-    from tap_edge.backends.inputs import InputRequest, npy_shapes, parse_input_values
+    from tap_edge.backends.inputs import parse_input_values
     from tap_edge.backends.verdict import measure_report
     from tap_edge.report import write_html_if_requested
 
     console.set_quiet(quiet or as_json)
     values = parse_input_values(input_value or [])
-    shapes = {**npy_shapes(values), **(input_shapes(input_shape) or {})}
-    feed = InputRequest(shapes=shapes, values=values)
+    shapes = input_shapes(input_shape)
     console.info(f"measuring {artifact} in a child process ...")
     report = measure_report(artifact, device=device, runs=runs, warmup=warmup, timeout=timeout, threads=threads,
-                            feed=feed)
+                            input_shapes=shapes, input_values=values)
     if as_json:
         console.print_json(report.to_dict())
     else:
