@@ -19,7 +19,7 @@ pytest.importorskip("ai_edge_litert")
 from ai_edge_litert import schema_py_generated as schema  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
-KNOWN_CLASSES = {"conv", "dwconv", "fc", "concat", "slice", "reshape", "act", "quantize", "variable"}
+KNOWN_CLASSES = {"conv", "dwconv", "fc", "concat", "slice", "reshape", "act", "quantize", "variable", "control"}
 
 
 def _package_file(package: str, *parts: str) -> Path | None:
@@ -150,10 +150,18 @@ def test_real_int8_model_loads() -> None:
     assert {o.op_class for o in g.ops} <= KNOWN_CLASSES
     counts = {c: sum(o.op_class == c for o in g.ops) for c in ("conv", "dwconv", "fc")}
     assert counts == {"conv": 6, "dwconv": 8, "fc": 1}
-    # resource-variable ops (streaming state) get their own class, which TFLM runtimes support
+    # resource-variable ops (streaming state) get their own class, which TFLM runtimes support; CALL_ONCE runs
+    # the init subgraph (VAR_HANDLE + ASSIGN_VARIABLE of zeros), whose 12 ops follow it in the op list
     assert not g.unknown_ops()
-    assert {o.op_type for o in g.ops if o.op_class == "variable"} == {"CALL_ONCE", "VAR_HANDLE", "READ_VARIABLE",
+    assert {o.op_type for o in g.ops if o.op_class == "variable"} == {"VAR_HANDLE", "READ_VARIABLE",
                                                                        "ASSIGN_VARIABLE"}
+    assert [o.op_type for o in g.ops if o.op_class == "control"] == ["CALL_ONCE"]
+    (init,) = g.subgraphs
+    assert init.caller == g.ops[0].name and len(init.ops) == 12 and len(g.ops) == 73
+    assert [g.op(n).op_type for n in init.ops] == ["VAR_HANDLE", "ASSIGN_VARIABLE"] * 6
+    tfl = g.meta["tflite"]
+    assert tfl["file_bytes"] == 80824 and tfl["tensors"] == 117 and tfl["ops"] == 73 and tfl["subgraphs"] == 2
+    assert sorted(tfl["variables"].values()) == [80, 128, 512, 768, 896, 1024]
     q = g.quantizable_ops()
     assert len(q) == 15 and all(o.weight_dtype == "int8" for o in q)
     assert all(o.bias == o.out_channels for o in q)
@@ -201,7 +209,7 @@ def test_op_mapping_layouts_and_macs(tmp_path: Path) -> None:
     g = load_tflite_graph(_small_model(tmp_path / "small.tflite"))
     assert [(o.op_type, o.op_class) for o in g.ops] == [
         ("CONV_2D", "conv"), ("DEPTHWISE_CONV_2D", "dwconv"), ("RELU6", "act"), ("MEAN", "global_pool"),
-        ("RESHAPE", "reshape"), ("FULLY_CONNECTED", "fc"), ("MyFancyOp", "unknown"), ("LOGISTIC", "act"),
+        ("RESHAPE", "reshape"), ("FULLY_CONNECTED", "fc"), ("MyFancyOp", "custom"), ("LOGISTIC", "act"),
         ("SOFTMAX", "softmax")]
     conv, dw, relu6, mean, reshape, fc, custom, sig, _ = g.ops
     assert conv.weight_shape == [4, 3, 3, 3] and conv.weight_dtype == "int8" and conv.bias == 4

@@ -3,11 +3,17 @@
 One YAML file per real device lives in ``device_profiles/`` (shipped as package data) and is validated by the
 pydantic models below; users pass their own file with ``--device path/to/board.yaml``. A bad file gives one
 line naming the file, the field and the problem.
+
+Runtimes that many boards share (TFLite Micro with its kernel libraries, LiteRT) are *families* in
+``device_profiles/_runtimes.yaml``: their op and type support per TFLite builtin, learned from the runtimes'
+kernel registrations and type checks, each fact with its source. A profile's runtime names its ``family`` and
+adds what is board-specific (code size, default); fields it sets override the family's.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import re
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -69,24 +75,62 @@ class Reservation(_Strict):
     confidence: Confidence = "medium"
 
 
+#: A numeric type of a TFLite kernel: ``a8`` int8 activations, ``a16`` int16, ``a32`` float32; with weights
+#: ``a8w4`` (int8 activations, int4 weights), ``a16w8`` (16x8), ``a32w16`` (float16 weights expanded to
+#: float32), ``a32w8`` (hybrid); ``f16`` a float16 input (DEQUANTIZE of float16 constants).
+TYPE_PATTERN = re.compile(r"^(a(8|16|32)(w(4|8|16|32))?|f16)$")
+#: Kernel scratch models (memory.scratch_bytes): ``tflm`` TFLite Micro reference kernels (the int4 filter
+#: unpacked into the arena), ``cmsis-nn`` CMSIS-NN on DSP cores (Cortex-M4/M7/M33), ``cmsis-nn-mve`` on
+#: Helium cores (Cortex-M55/M85), ``cmsis-nn-c`` without DSP extension (Cortex-M0+), ``esp-nn`` ESP-NN on
+#: the ESP32-S3, ``xnnpack`` XNNPACK, ``none``.
+ScratchModel = Literal["none", "tflm", "cmsis-nn", "cmsis-nn-mve", "cmsis-nn-c", "esp-nn", "xnnpack"]
+
+
+class BuiltinSupport(_Strict):
+    """What a runtime's kernel for one TFLite builtin accepts: numeric ``types`` (see :data:`TYPE_PATTERN`);
+    ``per_tensor_only`` lists the types it takes with per-tensor weight scales only; ``source`` a key of the
+    runtime's ``sources``."""
+
+    types: list[str]
+    per_tensor_only: list[str] = Field(default_factory=list)
+    source: str | None = None
+
+    @model_validator(mode="after")
+    def _known_types(self) -> BuiltinSupport:
+        for t in self.types + self.per_tensor_only:
+            if not TYPE_PATTERN.match(t):
+                raise ValueError(f"unknown type '{t}' (write a8, a16, a32, a8w8, a8w4, a16w8, a32w32, a32w16 or f16)")
+        return self
+
+
 class Runtime(_Strict):
     """One inference runtime on this device and what it can execute.
 
     ``weights`` / ``activations`` map an op class (or ``default``) to the bit-widths the kernels support, e.g.
-    CMSIS-NN: ``{conv: [4, 8], dwconv: [4, 8], fc: [4, 8], default: [8]}``. 32 means float32, 16 in
-    ``weights`` means int16 unless ``float16`` is listed in ``float_formats``.
+    CMSIS-NN: ``{conv: [4, 8], dwconv: [4, 8], fc: [4, 8], default: [8]}``. 32 means float32; 16 in ``weights``
+    means float16 storage (a plan's w16), 16 in ``activations`` int16 for integer runtimes. ``pairs`` restricts
+    a class to the (weight, activation) combinations its kernels take (``w8a8``, ``w4a8``, ``w8a16``,
+    ``w32a32``). ``builtins`` is the exact table for ``.tflite`` files: TFLite builtin (``*`` for every other
+    one) -> :class:`BuiltinSupport`; a builtin missing from it is not registered. ``custom_ops`` are the
+    custom ops the runtime registers. ``family`` names the shared table this runtime came from.
     """
 
     name: str
+    family: str | None = None
     default: bool = False
     code_bytes: Bytes = 0
     weights: dict[str, list[int]]
     activations: dict[str, list[int]]
+    pairs: dict[str, list[str]] = Field(default_factory=dict)
     ops: list[str] = Field(default_factory=lambda: ["*"])
-    scratch: Literal["none", "cmsis-nn", "xnnpack"] = "none"
+    builtins: dict[str, BuiltinSupport] = Field(default_factory=dict)
+    custom_ops: list[str] = Field(default_factory=list)
+    scratch: ScratchModel = "none"
     alias_inplace: bool = False
     arena_alignment: int = Field(16, ge=1)
+    build: str | None = None
     note: str | None = None
+    sources: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known_classes(self) -> Runtime:
@@ -102,10 +146,36 @@ class Runtime(_Strict):
         for op in self.ops:
             if op != "*" and op not in OP_CLASSES:
                 raise ValueError(f"ops: unknown op class '{op}'")
+        for key, pairs in self.pairs.items():
+            if key not in OP_CLASSES:
+                raise ValueError(f"pairs: unknown op class '{key}'")
+            bad = [p for p in pairs if not re.match(r"^w\d+a\d+$", p)]
+            if bad:
+                raise ValueError(f"pairs.{key}: '{bad[0]}' is not a width pair like w8a8")
+        for name, b in self.builtins.items():
+            if b.source is not None and b.source not in self.sources:
+                raise ValueError(f"builtins.{name}.source: '{b.source}' is not a key of sources")
         return self
 
     def supports_op(self, op_class: str) -> bool:
-        return "*" in self.ops or op_class in self.ops
+        """Whether the class runs at all; identity-like ops always do (converters drop them)."""
+        return op_class == "identity" or "*" in self.ops or op_class in self.ops
+
+    def pair_allowed(self, op_class: str, w: int, a: int) -> bool:
+        """Whether the class's kernels take weights at ``w`` bits with activations at ``a`` bits together."""
+        return op_class not in self.pairs or f"w{w}a{a}" in self.pairs[op_class]
+
+    def builtin(self, name: str) -> BuiltinSupport | None:
+        """The kernel support of a TFLite builtin; None when the runtime does not register it (or has no table:
+        see :attr:`has_builtins`)."""
+        return self.builtins.get(name, self.builtins.get("*"))
+
+    @property
+    def has_builtins(self) -> bool:
+        return bool(self.builtins)
+
+    def source_of(self, key: str | None) -> str | None:
+        return self.sources.get(key) if key else None
 
     def weight_bits(self, op_class: str) -> list[int]:
         return self.weights.get(op_class, self.weights["default"])
@@ -142,6 +212,25 @@ class DeviceProfile(_Strict):
     sources: dict[str, str] = Field(min_length=1)
     confidence: dict[str, Confidence] = Field(default_factory=dict)
     notes: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _families(cls, data: Any) -> Any:
+        """Expand ``runtimes[].family`` with the shared tables of ``_runtimes.yaml`` (profile fields win)."""
+        if not isinstance(data, dict) or not isinstance(data.get("runtimes"), list):
+            return data
+        families = runtime_families()
+        out = []
+        for i, rt in enumerate(data["runtimes"]):
+            if isinstance(rt, dict) and rt.get("family") is not None:
+                name = rt["family"]
+                if name not in families:
+                    raise ValueError(f"runtimes.{i}.family: unknown runtime family '{name}' "
+                                     f"(known: {', '.join(sorted(families))})")
+                fam = families[name]
+                rt = {**fam, **rt, "sources": {**fam.get("sources", {}), **rt.get("sources", {})}}
+            out.append(rt)
+        return {**data, "runtimes": out}
 
     @model_validator(mode="after")
     def _consistent(self) -> DeviceProfile:
@@ -236,6 +325,46 @@ def parse_profile(text: str, origin: str = "<profile>") -> DeviceProfile:
         raise ProfileError(f"{origin}: {e}") from None
 
 
+# ---- runtime families ------------------------------------------------------------------------------------
+#: The shared runtime tables (not a device: ``_`` keeps it out of the profile registry).
+FAMILIES_FILE = "_runtimes.yaml"
+_FAMILY_ONLY = ("extends", "description")
+
+
+@cache
+def runtime_families() -> dict[str, dict[str, Any]]:
+    """Family name -> the runtime fields it gives (``extends`` resolved), from ``device_profiles/_runtimes.yaml``.
+
+    Every family is validated as a :class:`Runtime`; a bad table is one ProfileError naming the family and
+    field."""
+    path = _bundled_dir() / FAMILIES_FILE
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    table = raw.get("families", {}) if isinstance(raw, dict) else {}
+    resolved: dict[str, dict[str, Any]] = {}
+
+    def resolve(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+        if name in resolved:
+            return resolved[name]
+        if name not in table or name in seen:
+            raise ProfileError(f"{path}: family '{seen[-1] if seen else name}' extends unknown or circular "
+                               f"family '{name}'")
+        spec = dict(table[name])
+        base = resolve(spec["extends"], (*seen, name)) if spec.get("extends") else {}
+        fields = {**base, **{k: v for k, v in spec.items() if k not in _FAMILY_ONLY}}
+        fields["sources"] = {**base.get("sources", {}), **spec.get("sources", {})}
+        fields["family"] = name
+        try:
+            Runtime.model_validate({"name": name, **fields})
+        except ValidationError as e:
+            raise ProfileError(_format_validation_error(f"{path} (family {name})", e)) from None
+        resolved[name] = fields
+        return fields
+
+    for name in table:
+        resolve(name)
+    return resolved
+
+
 # ---- the registry of bundled profiles -----------------------------------------------------------------
 _DEVICES: Registry[DeviceProfile] = Registry("device")
 
@@ -247,6 +376,8 @@ def _bundled_dir() -> Path:
 @cache
 def _load_bundled() -> None:
     for f in sorted(_bundled_dir().glob("*.yaml")):
+        if f.name.startswith("_"):
+            continue
         prof = load_profile(f)
         if prof.id != f.stem:
             raise ProfileError(f"{f}: field 'id': '{prof.id}' must equal the file name '{f.stem}'")

@@ -22,6 +22,7 @@ from tap_edge.documents import (
 )
 from tap_edge.fit.bits import BitAssignment, tensor_bits
 from tap_edge.fit.memory import ArenaPlan, FlashBreakdown, flash_breakdown, plan_arena_for
+from tap_edge.fit.support import support_problem
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.shapes import InputShapes, as_input_shapes, model_inputs
 
@@ -69,28 +70,15 @@ def memory_problems(flash_bytes: int, arena_bytes: int, peak_op: str, lim: Regio
 
 
 def unsupported_ops(graph: ModelGraph, bits: BitAssignment, runtime: Runtime) -> list[dict[str, str]]:
-    """Ops the runtime cannot run: unknown op classes, or widths outside its supported sets."""
-    out: list[dict[str, str]] = []
+    """Ops the runtime cannot run, each with the reason and its source (:func:`tap_edge.fit.support.support_problem`):
+    builtins or custom ops it does not register, types its kernels refuse, op classes or widths outside its
+    tables."""
     tb = tensor_bits(graph, bits)
+    out: list[dict[str, str]] = []
     for op in graph.ops:
-        if not runtime.supports_op(op.op_class):
-            what = f"op {op.op_type}" if op.op_class == "unknown" else f"op class {op.op_class} ({op.op_type})"
-            out.append({"op": op.name, "problem": f"{what} not supported by {runtime.name}"})
-            continue
-        if op.quantizable or (bits.native and op.weight_shape):
-            w = bits.weight_bits(op)
-            if w not in runtime.weight_bits(op.op_class):
-                out.append({"op": op.name, "problem": f"{w}-bit weights on {op.op_class} not supported by "
-                                                      f"{runtime.name} (supports {runtime.weight_bits(op.op_class)})"})
-        if op.op_class in ("quantize", "variable"):
-            continue  # width converters and state handles: their outputs are not a kernel's activations
-        for t in op.outputs:
-            a = tb[t]
-            if a not in runtime.activation_bits(op.op_class):
-                ok = runtime.activation_bits(op.op_class)
-                out.append({"op": op.name, "problem": f"{a}-bit activations on {op.op_class} not supported by "
-                                                      f"{runtime.name} (supports {ok})"})
-                break
+        problem = support_problem(op, graph, bits, runtime, tb)
+        if problem:
+            out.append({"op": op.name, "problem": problem})
     return out
 
 

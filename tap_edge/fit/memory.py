@@ -18,6 +18,7 @@ from typing import Any
 
 from tap_edge.core.units import align
 from tap_edge.fit.bits import BitAssignment, tensor_bits
+from tap_edge.fit.tflm import tflm_arena
 from tap_edge.graph.graph import INPLACE_CLASSES, ModelGraph, Op, Tensor
 
 
@@ -65,6 +66,7 @@ class ArenaPlan:
     buffers: list[Buffer] = field(repr=False, default_factory=list)
     head_bytes: int = 0
     persistent_bytes: int = 0
+    planning_bytes: int = 0
 
     def to_dict(self, with_buffers: bool = False) -> dict[str, Any]:
         d = asdict(self)
@@ -96,26 +98,156 @@ def flash_breakdown(graph: ModelGraph, bits: BitAssignment, runtime_bytes: int =
     return FlashBreakdown(w, s, b, f, runtime_bytes)
 
 
-def scratch_bytes(op: Op, graph: ModelGraph, model: str, act_bits: int) -> int:
-    """Per-op kernel scratch (im2col) the runtime allocates in the arena.
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A conv / depthwise op as its kernel sees it (NHWC): input, output and filter sizes, stride, padding."""
 
-    ``cmsis-nn`` follows the CMSIS-NN ``*_get_buffer_size`` functions for s8 kernels on DSP cores:
-    conv (not 1x1) 2 columns of int16 im2col = 4 x C_in x kh x kw bytes; depthwise with a non-3x3 kernel
-    C_in x kh x kw int16 values; 1x1 conv, 3x3 depthwise and fully-connected need none. Other runtimes: 0.
-    """
-    if model != "cmsis-nn" or not op.weight_shape or act_bits > 8:
+    cin: int
+    h: int
+    w: int
+    cout: int
+    oh: int
+    ow: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    pad_h: int
+    pad_w: int
+    dilation: int
+    depth_multiplier: int
+
+
+def conv_geometry(op: Op, graph: ModelGraph) -> ConvGeometry | None:
+    """The geometry of a conv / depthwise op from its tensors (NHWC for TFLite graphs, NCHW otherwise); the
+    padding is TFLite's (ComputePaddingHeightWidth: half the total, rounded down)."""
+    if not op.weight_shape or not op.inputs or not op.outputs or op.inputs[0] not in graph.tensors \
+            or op.outputs[0] not in graph.tensors:
+        return None
+    ins, outs = graph.tensors[op.inputs[0]].shape, graph.tensors[op.outputs[0]].shape
+    if len(ins) != 4 or len(outs) != 4:
+        return None
+    nhwc = graph.meta.get("layout") == "NHWC"
+    (h, w, cin), (oh, ow, cout) = ((ins[1], ins[2], ins[3]), (outs[1], outs[2], outs[3])) if nhwc else \
+        ((ins[2], ins[3], ins[1]), (outs[2], outs[3], outs[1]))
+    kh, kw = (op.weight_shape + [1, 1])[2:4]
+    sh, sw = (list(op.attrs.get("stride", [1, 1])) + [1, 1])[:2]
+    dil = max(op.attrs.get("dilation", [1, 1]) or [1])
+    pad_h = max((oh - 1) * sh + (kh - 1) * dil + 1 - h, 0) // 2
+    pad_w = max((ow - 1) * sw + (kw - 1) * dil + 1 - w, 0) // 2
+    return ConvGeometry(cin, h, w, cout, oh, ow, kh, kw, sh, sw, pad_h, pad_w, dil,
+                        int(op.attrs.get("depth_multiplier", 1)))
+
+
+def _cmsis_conv(g: ConvGeometry, a_bits: int, w_bits: int, arch: str) -> int:
+    """CMSIS-NN's conv wrapper buffer (arm_convolve_get_buffer_sizes_s8.c / _s16.c / _s4.c); arch is
+    ``dsp``, ``mve`` or ``c`` (no DSP). Builds with GCC: the 1x1 fast kernel needs no buffer (it does only with
+    Arm Compiler >= 6.01)."""
+    cols = g.kh * g.kw * g.cin
+    one_by_one = g.kh == g.kw == 1 and g.pad_h == g.pad_w == 0 and g.dilation == 1
+    if a_bits == 16:
+        if arch == "dsp" and cols < 512 and g.dilation == 1:
+            return 2 * cols * 2  # arm_convolve_fast_s16_get_buffer_size_dsp
         return 0
-    if op.op_class == "conv":
-        _, cin_g, kh, kw = (op.weight_shape + [1, 1])[:4]
-        if kh == 1 and kw == 1:
+    if w_bits == 4:
+        return 0 if one_by_one else 2 * cols * 2  # arm_convolve_s4_get_buffer_size
+    if one_by_one:
+        return 0
+    one_by_n = g.h == 1 and g.kh == 1 and g.dilation == 1 and g.ow % 4 == 0
+    if arch == "mve":
+        if one_by_n:  # arm_convolve_1_x_n_s8_get_buffer_size_mve
+            total_pad = (g.ow - 1) * g.sw + g.kw - g.w
+            asym = total_pad % 2
+            right = max(1, (g.pad_w + asym + g.sw - 1) // g.sw) if g.pad_w + asym else 0
+            left = max(1, (g.pad_w + g.sw - 1) // g.sw) if g.pad_w else 0
+            if right + left + max(g.ow - (right + left), 0) == g.ow:
+                pad_left = g.pad_w * g.cin
+                pad_right = right * g.cin if asym else pad_left
+                n_left = g.kw * g.cin
+                return max(n_left + pad_left, n_left - g.cin + pad_right)
+        return 4 * ((cols + 15) // 16) * 16  # arm_convolve_s8_get_buffer_size_mve
+    return 2 * align(cols, 4) * 2  # arm_convolve_s8_get_buffer_size: 2 im2col columns of int16
+
+
+def _cmsis_depthwise(g: ConvGeometry, a_bits: int, w_bits: int, arch: str) -> int:
+    """CMSIS-NN's depthwise wrapper buffer (arm_depthwise_conv_get_buffer_sizes_s8.c / _s16.c / _s4.c): only
+    for batch 1, C_in == C_out, dilation 1; CH_IN_BLOCK_MVE = 124 (arm_nnsupportfunctions.h)."""
+    if g.depth_multiplier != 1 or g.dilation != 1:
+        return 0
+    taps = g.kh * g.kw
+    if a_bits == 16:
+        if taps >= 512:
             return 0
-        return 4 * cin_g * kh * kw
-    if op.op_class == "dwconv":
-        kh, kw = (op.weight_shape[2:] + [1, 1])[:2]
-        if (kh, kw) == (3, 3):
-            return 0
-        cin = graph.tensors[op.inputs[0]].shape[1] if op.inputs and len(graph.tensors[op.inputs[0]].shape) > 1 else 1
-        return 2 * cin * kh * kw
+        return {"mve": 4 * g.cin * taps * 2 + 8, "dsp": g.cin * taps * 2}.get(arch, 0)
+    if w_bits == 4:
+        return g.cin * taps * 2  # arm_depthwise_conv_s4_opt_get_buffer_size
+    if arch == "mve":
+        return 4 * 124 * taps
+    if arch == "dsp":
+        return 0 if (g.kh, g.kw) == (3, 3) and g.pad_h <= 1 and g.pad_w <= 1 else g.cin * taps * 2
+    return 0
+
+
+def _esp_nn_conv(g: ConvGeometry) -> int:
+    """esp_nn_get_conv_scratch_size_esp32s3 (espressif/esp-nn src/convolution/esp_nn_conv_esp32s3.c)."""
+    align_buf = 32
+    if g.kh == g.kw == 1 and g.pad_h == g.pad_w == 0 and g.sh == g.sw == 1:
+        new_ch = (g.cin + 7) & ~7
+        transpose = 0 if g.w * g.h < 8 else 2 * 8 * new_ch
+        inp = g.w * g.h * new_ch if g.cin % 8 else 0
+        return inp + new_ch * g.cout + transpose + align_buf
+    new_ch = (g.cin + 15) & ~15
+    inp = 0 if g.pad_h == g.pad_w == 0 else (g.w + 2 * g.pad_w) * (g.h + 2 * g.pad_h) * g.cin
+    return inp + g.kw * g.kh * new_ch * g.cout + align_buf + 4 * g.cout
+
+
+def _esp_nn_depthwise(g: ConvGeometry) -> int:
+    """esp_nn_get_depthwise_conv_scratch_size_esp32s3 (espressif/esp-nn esp_nn_depthwise_conv_s8_esp32s3.c)."""
+    filter_size = g.kw * g.kh * g.cin * g.depth_multiplier
+    if g.depth_multiplier == 1 and g.cin % 8 == 0 and (g.kh, g.kw) == (3, 3):
+        if g.cin % 16 == 0:
+            if g.pad_h or g.pad_w:
+                pw, ph = 2 * g.pad_w, 2 * g.pad_h
+            else:
+                pw, ph = g.ow * g.sw + g.kw - 1 - g.w, g.oh * g.sh + g.kh - 1 - g.h
+            if pw or ph:
+                return filter_size + (g.w + pw) * (g.h + ph) * g.cin + 16
+            return filter_size + 16
+        return 2 * (filter_size + g.w * g.h * g.cin) + 16
+    if g.depth_multiplier % 4 == 0:
+        return 2 * (filter_size + g.w * g.h * g.cin) + 16
+    return 32
+
+
+#: Scratch models whose int4 filters are unpacked by the reference kernels (1 byte per weight).
+_UNPACKS_INT4 = ("tflm", "esp-nn")
+_CMSIS_ARCH = {"cmsis-nn": "dsp", "cmsis-nn-mve": "mve", "cmsis-nn-c": "c"}
+
+
+def scratch_bytes(op: Op, graph: ModelGraph, model: str, act_bits: int, w_bits: int | None = None) -> int:
+    """Arena scratch the runtime's conv / depthwise / fully-connected kernel requests for ``op`` at weight width
+    ``w_bits`` (default: 8) and activation width ``act_bits`` (planned for the op's step).
+
+    ``tflm`` (reference kernels): an int4 filter is unpacked into FlatSize(filter) bytes (conv_common.cc,
+    depthwise_conv_common.cc, fully_connected.cc), float / int8 / 16x8 need none. ``cmsis-nn`` / ``-mve`` /
+    ``-c``: the CMSIS-NN buffer of the s8, s16 or s4 wrapper (packed int4 is native there); float32 runs the
+    reference kernels. ``esp-nn``: ESP-NN's int8 conv / depthwise scratch (int4 unpacked as in the reference
+    kernels, 16x8 and float on the reference kernels). Other runtimes: 0."""
+    w = 8 if w_bits is None else w_bits
+    if not op.weight_shape or op.op_class not in ("conv", "dwconv", "fc") or act_bits >= 32 or w > 8:
+        return 0
+    if w == 4 and model in _UNPACKS_INT4:
+        return op.weight_params
+    if op.op_class == "fc":
+        return 0
+    g = conv_geometry(op, graph)
+    if g is None:
+        return 0
+    if model in _CMSIS_ARCH:
+        fn = _cmsis_conv if op.op_class == "conv" else _cmsis_depthwise
+        return fn(g, act_bits, w, _CMSIS_ARCH[model])
+    if model == "esp-nn" and act_bits == 8 and w == 8:
+        return _esp_nn_conv(g) if op.op_class == "conv" else _esp_nn_depthwise(g)
     return 0
 
 
@@ -159,50 +291,67 @@ def with_pad_ops(graph: ModelGraph) -> ModelGraph:
     return ModelGraph(graph.name, graph.frontend, ops, tensors, graph.inputs, graph.outputs, graph.meta)
 
 
-#: Ops whose TFLite form carries a small constant input (new shape, axes, paddings).
-_SHAPE_CONST_CLASSES = ("reshape", "pad", "global_pool", "reduce", "transpose", "slice")
+def is_tflm(runtime: Any) -> bool:
+    return str(getattr(runtime, "name", "")).startswith("tflm") or str(getattr(runtime, "family", "") or "") \
+        .startswith("tflm")
 
 
-def tflm_persistent_bytes(graph: ModelGraph) -> int:
-    """TFLite Micro's persistent arena tail (tensor structs, node data, per-channel requantization).
-
-    Fitted on the 64-bit host build of tflite-micro against ``print_allocations()`` for resnet8, DS-CNN,
-    EfficientNet-Lite0 and MobileNetV2 int8 (within 0.2% on all four): 24 B per tensor (constants included),
-    141 B per op, 8 B per output channel of conv / depthwise / fully-connected (multiplier and shift),
-    96 B per model input/output, 812 B fixed. 32-bit MCU builds have smaller structs: this is an upper bound."""
-    constants = sum((1 if op.weight_shape else 0) + (1 if op.bias else 0) + (op.op_class in _SHAPE_CONST_CLASSES)
-                    for op in graph.ops)
-    n_tensors = len(graph.tensors) + constants
-    channels = sum(op.out_channels for op in graph.ops if op.quantizable)
-    io = len(graph.inputs) + len(graph.outputs)
-    return 24 * n_tensors + 141 * len(graph.ops) + 8 * channels + 96 * io + 812
-
-
-def runtime_view(graph: ModelGraph, runtime: Any) -> tuple[ModelGraph, int]:
+def runtime_view(graph: ModelGraph, runtime: Any, bits: BitAssignment | None = None) -> tuple[ModelGraph, int]:
     """The graph as ``runtime`` executes it, and the bytes it keeps in the arena besides activations.
 
     Runtimes that run converted ``.tflite`` models (TFLite Micro, LiteRT, Edge TPU) get explicit PAD ops for
-    PyTorch models; TFLite Micro runtimes also hold their persistent tail in the arena."""
+    PyTorch models; TFLite Micro runtimes also hold their persistent tail in the arena (:mod:`.tflm`, at
+    ``bits``; default the model's own types for a .tflite, else w8a8)."""
     name = runtime.name
     if name.startswith(("tflm", "litert", "tflite", "edgetpu", "host-litert")) and graph.frontend == "torch":
         graph = with_pad_ops(graph)
-    return graph, (tflm_persistent_bytes(graph) if name.startswith("tflm") else 0)
+    if not is_tflm(runtime):
+        return graph, 0
+    b = bits or (BitAssignment(native=True) if graph.frontend == "tflite" else BitAssignment(8, 8))
+    arena, _ = tflm_arena(graph, b, tensor_bits(graph, b))
+    return graph, arena.tail_bytes
+
+
+def layer_scratch(graph: ModelGraph, bits: BitAssignment, runtime: Any,
+                  tbits: dict[str, int] | None = None) -> dict[int, int]:
+    """Conv / depthwise / fully-connected scratch per op step at ``bits`` (:func:`scratch_bytes`)."""
+    tb = tbits if tbits is not None else tensor_bits(graph, bits)
+    out = {}
+    for i, op in enumerate(graph.ops):
+        if not op.weight_shape:
+            continue
+        a = max((tb.get(t, 8) for t in op.inputs), default=8)
+        sb = scratch_bytes(op, graph, runtime.scratch, a, bits.weight_bits(op))
+        if sb:
+            out[i] = sb
+    return out
 
 
 def plan_arena_for(graph: ModelGraph, bits: BitAssignment, runtime: Any) -> ArenaPlan:
     """``plan_arena`` with a device runtime's settings: alignment, in-place aliasing, kernel scratch, explicit
-    PAD ops and persistent allocations (see :func:`runtime_view`)."""
-    view, persistent = runtime_view(graph, runtime)
+    PAD ops; for TFLite Micro also the persistent tail, the other kernels' scratch requests and the arena its
+    planning needs (:mod:`.tflm`): ``arena_bytes`` = max(head + tail, planning)."""
+    view, _ = runtime_view(graph, runtime)
+    tb = tensor_bits(view, bits)
+    scratch = {i: [b] for i, b in layer_scratch(view, bits, runtime, tb).items()}
+    tail = planning = 0
+    if is_tflm(runtime):
+        arena, scratch = tflm_arena(view, bits, tb, {i: v[0] for i, v in scratch.items()})
+        tail, planning = arena.tail_bytes, arena.planning_bytes
     plan = plan_arena(view, bits, alignment=runtime.arena_alignment, alias_inplace=runtime.alias_inplace,
-                      scratch_model=runtime.scratch)
-    plan.persistent_bytes = persistent
-    plan.arena_bytes += persistent
+                      scratch=scratch)
+    plan.persistent_bytes = tail
+    plan.planning_bytes = planning
+    plan.arena_bytes = max(plan.head_bytes + tail, planning)
     return plan
 
 
 def plan_arena(graph: ModelGraph, bits: BitAssignment, *, alignment: int = 16, alias_inplace: bool = False,
-               scratch_model: str = "none") -> ArenaPlan:
-    """Plan the activation arena for ``graph`` at the widths in ``bits`` (see the module docstring)."""
+               scratch_model: str = "none", scratch: dict[int, list[int]] | None = None) -> ArenaPlan:
+    """Plan the activation arena for ``graph`` at the widths in ``bits`` (see the module docstring).
+
+    Kernel scratch: ``scratch`` (op step -> request sizes) when given, else :func:`scratch_bytes` of
+    ``scratch_model`` per op."""
     tbits = tensor_bits(graph, bits)
     life = graph.lifetimes()
     cons = graph.consumers()
@@ -227,11 +376,17 @@ def plan_arena(graph: ModelGraph, bits: BitAssignment, *, alignment: int = 16, a
         first, last = life[name]
         b.first, b.last = min(b.first, first), max(b.last, last)
     bufs = list(buffers.values())
-    for i, op in enumerate(graph.ops):
-        a = max((tbits.get(t, 8) for t in op.inputs), default=8)
-        sb = scratch_bytes(op, graph, scratch_model, a)
-        if sb:
-            bufs.append(Buffer(f"{op.name}::scratch", align(sb, alignment), i, i, scratch=True))
+    if scratch is None:
+        scratch = {}
+        for i, op in enumerate(graph.ops):
+            a = max((tbits.get(t, 8) for t in op.inputs), default=8)
+            sb = scratch_bytes(op, graph, scratch_model, a, bits.weight_bits(op) if op.weight_shape else None)
+            if sb:
+                scratch[i] = [sb]
+    for i, sizes in sorted(scratch.items()):
+        for k, sb in enumerate(sizes):
+            suffix = "" if k == 0 else f"{k + 1}"
+            bufs.append(Buffer(f"{graph.ops[i].name}::scratch{suffix}", align(sb, alignment), i, i, scratch=True))
     arena = greedy_by_size(bufs)
     steps = max(len(graph.ops), 1)
     live = [0] * steps

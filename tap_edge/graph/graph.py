@@ -6,7 +6,8 @@ that round-trips through JSON, so it can be cached and tested alone.
 
 Front-ends (``tap_edge.graph.frontends``) produce a raw graph; :func:`normalize` then applies the rewrites every
 deployment runtime performs (BatchNorm folded into the preceding conv / fc, ReLU/ReLU6 fused into it,
-identity and dropout removed), so the PyTorch and ONNX views of one network agree.
+identity and dropout removed, also in front of a graph output), so the PyTorch and ONNX views of one network
+agree. Control-flow subgraphs are flattened into the op list (:class:`Subgraph`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Normalised op classes every front-end maps its ops to (device profiles name them too).
+#: Normalised op classes every front-end maps its ops to (device profiles name them too). Beyond the layers:
+#: ``minmax`` element-wise maximum / minimum; ``math`` element-wise arithmetic and functions (neg, abs, sqrt,
+#: rsqrt, square, log, exp, squared difference, floor, ...); ``compare`` comparisons and logic; ``select``
+#: where / select; ``shape`` a tensor's shape as data; ``cast`` a type change; ``control`` ops that run
+#: subgraphs (IF, WHILE, CALL_ONCE; ONNX If / Loop / Scan); ``variable`` resource variables (streaming state);
+#: ``identity`` ops with no effect once deployed (Identity, Dropout in eval; removed by :func:`normalize`);
+#: ``custom`` a TFLite custom op (``op_type`` is its name); ``unknown`` anything else.
 OP_CLASSES = (
     "conv", "dwconv", "fc", "matmul", "add", "mul", "concat", "pool", "global_pool", "act", "softmax",
     "reshape", "transpose", "pad", "norm", "resize", "slice", "reduce", "quantize", "embedding", "variable",
-    "unknown",
+    "minmax", "math", "compare", "select", "shape", "cast", "control", "identity", "custom", "unknown",
 )
 #: Op classes whose weights a plan assigns bits to.
 QUANTIZABLE_CLASSES = ("conv", "dwconv", "fc")
@@ -31,7 +38,7 @@ FUSABLE_ACTIVATIONS = ("relu", "relu6")
 INPLACE_CLASSES = ("reshape",)
 
 DTYPE_BITS = {"float32": 32, "float16": 16, "bfloat16": 16, "int32": 32, "int64": 64, "int16": 16, "int8": 8,
-              "uint8": 8, "int4": 4, "bool": 8, "float64": 64}
+              "uint8": 8, "int4": 4, "bool": 8, "float64": 64, "complex64": 64, "resource": 0}
 
 
 @dataclass
@@ -81,8 +88,16 @@ class Op:
         return math.prod(self.weight_shape) if self.weight_shape else 0
 
     @property
+    def stored_weight_params(self) -> int:
+        """The weight values this op adds to the model: 0 when another op owns the same tensor
+        (``attrs["shared_weight"]``), the stored values of a sparse tensor (``attrs["weight_values"]``)."""
+        if self.attrs.get("shared_weight"):
+            return 0
+        return int(self.attrs.get("weight_values", self.weight_params))
+
+    @property
     def params(self) -> int:
-        return self.weight_params + self.bias + self.other_params
+        return self.stored_weight_params + self.bias + self.other_params
 
     @property
     def quantizable(self) -> bool:
@@ -94,8 +109,25 @@ class Op:
 
 
 @dataclass
+class Subgraph:
+    """A subgraph a control-flow op (``caller``) runs: TFLite IF / WHILE / CALL_ONCE branches and bodies,
+    ONNX If / Loop / Scan bodies. Its ``ops`` (names) sit in :attr:`ModelGraph.ops` right after the caller,
+    in the order TFLite Micro's planner visits them (``MarkSubgraphLifetimesIfNecessary``: first branch,
+    then second), so one arena plan covers every subgraph as TFLM allocates them all. Its ``inputs`` live from
+    its first op, its ``outputs`` to its last, and the caller's operands and results stay alive until the
+    last of its subgraphs has run."""
+
+    name: str
+    caller: str
+    ops: list[str]
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+
+@dataclass
 class ModelGraph:
-    """Ops in execution order plus their activation tensors; see the module docstring."""
+    """Ops in execution order plus their activation tensors; see the module docstring. ``subgraphs`` are the
+    control-flow bodies whose ops are part of ``ops`` (see :class:`Subgraph`)."""
 
     name: str
     frontend: str
@@ -104,6 +136,7 @@ class ModelGraph:
     inputs: list[str]
     outputs: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
+    subgraphs: list[Subgraph] = field(default_factory=list)
 
     # ---- summaries -----------------------------------------------------------------------------------
     @property
@@ -136,16 +169,50 @@ class ModelGraph:
                 out.setdefault(t, []).append(i)
         return out
 
+    def subgraph_steps(self) -> list[tuple[Subgraph, int, int, int]]:
+        """(subgraph, caller step, first step, last step) per subgraph; an empty one spans its caller's step."""
+        index = {o.name: i for i, o in enumerate(self.ops)}
+        out = []
+        for sg in self.subgraphs:
+            caller = index.get(sg.caller)
+            if caller is None:
+                continue
+            steps = [index[n] for n in sg.ops if n in index]
+            out.append((sg, caller, min(steps, default=caller), max(steps, default=caller)))
+        return out
+
     def lifetimes(self) -> dict[str, tuple[int, int]]:
         """Tensor name -> (first step, last step), inclusive, as TFLite Micro's planner defines them:
-        graph inputs live from step 0, outputs to the last step, others from producer to last consumer."""
+        graph inputs live from step 0, outputs to the last step, others from producer to last consumer;
+        subgraph inputs from the subgraph's first step, its outputs to its last, and a control-flow op's
+        operands and results until its last subgraph has run (micro_allocation_info.cc)."""
         last = len(self.ops) - 1
         prod = self.producers()
         cons = self.consumers()
+        spans = self.subgraph_steps()
+        sub_first: dict[str, int] = {}
+        sub_last: dict[str, int] = {}
+        caller_end: dict[int, int] = {}
+        for sg, caller, first, end in spans:
+            for t in sg.inputs:
+                sub_first[t] = min(sub_first.get(t, first), first)
+            for t in sg.outputs:
+                sub_last[t] = max(sub_last.get(t, end), end)
+            caller_end[caller] = max(caller_end.get(caller, caller), end)
+        held: dict[str, int] = {}
+        for step, end in caller_end.items():
+            for t in self.ops[step].inputs + self.ops[step].outputs:
+                held[t] = max(held.get(t, end), end)
         life: dict[str, tuple[int, int]] = {}
         for name in self.tensors:
-            first = 0 if name in self.inputs or name not in prod else prod[name]
+            if name in prod:
+                first = prod[name]
+            elif name in sub_first and name not in self.inputs:
+                first = sub_first[name]
+            else:
+                first = 0
             end = max(cons.get(name) or [first])
+            end = max(end, sub_last.get(name, end), held.get(name, end))
             if name in self.outputs:
                 end = max(last, 0)
             life[name] = (first, end)
@@ -162,6 +229,7 @@ class ModelGraph:
             ops=[Op(**o) for o in d["ops"]],
             tensors={k: Tensor(**t) for k, t in d["tensors"].items()},
             inputs=list(d["inputs"]), outputs=list(d["outputs"]), meta=dict(d.get("meta", {})),
+            subgraphs=[Subgraph(**s) for s in d.get("subgraphs", [])],
         )
 
     def save(self, path: str | Path) -> None:
@@ -183,6 +251,8 @@ def normalize(graph: ModelGraph) -> ModelGraph:
     ops = [Op(**asdict(o)) for o in graph.ops]
     tensors = dict(graph.tensors)
     protected = set(graph.outputs) | set(graph.inputs)
+    for sg in graph.subgraphs:  # a subgraph's inputs and outputs are its interface: keep their names
+        protected.update(sg.inputs + sg.outputs)
 
     def consumers_of(t: str) -> list[Op]:
         return [o for o in ops if t in o.inputs]
@@ -202,12 +272,23 @@ def normalize(graph: ModelGraph) -> ModelGraph:
     while changed:
         changed = False
         for o in list(ops):
-            if o.op_class == "identity" and len(o.inputs) == 1 and len(o.outputs) == 1:
+            if o.op_class == "identity" and len(o.inputs) == 1 and o.outputs:
                 src, dst = o.inputs[0], o.outputs[0]
-                if dst in protected:
-                    continue
-                rename_input(dst, src)
-                tensors.pop(dst, None)
+                if any(consumers_of(t) or t in protected for t in o.outputs[1:]):
+                    continue  # e.g. a Dropout mask somebody reads
+                if dst not in protected:
+                    rename_input(dst, src)
+                    tensors.pop(dst, None)
+                elif src not in protected and sum(src in p.outputs for p in ops) == 1:
+                    # the graph's output: let the producer write it (as converters drop a final Identity)
+                    producer = next(p for p in ops if src in p.outputs)
+                    producer.outputs = [dst if t == src else t for t in producer.outputs]
+                    rename_input(src, dst)
+                    tensors.pop(src, None)
+                else:
+                    continue  # input passed straight to an output: the op stays, as a no-op
+                for t in o.outputs[1:]:
+                    tensors.pop(t, None)
                 ops.remove(o)
                 changed = True
                 break
@@ -238,4 +319,4 @@ def normalize(graph: ModelGraph) -> ModelGraph:
     live = {t for o in ops for t in o.inputs + o.outputs} | set(graph.inputs) | set(graph.outputs)
     tensors = {k: v for k, v in tensors.items() if k in live}
     return ModelGraph(graph.name, graph.frontend, ops, tensors, list(graph.inputs), list(graph.outputs),
-                      dict(graph.meta))
+                      dict(graph.meta), [Subgraph(**asdict(sg)) for sg in graph.subgraphs])

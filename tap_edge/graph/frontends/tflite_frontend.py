@@ -10,8 +10,16 @@ op the runtime does not know is listed as ``unknown`` rather than failing the lo
 
 Activation tensors (graph inputs, op outputs, variables) keep their TFLite NHWC shapes; constants are
 attached to the op that consumes them, weights in PyTorch layout (conv ``[out, in/groups, kh, kw]``, fc
-``[out, in]``). TFLite graphs are already what the runtime executes (BatchNorm folded, activations fused), so
-:func:`~tap_edge.graph.graph.normalize` is not applied; an activation fused into an op shows in ``Op.fused``.
+``[out, in]``). A constant buffer several ops read (shared weights) is counted once; a sparse constant
+(DENSIFY) at its stored size. TFLite graphs are already what the runtime executes (BatchNorm folded,
+activations fused), so :func:`~tap_edge.graph.graph.normalize` is not applied; an activation fused into an op
+shows in ``Op.fused``.
+
+Subgraphs that control-flow ops run (IF branches, WHILE cond/body, CALL_ONCE init) are read from the
+flatbuffer and flattened into the op list right after their caller, as TFLite Micro plans them
+(:class:`~tap_edge.graph.graph.Subgraph`); their tensor names get the subgraph's name as a prefix.
+``graph.meta["tflite"]`` keeps what the memory model needs from the file: its size and the bytes of its
+constant buffers, the tensor and op counts of every subgraph and the resource variables.
 """
 
 from __future__ import annotations
@@ -23,29 +31,11 @@ from typing import Any
 
 from tap_edge.core.errors import ModelLoadError
 from tap_edge.graph.frontends.tflite_shapes import resize_inputs, stored_inputs
-from tap_edge.graph.graph import ModelGraph, Op, Tensor
+from tap_edge.graph.graph import ModelGraph, Op, Subgraph, Tensor
 from tap_edge.graph.shapes import InputShapes
+from tap_edge.graph.tflite_ops import builtin_class
 
-# ---- op classes ----------------------------------------------------------------------------------------
-_OP_CLASSES: dict[str, str] = {
-    # resource variables (streaming state; TFLM supports them)
-    "CALL_ONCE": "variable", "VAR_HANDLE": "variable", "READ_VARIABLE": "variable", "ASSIGN_VARIABLE": "variable",
-    "CONV_2D": "conv", "DEPTHWISE_CONV_2D": "dwconv", "FULLY_CONNECTED": "fc", "BATCH_MATMUL": "matmul",
-    "ADD": "add", "SUB": "add", "MUL": "mul", "DIV": "mul", "CONCATENATION": "concat", "PACK": "concat",
-    "AVERAGE_POOL_2D": "pool", "MAX_POOL_2D": "pool", "L2_POOL_2D": "pool",
-    "SUM": "reduce", "REDUCE_MAX": "reduce", "REDUCE_MIN": "reduce", "REDUCE_PROD": "reduce",
-    "SOFTMAX": "softmax", "RESHAPE": "reshape", "SQUEEZE": "reshape", "EXPAND_DIMS": "reshape",
-    "TRANSPOSE": "transpose", "PAD": "pad", "PADV2": "pad",
-    "RESIZE_BILINEAR": "resize", "RESIZE_NEAREST_NEIGHBOR": "resize",
-    "STRIDED_SLICE": "slice", "SLICE": "slice", "SPLIT": "slice", "SPLIT_V": "slice", "GATHER": "slice",
-    "UNPACK": "slice", "QUANTIZE": "quantize", "DEQUANTIZE": "quantize", "EMBEDDING_LOOKUP": "embedding",
-}
-#: Activation ops -> ``attrs["fn"]``, in the torch front-end's vocabulary so both views of a network agree.
-_ACT_FNS: dict[str, str] = {
-    "RELU": "relu", "RELU6": "relu6", "LOGISTIC": "sigmoid", "TANH": "tanh", "HARD_SWISH": "hardswish",
-    "LEAKY_RELU": "leaky_relu", "PRELU": "prelu", "GELU": "gelu", "ELU": "elu", "RELU_N1_TO_1": "hardtanh",
-    "RELU_0_TO_1": "relu_0_to_1",
-}
+# ---- op classes: tap_edge.graph.tflite_ops --------------------------------------------------------------
 #: ``fused_activation_function`` of builtin options (0 = NONE).
 _FUSED_ACT = {1: "relu", 2: "hardtanh", 3: "relu6", 4: "tanh", 5: "sign_bit"}
 _NP_DTYPES = {
@@ -65,6 +55,9 @@ class _RawTensor:
     dtype: str
     const: bool  # holds data in the file (weights, biases, shape vectors)
     scales: int = 0  # number of quantization scales (> 1: per-channel)
+    buffer: int = 0  # the flatbuffer buffer holding its data (several tensors may share one)
+    stored_bytes: int = 0  # bytes of that buffer (a sparse tensor stores fewer values than its shape)
+    sparse: bool = False
 
 
 @dataclass
@@ -73,6 +66,18 @@ class _RawOp:
     inputs: list[int]
     outputs: list[int]
     options: dict[str, Any] = field(default_factory=dict)
+    custom: bool = False  # a CUSTOM op: ``op_type`` is its custom code
+
+
+@dataclass
+class _RawSubgraph:
+    """A subgraph other than the main one (read from the flatbuffer)."""
+
+    name: str
+    tensors: dict[int, _RawTensor]
+    ops: list[_RawOp]
+    inputs: list[int]
+    outputs: list[int]
 
 
 @dataclass
@@ -84,6 +89,8 @@ class _Raw:
     subgraphs: int = 1
     reader: str = "interpreter"
     const_value: Any = None  # callable(index) -> list[int] | None for small integer constants
+    extra: dict[int, _RawSubgraph] = field(default_factory=dict)  # subgraphs 1.. by index
+    file: dict[str, Any] = field(default_factory=dict)  # sizes and counts of the file (graph.meta["tflite"])
 
 
 def _fail(path: Path, problem: str, hint: str) -> ModelLoadError:
@@ -147,6 +154,13 @@ def _options(schema: Any, fb_op: Any, opt_names: dict[int, str]) -> dict[str, An
                       ("keep_dims", "KeepDims"), ("adj_x", "AdjX"), ("adj_y", "AdjY")):
         if hasattr(opt, meth):
             out[key] = getattr(opt, meth)()
+    for key, meth in (("then_subgraph", "ThenSubgraphIndex"), ("else_subgraph", "ElseSubgraphIndex"),
+                      ("cond_subgraph", "CondSubgraphIndex"), ("body_subgraph", "BodySubgraphIndex"),
+                      ("init_subgraph", "InitSubgraphIndex")):
+        if hasattr(opt, meth):
+            out[key] = int(getattr(opt, meth)())
+    if hasattr(opt, "SharedName"):
+        out["shared_name"] = (opt.SharedName() or b"").decode("utf-8", "replace")
     if hasattr(opt, "Padding"):
         out["padding"] = "same" if opt.Padding() == 0 else "valid"
     if hasattr(opt, "FusedActivationFunction"):
@@ -157,61 +171,84 @@ def _options(schema: Any, fb_op: Any, opt_names: dict[int, str]) -> dict[str, An
 
 
 def _from_flatbuffer(data: bytes) -> _Raw:
-    """Read the main subgraph straight from the flatbuffer (raises on a malformed file)."""
+    """Read every subgraph straight from the flatbuffer (raises on a malformed file)."""
     import numpy as np
 
     schema = _schema()
     model = schema.Model.GetRootAs(data, 0)
     if model.SubgraphsLength() < 1:
         raise ValueError("model has no subgraph")
-    sg = model.Subgraphs(0)
     op_names = _enum_names(schema.BuiltinOperator)
     type_names = _enum_names(schema.TensorType)
     opt_names = _enum_names(schema.BuiltinOptions)
 
-    def buffer_of(t: Any) -> Any:
-        b = t.Buffer()
-        return model.Buffers(b) if 0 < b < model.BuffersLength() else None
+    def buffer_bytes(b: int) -> int:
+        if not 0 < b < model.BuffersLength():
+            return 0
+        buf = model.Buffers(b)
+        return int(buf.DataLength() or buf.Size())
 
-    tensors: dict[int, _RawTensor] = {}
-    for i in range(sg.TensorsLength()):
-        t = sg.Tensors(i)
-        buf = buffer_of(t)
-        has_data = buf is not None and (buf.DataLength() > 0 or buf.Offset() > 1)
-        q = t.Quantization()
-        tensors[i] = _RawTensor(
-            name=(t.Name() or b"").decode("utf-8", "replace"),
-            shape=[int(t.Shape(j)) for j in range(t.ShapeLength())],
-            dtype=type_names.get(t.Type(), f"type{t.Type()}").lower(),
-            const=has_data and not t.IsVariable(),
-            scales=q.ScaleLength() if q is not None else 0,
-        )
-    ops: list[_RawOp] = []
-    for k in range(sg.OperatorsLength()):
-        fb_op = sg.Operators(k)
-        code = model.OperatorCodes(fb_op.OpcodeIndex())
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        name = op_names.get(builtin, f"BUILTIN_{builtin}")
-        if name == "CUSTOM":
-            name = (code.CustomCode() or b"CUSTOM").decode("utf-8", "replace")
-        ops.append(_RawOp(name, [int(x) for x in (fb_op.InputsAsNumpy() if fb_op.InputsLength() else [])],
-                          [int(x) for x in (fb_op.OutputsAsNumpy() if fb_op.OutputsLength() else [])],
-                          _options(schema, fb_op, opt_names)))
+    def read_subgraph(sg: Any) -> tuple[dict[int, _RawTensor], list[_RawOp], list[int], list[int]]:
+        tensors: dict[int, _RawTensor] = {}
+        for i in range(sg.TensorsLength()):
+            t = sg.Tensors(i)
+            b = t.Buffer()
+            buf = model.Buffers(b) if 0 < b < model.BuffersLength() else None
+            has_data = buf is not None and (buf.DataLength() > 0 or buf.Offset() > 1)
+            q = t.Quantization()
+            tensors[i] = _RawTensor(
+                name=(t.Name() or b"").decode("utf-8", "replace"),
+                shape=[int(t.Shape(j)) for j in range(t.ShapeLength())],
+                dtype=type_names.get(t.Type(), f"type{t.Type()}").lower(),
+                const=has_data and not t.IsVariable(),
+                scales=q.ScaleLength() if q is not None else 0,
+                buffer=b if has_data else 0, stored_bytes=buffer_bytes(b) if has_data else 0,
+                sparse=t.Sparsity() is not None,
+            )
+        ops: list[_RawOp] = []
+        for k in range(sg.OperatorsLength()):
+            fb_op = sg.Operators(k)
+            code = model.OperatorCodes(fb_op.OpcodeIndex())
+            builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            name = op_names.get(builtin, f"BUILTIN_{builtin}")
+            custom = name == "CUSTOM"
+            if custom:
+                name = (code.CustomCode() or b"CUSTOM").decode("utf-8", "replace")
+            ops.append(_RawOp(name, [int(x) for x in (fb_op.InputsAsNumpy() if fb_op.InputsLength() else [])],
+                              [int(x) for x in (fb_op.OutputsAsNumpy() if fb_op.OutputsLength() else [])],
+                              _options(schema, fb_op, opt_names), custom))
+        ins = [int(x) for x in sg.InputsAsNumpy()] if sg.InputsLength() else []
+        outs = [int(x) for x in sg.OutputsAsNumpy()] if sg.OutputsLength() else []
+        return tensors, ops, ins, outs
+
+    main = model.Subgraphs(0)
 
     def const_value(idx: int) -> list[int] | None:
-        if not 0 <= idx < sg.TensorsLength():
+        if not 0 <= idx < main.TensorsLength():
             return None
-        t = sg.Tensors(idx)
-        buf = buffer_of(t)
+        t = main.Tensors(idx)
+        b = t.Buffer()
+        buf = model.Buffers(b) if 0 < b < model.BuffersLength() else None
         if buf is None or buf.DataLength() == 0 or t.Type() not in (schema.TensorType.INT32,
                                                                     schema.TensorType.INT64):
             return None
         dt = "<i4" if t.Type() == schema.TensorType.INT32 else "<i8"
         return [int(v) for v in np.frombuffer(buf.DataAsNumpy().tobytes(), dtype=dt)]
 
-    ins = [int(x) for x in sg.InputsAsNumpy()] if sg.InputsLength() else []
-    outs = [int(x) for x in sg.OutputsAsNumpy()] if sg.OutputsLength() else []
-    return _Raw(tensors, ops, ins, outs, model.SubgraphsLength(), "flatbuffer", const_value)
+    tensors, ops, ins, outs = read_subgraph(main)
+    extra: dict[int, _RawSubgraph] = {}
+    n_tensors, n_ops = main.TensorsLength(), main.OperatorsLength()
+    for k in range(1, model.SubgraphsLength()):
+        sg = model.Subgraphs(k)
+        name = (sg.Name() or b"").decode("utf-8", "replace") or f"subgraph{k}"
+        extra[k] = _RawSubgraph(name, *read_subgraph(sg))
+        n_tensors += sg.TensorsLength()
+        n_ops += sg.OperatorsLength()
+    buffers = {t.buffer: t.stored_bytes for sub in [tensors, *(e.tensors for e in extra.values())]
+               for t in sub.values() if t.buffer}
+    file = {"file_bytes": len(data), "buffer_bytes": sum(buffers.values()), "tensors": n_tensors, "ops": n_ops,
+            "subgraphs": model.SubgraphsLength()}
+    return _Raw(tensors, ops, ins, outs, model.SubgraphsLength(), "flatbuffer", const_value, extra, file)
 
 
 # ---- interpreter reading ---------------------------------------------------------------------------------
@@ -246,7 +283,8 @@ def _from_interpreter(interp: Any, fb: _Raw | None) -> _Raw:
             except (ValueError, RuntimeError, TypeError):
                 const = False
         scales = len(d.get("quantization_parameters", {}).get("scales", []))
-        tensors[i] = _RawTensor(str(d["name"]), [int(x) for x in d["shape"]], dtype, const, scales)
+        tensors[i] = _RawTensor(str(d["name"]), [int(x) for x in d["shape"]], dtype, const, scales,
+                                fbt.buffer if fbt else 0, fbt.stored_bytes if fbt else 0, bool(fbt and fbt.sparse))
     if fb:  # tensors the interpreter could not describe (no name, unusual type)
         for i, t in fb.tensors.items():
             tensors.setdefault(i, t)
@@ -254,8 +292,10 @@ def _from_interpreter(interp: Any, fb: _Raw | None) -> _Raw:
     same_ops = fb is not None and len(fb.ops) == len(details)
     ops = []
     for k, d in enumerate(details):
-        ops.append(_RawOp(str(d["op_name"]), [int(x) for x in d["inputs"]], [int(x) for x in d["outputs"]],
-                          fb.ops[k].options if same_ops and fb else {}))
+        fb_op = fb.ops[k] if same_ops and fb else None
+        ops.append(_RawOp(fb_op.op_type if fb_op else str(d["op_name"]), [int(x) for x in d["inputs"]],
+                          [int(x) for x in d["outputs"]], fb_op.options if fb_op else {},
+                          fb_op.custom if fb_op else False))
 
     def const_value(idx: int) -> list[int] | None:
         if fb is not None and fb.const_value is not None:
@@ -267,7 +307,8 @@ def _from_interpreter(interp: Any, fb: _Raw | None) -> _Raw:
 
     return _Raw(tensors, ops, [int(d["index"]) for d in interp.get_input_details()],
                 [int(d["index"]) for d in interp.get_output_details()],
-                fb.subgraphs if fb else int(interp.num_subgraphs()), "interpreter", const_value)
+                fb.subgraphs if fb else int(interp.num_subgraphs()), "interpreter", const_value,
+                fb.extra if fb else {}, fb.file if fb else {})
 
 
 # ---- building the graph ----------------------------------------------------------------------------------
@@ -275,18 +316,18 @@ def _numel(shape: list[int]) -> int:
     return math.prod(max(d, 1) for d in shape) if shape else 1
 
 
-def _op_class(raw_op: _RawOp, raw: _Raw) -> tuple[str, dict[str, Any]]:
+def _op_class(raw_op: _RawOp, tensors: dict[int, _RawTensor], const_value: Any) -> tuple[str, dict[str, Any]]:
     t = raw_op.op_type
-    if t in _ACT_FNS:
-        return "act", {"fn": _ACT_FNS[t]}
+    if raw_op.custom:
+        return "custom", {}
     if t == "MEAN":
-        data = raw.tensors.get(raw_op.inputs[0]) if raw_op.inputs else None
+        data = tensors.get(raw_op.inputs[0]) if raw_op.inputs else None
         rank = len(data.shape) if data else 0
-        axes = raw.const_value(raw_op.inputs[1]) if len(raw_op.inputs) > 1 and raw.const_value else None
+        axes = const_value(raw_op.inputs[1]) if len(raw_op.inputs) > 1 and const_value else None
         if rank == 4 and axes is not None and sorted(a % 4 for a in axes) == [1, 2]:
             return "global_pool", {"axes": [1, 2]}
         return "reduce", ({"axes": axes} if axes is not None else {})
-    return _OP_CLASSES.get(t, "unknown"), {}
+    return builtin_class(t)
 
 
 def _unique(name: str, taken: set[str], fallback: str) -> str:
@@ -301,47 +342,102 @@ def _unique(name: str, taken: set[str], fallback: str) -> str:
     return out
 
 
-def _build(raw: _Raw, path: Path) -> ModelGraph:
-    produced = {o for op in raw.ops for o in op.outputs if o >= 0}
-    graph_io = set(raw.inputs) | set(raw.outputs)
+_DTYPE_BYTES = {"float32": 4, "int32": 4, "uint32": 4, "float16": 2, "int16": 2, "uint16": 2, "int8": 1,
+                "uint8": 1, "bool": 1, "int64": 8, "uint64": 8, "float64": 8, "complex64": 8, "int4": 0.5}
+#: Option fields naming the subgraphs a control-flow op runs, in the order TFLite Micro plans them.
+_CALLS = ("then_subgraph", "else_subgraph", "cond_subgraph", "body_subgraph", "init_subgraph")
 
-    def is_const(i: int) -> bool:
-        t = raw.tensors.get(i)
-        return t is not None and t.const and i not in produced and i not in graph_io
 
-    # Activation tensors: graph inputs/outputs, op outputs, and non-constant tensors ops read (variables).
-    act_ids: list[int] = []
-    seen: set[int] = set()
-    for i in [*raw.inputs, *(x for op in raw.ops for x in [*op.inputs, *op.outputs]), *raw.outputs]:
-        if i >= 0 and i not in seen and i in raw.tensors and not is_const(i):
-            seen.add(i)
-            act_ids.append(i)
-    taken: set[str] = set()
-    names = {i: _unique(raw.tensors[i].name, taken, f"t{i}") for i in act_ids}
-    tensors: dict[str, Tensor] = {}
-    for i in act_ids:
-        t = raw.tensors[i]
-        kind = "input" if i in raw.inputs else "output" if i in raw.outputs else "activation"
-        tensors[names[i]] = Tensor(names[i], list(t.shape), t.dtype, kind)
+class _Builder:
+    """Turns the raw subgraphs into one op list: the main subgraph with every called subgraph inlined after
+    its caller (:class:`~tap_edge.graph.graph.Subgraph`)."""
 
-    # A DEQUANTIZE of a constant (float16 / int8 weight storage) feeds its op's weights.
-    dequant_src: dict[int, int] = {}
-    for op in raw.ops:
-        if op.op_type == "DEQUANTIZE" and op.inputs and op.outputs and is_const(op.inputs[0]):
-            dequant_src[op.outputs[0]] = op.inputs[0]
-    weight_store = {dequant_src[r.inputs[1]] for r in raw.ops  # constants stored for a later op's weights
-                    if _OP_CLASSES.get(r.op_type) in ("conv", "dwconv", "fc") and len(r.inputs) > 1
-                    and r.inputs[1] in dequant_src}
+    def __init__(self, raw: _Raw) -> None:
+        self.raw = raw
+        self.taken: set[str] = set()
+        self.op_names: set[str] = set()
+        self.tensors: dict[str, Tensor] = {}
+        self.ops: list[Op] = []
+        self.spans: list[Subgraph] = []
+        self.claimed: set[int] = set()  # buffers already attached (a shared constant is counted once)
+        self.weight_owner: dict[int, str] = {}
+        self.variables: dict[str, int] = {}  # shared name -> bytes of the value assigned to it
+        self.visited: set[int] = set()
 
-    claimed: set[int] = set()  # constants already attached (a shared constant is counted once)
-    weight_owner: dict[int, str] = {}
-    op_names: set[str] = set(names.values())
-    ops: list[Op] = []
-    for k, r in enumerate(raw.ops):
-        op_class, attrs = _op_class(r, raw)
+    def subgraph(self, index: int, prefix: str = "") -> tuple[dict[int, str], list[str]]:
+        """Convert one subgraph (0 = main); returns its activation tensor names by index and its op names."""
+        raw = self.raw
+        if index == 0:
+            tensors, rops, ins, outs, const_value = raw.tensors, raw.ops, raw.inputs, raw.outputs, raw.const_value
+        else:
+            sub = raw.extra[index]
+            tensors, rops, ins, outs, const_value = sub.tensors, sub.ops, sub.inputs, sub.outputs, None
+        self.visited.add(index)
+        produced = {o for op in rops for o in op.outputs if o >= 0}
+        io = set(ins) | set(outs)
+
+        def is_const(i: int) -> bool:
+            t = tensors.get(i)
+            return t is not None and t.const and i not in produced and i not in io
+
+        act_ids: list[int] = []
+        seen: set[int] = set()
+        for i in [*ins, *(x for op in rops for x in [*op.inputs, *op.outputs]), *outs]:
+            if i >= 0 and i not in seen and i in tensors and not is_const(i):
+                seen.add(i)
+                act_ids.append(i)
+        names = {i: _unique(f"{prefix}{tensors[i].name}" if tensors[i].name else "", self.taken,
+                            f"{prefix}t{i}") for i in act_ids}
+        for i in act_ids:
+            t = tensors[i]
+            kind = ("input" if i in ins else "output" if i in outs else "activation") if index == 0 else "activation"
+            self.tensors[names[i]] = Tensor(names[i], list(t.shape), t.dtype, kind)
+
+        # DEQUANTIZE (and DENSIFY before it) of a constant: float16 / sparse storage of a later op's weights
+        stored: dict[int, int] = {}
+        for op in rops:
+            if op.op_type in ("DENSIFY", "DEQUANTIZE") and op.inputs and op.outputs:
+                src = op.inputs[0] if is_const(op.inputs[0]) else stored.get(op.inputs[0], -1)
+                if src >= 0:
+                    stored[op.outputs[0]] = src
+        weight_store = {stored[r.inputs[1]] for r in rops
+                        if builtin_class(r.op_type)[0] in ("conv", "dwconv", "fc") and len(r.inputs) > 1
+                        and r.inputs[1] in stored}
+        handles = {op.outputs[0]: op.options.get("shared_name", "") for op in rops
+                   if op.op_type == "VAR_HANDLE" and op.outputs}
+        op_list: list[str] = []
+        for k, r in enumerate(rops):
+            op = self._op(k, r, tensors, names, const_value, is_const, stored, weight_store, prefix)
+            self.ops.append(op)
+            op_list.append(op.name)
+            if r.op_type == "VAR_HANDLE":
+                op.attrs["shared_name"] = r.options.get("shared_name", "")
+            if r.op_type == "ASSIGN_VARIABLE" and len(r.inputs) > 1 and r.inputs[1] in tensors:
+                var = handles.get(r.inputs[0], f"{prefix}{r.inputs[0]}")
+                value = tensors[r.inputs[1]]
+                nbytes = math.ceil(_numel(value.shape) * _DTYPE_BYTES.get(value.dtype, 4))
+                self.variables[var] = max(self.variables.get(var, 0), nbytes)
+            calls = [r.options[c] for c in _CALLS if c in r.options and r.options[c] in raw.extra]
+            if calls:
+                op.attrs["calls"] = [raw.extra[c].name for c in calls]
+            for c in calls:
+                if c in self.visited:
+                    continue  # a subgraph run by several ops is planned once
+                sub = raw.extra[c]
+                sub_names, sub_ops = self.subgraph(c, f"{sub.name}/")
+                self.spans.append(Subgraph(sub.name, op.name, sub_ops,
+                                           [sub_names[i] for i in sub.inputs if i in sub_names],
+                                           [sub_names[i] for i in sub.outputs if i in sub_names]))
+                op_list.extend(sub_ops)
+        return names, op_list
+
+    def _op(self, k: int, r: _RawOp, tensors: dict[int, _RawTensor], names: dict[int, str], const_value: Any,
+            is_const: Any, stored: dict[int, int], weight_store: set[int], prefix: str) -> Op:
+        op_class, attrs = _op_class(r, tensors, const_value)
         first_out = next((o for o in r.outputs if o in names), None)
-        name = names[first_out] if first_out is not None else _unique(f"{k}:{r.op_type}", op_names, f"op{k}")
-        op_names.add(name)
+        name = (names[first_out] if first_out is not None
+                else _unique(f"{prefix}{k}:{r.op_type}", self.op_names | self.taken, f"{prefix}op{k}"))
+        self.op_names.add(name)
         op = Op(name, r.op_type, op_class, [names[i] for i in r.inputs if i in names],
                 [names[o] for o in r.outputs if o in names], module=None, attrs=attrs)
         opts = r.options
@@ -349,20 +445,29 @@ def _build(raw: _Raw, path: Path) -> ModelGraph:
             op.fused.append(opts["fused_activation"])
         consts = [i for i in r.inputs if i >= 0 and is_const(i)]
         weight_id = r.inputs[1] if op_class in ("conv", "dwconv", "fc") and len(r.inputs) > 1 else -1
+        if r.op_type == "TRANSPOSE_CONV":
+            weight_id = r.inputs[1] if len(r.inputs) > 1 else -1
         bias_id = r.inputs[2] if op_class in ("conv", "dwconv", "fc") and len(r.inputs) > 2 else -1
-        w_src = weight_id if is_const(weight_id) else dequant_src.get(weight_id, -1)
-        out_t = raw.tensors.get(r.outputs[0]) if r.outputs and r.outputs[0] >= 0 else None
-        in_t = raw.tensors.get(r.inputs[0]) if r.inputs and r.inputs[0] >= 0 else None
+        if r.op_type == "TRANSPOSE_CONV":
+            bias_id = r.inputs[3] if len(r.inputs) > 3 else -1
+        w_src = weight_id if is_const(weight_id) else stored.get(weight_id, -1)
+        out_t = tensors.get(r.outputs[0]) if r.outputs and r.outputs[0] >= 0 else None
+        data_in = r.inputs[2] if r.op_type == "TRANSPOSE_CONV" and len(r.inputs) > 2 else \
+            (r.inputs[0] if r.inputs else -1)
+        in_t = tensors.get(data_in) if data_in >= 0 else None
         out_shape = out_t.shape if out_t else []
-        w_shape = raw.tensors[weight_id].shape if weight_id in raw.tensors else []
+        w_shape = tensors[weight_id].shape if weight_id in tensors else []
+        if r.op_type in ("DEQUANTIZE", "DENSIFY") and r.inputs and r.inputs[0] in tensors:
+            op.attrs["input_dtype"] = tensors[r.inputs[0]].dtype
         if op_class == "conv" and len(w_shape) == 4:
             oc, kh, kw, cin_g = w_shape
             cin = in_t.shape[-1] if in_t and in_t.shape else cin_g
             groups = max(1, cin // cin_g) if cin_g else 1
-            spatial = _numel(out_shape[1:-1]) if len(out_shape) == 4 else 1
+            spatial = _numel((in_t.shape if r.op_type == "TRANSPOSE_CONV" and in_t else out_shape)[1:-1]) \
+                if len(out_shape) == 4 else 1
             op.macs = spatial * oc * cin_g * kh * kw
             op.attrs.update({"kernel": [kh, kw], "stride": [opts.get("stride_h", 1), opts.get("stride_w", 1)],
-                             "groups": groups})
+                             "groups": groups, "dilation": [opts.get("dilation_h", 1), opts.get("dilation_w", 1)]})
             if w_src >= 0:
                 op.weight_shape = [oc, cin_g, kh, kw]
         elif op_class == "dwconv" and len(w_shape) == 4:
@@ -371,7 +476,8 @@ def _build(raw: _Raw, path: Path) -> ModelGraph:
             spatial = _numel(out_shape[1:-1]) if len(out_shape) == 4 else 1
             op.macs = spatial * cm * kh * kw
             op.attrs.update({"kernel": [kh, kw], "stride": [opts.get("stride_h", 1), opts.get("stride_w", 1)],
-                             "groups": cin, "depth_multiplier": max(1, cm // max(cin, 1))})
+                             "groups": cin, "depth_multiplier": max(1, cm // max(cin, 1)),
+                             "dilation": [opts.get("dilation_h", 1), opts.get("dilation_w", 1)]})
             if w_src >= 0:
                 op.weight_shape = [cm, 1, kh, kw]
         elif op_class == "fc" and len(w_shape) == 2:
@@ -381,40 +487,59 @@ def _build(raw: _Raw, path: Path) -> ModelGraph:
         elif op_class == "matmul" and len(r.inputs) > 1 and in_t and in_t.shape:
             k_dim = in_t.shape[-2] if opts.get("adj_x") and len(in_t.shape) > 1 else in_t.shape[-1]
             op.macs = _numel(out_shape) * k_dim
+            rhs = tensors.get(r.inputs[1])
+            op.attrs.update({"adj_x": bool(opts.get("adj_x")), "adj_y": bool(opts.get("adj_y")),
+                             "lhs_shape": list(in_t.shape), "rhs_shape": list(rhs.shape) if rhs else [],
+                             "rhs_const": bool(rhs is not None and is_const(r.inputs[1]))})
         if op.weight_shape is not None:
-            src = raw.tensors[w_src]
+            src = tensors[w_src]
             op.weight_dtype = src.dtype
             op.attrs["weight_quant"] = ("per_channel" if src.scales > 1 else
                                         "per_tensor" if src.scales == 1 else "none")
-            if w_src in weight_owner:
-                op.attrs["shared_weight"] = weight_owner[w_src]
-            else:
-                weight_owner[w_src] = name
-            claimed.add(w_src)
+            if src.buffer in self.weight_owner:
+                op.attrs["shared_weight"] = self.weight_owner[src.buffer]
+            elif src.buffer:
+                self.weight_owner[src.buffer] = name
+                self.claimed.add(src.buffer)
+            if src.sparse:
+                op.attrs["weight_values"] = int(src.stored_bytes / _DTYPE_BYTES.get(src.dtype, 4))
         if "padding" in opts and op_class in ("conv", "dwconv", "pool"):
             op.attrs["padding"] = opts["padding"]
         if op_class == "pool" and "filter_h" in opts:
             op.attrs.update({"kernel": [opts["filter_h"], opts["filter_w"]],
                              "stride": [opts.get("stride_h", 1), opts.get("stride_w", 1)]})
         for i in consts:
-            if i in weight_store and r.op_type == "DEQUANTIZE":
+            t = tensors[i]
+            if i in weight_store and r.op_type in ("DEQUANTIZE", "DENSIFY"):
                 op.attrs["weight_storage"] = True  # counted as the consuming op's weights
                 continue
-            if i == w_src or i in claimed:
+            if i == w_src or (t.buffer and t.buffer in self.claimed):
                 continue
-            claimed.add(i)
-            n = _numel(raw.tensors[i].shape)
+            if t.buffer:
+                self.claimed.add(t.buffer)
+            n = int(t.stored_bytes / _DTYPE_BYTES.get(t.dtype, 4)) if t.sparse else _numel(t.shape)
             if i == bias_id and op.weight_shape is not None:
                 op.bias = n
             else:
                 op.other_params += n
-        ops.append(op)
+        return op
 
+
+def _build(raw: _Raw, path: Path) -> ModelGraph:
+    b = _Builder(raw)
+    names, _ = b.subgraph(0)
     inputs = [names[i] for i in raw.inputs if i in names]
     outputs = [names[i] for i in raw.outputs if i in names]
+    for name in outputs:
+        b.tensors[name].kind = "output"
+    for name in inputs:
+        b.tensors[name].kind = "input"
     meta: dict[str, Any] = {"layout": "NHWC", "path": str(path), "subgraphs": raw.subgraphs,
-                            "reader": raw.reader}
-    return ModelGraph(path.stem, "tflite", ops, tensors, inputs, outputs, meta)
+                            "reader": raw.reader,
+                            "tflite": {**raw.file, "variables": b.variables,
+                                       "io_quantized": sum(1 for i in [*raw.inputs, *raw.outputs]
+                                                           if raw.tensors.get(i) and raw.tensors[i].scales)}}
+    return ModelGraph(path.stem, "tflite", b.ops, b.tensors, inputs, outputs, meta, b.spans)
 
 
 def load_tflite_graph(path: str | Path, input_shapes: InputShapes | None = None) -> ModelGraph:
