@@ -53,9 +53,10 @@ PROSE = "I think layers with larger Hessian traces should get more bits, as HAWQ
 
 class ScriptedLLM:
     """An OpenAI-compatible chat endpoint replaying a script of behaviours (cycled): text replies, "empty",
-    "slow:TEXT" (sleeps past the client timeout), "429" and "500"."""
+    "slow:TEXT" (sleeps past the client timeout), "400", "429", "500", "retry:SECONDS" (a 429 asking to wait
+    that long) and bytes (sent as the body of a 200, as they are)."""
 
-    def __init__(self, script: list[str] | Callable[[dict], str], delay: float = 0.0,
+    def __init__(self, script: list[str | bytes] | Callable[[dict], str | bytes], delay: float = 0.0,
                  slow_seconds: float = 1.5) -> None:
         self.script = script
         self.delay = delay
@@ -78,6 +79,13 @@ class ScriptedLLM:
                     outer.requests.append(body)
                     action = outer.script(body) if callable(outer.script) else outer.script[n % len(outer.script)]
                 time.sleep(outer.delay)
+                if isinstance(action, bytes):
+                    self._send_raw(200, action)
+                    return
+                if action.startswith("retry:"):
+                    self._send(429, {"error": {"message": "slow down", "type": "x"}},
+                               headers={"Retry-After": action[6:]})
+                    return
                 if action in ("400", "429", "500"):
                     self._send(int(action), {"error": {"message": f"scripted {action}", "type": "x"}},
                                headers={"Retry-After": "0"} if action == "429" else None)
@@ -95,7 +103,9 @@ class ScriptedLLM:
                                            "total_tokens": 100 + n + len(text) // 4}})
 
             def _send(self, code: int, obj: dict, headers: dict | None = None) -> None:
-                data = json.dumps(obj).encode()
+                self._send_raw(code, json.dumps(obj).encode(), headers)
+
+            def _send_raw(self, code: int, data: bytes, headers: dict | None = None) -> None:
                 try:
                     self.send_response(code)
                     self.send_header("Content-Type", "application/json")

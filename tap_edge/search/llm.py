@@ -5,8 +5,9 @@ local servers accept any key, so a dummy one is used when the variable is unset.
 tokens, seconds, attempts and the errors retried. Retries use exponential backoff (with jitter) on 429, 5xx,
 timeouts and dropped connections; other errors (400, 401, 404) fail at once. A ``Retry-After`` of up to
 :data:`MAX_RETRY_AFTER_SECONDS` is honoured (with a note on stderr); a longer one is one clear failure that
-ends the run (resume it later). An endpoint that answers 200 with something that is not a chat completion
-(HTML, a list, broken JSON) also ends the run: every request would fail the same way.
+ends the run (resume it later). An answer with status 200 that is not a chat completion (HTML, a list, broken
+JSON, fields of the wrong types) fails that request like an outage (not retried inside the call): the run
+asks again on resume, and stops with exit 2 when the endpoint keeps answering so.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ CHECK_ENDPOINT = "check --llm-base-url / --llm-model and the server"
 class LLMError(UserError):
     """The endpoint could not produce a reply. ``retryable`` is False for errors that asking again cannot fix
     (400 such as a prompt longer than the context, 401, 404); ``status`` is the HTTP status when there was one;
-    ``fatal`` when no request of the run can succeed now (not a chat-completions endpoint, or it asks to wait
-    longer than :data:`MAX_RETRY_AFTER_SECONDS`): the run stops and can be resumed."""
+    ``fatal`` when no request of the run can succeed now (the endpoint asks to wait longer than
+    :data:`MAX_RETRY_AFTER_SECONDS`): the run stops and can be resumed."""
 
     def __init__(self, message: str, hint: str = "", *, retryable: bool = True, status: int | None = None,
                  fatal: bool = False) -> None:
@@ -157,7 +158,7 @@ class LLMClient:
                 if isinstance(e, ValueError) and not isinstance(e, self._openai.APIError):  # a 200 that is not JSON
                     raise LLMError(f"the LLM endpoint at {cfg.base_url} answered with a body that is not JSON "
                                    f"({errors[-1]})", f"{CHECK_ENDPOINT}: it must be an OpenAI-compatible "
-                                   "endpoint (.../v1)", retryable=False, fatal=True) from None
+                                   "endpoint (.../v1)", retryable=True, status=200) from None
                 retry, after = self._retryable(e)
                 if retry and after is not None and after > MAX_RETRY_AFTER_SECONDS:
                     raise LLMError(f"the LLM endpoint at {cfg.base_url} asks to wait {after:.0f} s before the next "
@@ -181,8 +182,8 @@ class LLMClient:
         raise AssertionError("unreachable")
 
     def _reply(self, resp: Any, t0: float, attempts: int, errors: list[str]) -> LLMReply:
-        """The reply in a chat completion, checked: an endpoint that answered 200 with something else (HTML, a
-        list, fields of the wrong types) is a fatal :class:`LLMError`."""
+        """The reply in a chat completion, checked: an answer that is something else (HTML, a list, fields of
+        the wrong types) is an :class:`LLMError` (retryable: the run asks again on resume)."""
         cfg = self.config
         choices = getattr(resp, "choices", None)
         problem = None
@@ -196,7 +197,7 @@ class LLMClient:
         if problem is not None:
             raise LLMError(f"the LLM endpoint at {cfg.base_url} did not answer with a chat completion ({problem})",
                            f"{CHECK_ENDPOINT}: it must be an OpenAI-compatible endpoint (.../v1)",
-                           retryable=False, fatal=True)
+                           retryable=True, status=200)
         usage = getattr(resp, "usage", None)
         model = getattr(resp, "model", None)
         finish = getattr(choice, "finish_reason", None)

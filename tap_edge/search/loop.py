@@ -557,7 +557,7 @@ class Evolution:
                         {**(self.settings.llm.get("extra_body") or {}), "grammar": grammar} if grammar else None))
                 except LLMError as e:
                     self.llm_calls_now += 1
-                    if e.fatal:  # the endpoint is not a chat-completions endpoint: every request would fail
+                    if e.fatal:  # e.g. it asks to wait for an hour: no request of this session can succeed
                         raise
                     # an outage (retryable) is asked again on resume; a refused prompt (e.g. longer than the
                     # context) is this candidate's failure and does not stop the run
