@@ -62,10 +62,11 @@ from tap_edge.documents import (
 )
 from tap_edge.fit.bits import BitAssignment
 from tap_edge.fit.checker import Checker, region_limits
+from tap_edge.graph.frontends.tflite_shapes import short_name
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.models import load_graph
 from tap_edge.graph.shapes import FLAG as INPUT_SHAPE_FLAG
-from tap_edge.graph.shapes import InputShapes, user_shapes
+from tap_edge.graph.shapes import InputShapes, model_inputs, user_shapes
 
 #: A gated figure further than this from its prediction is flagged.
 TOLERANCE = 0.05
@@ -158,11 +159,26 @@ def measure_report(
                             f"{backend.name} serves ({', '.join(backend.runtimes)}; see tap-edge devices), or "
                             "without --device") from None
     source = prediction_source(artifact, manifest, feed)
+    if source.origin == "file" and source.graph is not None:
+        feed = planned_feed(source.graph, feed)
     measurement = measure_artifact(artifact, backend=manifest.backend if manifest else None, runs=runs,
                                    warmup=warmup, timeout=timeout, threads=threads, feed=feed)
     if manifest is None and measurement["backend"] in _FILE_WEIGHTS:
         measurement["file_weights"] = _FILE_WEIGHTS[measurement["backend"]](artifact)
     return build_report(artifact, manifest, measurement, device, source)
+
+
+def planned_feed(graph: ModelGraph, feed: InputRequest) -> InputRequest:
+    """The request the measurement child gets for a file predicted from its graph: every input at the shape
+    the prediction planned it at (the same rules, names as the file spells them) and the user's values, a
+    value named by a TFLite input's short name (``input`` for ``serving_default_input:0``) under its full
+    name."""
+    names = list(graph.inputs)
+    values = {}
+    for key, value in feed.values.items():
+        matches = [n for n in names if short_name(n) == key]
+        values[matches[0] if key and key not in names and len(matches) == 1 else key] = value
+    return InputRequest({i.name: list(i.shape) for i in model_inputs(graph)}, values)
 
 
 def build_report(artifact: Path, manifest: Manifest | None, measurement: dict[str, Any], device: str | None,
