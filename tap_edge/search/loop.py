@@ -94,8 +94,9 @@ from tap_edge.search.summary import best_program_text, summarize
 __all__ = ["Candidate", "Evolution", "EvolveSettings", "behaviour_key", "builtin_seed_programs", "check_new_run_dir",
            "check_settings"]
 
-#: An evaluation the session died during is tried again on resume, this many times in all at most.
-MAX_EVALUATION_ATTEMPTS = 3
+#: An evaluation the session died during is tried again on resume, this many times in all at most (more than a
+#: few kill -9 in a row can interrupt: those must lose nothing; a crash it causes each time ends there).
+MAX_EVALUATION_ATTEMPTS = 6
 #: Files a new run's directory may already hold (the local LLM server's log, a lock of a session that ended).
 _NEW_RUN_FILES = ("llm_server.log", "session.lock")
 
@@ -419,10 +420,17 @@ class Evolution:
                         else:
                             bar.advance()
                         self._describe(bar, gen, idx)
+                    broken: UserError | None = None
                     for cand, fut in pending:
-                        self._finish(cand, self._result(cand, fut))
+                        try:
+                            self._finish(cand, self._result(cand, fut))
+                        except UserError as e:  # a dead worker: record what the others finished, then stop
+                            broken = broken or e
+                            continue
                         bar.advance()
                         self._describe(bar, gen, s.population - 1)
+                    if broken is not None:
+                        raise broken
                     self._end_generation(gen, children)
         finally:
             executor.shutdown(wait=False, cancel_futures=True)
