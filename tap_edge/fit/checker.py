@@ -21,7 +21,7 @@ from tap_edge.documents import (
     UnsupportedOp,
 )
 from tap_edge.fit.bits import BitAssignment, tensor_bits
-from tap_edge.fit.memory import ArenaPlan, FlashBreakdown, flash_breakdown, plan_arena_for
+from tap_edge.fit.memory import ArenaPlan, FlashBreakdown, flash_breakdown, is_tflite_format, plan_arena_for
 from tap_edge.fit.support import support_problem
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.shapes import InputShapes, as_input_shapes, model_inputs
@@ -91,7 +91,15 @@ class Checker:
         self.graph = graph
         self.bits = bits
         self._arenas: dict[tuple[int, bool, str], ArenaPlan] = {}
-        self._flash_model = flash_breakdown(graph, bits)
+        self._flash_models: dict[bool, FlashBreakdown] = {}
+
+    def flash_model(self, runtime: Runtime) -> FlashBreakdown:
+        """The model's flash without runtime code: the same for every runtime of one file format (a .tflite's
+        flatbuffer structure counts on runtimes that run .tflite files)."""
+        key = is_tflite_format(runtime)
+        if key not in self._flash_models:
+            self._flash_models[key] = flash_breakdown(self.graph, self.bits, runtime=runtime)
+        return self._flash_models[key]
 
     def arena(self, runtime: Runtime) -> ArenaPlan:
         key = (runtime.name, runtime.arena_alignment, runtime.alias_inplace, runtime.scratch)
@@ -101,8 +109,9 @@ class Checker:
 
     def check(self, device: DeviceProfile, runtime_name: str | None = None) -> DeviceVerdict:
         rt = device.runtime(runtime_name)
-        fm = self._flash_model
-        flash = FlashBreakdown(fm.weights_bytes, fm.scales_bytes, fm.bias_bytes, fm.float_bytes, rt.code_bytes)
+        fm = self.flash_model(rt)
+        flash = FlashBreakdown(fm.weights_bytes, fm.scales_bytes, fm.bias_bytes, fm.float_bytes, rt.code_bytes,
+                               fm.format_bytes)
         arena = self.arena(rt)
         lim = region_limits(device, flash.total_bytes)
         problems: list[str] = []

@@ -2,7 +2,10 @@
 
 Flash (per op): ceil(weights x w_bits / 8) + a float32 scale per output channel + int32 biases when the weights
 are integers; float16/float32 storage otherwise; constants of non-quantizable ops stay float32; plus the
-runtime's code size from the device profile.
+runtime's code size from the device profile. A weight tensor several ops read counts once. Runtimes that run a
+``.tflite`` keep the whole flatbuffer in flash: for a ``.tflite`` at its own types that is the file's size,
+exactly (its constant buffers + ``format_bytes``, the structure: tensor names, shapes, quantization parameters,
+operators); for a graph a converter will write, :func:`flatbuffer_bytes` estimates the structure.
 
 SRAM: activation tensors are planned in one arena in execution order, the way TFLite Micro's
 GreedyMemoryPlanner does it: buffers sorted by size (largest first), each placed at the lowest offset that does
@@ -29,17 +32,21 @@ class FlashBreakdown:
     bias_bytes: int
     float_bytes: int
     runtime_bytes: int
+    format_bytes: int = 0  # the model file's own structure (a .tflite's flatbuffer tables and names)
 
     @property
     def model_bytes(self) -> int:
-        return self.weights_bytes + self.scales_bytes + self.bias_bytes + self.float_bytes
+        return self.weights_bytes + self.scales_bytes + self.bias_bytes + self.float_bytes + self.format_bytes
 
     @property
     def total_bytes(self) -> int:
         return self.model_bytes + self.runtime_bytes
 
     def to_dict(self) -> dict[str, int]:
-        return {**asdict(self), "model_bytes": self.model_bytes, "total_bytes": self.total_bytes}
+        d = {**asdict(self), "model_bytes": self.model_bytes, "total_bytes": self.total_bytes}
+        if not self.format_bytes:  # documents written before the field existed have no key for it
+            d.pop("format_bytes")
+        return d
 
 
 @dataclass
@@ -76,26 +83,99 @@ class ArenaPlan:
         return d
 
 
-def op_weight_bytes(op: Op, w_bits: int) -> tuple[int, int, int, int]:
-    """(packed weights, scales, bias, float constants) in bytes for one op at ``w_bits``."""
-    n = op.weight_params
-    if n == 0:
-        return 0, 0, op.bias * 4, op.other_params * 4
+#: Bytes per output channel of an integer layer's quantization: a float32 scale (tap-edge's own count), or in a
+#: .tflite a float32 scale + int64 zero point for the weights and again for the bias (QuantizationParameters).
+SCALE_BYTES, TFLITE_SCALE_BYTES = 4, 24
+
+
+def op_weight_bytes(op: Op, w_bits: int, scale_bytes: int = SCALE_BYTES) -> tuple[int, int, int, int]:
+    """(packed weights, scales, bias, float constants) in bytes for one op at ``w_bits`` (a weight another op
+    owns counts 0; ``scale_bytes`` per output channel of an integer layer)."""
+    n = op.stored_weight_params
+    other = int(op.attrs.get("other_bytes", op.other_params * 4))  # float32 unless the front-end knows better
+    if op.weight_params == 0 or op.attrs.get("shared_weight"):
+        return (n * w_bits + 7) // 8 if n else 0, 0, op.bias * 4, other
     if w_bits <= 8:
-        return (n * w_bits + 7) // 8, op.out_channels * 4, op.bias * 4, op.other_params * 4
-    return (n * w_bits + 7) // 8, 0, op.bias * (w_bits // 8), op.other_params * 4
+        return (n * w_bits + 7) // 8, op.out_channels * scale_bytes, op.bias * 4, other
+    return (n * w_bits + 7) // 8, 0, op.bias * (w_bits // 8), other
 
 
-def flash_breakdown(graph: ModelGraph, bits: BitAssignment, runtime_bytes: int = 0) -> FlashBreakdown:
+def is_tflite_format(runtime: Any) -> bool:
+    """Whether ``runtime`` runs a .tflite flatbuffer (TFLite Micro, LiteRT, the Edge TPU): the file is in flash."""
+    name = str(getattr(runtime, "name", "")) if runtime is not None else ""
+    return name.startswith(("tflm", "litert", "tflite", "edgetpu", "host-litert"))
+
+
+#: A converted .tflite's structure besides names and channels, fitted on litert-torch files of resnet8 and
+#: DS-CNN (float32 and int8): per tensor (Tensor table, shape, buffer entry and padding), per quantized
+#: tensor (QuantizationParameters table), fixed (model, subgraph, operator codes, signature, metadata).
+FB_TENSOR_BYTES, FB_QUANT_TENSOR_BYTES, FB_FIXED_BYTES = 93, 10, 800
+_IO_NAME_BYTES = (22, 31)  # serving_default_args_0, serving_default_output_0_output
+_CONST_NAME_BYTES = 16  # tfl.pseudo_qconst, arith.constant
+
+
+def flatbuffer_bytes(graph: ModelGraph, bits: BitAssignment) -> int:
+    """The structure of the .tflite a converter writes for ``graph`` (tensor names, tables, operators), or of
+    the file itself for a ``.tflite`` (its size minus its constant buffers).
+
+    Names follow litert-torch: each result is named after the module scopes of the ops fused into it
+    (``attrs["scope"]`` / ``"fused_scopes"``); a graph without scopes uses its op names."""
+    meta = graph.meta.get("tflite") or {}
+    if "file_bytes" in meta:
+        return int(meta["file_bytes"]) - int(meta["buffer_bytes"])
+    from tap_edge.fit.tflm import _SHAPE_CONSTS, _builtins  # noqa: PLC0415 (same layer, avoids a cycle)
+
+    tbits = tensor_bits(graph, bits)
+    names = tensors = quantized = 0
+    for op in graph.ops:
+        scopes = [op.attrs["scope"], *op.attrs.get("fused_scopes", [])] if "scope" in op.attrs else []
+        float_out = all(tbits.get(t, 32) >= 32 for t in op.outputs)
+        if float_out:  # a float graph keeps a folded BatchNorm's scope in the names, a quantized one does not
+            scopes += op.attrs.get("bn_scopes", [])
+        out_name = sum(len(x) + 2 for x in scopes) if scopes else len(op.name)
+        for t in op.outputs:
+            tensors += 1
+            names += out_name
+            quantized += tbits.get(t, 32) < 32
+        if op.weight_shape and not op.attrs.get("shared_weight"):
+            tensors += 1
+            integer = bits.weight_bits(op) <= 8  # float weights carry the fused ops' names, integer ones their own
+            names += ((len(scopes[0]) + 1) if integer else out_name) if scopes else len(op.name)
+            quantized += integer
+        if op.bias:
+            tensors += 1
+            names += _CONST_NAME_BYTES
+            quantized += bool(op.weight_shape) and bits.weight_bits(op) <= 8
+        n_consts = sum(_SHAPE_CONSTS.get(b, 0) for b in _builtins(op, graph)) + (1 if op.other_params else 0)
+        tensors += n_consts
+        names += _CONST_NAME_BYTES * n_consts
+    tensors += len(graph.inputs)
+    names += _IO_NAME_BYTES[0] * len(graph.inputs) + _IO_NAME_BYTES[1] * len(graph.outputs)
+    return names + FB_TENSOR_BYTES * tensors + FB_QUANT_TENSOR_BYTES * quantized + FB_FIXED_BYTES
+
+
+def flash_breakdown(graph: ModelGraph, bits: BitAssignment, runtime_bytes: int = 0, *,
+                    runtime: Any = None) -> FlashBreakdown:
+    """Flash of ``graph`` at ``bits`` (see the module docstring). With a ``runtime`` that runs .tflite files the
+    flatbuffer's structure is counted too, and a ``.tflite`` at its own types is its file's size."""
+    tflite = is_tflite_format(runtime)
+    scale = TFLITE_SCALE_BYTES if tflite else SCALE_BYTES
     w = s = b = f = 0
     for op in graph.ops:
         if not op.params:
             continue
         # integer widths apply to the weights a plan quantizes; other constants stay float32
         wb = bits.weight_bits(op) if (op.quantizable or bits.native) else 32
-        pw, ps, pb, pf = op_weight_bytes(op, wb)
+        pw, ps, pb, pf = op_weight_bytes(op, wb, scale)
         w, s, b, f = w + pw, s + ps, b + pb, f + pf
-    return FlashBreakdown(w, s, b, f, runtime_bytes)
+    if not tflite:
+        return FlashBreakdown(w, s, b, f, runtime_bytes)
+    meta = graph.meta.get("tflite") or {}
+    if bits.native and "file_bytes" in meta:  # the file as it is: constant buffers + structure
+        buffers = int(meta["buffer_bytes"])
+        f = max(buffers - w - b, 0)
+        return FlashBreakdown(w, 0, b, f, runtime_bytes, int(meta["file_bytes"]) - w - b - f)
+    return FlashBreakdown(w, s, b, f, runtime_bytes, flatbuffer_bytes(graph, bits))
 
 
 @dataclass(frozen=True)

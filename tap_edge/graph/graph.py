@@ -265,6 +265,9 @@ def normalize(graph: ModelGraph) -> ModelGraph:
         """``drop`` consumes ``keep``'s single output; remove it and let ``keep`` produce its output."""
         old_out, new_out = keep.outputs[0], drop.outputs[0]
         keep.outputs = [new_out]
+        if "scope" in drop.attrs:  # the converter names the fused result after the ops it absorbed
+            key = "bn_scopes" if drop.op_class == "norm" else "fused_scopes"
+            keep.attrs[key] = [*keep.attrs.get(key, []), drop.attrs["scope"]]
         tensors.pop(old_out, None)
         ops.remove(drop)
 

@@ -188,6 +188,15 @@ def _function_class(node: torch.fx.Node) -> tuple[str, dict[str, Any]]:
     return _FUNC_CLASSES.get(tgt, "unknown"), {}
 
 
+def _scope(root: nn.Module, node: torch.fx.Node) -> str:
+    """The module scope of an fx node as litert-torch names the tensors it writes (the class path of every
+    enclosing module and its attribute name): the .tflite's tensor names, which cost flash bytes."""
+    parts = [f"{type(root).__module__}.{type(root).__qualname__}_wrapped"]
+    for key, (_, cls) in (node.meta.get("nn_module_stack") or {}).items():
+        parts.append(f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', cls)}_{key.rsplit('.', 1)[-1]}")
+    return "litert_torch._convert.to_channel_last_io.ChannelLastIOWrapper/" + "/".join(parts)
+
+
 def trace_module(model: nn.Module, example: torch.Tensor, name: str = "model") -> ModelGraph:
     """Trace ``model`` (in eval mode) on ``example`` (batch 1) and return the normalised graph."""
     model = model.eval()
@@ -280,6 +289,8 @@ def trace_module(model: nn.Module, example: torch.Tensor, name: str = "model") -
             in_shape = tensors[ins[0]].shape if ins else None
             new_ops = _module_op(str(node.target), m, ins, node.name, shape, in_shape)
             for o in new_ops:
+                o.attrs["scope"] = _scope(model, node)
+            for o in new_ops:
                 for t in o.outputs:
                     if t not in tensors:
                         tensors[t] = Tensor(t, o.attrs.pop("shape", shape), _dtype(meta))
@@ -289,7 +300,8 @@ def trace_module(model: nn.Module, example: torch.Tensor, name: str = "model") -
             tgt = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
             if cls == "reduce" and len(shape) == 2 and len(tensors[ins[0]].shape) == 4:
                 cls = "global_pool"
-            ops.append(Op(node.name, str(tgt), cls, ins, [node.name], other_params=consts_of(node), attrs=attrs))
+            ops.append(Op(node.name, str(tgt), cls, ins, [node.name], other_params=consts_of(node),
+                          attrs={**attrs, "scope": _scope(model, node)}))
     if not ops:
         raise ModelLoadError(f"model '{name}' has no operations", "pass a model with at least one layer")
     graph = ModelGraph(name, "torch", ops, tensors, inputs, outputs,
