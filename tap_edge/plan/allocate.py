@@ -9,9 +9,11 @@ Formulation (``scipy.optimize.milp`` / HiGHS):
   ``activation_bits``) and that the ops inheriting the layer's activation width support too.
 - Objective: ``sum cost[l, c] x[l, c]``.
 - Flash: ``sum flash[l, c] x[l, c] + fixed <= budget`` with ``flash[l, c]`` from
-  :func:`memory.op_weight_bytes` (packed weights + per-channel scales + int32 bias) and ``fixed`` = float
-  constants of non-quantizable ops + the runtime's code bytes: the same total as
-  ``memory.flash_breakdown(...).total_bytes`` and ``tap-edge check``.
+  :func:`memory.op_weight_bytes` (packed weights + per-channel scales + int32 bias, scales as the runtime's
+  file format stores them) and ``fixed`` = float constants of non-quantizable ops + the runtime's code bytes +
+  a .tflite's flatbuffer structure for runtimes that run one (counted at integer widths; a float choice that
+  changes it is caught by the exact check after the solve): the same total as
+  ``memory.flash_breakdown(..., runtime=...).total_bytes`` and ``tap-edge check``.
 - SRAM: for every execution step, the live activation bytes (tensor lifetimes from ``graph.lifetimes()``,
   sizes aligned to ``runtime.arena_alignment``, kernel scratch from :func:`memory.scratch_bytes`) <= budget.
   A tensor's width follows :func:`tap_edge.fit.bits.tensor_bits`: its producer's planned width, or the max of its
@@ -59,12 +61,16 @@ from tap_edge.devices import Runtime
 from tap_edge.fit.bits import ACT_BITS, WEIGHT_BITS, BitAssignment, LayerBits
 from tap_edge.fit.latency import ELEMENTWISE_CYCLES, cycles_per_mac
 from tap_edge.fit.memory import (
+    SCALE_BYTES,
+    TFLITE_SCALE_BYTES,
     ArenaPlan,
     FlashBreakdown,
     flash_breakdown,
+    flatbuffer_bytes,
+    is_tflite_format,
     op_weight_bytes,
     plan_arena_for,
-    runtime_view,
+    runtime_memory,
     scratch_bytes,
 )
 from tap_edge.graph.graph import INPLACE_CLASSES, ModelGraph, Op
@@ -183,9 +189,14 @@ class _Program:
     def __init__(self, graph: ModelGraph, costs: CostTable, runtime: Runtime, default_a: int = 8,
                  rules: PlanRules | None = None, pins: Pins | None = None) -> None:
         # plan the graph the runtime executes (e.g. with a converter's PAD ops); its persistent arena
-        # allocations are a constant share of every step's live bytes
-        view, self.persistent = runtime_view(graph, runtime)
+        # allocations are a constant share of every step's live bytes, the other kernels' scratch a constant
+        # of their step, and its planning needs at least ``floor`` bytes of arena (memory.runtime_memory)
+        mem = runtime_memory(graph, runtime)
+        view, self.persistent, self.floor = mem.graph, mem.persistent_bytes, mem.planning_bytes
+        self.other_scratch = mem.other_scratch
         self.graph, self.runtime, self.default_a = view, runtime, default_a
+        self.source = graph  # the flash model reads the graph as given, as check does
+        self.scale = TFLITE_SCALE_BYTES if is_tflite_format(runtime) else SCALE_BYTES
         self.rules, self.pins = rules, dict(pins or {})
         self.shared = bool(rules and rules.one_activation_width)
         self._layers(costs)
@@ -231,20 +242,22 @@ class _Program:
             for op in ops:
                 ws = set(rt.weight_bits(op.op_class)) & set(WEIGHT_BITS)
                 acts = set(rt.activation_bits(op.op_class)) & set(ACT_BITS)
-                built = self.rules.allowed(op.op_class) if self.rules else None
+                built = self.rules.allowed_for(op) if self.rules else None
                 ok = set()
                 for ch, v in costs[op.name].items():
                     w, a = int(ch[0]), int(ch[1])
                     if v is None or (isinstance(v, float) and math.isnan(v)):
                         raise UserError(f"cost of {op.name} at w{w}a{a} is not a number",
                                         "check the proxy: every cost must be finite (or inf to forbid)")
-                    if w in ws and a in acts and math.isfinite(float(v)) and (built is None or (w, a) in built):
+                    if (w in ws and a in acts and rt.pair_allowed(op.op_class, w, a) and math.isfinite(float(v))
+                            and (built is None or (w, a) in built)):
                         ok.add((w, a))
                 allowed = ok if allowed is None else allowed & ok
             choices = sorted(allowed or set())
             if not choices:
                 op = ops[0]
-                built_note = f"; {self.rules.builder()} builds {self.rules.describe(op.op_class)}" if self.rules else ""
+                built_note = (f"; {self.rules.builder()} builds {self.rules.describe(self.rules.built_class(op))}"
+                              if self.rules else "")
                 raise UserError(f"layer '{key}' ({op.op_class}) has no cost for any bit-width "
                                 f"{rt.name} supports "
                                 f"(weights {rt.weight_bits(op.op_class)}, activations "
@@ -279,7 +292,8 @@ class _Program:
 
     def _make_layer(self, key: str, ops: list[Op], choices: list[Choice], costs: CostTable) -> _Layer:
         cost = np.array([sum(float(costs[op.name][_find(costs[op.name], c)]) for op in ops) for c in choices])
-        flash = np.array([sum(sum(op_weight_bytes(op, w)) for op in ops) for w, _ in choices], dtype=float)
+        flash = np.array([sum(sum(op_weight_bytes(op, w, self.scale)) for op in ops) for w, _ in choices],
+                         dtype=float)
         bops = np.array([sum(op.macs * w * a for op in ops) for w, a in choices], dtype=float)
         cycles = np.array([sum(op.macs * cycles_per_mac(w, a) for op in ops) for w, a in choices])
         return _Layer(key, ops, choices, cost, flash, bops, cycles)
@@ -469,11 +483,23 @@ class _Program:
                 rows_r.append(np.repeat(span, len(c)))
                 rows_c.append(np.tile(c, len(span)))
                 rows_v.append(np.tile(v, len(span)))
+        for i, sizes in self.other_scratch.items():  # MEAN sums, TRANSPOSE_CONV accumulators, ...
+            if i < steps:
+                const[i] += sum(align(b, al) for b in sizes)
         none: frozenset[int] = frozenset()
         for i, op in enumerate(g.ops):
             if rt.scratch == "none" or not op.weight_shape:
                 continue
-            parts = [self.src[t] if t in g.tensors else (none, 8) for t in op.inputs] or [(none, 8)]
+            e = self.entry[i]
+            if e is not None:  # its own choice decides: the kernel's widths (w, a), e.g. an unpacked int4 filter
+                lay = self.layers[e]
+                sizes = [align(scratch_bytes(op, g, rt.scratch, a, w), al) for w, a in lay.choices]
+                if any(sizes):
+                    rows_r.append(np.full(len(sizes), i))
+                    rows_c.append(lay.offset + np.arange(len(sizes)))
+                    rows_v.append(np.array(sizes, dtype=float))
+                continue
+            parts = [self.src[t] if t in g.tensors else (none, 8) for t in op.outputs] or [(none, 8)]
             src = (frozenset().union(*(p[0] for p in parts)), max(p[1] for p in parts))
             sizes = [align(scratch_bytes(op, g, rt.scratch, lev), al) for lev in self.levels]
             if not any(sizes):
@@ -484,6 +510,10 @@ class _Program:
                 rows_r.append(np.full(len(c), i))
                 rows_c.append(c)
                 rows_v.append(v)
+        # layers whose scratch changes with their weight width (activation-pattern cuts must keep them apart)
+        self.weight_scratch = {lay.key for lay in self.layers if rt.scratch != "none" and any(
+            len({scratch_bytes(op, g, rt.scratch, a, w) for w, a in lay.choices if a == a0}) > 1
+            for op in lay.ops for a0 in {a for _, a in lay.choices})}
         self.nvar = self.nx + self.nz + len(self.aux)
         self.live = sp.csr_matrix((_cat(rows_v, float), (_cat(rows_r, int), _cat(rows_c, int))),
                                   shape=(steps, self.nvar))
@@ -502,8 +532,10 @@ class _Program:
                                   shape=(len(self.aux_rows), self.nvar))
         self._link_rows()
         self.flash_row = self._row("flash")
-        self.flash_fixed = sum(sum(op_weight_bytes(op, 32)) for op in g.ops
+        self.flash_fixed = sum(sum(op_weight_bytes(op, 32, self.scale)) for op in g.ops
                                if op.params and not op.quantizable)
+        if is_tflite_format(rt):
+            self.flash_fixed += flatbuffer_bytes(self.source, BitAssignment(8, 8))
         self.bops_row = self._row("bops")
         self.cycles_row = self._row("cycles")
         self.cycles_fixed = sum(ELEMENTWISE_CYCLES * max(op.macs, sum(g.tensors[t].numel for t in op.outputs
@@ -598,6 +630,15 @@ class _Program:
             blocks.append(live)
             lbs.append(np.full(live.shape[0], -np.inf))
             ubs.append(ub)
+            if self.floor:  # the runtime's planning needs this much arena whatever the widths
+                row = self.flash_row.copy() if b.shared_region else np.zeros(self.nvar)
+                ub = -self.floor - (fixed_flash if b.shared_region else 0.0)
+                if objective == "sram":  # t >= floor (+ flash on a shared region)
+                    blocks.append(sp.csr_matrix(np.append(row, -1.0)[None, :]))
+                    lbs.append(np.array([-np.inf]))
+                    ubs.append(np.array([ub]))
+                else:
+                    add_row(row, b.sram_bytes + ub - slack.get("sram", 0.0))
         if b.bops is not None:
             add_row(self.bops_row, b.bops - slack.get("bops", 0.0))
         if b.latency_ms is not None:
@@ -645,7 +686,7 @@ class _Program:
         rt = self.runtime
         layers = {lay.key: LayerBits(*lay.choices[j]) for lay, j in zip(self.layers, pick, strict=True)}
         bits = BitAssignment(8, self.shared_width(pick), layers)
-        fb = flash_breakdown(self.graph, bits, rt.code_bytes)
+        fb = flash_breakdown(self.source, bits, rt.code_bytes, runtime=rt)
         arena = plan_arena_for(self.graph, bits, rt)
         bops = int(sum(lay.bops[j] for lay, j in zip(self.layers, pick, strict=True)))
         lat = None
@@ -670,8 +711,10 @@ class _Program:
         activation widths only, so all of them share its arena."""
         cols = []
         for lay, j in zip(self.layers, pick, strict=True):
-            a = lay.choices[j][1]
-            cols.extend(lay.offset + i for i, (_, ai) in enumerate(lay.choices) if ai == a)
+            w, a = lay.choices[j]
+            by_weight = lay.key in self.weight_scratch  # its scratch follows its weight width too
+            cols.extend(lay.offset + i for i, (wi, ai) in enumerate(lay.choices)
+                        if ai == a and (not by_weight or wi == w))
         return np.array(cols, dtype=int)
 
     def cost_of(self, pick: list[int]) -> float:
