@@ -392,6 +392,12 @@ def runtime_view(graph: ModelGraph, runtime: Any, bits: BitAssignment | None = N
     return graph, arena.tail_bytes
 
 
+def kernel_width(op: Op, tbits: dict[str, int]) -> int:
+    """The activation width a layer's kernel runs at: its output's (TFLite converters make a layer's input
+    and output one type, inserting a QUANTIZE where widths change)."""
+    return max((tbits.get(t, 8) for t in op.outputs), default=8)
+
+
 def layer_scratch(graph: ModelGraph, bits: BitAssignment, runtime: Any,
                   tbits: dict[str, int] | None = None) -> dict[int, int]:
     """Conv / depthwise / fully-connected scratch per op step at ``bits`` (:func:`scratch_bytes`)."""
@@ -400,11 +406,33 @@ def layer_scratch(graph: ModelGraph, bits: BitAssignment, runtime: Any,
     for i, op in enumerate(graph.ops):
         if not op.weight_shape:
             continue
-        a = max((tb.get(t, 8) for t in op.inputs), default=8)
-        sb = scratch_bytes(op, graph, runtime.scratch, a, bits.weight_bits(op))
+        sb = scratch_bytes(op, graph, runtime.scratch, kernel_width(op, tb), bits.weight_bits(op))
         if sb:
             out[i] = sb
     return out
+
+
+@dataclass(frozen=True)
+class RuntimeMemory:
+    """What a runtime adds to a plan's live activation bytes, at one bit assignment: the persistent tail, the
+    scratch requests of kernels other than conv / depthwise / fully-connected (op step -> bytes) and the least
+    arena the runtime's planning needs (:mod:`.tflm`; all 0 for runtimes that keep nothing in the arena)."""
+
+    graph: ModelGraph
+    persistent_bytes: int
+    planning_bytes: int
+    other_scratch: dict[int, list[int]]
+
+
+def runtime_memory(graph: ModelGraph, runtime: Any, bits: BitAssignment | None = None) -> RuntimeMemory:
+    """:class:`RuntimeMemory` of ``graph`` on ``runtime`` (bits: the model's own types for a .tflite, else w8a8;
+    the tail and planning floor change by a few bytes with the widths)."""
+    view, _ = runtime_view(graph, runtime)
+    if not is_tflm(runtime):
+        return RuntimeMemory(view, 0, 0, {})
+    b = bits or (BitAssignment(native=True) if graph.frontend == "tflite" else BitAssignment(8, 8))
+    arena, scratch = tflm_arena(view, b, tensor_bits(view, b))
+    return RuntimeMemory(view, arena.tail_bytes, arena.planning_bytes, scratch)
 
 
 def plan_arena_for(graph: ModelGraph, bits: BitAssignment, runtime: Any) -> ArenaPlan:
@@ -459,8 +487,8 @@ def plan_arena(graph: ModelGraph, bits: BitAssignment, *, alignment: int = 16, a
     if scratch is None:
         scratch = {}
         for i, op in enumerate(graph.ops):
-            a = max((tbits.get(t, 8) for t in op.inputs), default=8)
-            sb = scratch_bytes(op, graph, scratch_model, a, bits.weight_bits(op) if op.weight_shape else None)
+            sb = scratch_bytes(op, graph, scratch_model, kernel_width(op, tbits),
+                               bits.weight_bits(op) if op.weight_shape else None)
             if sb:
                 scratch[i] = [sb]
     for i, sizes in sorted(scratch.items()):
