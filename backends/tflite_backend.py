@@ -48,7 +48,7 @@ from tap_edge.fit.bits import BitAssignment
 from tap_edge.graph.frontends.tflite_frontend import load_tflite_graph
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.models import LoadedModel
-from tap_edge.plan.rules import PlanRules
+from tap_edge.plan.rules import ONE_CHANNEL_CONV, PlanRules
 
 #: Keys of :attr:`Manifest.other_predictions`: TFLite Micro's host reference kernels (what ``measure`` runs),
 #: and the arena planned on the converted .tflite graph (isolates planner error from graph differences).
@@ -189,6 +189,8 @@ class TFLiteBackend(Backend):
           tflite-micro 0.dev20261023182759). No float16 weights (TFLite Micro's DEQUANTIZE takes no float16).
         - TFLite Micro: int4 filters only with int8 activations (conv_common.cc: "Hybrid models are not
           supported on TFLite Micro" for an int4 filter with int16 input); LiteRT runs int4 conv at 16x8.
+        - The converter builds a conv with one input channel as DEPTHWISE_CONV_2D (ds_cnn's first layer): such
+          a conv takes the depthwise rules (no int4).
         """
         tflm = runtime is None or runtime.name.startswith("tflm")
         common = {(8, 8), (8, 16), (32, 32)}
@@ -201,8 +203,11 @@ class TFLiteBackend(Backend):
             *(("TFLite Micro: int4 conv filters need int8 activations (conv_common.cc: 'Hybrid models are not "
                "supported on TFLite Micro')",) if tflm else ()),
         )
+        reasons += ("litert-torch converts a conv with one input channel into DEPTHWISE_CONV_2D: it follows the "
+                    "depthwise rules",)
         rules = PlanRules.of(runtime.name if runtime else "tflm (host reference)", self.name,
-                             {"conv": conv, "default": common}, one_activation_width=True, reasons=reasons)
+                             {"conv": conv, "dwconv": common, "default": common}, one_activation_width=True,
+                             reasons=reasons, kernel_class={ONE_CHANNEL_CONV: "dwconv"})
         return rules.within(runtime) if runtime is not None else rules
 
     @staticmethod

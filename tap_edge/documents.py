@@ -408,6 +408,8 @@ class PlanRulesInfo(Part):
     choices: dict[str, list[Widths]]
     one_activation_width: bool = False
     reasons: list[str] = Field(default_factory=list, description="the facts behind the rules, with sources")
+    kernel_class: dict[str, str] = Field(default_factory=dict, description="ops the build runs as another kernel "
+                                         "class (e.g. conv:1-channel -> dwconv), whose choices they take")
 
 
 class Pin(Part):

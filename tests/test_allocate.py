@@ -489,7 +489,8 @@ def test_budget_resolution() -> None:
     s = resolve_budgets(BudgetSpec(sram_bytes=262144), dev, rt, g)
     assert s.sram_bytes == 262144 and s.flash_bytes == b.flash_bytes
     w4 = resolve_budgets(BudgetSpec(flash_like_bits=4), dev, rt, g).flash_bytes
-    assert w4 == flash_breakdown(g, BitAssignment(4, 8), rt.code_bytes).total_bytes == flash_of_uniform(g, 4, rt)
+    assert w4 == flash_breakdown(g, BitAssignment(4, 8), rt.code_bytes, runtime=rt).total_bytes \
+        == flash_of_uniform(g, 4, rt)
     with pytest.raises(UserError):
         BudgetSpec(flash_bytes=1 << 20, flash_like_bits=4)
     with pytest.raises(UserError):

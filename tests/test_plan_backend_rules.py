@@ -181,12 +181,17 @@ def test_pins_fix_layers_and_name_close_matches() -> None:
 # ---- the backends' rules --------------------------------------------------------------------------------------
 def test_tflite_rules_on_tflite_micro_and_litert() -> None:
     rt, rules = plan_target(get_device("stm32h743"))
+    table = PlanRules.from_runtime(rt)  # what the runtime runs; the backend builds a part of it
     assert rt.name == "tflm-cmsis-nn" and rules.backend == "tflite" and rules.one_activation_width
-    assert rules.allowed("conv") == {(4, 8), (8, 8), (8, 16)}
+    assert rules.allowed("conv") == {(4, 8), (8, 8), (8, 16), (32, 32)} & table.allowed("conv")
+    assert {(4, 8), (8, 8), (8, 16)} <= rules.allowed("conv")
     for cls in ("dwconv", "fc"):
-        assert rules.allowed(cls) == {(8, 8), (8, 16)}
-    _, esp = plan_target(get_device("esp32-s3"))
-    assert esp.activation_widths() == [8] and esp.allowed("conv") == {(8, 8)}
+        assert rules.allowed(cls) == {(8, 8), (8, 16), (32, 32)} & table.allowed(cls)
+        assert not any(w == 4 for w, _ in rules.allowed(cls))
+    esp_rt, esp = plan_target(get_device("esp32-s3"))  # the backend's rules, within ESP-NN's table
+    tflm_build = get_backend("tflite").plan_rules(None)
+    for cls in ("conv", "dwconv", "fc", "default"):
+        assert esp.allowed(cls) == tflm_build.allowed(cls) & PlanRules.from_runtime(esp_rt).allowed(cls)
     litert = get_backend("tflite").plan_rules(None)  # no device: TFLite Micro's (measure always runs it)
     assert (4, 16) not in litert.allowed("conv")
     pi = get_device("raspberry-pi-5")
@@ -215,21 +220,25 @@ def test_builds_refuse_exactly_what_the_rules_forbid() -> None:
     tfl = get_backend("tflite")
     dev = get_device("stm32h743")
     ok = [BitAssignment.parse("w8a8"), BitAssignment.parse("w8a16"),
-          BitAssignment(8, 8, {"features.0": LayerBits(4, 8)})]
+          BitAssignment(8, 8, {"features.6": LayerBits(4, 8)})]
     for bits in ok:
         tfl.check_buildable(g, bits, dev)
     refused = {
         "w6a8": BitAssignment.parse("w6a8"),
         "dwconv at w4": BitAssignment(8, 8, {"features.3": LayerBits(4, 8)}),
         "fc at w4": BitAssignment(8, 8, {"fc": LayerBits(4, 8)}),
-        "int4 at 16x8": BitAssignment(8, 16, {"features.0": LayerBits(4, 16)}),
-        "two activation widths": BitAssignment(8, 8, {"features.0": LayerBits(8, 16)}),
+        "int4 at 16x8": BitAssignment(8, 16, {"features.6": LayerBits(4, 16)}),
+        "two activation widths": BitAssignment(8, 8, {"features.6": LayerBits(8, 16)}),
+        # ds_cnn's first conv has one input channel: the converter builds it as DEPTHWISE_CONV_2D
+        "one-channel conv at w4": BitAssignment(8, 8, {"features.0": LayerBits(4, 8)}),
     }
     for what, bits in refused.items():
         with pytest.raises(UserError) as e:
             tfl.check_buildable(g, bits, dev)
         assert "onnxruntime" not in str(e.value), what  # the hint is a fix for this MCU
         assert "tap-edge plan -d stm32h743 --backend tflite" in e.value.hint, what
+    with pytest.raises(UserError, match=r"'features.0' \(conv \(built as dwconv\)\) at w4a8"):
+        tfl.check_buildable(g, refused["one-channel conv at w4"], dev)
     assert tfl._mode(g, BitAssignment.parse("fp32")) == "float"
     assert tfl._mode(g, BitAssignment.parse("w8a8")) == "int8"
     assert tfl._mode(g, BitAssignment.parse("w8a16")) == "mixed"
@@ -278,3 +287,95 @@ def calib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(16):
         np.save(d / f"x{i:02d}.npy", rng.standard_normal((3, 32, 32)).astype(np.float32))
     return d
+
+
+def _flash_range(model: str, device: str) -> tuple[int, int]:
+    """The flash total of ``model`` on ``device`` with every layer the backend builds at 4 bits at 4 bits (the
+    smallest its rules allow), and at uniform 8 bits."""
+    from tap_edge.graph.models import load_graph
+
+    g = load_graph(model)
+    rt, rules = plan_target(get_device(device))
+    low = BitAssignment(8, 8, {op.module: LayerBits(4, 8) for op in g.quantizable_ops()
+                               if (4, 8) in rules.allowed_for(op)})
+    return (flash_breakdown(g, low, rt.code_bytes, runtime=rt).total_bytes,
+            flash_breakdown(g, BitAssignment(8, 8), rt.code_bytes, runtime=rt).total_bytes)
+
+
+def _tight_profile(tmp_path: Path, name: str, model: str, flash_share: float, sram_factor: float) -> Path:
+    """An STM32H743 (CMSIS-NN runtime) whose flash is ``flash_share`` of the way from the smallest flash the
+    tflite backend can build for ``model`` to its 8-bit flash, and whose arena region is ``sram_factor`` x the
+    model's w8a8 arena: the planner must trade widths for both."""
+    import yaml
+
+    from tap_edge.graph.models import load_graph
+
+    g = load_graph(model)
+    dev = get_device("stm32h743")
+    rt = dev.runtime()
+    low, high = _flash_range(model, "stm32h743")
+    data = dev.model_dump(mode="json", exclude_none=True)
+    data.update(id=name, name=name, reserved=[])
+    sram = int(sram_factor * plan_arena_for(g, BitAssignment(8, 8), rt).arena_bytes)
+    for m in data["memories"]:
+        if m["name"] == "FLASH":
+            m["size"] = int(low + flash_share * (high - low))
+        elif "arena" in m["holds"]:
+            m["size"] = sram if m["name"] == "AXI_SRAM" else min(m["size"], sram // 2)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+#: (device or (tight profile name, flash share, SRAM factor), flash share of the plan's budget or None for the
+#: device's): from the smallest flash the backend can build (all 4-bit that may be) to 8-bit, on bundled TFLite
+#: Micro devices, the ESP32-S3, and boards of one's own whose flash and arena both bind.
+SWEEP = [
+    ("stm32h743", 0.0),
+    ("stm32h743", 0.4),
+    ("nrf52840", 0.75),
+    ("esp32-s3", None),
+    (("tight-a", 0.5, 1.05), None),
+    (("tight-b", 0.1, 1.6), None),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_tflite(), reason="pip install 'tap-edge[tflite]'")
+@pytest.mark.parametrize("model", ["resnet8", "ds_cnn"])
+def test_plan_compile_measure_fits_on_tflite_micro(model: str, run_cli, tmp_path: Path) -> None:
+    """plan -> compile --backend tflite -> measure never fails on a constraint the planner could have known:
+    every plan builds, TFLite Micro runs it, and the measured verdict is FITS whenever plan said it fits."""
+    from tap_edge.graph.models import load_model
+
+    rng = np.random.default_rng(0)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    shape = load_model(model).input_shape[1:]
+    for i in range(8):
+        np.save(calib / f"x{i}.npy", rng.standard_normal(shape).astype(np.float32))
+    planned = 0
+    for target, share in SWEEP:
+        dev = str(_tight_profile(tmp_path, target[0], model, target[1], target[2])) if isinstance(target, tuple) \
+            else target
+        flags = []
+        if share is not None:
+            low, high = _flash_range(model, dev)
+            flags = ["--flash", str(int(low + share * (high - low)))]
+        out = tmp_path / f"{Path(dev).stem}-{share}.plan.json"
+        r = run_cli("plan", model, "-d", dev, "--calib", str(calib), "--calib-samples", "8", "--out", str(out), "-q",
+                    *flags)
+        assert r.code == 0, f"{dev} {flags}: {r.err}"
+        planned += 1
+        plan = json.loads(out.read_text())
+        assert plan["backend"] == "tflite" and len({v["a"] for v in plan["layers"].values()}) == 1
+        build = tmp_path / f"build-{out.stem}"
+        r = run_cli("compile", model, "--backend", "tflite", "--plan", str(out), "-d", dev, "--calib", str(calib),
+                    "--samples", "8", "--check-samples", "8", "--out", str(build), "-q")
+        assert r.code == 0, f"{dev} {flags}: compile refused a plan made for it: {r.err}"
+        artifact = next(build.glob("*.tflite"))
+        r = run_cli("measure", str(artifact), "-d", dev, "--runs", "2", "--warmup", "1", "--json")
+        rep = json.loads(r.out)
+        assert rep["verdict"] == "FITS", f"{dev} {flags}: plan said it fits, measured {rep['verdict']}: " \
+                                         f"{rep['problems']}"
+    assert planned == len(SWEEP)

@@ -21,7 +21,11 @@ from tap_edge.graph.models import load_graph
 from tap_edge.plan.rules import PlanRules
 from tap_edge.plan.suggest import OBJECTIVE, change_costs, suggest_for, suggest_report
 
-CODE = 100 * 1024  # stm32h743's tflm-cmsis-nn code bytes
+RT = get_device("stm32h743").runtime()  # tflm-cmsis-nn: 100 KiB of code, the .tflite's structure in flash
+
+
+def flash(g: ModelGraph, bits: BitAssignment) -> int:
+    return flash_breakdown(g, bits, RT.code_bytes, runtime=RT).total_bytes
 
 
 def profile(tmp_path: Path, name: str, *, flash: int | None = None, sram: int | None = None) -> Path:
@@ -61,9 +65,9 @@ def test_objective_counts_bytes_of_precision_changed() -> None:
 
 def test_flash_overflow_gets_the_cheapest_widths_plan_and_it_fits(run_cli, tmp_path: Path) -> None:
     g = load_graph("resnet8")
-    w8 = flash_breakdown(g, BitAssignment(8, 8), CODE).total_bytes
+    w8 = flash(g, BitAssignment(8, 8))
     convs4 = BitAssignment(8, 8, {op.module: LayerBits(4, 8) for op in g.quantizable_ops() if op.op_class == "conv"})
-    w4 = flash_breakdown(g, convs4, CODE).total_bytes
+    w4 = flash(g, convs4)
     limit = (w8 + w4) // 2
     dev = profile(tmp_path, "small-flash", flash=limit)
     code, rep = run_json(run_cli, "resnet8", "-d", str(dev), "--suggest", "--suggest-plans", str(tmp_path / "plans"))
@@ -75,8 +79,7 @@ def test_flash_overflow_gets_the_cheapest_widths_plan_and_it_fits(run_cli, tmp_p
     convs = [op for op in g.quantizable_ops() if op.op_class == "conv"]
     best = min(sum(op.weight_params * 4 / 8 + 1 for op in sub)
                for n in range(len(convs) + 1) for sub in itertools.combinations(convs, n)
-               if flash_breakdown(g, BitAssignment(8, 8, {op.module: LayerBits(4, 8) for op in sub}),
-                                  CODE).total_bytes <= limit)
+               if flash(g, BitAssignment(8, 8, {op.module: LayerBits(4, 8) for op in sub})) <= limit)
     assert w.cost == pytest.approx(best, abs=1e-3)
     # applied, it fits
     code, again = run_json(run_cli, "resnet8", "-d", str(dev), "--plan", w.plan_file)
@@ -125,7 +128,7 @@ def test_arena_floor_names_the_peak_and_the_largest_input_that_fits(run_cli, tmp
 
 def test_flash_floor_and_the_nearest_profile(run_cli, tmp_path: Path) -> None:
     g = load_graph("resnet8")
-    dev = profile(tmp_path, "no-flash", flash=CODE + 20 * 1024)
+    dev = profile(tmp_path, "no-flash", flash=RT.code_bytes + 20 * 1024)
     code, rep = run_json(run_cli, "resnet8", "-d", str(dev), "--suggest")
     s = rep.devices[0].suggestions
     assert code == 1 and s.floor is not None and "flash" in s.floor.binding and s.floor.resolution is None
@@ -134,7 +137,7 @@ def test_flash_floor_and_the_nearest_profile(run_cli, tmp_path: Path) -> None:
     assert near is not None and near.device == "stm32h743" and "same SoC" in near.why  # the board it came from
     code, there = run_json(run_cli, "resnet8", "-d", near.device)
     assert code == 0 and there.devices[0].flash_bytes == near.flash_bytes
-    assert flash_breakdown(g, BitAssignment(8, 8), CODE).total_bytes == near.flash_bytes
+    assert flash(g, BitAssignment(8, 8)) == near.flash_bytes
 
 
 @pytest.mark.slow

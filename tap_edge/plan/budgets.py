@@ -79,7 +79,8 @@ def flash_of_uniform(graph: ModelGraph, w_bits: int, runtime: Runtime | None = N
     report it (activation widths do not change flash)."""
     if w_bits not in WEIGHT_BITS:
         raise UserError(f"no uniform {w_bits}-bit weights", f"widths are {', '.join(map(str, WEIGHT_BITS))}")
-    return flash_breakdown(graph, BitAssignment(w_bits, 8), runtime.code_bytes if runtime else 0).total_bytes
+    return flash_breakdown(graph, BitAssignment(w_bits, 8), runtime.code_bytes if runtime else 0,
+                           runtime=runtime).total_bytes
 
 
 def resolve_budgets(spec: BudgetSpec, device: DeviceProfile, runtime: Runtime, graph: ModelGraph) -> Budgets:

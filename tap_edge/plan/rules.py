@@ -17,11 +17,22 @@ from dataclasses import dataclass, field
 from tap_edge.devices import Runtime
 from tap_edge.documents import PlanRulesInfo, Widths
 from tap_edge.fit.bits import ACT_BITS, WEIGHT_BITS, BitAssignment
-from tap_edge.graph.graph import ModelGraph
+from tap_edge.graph.graph import ModelGraph, Op
 
 Choice = tuple[int, int]
 #: Every (weight, activation) pair a plan can name.
 ALL_CHOICES: frozenset[Choice] = frozenset((w, a) for w in WEIGHT_BITS for a in ACT_BITS)
+#: A convolution with one input channel per output (one input channel, or grouped down to one): converters may
+#: build it as a depthwise kernel (the TFLite converter does).
+ONE_CHANNEL_CONV = "conv:1-channel"
+
+
+def op_kind(op: Op) -> str:
+    """The op's class, refined where a converter may build it as another kernel (:data:`ONE_CHANNEL_CONV`)."""
+    ws = op.weight_shape or []
+    if op.op_class == "conv" and len(ws) >= 2 and ws[1] == 1:
+        return ONE_CHANNEL_CONV
+    return op.op_class
 
 
 @dataclass(frozen=True)
@@ -30,14 +41,17 @@ class PlanRules:
 
     ``choices`` maps an op class (``"default"``: every other class) to the (w, a) pairs allowed;
     ``one_activation_width``: every layer takes the same activation width (the model's tensors then all have
-    it). ``backend`` is None when no tap-edge backend builds for the runtime (the runtime's table alone);
-    ``reasons`` are the facts behind the rules, with their sources."""
+    it). ``kernel_class`` maps an :func:`op_kind` to the class of the kernel the build runs it as (the TFLite
+    converter makes a one-input-channel conv a DEPTHWISE_CONV_2D, whose rules it then follows). ``backend`` is
+    None when no tap-edge backend builds for the runtime (the runtime's table alone); ``reasons`` are the facts
+    behind the rules, with their sources."""
 
     runtime: str
     choices: Mapping[str, frozenset[Choice]]
     backend: str | None = None
     one_activation_width: bool = False
     reasons: tuple[str, ...] = field(default=())
+    kernel_class: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if "default" not in self.choices:
@@ -46,29 +60,40 @@ class PlanRules:
     @classmethod
     def from_runtime(cls, runtime: Runtime, backend: str | None = None) -> PlanRules:
         """Every pair the runtime's weight and activation tables allow, chosen freely per layer."""
-        keys = {"default", *runtime.weights, *runtime.activations}
+        keys = {"default", *runtime.weights, *runtime.activations, *runtime.pairs}
         return cls(runtime=runtime.name, backend=backend,
                    choices={k: _table_pairs(runtime, k) for k in sorted(keys)},
                    reasons=(f"{runtime.name}: the device profile's weight and activation tables",))
 
     @classmethod
     def of(cls, runtime: str, backend: str, choices: Mapping[str, Iterable[Choice]], *,
-           one_activation_width: bool = False, reasons: Iterable[str] = ()) -> PlanRules:
+           one_activation_width: bool = False, reasons: Iterable[str] = (),
+           kernel_class: Mapping[str, str] | None = None) -> PlanRules:
         """Rules from plain pairs (a backend's own statement, before the runtime's table narrows it)."""
         return cls(runtime=runtime, backend=backend, choices={k: frozenset(v) for k, v in choices.items()},
-                   one_activation_width=one_activation_width, reasons=tuple(reasons))
+                   one_activation_width=one_activation_width, reasons=tuple(reasons),
+                   kernel_class=dict(kernel_class or {}))
 
     def allowed(self, op_class: str) -> frozenset[Choice]:
         return self.choices.get(op_class, self.choices["default"])
 
+    def built_class(self, op: Op) -> str:
+        """The class of the kernel the build runs ``op`` as (its own class unless :attr:`kernel_class` says)."""
+        return self.kernel_class.get(op_kind(op), op.op_class)
+
+    def allowed_for(self, op: Op) -> frozenset[Choice]:
+        """The pairs ``op`` may take: those of the kernel class it is built as."""
+        return self.allowed(self.built_class(op))
+
     def within(self, runtime: Runtime) -> PlanRules:
         """These rules narrowed to what ``runtime``'s tables allow (the plan must both build and run)."""
-        keys = {"default", *self.choices, *runtime.weights, *runtime.activations}
+        keys = {"default", *self.choices, *runtime.weights, *runtime.activations, *runtime.pairs}
         narrowed = {k: self.allowed(k) & _table_pairs(runtime, k) for k in sorted(keys)}
         table = f"{runtime.name}: the device profile's weight and activation tables"
         reasons = self.reasons if table in self.reasons else (*self.reasons, table)
         return PlanRules(runtime=runtime.name, choices=narrowed, backend=self.backend,
-                         one_activation_width=self.one_activation_width, reasons=reasons)
+                         one_activation_width=self.one_activation_width, reasons=reasons,
+                         kernel_class=self.kernel_class)
 
     def narrowed(self, *, weight_bits: Iterable[int] | None = None, act_bits: Iterable[int] | None = None) -> PlanRules:
         """Only the weight / activation widths given (a request's ``--act-bits``)."""
@@ -77,7 +102,8 @@ class PlanRules:
         choices = {k: frozenset(c for c in v if (ws is None or c[0] in ws) and (acts is None or c[1] in acts))
                    for k, v in self.choices.items()}
         return PlanRules(runtime=self.runtime, choices=choices, backend=self.backend,
-                         one_activation_width=self.one_activation_width, reasons=self.reasons)
+                         one_activation_width=self.one_activation_width, reasons=self.reasons,
+                         kernel_class=self.kernel_class)
 
     def activation_widths(self) -> list[int]:
         return sorted({a for v in self.choices.values() for _, a in v})
@@ -107,9 +133,11 @@ class PlanRules:
             w, a = bits.weight_bits(op), bits.act_bits(op)
             a = bits.default_a if a is None else a
             acts.setdefault(a, key)
-            if (w, a) not in self.allowed(op.op_class):
-                out.append(f"layer '{key}' ({op.op_class}) at w{w}a{a}: {self.builder()} builds "
-                           f"{self.describe(op.op_class)} on {op.op_class}")
+            built = self.built_class(op)
+            if (w, a) not in self.allowed_for(op):
+                as_ = f" (built as {built})" if built != op.op_class else ""
+                out.append(f"layer '{key}' ({op.op_class}{as_}) at w{w}a{a}: {self.builder()} builds "
+                           f"{self.describe(built)} on {built}")
         if self.one_activation_width and len(acts) > 1:
             shown = ", ".join(f"{a}-bit ('{k}')" for a, k in sorted(acts.items()))
             out.append(f"{self.builder()} quantizes every activation at one width; this plan has {shown}")
@@ -118,9 +146,12 @@ class PlanRules:
     def to_info(self) -> PlanRulesInfo:
         return PlanRulesInfo(backend=self.backend, runtime=self.runtime,
                              choices={k: [Widths(w=w, a=a) for w, a in sorted(v)] for k, v in self.choices.items()},
-                             one_activation_width=self.one_activation_width, reasons=list(self.reasons))
+                             one_activation_width=self.one_activation_width, reasons=list(self.reasons),
+                             kernel_class=dict(self.kernel_class))
 
 
 def _table_pairs(runtime: Runtime, op_class: str) -> frozenset[Choice]:
+    """The pairs the runtime's tables allow for ``op_class``: its weight x activation widths, as far as its
+    kernels take them together (``Runtime.pairs``)."""
     return frozenset((w, a) for w in runtime.weight_bits(op_class) for a in runtime.activation_bits(op_class)
-                     if (w, a) in ALL_CHOICES)
+                     if (w, a) in ALL_CHOICES and runtime.pair_allowed(op_class, w, a))

@@ -188,8 +188,7 @@ def quantization_floor(graph: ModelGraph, device: DeviceProfile, runtime: Runtim
         binding = ["SRAM"]
     floor_bits = err.floor_bits or BitAssignment(8, min(rules.activation_widths() or [8]))
     arena = plan_arena_for(graph, floor_bits, runtime)
-    quant = {op.op_class for op in graph.quantizable_ops()}
-    narrow_w = min((w for c in quant for w, _ in rules.allowed(c)), default=8)
+    narrow_w = min((w for op in graph.quantizable_ops() for w, _ in rules.allowed_for(op)), default=8)
     floor = QuantizationFloor(
         binding=binding, activation_bits=min(rules.activation_widths() or [8]), weight_bits=narrow_w,
         flash_floor_bytes=err.min_flash_bytes, flash_limit_bytes=budgets.flash_bytes or 0,
