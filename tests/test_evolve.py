@@ -730,3 +730,127 @@ def test_unreachable_ray_address_is_a_one_line_error(tmp_path: Path, run_cli, mo
         evo.run(show_progress=False)
     assert read_events(tmp_path / "api" / "events.jsonl") == []
     assert time.perf_counter() - t0 < 30
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bad input: one line, exit 2
+
+def test_retry_after_is_honoured_up_to_a_bound_with_a_note(capsys: pytest.CaptureFixture[str]) -> None:
+    from tap_edge.core import console
+
+    console.set_quiet(False)
+    with ScriptedLLM(["retry:1", "hello"]) as srv:
+        t0 = time.perf_counter()
+        reply = LLMClient(_llm(srv.base_url)).chat("hi")
+        assert reply.text == "hello" and time.perf_counter() - t0 >= 1.0  # waited as asked, past max_backoff
+    assert "asks to wait 1 s" in capsys.readouterr().err
+    with ScriptedLLM(["retry:3600", "hello"]) as srv:
+        t0 = time.perf_counter()
+        with pytest.raises(LLMError) as e:
+            LLMClient(_llm(srv.base_url)).chat("hi")
+        assert time.perf_counter() - t0 < 5 and len(srv.requests) == 1
+    assert e.value.fatal and "asks to wait 3600 s" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_long_retry_after_stops_the_run_once(tmp_path: Path, run_cli) -> None:
+    with ScriptedLLM(["retry:3600"]) as srv:
+        t0 = time.perf_counter()
+        r = run_cli("evolve", "--run-dir", str(tmp_path / "run"), "--llm-base-url", srv.base_url, "--task",
+                    "synthetic", "--population", "2", "--generations", "1", "--no-seed-builtins", "--executor",
+                    "thread", "-q")
+        assert time.perf_counter() - t0 < 30 and len(srv.requests) == 1
+    assert r.code == 2 and "asks to wait 3600 s" in r.err and len(r.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("body", [b"<html>502 Bad Gateway</html>", b"[1, 2]", b'{"choices": "none"}',
+                                  b'{"choices": [{"message": {"content": 5}}]}'])
+def test_an_endpoint_that_answers_200_with_no_chat_completion_fails_clearly(tmp_path: Path, run_cli,
+                                                                             body: bytes) -> None:
+    with ScriptedLLM([body]) as srv:
+        with pytest.raises(LLMError, match="not JSON|did not answer with a chat completion"):
+            LLMClient(_llm(srv.base_url)).chat("hi")
+        assert len(srv.requests) == 1  # not retried inside the call
+        r = run_cli("evolve", "--run-dir", str(tmp_path / "run"), "--llm-base-url", srv.base_url, "--task",
+                    "synthetic", "--population", "4", "--generations", "3", "--executor", "thread", "-q")
+    assert r.code == 2 and "LLM requests in a row failed" in r.err and len(r.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--population", "0"], "--population 0"),
+    (["--generations", "-1"], "--generations -1"),
+    (["--cpu-seconds", "0"], "--cpu-seconds 0"),
+    (["--cpu-seconds", "nan"], "--cpu-seconds nan"),
+    (["--temperature", "-5"], "--temperature -5"),
+    (["--temperature", "2.5"], "--temperature 2.5"),
+    (["--max-tokens", "0"], "--max-tokens 0"),
+    (["--workers", "0"], "--workers 0"),
+    (["--seed", "-1"], "--seed -1"),
+    (["--alpha", "inf"], "--alpha inf"),
+])
+def test_evolve_options_out_of_range_are_one_line(tmp_path: Path, run_cli, args: list[str], needle: str) -> None:
+    r = run_cli("evolve", "--run-dir", str(tmp_path / "run"), "--task", "synthetic", "-q", *args)
+    assert r.code == 2 and needle in r.err, r.err
+    assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+    assert not (tmp_path / "run").exists()
+
+
+def test_evolve_paths_that_cannot_be_used_are_one_line(tmp_path: Path, run_cli) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    empty = tmp_path / "no-templates"
+    empty.mkdir()
+    for args, needle in ((["--run-dir", str(afile)], "is a file"),
+                         (["--run-dir", str(tmp_path / "run"), "--templates", str(empty)], "no evolve_init.txt"),
+                         (["--run-dir", str(tmp_path / "run"), "--templates", str(afile)], "not a folder"),
+                         (["--resume", str(afile)], "not an evolve run"),
+                         (["--report", str(tmp_path / "nowhere")], "not an evolve run")):
+        r = run_cli("evolve", "--task", "synthetic", "-q", *args)
+        assert r.code == 2 and needle in r.err, (args, r.err)
+        assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("damage", [
+    b"\xff\xfe not json", b"[1, 2]", b'{"settings": 5}', b"[" * 100_000,
+    b'{"settings": {"population": "many"}}', b'{"settings": {"llm": {"temperature": "hot"}}}',
+    b'{"settings": {"tasks": [1]}}', b'{"settings": {"limits": 3}}',
+])
+def test_report_and_resume_of_a_damaged_run_json_are_one_line(tmp_path: Path, run_cli, damage: bytes) -> None:
+    with ScriptedLLM([GOOD_GRAD]) as srv:
+        s = _settings(srv.base_url, population=1, generations=1, seed_builtins=False)
+        Evolution.create(tmp_path / "run", s, LLMClient(LLMConfig(**s.llm))).run(show_progress=False)
+    (tmp_path / "run" / "run.json").write_bytes(damage)
+    for cmd in ("--report", "--resume"):
+        r = run_cli("evolve", cmd, str(tmp_path / "run"), "-q")
+        assert r.code == 2 and "run.json" in r.err, (cmd, r.err)
+        assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+
+
+def test_report_of_a_damaged_event_log_still_works(tmp_path: Path, run_cli) -> None:
+    with ScriptedLLM([GOOD_GRAD, GOOD_SIZE]) as srv:
+        s = _settings(srv.base_url, population=2, generations=1, seed_builtins=False)
+        Evolution.create(tmp_path / "run", s, LLMClient(LLMConfig(**s.llm))).run(show_progress=False)
+    with open(tmp_path / "run" / "events.jsonl", "a") as f:
+        f.write('{"type": "fitness", "ok": true, "fitness": "high"}\n{"type": "generation", "generation": "x"}\n'
+                '{"type": "program"}\n' + "[" * 100_000 + "\n" + '{"t": "noon"}\n')
+    r = run_cli("evolve", "--report", str(tmp_path / "run"), "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["valid"] == 2
+
+
+def test_repair_reruns_share_one_budget() -> None:
+    """Each rerun burns about 0.4 s of CPU before failing at a deletable line: the reruns together stay within
+    one run's CPU limit (before: up to 13 runs with the full limit each)."""
+    from tap_edge.search.fitness import SyntheticTask, TaskSpec
+    from tap_edge.search.repair import repair_program
+
+    burn = "    t = 0\n    for i in range(1500000):\n        t += i\n"
+    code = "def proxy(layer, bits):\n" + "".join(f"{burn}    x{k} = undefined_{k}\n" for k in range(12)) + \
+        "    return [1.0 for b in bits]\n"
+    task = SyntheticTask(TaskSpec.parse("synthetic"))
+    t0 = time.perf_counter()
+    fixed, steps, why, last = repair_program(code, task.program_layers()[:1], task.bits, cpu_seconds=1.5,
+                                             wall_seconds=3)
+    assert fixed is None and why and "budget" in why, why
+    assert 1 <= len(steps) < 12
+    assert time.perf_counter() - t0 < 3 + 12  # wall budget plus the interpreters' start-up
