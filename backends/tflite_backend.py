@@ -191,6 +191,9 @@ class TFLiteBackend(Backend):
           supported on TFLite Micro" for an int4 filter with int16 input); LiteRT runs int4 conv at 16x8.
         - The converter builds a conv with one input channel as DEPTHWISE_CONV_2D (ds_cnn's first layer): such
           a conv takes the depthwise rules (no int4).
+        - ``measure`` runs TFLite Micro's reference kernels on the host: a plan for a device whose kernels differ
+          (CMSIS-NN reads int4 filters packed, the reference kernels unpack them into scratch) must fit those too
+          (``also_fits``), so the measurement confirms what the plan says.
         """
         tflm = runtime is None or runtime.name.startswith("tflm")
         common = {(8, 8), (8, 16), (32, 32)}
@@ -205,9 +208,14 @@ class TFLiteBackend(Backend):
         )
         reasons += ("litert-torch converts a conv with one input channel into DEPTHWISE_CONV_2D: it follows the "
                     "depthwise rules",)
+        also = ()
+        if runtime is not None and tflm and runtime.scratch != "tflm":  # measure runs the reference kernels
+            also = (runtime.model_copy(update={"name": f"{runtime.name}@host-reference", "scratch": "tflm"}),)
+            reasons += (f"measured with TFLite Micro's reference kernels on the host: the arena must fit them too "
+                        f"(they unpack int4 filters into scratch, where {runtime.name}'s kernels may not)",)
         rules = PlanRules.of(runtime.name if runtime else "tflm (host reference)", self.name,
                              {"conv": conv, "dwconv": common, "default": common}, one_activation_width=True,
-                             reasons=reasons, kernel_class={ONE_CHANNEL_CONV: "dwconv"})
+                             reasons=reasons, kernel_class={ONE_CHANNEL_CONV: "dwconv"}, also_fits=also)
         return rules.within(runtime) if runtime is not None else rules
 
     @staticmethod

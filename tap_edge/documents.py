@@ -410,6 +410,8 @@ class PlanRulesInfo(Part):
     reasons: list[str] = Field(default_factory=list, description="the facts behind the rules, with sources")
     kernel_class: dict[str, str] = Field(default_factory=dict, description="ops the build runs as another kernel "
                                          "class (e.g. conv:1-channel -> dwconv), whose choices they take")
+    also_fits: list[str] = Field(default_factory=list, description="runtimes whose arena model the plan fits too "
+                                 "(the kernels the backend's measurement runs)")
 
 
 class Pin(Part):

@@ -178,6 +178,34 @@ def test_pins_fix_layers_and_name_close_matches() -> None:
         allocate(g, costs, rt, Budgets(None, None), rules=tflite_like(rt), pins={"fc": (8, 16), "l0": (4, 8)})
 
 
+def test_also_fits_keeps_the_plan_inside_the_measured_kernels_arena() -> None:
+    """CMSIS-NN reads int4 filters packed; TFLite Micro's reference kernels (what measure runs) unpack them into
+    scratch: with the reference runtime in ``also_fits`` the plan's arena fits both."""
+    hw = 8
+    ops = [_conv("c0", "x", "t0", 8, 64, 1, hw), _conv("c1", "t0", "t1", 64, 64, 1, hw)]
+    tensors = {"x": _t("x", [1, 8, hw, hw], "input"), "t0": _t("t0", [1, 64, hw, hw]),
+               "t1": _t("t1", [1, 64, hw, hw], "output")}
+    g = ModelGraph("one-by-one", "test", ops, tensors, ["x"], ["t1"])
+    device_rt = runtime(name="tflm-dev", weights={"default": [4, 8]}, activations={"default": [8]},
+                        scratch="cmsis-nn")
+    reference = device_rt.model_copy(update={"name": "tflm-dev@host-reference", "scratch": "tflm"})
+    w4 = BitAssignment(4, 8)
+    dev4, ref4 = plan_arena_for(g, w4, device_rt).arena_bytes, plan_arena_for(g, w4, reference).arena_bytes
+    ref8 = plan_arena_for(g, BitAssignment(8, 8), reference).arena_bytes
+    assert dev4 < ref4 and ref8 < ref4  # the unpacked int4 filter is the difference
+    budget = Budgets(None, (max(dev4, ref8) + ref4) // 2)
+    costs = {op.name: {(4, 8): 0.0, (8, 8): op.weight_params * 1.0} for op in g.quantizable_ops()}
+    plain = allocate(g, costs, device_rt, budget)
+    assert plain.layers["c1"]["w"] == 4 and plan_arena_for(g, plain.bits(), reference).arena_bytes > budget.sram_bytes
+    rules = PlanRules.from_runtime(device_rt)
+    rules = PlanRules(runtime=rules.runtime, choices=rules.choices, also_fits=(reference,))
+    al = allocate(g, costs, device_rt, budget, rules=rules)
+    assert plan_arena_for(g, al.bits(), reference).arena_bytes <= budget.sram_bytes
+    assert al.arena_bytes <= budget.sram_bytes and any("also_sram" in t for t in al.tightenings)
+    tfl = get_backend("tflite").plan_rules(get_device("stm32h743").runtime())
+    assert [r.scratch for r in tfl.also_fits] == ["tflm"] and tfl.to_info().also_fits
+
+
 # ---- the backends' rules --------------------------------------------------------------------------------------
 def test_tflite_rules_on_tflite_micro_and_litert() -> None:
     rt, rules = plan_target(get_device("stm32h743"))

@@ -37,10 +37,12 @@ budget first adds a cut excluding that plan's activation pattern (the arena depe
 only, so the cut is exact and the result stays optimal under the arena budget) on small models; after
 ``MAX_CUTS`` cuts, or when patterns are too many for cuts to help, the live-bytes budget of the steps whose
 buffers the greedy layout puts above the budget is tightened by the overshoot instead (then the plan is
-optimal for the tightened program; the true optimum may be a little better). Every repair is listed in
-``Allocation.tightenings``. If that leads nowhere, the smallest-SRAM plan within the other budgets is
-returned (status ``"feasible"``) if it fits; otherwise :class:`InfeasibleBudget` names the binding
-constraint and the smallest achievable flash and SRAM.
+optimal for the tightened program; the true optimum may be a little better). A plan whose arena fits the
+device but not a runtime of the rules' ``also_fits`` (the kernels the backend measures with) tightens the
+SRAM budget by that overshoot (``also_sram``). Every repair is listed in ``Allocation.tightenings``. If
+that leads nowhere, the smallest-SRAM plan within the other budgets is returned (status ``"feasible"``) if
+it fits; otherwise :class:`InfeasibleBudget` names the binding constraint and the smallest achievable flash
+and SRAM.
 """
 
 from __future__ import annotations
@@ -177,6 +179,7 @@ class _Evaluation:
     arena: ArenaPlan
     bops: int
     latency_ms: float | None
+    also_arena_bytes: int = 0  # the largest arena under the rules' also_fits runtimes
 
 
 #: A tensor's width source: (layers whose chosen activation width it takes the max of, constant floor or 0).
@@ -693,7 +696,9 @@ class _Program:
         if clock_hz:
             cyc = self.cycles_fixed + sum(lay.cycles[j] for lay, j in zip(self.layers, pick, strict=True))
             lat = cyc * 1e3 / clock_hz
-        return _Evaluation(pick, bits, fb, arena, bops, lat)
+        also = max((plan_arena_for(self.source, bits, r).arena_bytes for r in self.rules.also_fits), default=0) \
+            if self.rules else 0
+        return _Evaluation(pick, bits, fb, arena, bops, lat, also)
 
     def live_bytes(self, pick: list[int]) -> np.ndarray:
         """Live bytes per step the program predicts for ``pick`` (aux indicators at their true values)."""
@@ -743,6 +748,8 @@ def _overshoot(ev: _Evaluation, b: Budgets, check_arena: bool) -> dict[str, floa
         limit = b.sram_bytes - (ev.flash.total_bytes if b.shared_region else 0)
         if used > limit:
             over["sram"] = used - limit
+        elif check_arena and ev.also_arena_bytes > limit:  # fits the device, not the kernels it is measured on
+            over["also_sram"] = ev.also_arena_bytes - limit
     if b.bops is not None and ev.bops > b.bops:
         over["bops"] = ev.bops - b.bops
     if b.latency_ms is not None and ev.latency_ms is not None and ev.latency_ms > b.latency_ms:
@@ -826,7 +833,8 @@ def _solve_budgets(prog: _Program, budgets: Budgets, *, check_arena: bool, max_t
         tightenings.append(over)
         for k, v in over.items():
             if k not in ("arena_cut", "sram_steps"):
-                slack[k] = slack.get(k, 0.0) + v
+                key = "sram" if k == "also_sram" else k  # the measured kernels' arena: the SRAM budget tightens
+                slack[key] = slack.get(key, 0.0) + v
     # Repairs did not converge: the smallest-SRAM plan within the other budgets, if it fits.
     other = replace(budgets, sram_bytes=None)
     pick, _, s, _ = prog.solve("sram", other, {k: v for k, v in slack.items() if k != "sram"}, time_limit,

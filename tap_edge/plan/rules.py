@@ -44,7 +44,9 @@ class PlanRules:
     it). ``kernel_class`` maps an :func:`op_kind` to the class of the kernel the build runs it as (the TFLite
     converter makes a one-input-channel conv a DEPTHWISE_CONV_2D, whose rules it then follows). ``backend`` is
     None when no tap-edge backend builds for the runtime (the runtime's table alone); ``reasons`` are the facts
-    behind the rules, with their sources."""
+    behind the rules, with their sources. ``also_fits``: runtimes whose memory model the plan's arena must fit
+    too, besides the device's (the kernels the backend's measurement runs, e.g. TFLite Micro's reference
+    kernels on the host, which unpack int4 filters where CMSIS-NN reads them packed)."""
 
     runtime: str
     choices: Mapping[str, frozenset[Choice]]
@@ -52,6 +54,7 @@ class PlanRules:
     one_activation_width: bool = False
     reasons: tuple[str, ...] = field(default=())
     kernel_class: Mapping[str, str] = field(default_factory=dict)
+    also_fits: tuple[Runtime, ...] = ()
 
     def __post_init__(self) -> None:
         if "default" not in self.choices:
@@ -68,11 +71,11 @@ class PlanRules:
     @classmethod
     def of(cls, runtime: str, backend: str, choices: Mapping[str, Iterable[Choice]], *,
            one_activation_width: bool = False, reasons: Iterable[str] = (),
-           kernel_class: Mapping[str, str] | None = None) -> PlanRules:
+           kernel_class: Mapping[str, str] | None = None, also_fits: Iterable[Runtime] = ()) -> PlanRules:
         """Rules from plain pairs (a backend's own statement, before the runtime's table narrows it)."""
         return cls(runtime=runtime, backend=backend, choices={k: frozenset(v) for k, v in choices.items()},
                    one_activation_width=one_activation_width, reasons=tuple(reasons),
-                   kernel_class=dict(kernel_class or {}))
+                   kernel_class=dict(kernel_class or {}), also_fits=tuple(also_fits))
 
     def allowed(self, op_class: str) -> frozenset[Choice]:
         return self.choices.get(op_class, self.choices["default"])
@@ -93,7 +96,7 @@ class PlanRules:
         reasons = self.reasons if table in self.reasons else (*self.reasons, table)
         return PlanRules(runtime=runtime.name, choices=narrowed, backend=self.backend,
                          one_activation_width=self.one_activation_width, reasons=reasons,
-                         kernel_class=self.kernel_class)
+                         kernel_class=self.kernel_class, also_fits=self.also_fits)
 
     def narrowed(self, *, weight_bits: Iterable[int] | None = None, act_bits: Iterable[int] | None = None) -> PlanRules:
         """Only the weight / activation widths given (a request's ``--act-bits``)."""
@@ -103,7 +106,7 @@ class PlanRules:
                    for k, v in self.choices.items()}
         return PlanRules(runtime=self.runtime, choices=choices, backend=self.backend,
                          one_activation_width=self.one_activation_width, reasons=self.reasons,
-                         kernel_class=self.kernel_class)
+                         kernel_class=self.kernel_class, also_fits=self.also_fits)
 
     def activation_widths(self) -> list[int]:
         return sorted({a for v in self.choices.values() for _, a in v})
@@ -147,7 +150,7 @@ class PlanRules:
         return PlanRulesInfo(backend=self.backend, runtime=self.runtime,
                              choices={k: [Widths(w=w, a=a) for w, a in sorted(v)] for k, v in self.choices.items()},
                              one_activation_width=self.one_activation_width, reasons=list(self.reasons),
-                             kernel_class=dict(self.kernel_class))
+                             kernel_class=dict(self.kernel_class), also_fits=[r.name for r in self.also_fits])
 
 
 def _table_pairs(runtime: Runtime, op_class: str) -> frozenset[Choice]:
