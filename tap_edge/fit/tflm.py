@@ -137,6 +137,27 @@ def scratch_requests(op: Op, builtin: str, a_bits: int, w_bits: int | None, out_
     return out
 
 
+#: Kernels whose Prepare makes its operands' temporary tensors twice over (ConvPrepare then
+#: CalculateOpDataConv; the reduce kernels' Prepare and their helper).
+_TEMP_TWICE = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN")
+
+
+def prepare_temp_bytes(op: Op, graph: ModelGraph, a_bits: int) -> int:
+    """Temporary tensors a kernel's Prepare holds: one TfLiteTensor per operand and, when quantized, its
+    quantization (struct, zero points and scales: 8 B per channel); the operands' scale counts come from the
+    file, else from the op (per-channel weights and bias of a quantized layer)."""
+    scales = op.attrs.get("operand_scales")
+    if scales is None:
+        n_other = sum(_SHAPE_CONSTS.get(b, 0) for b in _builtins(op, graph))
+        per = 1 if a_bits != 32 else 0
+        scales = [per] * (len(op.inputs) + len(op.outputs)) + [0] * n_other
+        if op.weight_shape:
+            scales += [_channels(op) if a_bits != 32 else 0] * (2 if op.bias else 1)
+    total = sum(TEMP_TENSOR_BYTES + (TEMP_QUANT_BYTES + 8 * c if c else 0) for c in scales)
+    builtins = _builtins(op, graph)
+    return total * (2 if builtins and builtins[0] in _TEMP_TWICE else 1)
+
+
 def _tensor_counts(graph: ModelGraph) -> tuple[int, int, int]:
     """(tensors of every subgraph incl. constants, ops, subgraphs) of the .tflite TFLM runs: the file's own
     counts, or a converter's for a graph from PyTorch / ONNX (activations + weights, biases, shape operands)."""
@@ -182,9 +203,7 @@ def tflm_arena(graph: ModelGraph, bits: BitAssignment, tbits: dict[str, int],
             if reqs:
                 scratch.setdefault(step, []).extend(reqs)
                 tail += SCRATCH_HANDLE_BYTES * len(reqs)
-        operands = len(op.inputs) + len(op.outputs) + (1 if op.weight_shape else 0) + (1 if op.bias else 0)
-        quant = 0 if a == 32 else TEMP_QUANT_BYTES * operands + 8 * 2 * _channels(op)
-        temp_peak = max(temp_peak, TEMP_TENSOR_BYTES * operands + quant)
+        temp_peak = max(temp_peak, prepare_temp_bytes(op, graph, a))
     for step, nbytes in (layer_scratch or {}).items():
         if nbytes > 0:
             scratch.setdefault(step, []).append(nbytes)

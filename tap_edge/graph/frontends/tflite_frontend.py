@@ -457,6 +457,8 @@ class _Builder:
         in_t = tensors.get(data_in) if data_in >= 0 else None
         out_shape = out_t.shape if out_t else []
         w_shape = tensors[weight_id].shape if weight_id in tensors else []
+        # every operand's quantization scales (0: float / none): TFLM's Prepare makes a temporary tensor of each
+        op.attrs["operand_scales"] = [tensors[i].scales for i in [*r.inputs, *r.outputs] if i >= 0 and i in tensors]
         if r.op_type in ("DEQUANTIZE", "DENSIFY") and r.inputs and r.inputs[0] in tensors:
             op.attrs["input_dtype"] = tensors[r.inputs[0]].dtype
         if op_class == "conv" and len(w_shape) == 4:
