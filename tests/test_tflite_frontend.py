@@ -217,7 +217,8 @@ def test_op_mapping_layouts_and_macs(tmp_path: Path) -> None:
     assert conv.attrs["weight_quant"] == "per_channel" and conv.attrs["padding"] == "same"
     assert dw.weight_shape == [8, 1, 3, 3] and dw.macs == 4 * 4 * 8 * 3 * 3
     assert dw.attrs["stride"] == [2, 2] and dw.attrs["groups"] == 4 and dw.attrs["depth_multiplier"] == 2
-    assert relu6.attrs == {"fn": "relu6"} and sig.attrs == {"fn": "sigmoid"}
+    assert relu6.attrs["fn"] == "relu6" and sig.attrs["fn"] == "sigmoid"
+    assert conv.attrs["operand_scales"] == [0, 4, 0, 0]  # input, per-channel filter, bias, output
     assert mean.other_params == 2 and reshape.other_params == 2  # the axes and new-shape vectors
     assert fc.weight_shape == [10, 8] and fc.weight_dtype == "int4" and fc.bias == 10 and fc.macs == 80
     assert custom.name == "custom_out" and custom.inputs == ["fc_out"]
