@@ -50,6 +50,9 @@ _METHOD_CLASSES = {
 }
 
 
+_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.modules.batchnorm._BatchNorm)
+
+
 class _Tracer(torch.fx.Tracer):
     """Keeps torch.nn leaves plus timm's no-trace modules (Conv2dSame, BatchNormAct2d, ...) whole."""
 
@@ -65,6 +68,10 @@ class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         name = type(m).__name__
         if name in ("BatchNormAct2d", "Conv2dSame", "SelectAdaptivePool2d") or isinstance(m, self._timm_leaves):
+            return True
+        # subclasses of the weight-carrying layers (timm.layers.Linear, ...) are those layers: keep them whole,
+        # or the tracer sees an F.linear on a float parameter
+        if isinstance(m, _LAYER_TYPES):
             return True
         return super().is_leaf_module(m, qualname)
 
