@@ -28,9 +28,10 @@ does not collapse (spinning OpenMP barriers) when other jobs share the cores.
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -51,6 +52,8 @@ _FINE_STEPS = 9
 # quantiles of the rest, weighted); the error reported is always exact on the whole channel.
 _SAMPLE = 128
 _TOP = 16
+# Activation range search ("mse"): values kept per tensor.
+_MSE_SAMPLE = 1 << 18
 
 
 def qmax_of(bits: int) -> int:
@@ -261,6 +264,7 @@ class FakeQuantAct(nn.Module):
         self.bits, self.method, self.percentile = int(bits), method, float(percentile)
         self.observing = True
         self.lo, self.hi = math.inf, -math.inf
+        self._sample: list[torch.Tensor] = []  # "mse": a strided subsample of what was observed
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0.0))
 
@@ -279,21 +283,44 @@ class FakeQuantAct(nn.Module):
         else:
             lo_t, hi_t = torch.aminmax(flat)
             lo, hi = float(lo_t), float(hi_t)
+            if self.method == "mse":
+                self._sample.append(flat[:: max(1, math.ceil(flat.numel() / _MSE_SAMPLE))].float().clone())
         self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
 
+    def _mse_range(self, lo: float, hi: float) -> tuple[float, float]:
+        """The range ``r x [lo, hi]`` (r in 0.05..1) whose quantizer has the least squared error on the sample."""
+        x = torch.cat(self._sample)
+        x = x[:: max(1, math.ceil(x.numel() / _MSE_SAMPLE))]
+        self._sample = []
+        best, best_err = 1.0, math.inf
+        for r in torch.logspace(-1.3, 0.0, 40).tolist():
+            err = float(((self._quantize(x, *self._params(lo * r, hi * r)) - x) ** 2).sum())
+            if err < best_err:
+                best, best_err = r, err
+        return lo * best, hi * best
+
+    def _params(self, lo: float, hi: float) -> tuple[float, float]:
+        if self.bits == 8:
+            scale = max(hi - lo, 1e-8) / 255.0
+            return scale, float(round(-lo / scale))
+        return max(max(-lo, hi), 1e-8) / ((1 << (self.bits - 1)) - 1), 0.0
+
+    def _quantize(self, x: torch.Tensor, s: float | torch.Tensor, z: float | torch.Tensor) -> torch.Tensor:
+        if self.bits == 8:
+            return (torch.clamp(torch.round(x / s) + z, 0, 255) - z) * s
+        qmax = (1 << (self.bits - 1)) - 1
+        return torch.clamp(torch.round(x / s), -qmax, qmax) * s
+
     def finish(self) -> None:
-        """Turn the observed range into scale / zero point and start quantizing."""
+        """Turn the observed range into scale / zero point (``mse``: the searched range) and start quantizing."""
         lo, hi = min(self.lo, 0.0), max(self.hi, 0.0)
         if not math.isfinite(lo) or not math.isfinite(hi):
             lo, hi = -1.0, 1.0
-        if self.bits == 8:
-            scale = max(hi - lo, 1e-8) / 255.0
-            self.scale.fill_(scale)
-            self.zero_point.fill_(round(-lo / scale))
-        else:
-            qmax = (1 << (self.bits - 1)) - 1
-            self.scale.fill_(max(max(-lo, hi), 1e-8) / qmax)
-            self.zero_point.fill_(0.0)
+        if self.method == "mse" and self._sample:
+            lo, hi = self._mse_range(lo, hi)
+        scale, zero = self._params(lo, hi)
+        self.scale.fill_(scale)
+        self.zero_point.fill_(zero)
         self.observing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -302,24 +329,46 @@ class FakeQuantAct(nn.Module):
         if self.observing:
             self.observe(x)
             return x
-        s, z = self.scale, self.zero_point
-        if self.bits == 8:
-            return (torch.clamp(torch.round(x / s) + z, 0, 255) - z) * s
-        qmax = (1 << (self.bits - 1)) - 1
-        return torch.clamp(torch.round(x / s), -qmax, qmax) * s
+        return self._quantize(x, self.scale, self.zero_point)
 
 
 # ---- the transformation -----------------------------------------------------------------------------------
+ROUNDINGS = ("nearest", "gptq", "adaround")
+ACT_CALIBS = ("minmax", "percentile", "mse")
+#: Calibration samples of the PTQ step by rounding method (measured on EfficientNet-Lite0: tools/bench_plan.py).
+DEFAULT_PTQ_SAMPLES = {"nearest": 16, "gptq": 64, "adaround": 64}
+
+
+def _choice(value: str, choices: Sequence[str], what: str) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = (f"did you mean {close[0]}? " if close else "") + "choose " + ", ".join(choices)
+        raise UserError(f"unknown {what} '{value}'", hint)
+
+
 @dataclass
 class PTQConfig:
     """Everything the PTQ transformation needs besides the model and the calibration batch (torchao style).
 
-    ``bits``: a :class:`BitAssignment` (uniform ``"w4a8"`` or a plan); ``clip``: ``"mse"`` (searched) or
-    ``"max"``; ``act_calib``: ``"minmax"`` or ``"percentile"`` (``act_percentile``); ``fold_bn``: fold
-    BatchNorm first; ``quantize_output``: fake-quantize the model output when a quantizable layer makes it.
-    """
+    ``bits``: a :class:`BitAssignment` (uniform ``"w4a8"`` or a plan); ``rounding``: ``"nearest"``,
+    ``"gptq"`` (second-order, fast) or ``"adaround"`` (learned, ``iters`` Adam steps per layer), see
+    :mod:`tap_edge.quantize.rounding`; ``bias_correction``: correct each output channel's mean shift on the
+    calibration batch (None: on for gptq / adaround, off for nearest); ``float_target``: round to reproduce
+    the float layer on the float input (else the layer's own output on its quantized input); ``percdamp``,
+    ``act_order``: GPTQ's damping (fraction of the mean Hessian diagonal) and column order; ``clip``:
+    ``"mse"`` (searched) or ``"max"`` weight clipping; ``act_calib``: ``"minmax"``, ``"percentile"``
+    (``act_percentile``) or ``"mse"`` (range with the least squared error); ``fold_bn``: fold BatchNorm first;
+    ``quantize_output``: fake-quantize the model output when a quantizable layer makes it.
+    Any rounding other than nearest, or bias correction, calibrates sequentially
+    (:mod:`tap_edge.quantize.sequential`). ``to_dict`` / ``from_dict`` round-trip it."""
 
     bits: BitAssignment = field(default_factory=lambda: BitAssignment(8, 8))
+    rounding: str = "nearest"
+    bias_correction: bool | None = None
+    float_target: bool = True
+    percdamp: float = 0.01
+    act_order: bool = True
+    iters: int = 400
     clip: str = "mse"
     act_calib: str = "minmax"
     act_percentile: float = 99.99
@@ -332,12 +381,43 @@ class PTQConfig:
             self.bits = BitAssignment.parse(self.bits)
         elif isinstance(self.bits, dict):
             self.bits = BitAssignment.from_plan(self.bits)
-        if self.clip not in ("mse", "max"):
-            raise UserError(f"unknown weight clipping '{self.clip}'", "use mse or max")
-        if self.act_calib not in ("minmax", "percentile"):
-            raise UserError(f"unknown activation calibration '{self.act_calib}'", "use minmax or percentile")
+        _choice(self.rounding, ROUNDINGS, "rounding")
+        if self.bias_correction is None:
+            self.bias_correction = self.rounding != "nearest"
+        _choice(self.clip, ("mse", "max"), "weight clipping")
+        _choice(self.act_calib, ACT_CALIBS, "activation calibration")
         if not 50.0 < self.act_percentile <= 100.0:
             raise UserError(f"activation percentile {self.act_percentile} out of range", "use e.g. 99.99")
+        if not 0.0 <= self.percdamp <= 1.0:
+            raise UserError(f"GPTQ damping {self.percdamp} out of range", "use a fraction such as 0.01")
+        if self.iters < 1:
+            raise UserError(f"AdaRound iterations must be positive, got {self.iters}", "use e.g. 1000")
+        if self.calib_batch_size < 1:
+            raise UserError(f"calibration batch size must be positive, got {self.calib_batch_size}")
+
+    @property
+    def sequential(self) -> bool:
+        """Whether layers are calibrated one after the other (every method but plain round-to-nearest)."""
+        return self.rounding != "nearest" or bool(self.bias_correction)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (``bits`` as a plan dict); :meth:`from_dict` reads it back."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["bits"] = self.bits.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PTQConfig:
+        names = [f.name for f in fields(cls)]
+        for key in data:
+            _choice(key, names, "PTQ setting")
+        return cls(**data)
+
+
+def default_ptq_samples(rounding: str) -> int:
+    """Calibration samples the PTQ step uses by default for ``rounding`` (:data:`DEFAULT_PTQ_SAMPLES`)."""
+    _choice(rounding, ROUNDINGS, "rounding")
+    return DEFAULT_PTQ_SAMPLES[rounding]
 
 
 @dataclass
@@ -348,6 +428,8 @@ class PTQInfo:
     weight_bits: dict[str, int]
     act_bits: dict[str, int]  # module -> width of its (fake-quantized) input
     output_bits: int | None
+    rounding: str = "nearest"
+    rounded: list[str] = field(default_factory=list)  # modules the rounding method handled (others: nearest)
 
 
 def _graph_of(model: nn.Module, calib: torch.Tensor) -> ModelGraph:
@@ -356,10 +438,20 @@ def _graph_of(model: nn.Module, calib: torch.Tensor) -> ModelGraph:
     return trace_module(model, calib[:1])
 
 
+def _check_width(name: str, wb: int, rounding: str) -> None:
+    if not (2 <= wb <= 8 or wb in (16, 32)):
+        raise UserError(f"layer '{name}': {rounding} rounding takes 2..8-bit integer weights (or 16 / 32 float), "
+                        f"not {wb}", "give weight widths 2..8, 16 or 32")
+
+
 def ptq(model: nn.Module, config: PTQConfig, calib: torch.Tensor, graph: ModelGraph | None = None) -> nn.Module:
     """Return a fake-quantized copy of ``model`` (the original is untouched); see the module docstring."""
+    from tap_edge.quantize.sequential import check_weights
+
     if calib is None or calib.dim() < 2 or len(calib) == 0:
         raise UserError("PTQ needs a non-empty calibration batch", "give a few calibration images or tensors")
+    if not bool(torch.isfinite(calib).all()):
+        raise UserError("the calibration batch has NaN or infinite values", "check the calibration samples")
     bits = config.bits
     if graph is None:
         graph = _graph_of(model, calib)
@@ -369,30 +461,21 @@ def ptq(model: nn.Module, config: PTQConfig, calib: torch.Tensor, graph: ModelGr
     for p in q.parameters():
         p.requires_grad_(False)
     folded = fold_batchnorm(q)[1] if config.fold_bn else []
+    float_model = copy.deepcopy(q) if config.sequential else None
     modules = dict(q.named_modules())
     widths = tensor_bits(graph, bits)
-    info = PTQInfo(folded, {}, {}, None)
+    info = PTQInfo(folded, {}, {}, None, rounding=config.rounding)
     quants: list[FakeQuantAct] = []
     seen: set[str] = set()
-    jobs: list[tuple[str, Callable[[], None]]] = []
-
-    def weight_job(w: torch.Tensor, wb: int) -> Callable[[], None]:
-        def run() -> None:
-            with torch.no_grad():
-                if wb <= 8:
-                    w.copy_(quantize_weight(w, weight_scales(w, wb, config.clip)[0], wb))
-                elif wb == 16:
-                    w.copy_(w.half().float())
-        return run
-
     for op in graph.quantizable_ops():
         if not op.module or op.module not in modules or op.module in seen:
             continue
         seen.add(op.module)
         mod = modules[op.module]
         wb = bits.weight_bits(op)
+        _check_width(op.module, wb, config.rounding)
+        check_weights(op.module, mod)
         info.weight_bits[op.module] = wb
-        jobs.append(("weights", weight_job(mod.weight, wb)))
         ab = widths.get(op.inputs[0], 32) if op.inputs else 32
         if ab < 32:
             fq = FakeQuantAct(ab, config.act_calib, config.act_percentile)
@@ -408,16 +491,72 @@ def ptq(model: nn.Module, config: PTQConfig, calib: torch.Tensor, graph: ModelGr
                 mod.register_forward_hook(lambda m, args, out: m.output_quant(out))
                 quants.append(fo)
                 info.output_bits = ob
-    with worker_threads() as workers:
-        run_tasks(jobs, workers=workers)
-    if quants:
+    todo = dict(info.weight_bits)
+    if float_model is not None:
+        done = _sequential(q, float_model, config, calib, info)
+        todo = {k: v for k, v in todo.items() if k not in done}
+    _round_to_nearest(modules, todo, config.clip)
+    pending = [fq for fq in quants if fq.observing]
+    if pending:
         with torch.no_grad():
             for i in range(0, len(calib), config.calib_batch_size):
                 q(calib[i:i + config.calib_batch_size])
-        for fq in quants:
+        for fq in pending:
             fq.finish()
     q.tap_edge_ptq = info  # type: ignore[assignment]
     return q
+
+
+def _round_to_nearest(modules: dict[str, nn.Module], layer_bits: dict[str, int], clip: str) -> None:
+    """Round-to-nearest weights of ``layer_bits``' modules in place (16 bits: float16), on worker threads."""
+
+    def job(w: torch.Tensor, wb: int) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad():
+                if wb <= 8:
+                    w.copy_(quantize_weight(w, weight_scales(w, wb, clip)[0], wb))
+                elif wb == 16:
+                    w.copy_(w.half().float())
+        return run
+
+    jobs = [("weights", job(modules[name].weight, wb)) for name, wb in layer_bits.items()]
+    with worker_threads() as workers:
+        run_tasks(jobs, workers=workers)
+
+
+def _sequential(q: nn.Module, float_model: nn.Module, config: PTQConfig, calib: torch.Tensor,
+                info: PTQInfo) -> set[str]:
+    """Round layer by layer on inputs from the already-quantized prefix; returns the modules handled."""
+    from tap_edge.quantize import rounding as R
+    from tap_edge.quantize.sequential import LayerJob, run_sequential, trace
+
+    def round_layer(name: str, mod: nn.Module, x_q: torch.Tensor, x_f: torch.Tensor, wb: int) -> None:
+        w = mod.weight
+        if wb == 16:
+            w.copy_(w.half().float())
+        if wb > 8:
+            return
+        scale = weight_scales(w, wb, config.clip)[0]
+        if config.rounding == "nearest" or not R.supports(mod):
+            w.copy_(quantize_weight(w, scale, wb))
+            return
+        stats = R.layer_stats(mod, x_q, x_f)
+        wg = R.grouped_weight(mod)
+        sg = scale.reshape(wg.shape[0], wg.shape[1])
+        target = R.float_target(wg, stats, config.percdamp) if config.float_target else wg
+        if config.rounding == "gptq":
+            levels = R.gptq_round(wg, stats, sg, wb, percdamp=config.percdamp, act_order=config.act_order,
+                                  w_target=target)
+        else:
+            levels = R.adaround(wg, stats, sg, wb, iters=config.iters, w_target=target)
+        w.copy_((levels * sg[..., None]).reshape(w.shape))
+        info.rounded.append(name)
+
+    graph = trace(float_model)
+    jobs = [LayerJob(name, wb) for name, wb in info.weight_bits.items()]
+    with worker_threads():  # one OpenMP thread: on shared cores, intra-op threads spin (2-4x slower under load)
+        return run_sequential(q, float_model, graph, jobs, calib, round_layer, f"PTQ ({config.rounding})",
+                              bias_correction=bool(config.bias_correction))
 
 
 def quantize_model(model: nn.Module, bits: BitAssignment | str | dict[str, Any], calib: torch.Tensor,
