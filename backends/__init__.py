@@ -62,7 +62,7 @@ from tap_edge.documents import (
 )
 from tap_edge.fit.bits import BitAssignment
 from tap_edge.graph.graph import ModelGraph
-from tap_edge.graph.models import LoadedModel, load_graph, load_model
+from tap_edge.graph.models import LoadedModel, load_graph
 from tap_edge.graph.shapes import InputShapes, model_inputs
 from tap_edge.plan.rules import ALL_CHOICES, PlanRules
 
@@ -483,7 +483,7 @@ def plan_target(device: DeviceProfile, runtime: str | None = None, backend: str 
 
 # ---- the library call behind `tap-edge compile` ----------------------------------------------------------------
 def compile_model(
-    model: str | LoadedModel,
+    model: Any,
     backend: str | Backend,
     bits: BitAssignment,
     out_dir: Path,
@@ -495,21 +495,21 @@ def compile_model(
     options: BackendOptions | None = None,
     input_shapes: InputShapes | None = None,
 ) -> Artifact:
-    """Compile ``model`` at ``bits`` with ``backend`` into ``out_dir``: the backend, its dependencies and the
-    device are checked before the model is loaded; ``max(samples, check_samples)`` inputs are read once
-    (:func:`~tap_edge.backends.reference.sample_inputs`: ``calib_dir``, the shared photos or noise), the
-    first ``samples`` calibrate and the first ``check_samples`` check the agreement. ``input_shapes``: the
-    shape a spec is traced at (``--input-shape``; the preprocessing follows)."""
+    """Compile ``model`` (a spec, a file path: an ``.onnx`` file is converted, :mod:`tap_edge.graph.convert`; a
+    LoadedModel or an ``nn.Module``) at ``bits`` with ``backend`` into ``out_dir``: the backend, its
+    dependencies and the device are checked before the model is loaded; ``max(samples, check_samples)``
+    inputs are read once (:func:`~tap_edge.backends.reference.sample_inputs`: ``calib_dir``, the shared photos
+    or noise), the first ``samples`` calibrate and the first ``check_samples`` check the agreement.
+    ``input_shapes``: the shape a spec is traced at (``--input-shape``; the preprocessing follows)."""
     b = get_backend(backend) if isinstance(backend, str) else backend
     opts = b.check_options(options)
     b.require()
     profile = get_device(device) if isinstance(device, str) else device
     if profile is not None:
         b.pick_runtime(profile)
-    lm = load_model(model, input_shapes) if isinstance(model, str) else model
-    if lm.frontend != "torch":
-        raise UserError(f"{lm.spec}: compile takes a PyTorch model",
-                        "pass a bundled model, timm:NAME or package.module:factory")
+    from tap_edge.graph.convert import as_pytorch
+
+    lm = as_pytorch(model, input_shapes, "compile")  # an ONNX file is converted; a .tflite is refused
     graph = load_graph(lm)
     bits.check_names(graph)
     xs = sample_inputs(lm, max(samples, check_samples), calib_dir)

@@ -24,7 +24,8 @@ HOST_REFERENCE_RUNTIME = Runtime(name="tflm-host", weights={"default": [4, 8]}, 
 
 def artifact_stem(model: LoadedModel, bits: BitAssignment) -> str:
     """The file stem of a compiled artifact: the model spec made file-safe, then the widths' label."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(model.spec).name)[:60] or "model"
+    name = Path(model.spec).stem if model.path is not None else Path(model.spec).name  # m.onnx -> m
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60] or "model"
     return f"{safe}-{bits.label()}"
 
 

@@ -189,7 +189,8 @@ def _timm_model(name: str) -> LoadedModel:
 
     if not timm.is_model(name):
         raise UserError(f"unknown timm model '{name}'", _model_hint(f"timm:{name}"))
-    model = timm.create_model(name, pretrained=False).eval()
+    # seeded: plan, eval and compile of timm:NAME, each in its own process, must see one network
+    model = _seeded(lambda: timm.create_model(name, pretrained=False))
     cfg = model.pretrained_cfg or {}
     size = tuple(cfg.get("input_size", (3, 224, 224)))
     crop = float(cfg.get("crop_pct", 0.875))
@@ -224,6 +225,26 @@ def load_model(spec: str, input_shapes: InputShapes | None = None) -> LoadedMode
             raise UserError(f"unknown model '{spec}'", _model_hint(spec))
         lm = _timm_model(spec)
     return _at_shape(lm, input_shapes) if input_shapes else lm
+
+
+def from_module(module: Any, preprocess: Any = None, name: str | None = None) -> LoadedModel:
+    """A LoadedModel of an in-memory ``torch.nn.Module`` (what ``make_plan``, ``evaluate_plan``, ``compile`` and
+    ``check`` take as ``model``): ``preprocess`` as ``tap_edge_preprocess`` takes it (a Preprocess, its dict
+    or ``(C, H, W)``; default: the module's own ``tap_edge_preprocess``, else ImageNet at 3x224x224, said in
+    a note); ``name``: the spec documents record (default: the class name). Its graph is never cached: the
+    module may change between calls."""
+    if not hasattr(module, "forward"):
+        raise ModelLoadError(f"from_module: {type(module).__name__} is not a torch.nn.Module",
+                             "pass the model object (or a spec string / file path to load_model)")
+    spec = name or f"python:{type(module).__name__}"
+    if _names_an_architecture(spec):
+        raise UserError(f"from_module: name '{spec}' is a bundled or timm model's name",
+                        "give the module a name of its own (its graph must not be taken from that model's cache)")
+    pre = preprocess if preprocess is not None else getattr(module, "tap_edge_preprocess", None)
+    if pre is None:
+        return LoadedModel(spec, "torch", module.eval(), input_note="no preprocess given: tap-edge's default "
+                           f"{format_shape(Preprocess().input_size)} ImageNet preprocessing")
+    return LoadedModel(spec, "torch", module.eval(), preprocess=Preprocess.coerce(pre, spec))
 
 
 def _import_factory(spec: str) -> Any:
@@ -399,7 +420,8 @@ def _check_names(graph: ModelGraph, input_shapes: InputShapes | None) -> None:
 def _build_graph(lm: LoadedModel) -> ModelGraph:
     if lm.frontend == "onnx":
         from tap_edge.graph.frontends.onnx_frontend import load_onnx_graph
-        return load_onnx_graph(lm.path, lm.input_shapes)
+        from tap_edge.graph.onnx_keys import with_module_keys
+        return with_module_keys(load_onnx_graph(lm.path, lm.input_shapes))
     if lm.frontend == "tflite":
         from tap_edge.graph.frontends.tflite_frontend import load_tflite_graph
         return load_tflite_graph(lm.path, lm.input_shapes)

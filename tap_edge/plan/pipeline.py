@@ -29,7 +29,7 @@ class PlanRequest:
     Pareto front over that many flash budgets from uniform 2-bit to uniform 8-bit weights; ``input_shapes`` is
     the shape the model is traced at (``--input-shape``; default: its preprocessing)."""
 
-    model: str
+    model: Any  # a spec string or path, a LoadedModel or a torch.nn.Module
     device: str
     calib: Path
     input_shapes: InputShapes | None = None
@@ -46,14 +46,17 @@ class PlanRequest:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _torch_model(spec: str, input_shapes: InputShapes | None = None) -> Any:
-    from tap_edge.graph.models import load_model
+def _torch_model(model: Any, input_shapes: InputShapes | None = None, purpose: str = "planning") -> Any:
+    """The model as PyTorch: a spec, a file (an ONNX file is converted: :mod:`tap_edge.graph.convert`), a
+    LoadedModel or an ``nn.Module``."""
+    from tap_edge.graph.convert import as_pytorch
 
-    lm = load_model(spec, input_shapes)
-    if lm.frontend != "torch":
-        raise UserError(f"'{spec}' is a {lm.frontend} file: planning needs the PyTorch model",
-                        "pass a bundled name, timm:NAME or package.module:factory (check works on any file)")
-    return lm
+    return as_pytorch(model, input_shapes, purpose)
+
+
+def _spec(model: Any, lm: Any) -> str:
+    """The model as the documents name it: the string the caller gave, else the loaded model's spec."""
+    return str(model) if isinstance(model, str | Path) else lm.spec
 
 
 def make_plan(req: PlanRequest) -> Plan:
@@ -111,8 +114,8 @@ def make_plan(req: PlanRequest) -> Plan:
                                  budgets.sram_bytes, default_a=req.default_a, base=budgets, rules=rules,
                                  pins=req.pins)
     timing["total_s"] = time.perf_counter() - t0
-    return plan_document(alloc, graph, model=req.model, device=device.id, runtime=runtime.name, proxy=req.proxy,
-                         budgets=budgets, timing={k: round(v, 4) for k, v in timing.items()},
+    return plan_document(alloc, graph, model=_spec(req.model, lm), device=device.id, runtime=runtime.name,
+                         proxy=req.proxy, budgets=budgets, timing={k: round(v, 4) for k, v in timing.items()},
                          proxy_scores=_report_scores(costs), sweep=sweep,
                          calibration=Calibration(folder=str(req.calib), samples=len(calib)), rules=rules,
                          pins=req.pins)
@@ -161,7 +164,7 @@ class EvalRequest:
     """Everything ``tap-edge eval`` needs: exactly one of ``plan`` (a plan.json) and ``bits`` (uniform);
     ``input_shapes`` as in :class:`PlanRequest`."""
 
-    model: str
+    model: Any  # as in PlanRequest
     data: Path
     input_shapes: InputShapes | None = None
     plan: Path | None = None
@@ -193,7 +196,7 @@ def evaluate_plan(req: EvalRequest) -> EvalResult:
         plan_id = Plan.from_dict(data, str(req.plan)).plan_id if data.get("schema") == Plan.SCHEMA else None
     else:
         bits = BitAssignment.parse(req.bits or "w8a8")
-    lm = _torch_model(req.model, req.input_shapes)
+    lm = _torch_model(req.model, req.input_shapes, "eval")
     graph = load_graph(lm)
     bits.check_names(graph)
     calib_dir = req.calib or req.data
@@ -207,7 +210,7 @@ def evaluate_plan(req: EvalRequest) -> EvalResult:
     qmodel = quantize_model(lm.module, bits, calib, graph=graph)
     ptq_s = time.perf_counter() - t
     metrics = evaluate(qmodel, lm.module, images, labels)
-    return EvalResult(model=req.model, inputs=model_inputs(graph), bits=bits.label(),
+    return EvalResult(model=_spec(req.model, lm), inputs=model_inputs(graph), bits=bits.label(),
                       plan=str(req.plan) if req.plan else None,
                       plan_id=plan_id, n_images=len(images), calib_samples=len(calib),
                       model_bytes=flash_breakdown(graph, bits).model_bytes, ptq_s=round(ptq_s, 3),
