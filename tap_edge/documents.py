@@ -421,6 +421,25 @@ class Pin(Part):
     a: int | None = None
 
 
+class PTQSettings(Part):
+    """How the weights were rounded and the activations calibrated (``tap_edge.quantize.ptq.PTQConfig`` without
+    its widths, plus the calibration sample count): ``eval`` and ``compile`` of a plan repeat it."""
+
+    rounding: Literal["nearest", "gptq", "adaround"] = "nearest"
+    samples: int = Field(16, ge=1, description="calibration samples of the PTQ step")
+    bias_correction: bool = False
+    float_target: bool = True
+    percdamp: float = 0.01
+    act_order: bool = True
+    iters: int = 400
+    clip: str = "mse"
+    act_calib: str = "minmax"
+    act_percentile: float = 99.99
+    fold_bn: bool = True
+    quantize_output: bool = True
+    calib_batch_size: int = 32
+
+
 class SweepPoint(Part):
     flash_bytes: int
     model_bytes: int
@@ -460,6 +479,7 @@ class Plan(Document):
                                                   "builds for the runtime; its tables alone)")
     rules: PlanRulesInfo | None = None
     pins: dict[str, Pin] = Field(default_factory=dict, description="layers whose widths the user fixed")
+    ptq: PTQSettings | None = Field(None, description="the PTQ the plan is meant for (None: round-to-nearest)")
 
 
 # ---- eval -------------------------------------------------------------------------------------------------
@@ -484,6 +504,8 @@ class EvalResult(Document):
     kl: float = Field(description="mean KL divergence from the float model's output distribution")
     top1: float | None = None
     float_top1: float | None = None
+    ptq: PTQSettings | None = Field(None, description="the rounding and calibration used (samples = calib_samples)")
+    seconds: float | None = Field(None, description="wall time of the whole evaluation")
 
 
 # ---- compile ----------------------------------------------------------------------------------------------

@@ -21,7 +21,11 @@ def eval_cmd(
     labels: Annotated[Path | None, typer.Option(help="CSV with file,class_index columns.")] = None,
     calib: Annotated[Path | None, typer.Option(help="Calibration folder (default: the first samples of --data, "
                                                      "which are then not scored).")] = None,
-    calib_samples: Annotated[int, typer.Option(help="Calibration samples for activation ranges.")] = 16,
+    rounding: Annotated[str | None, typer.Option(help="Weight rounding: nearest, gptq or adaround (default: the "
+                                                      "plan's, else nearest).")] = None,
+    ptq_samples: Annotated[int | None, typer.Option("--ptq-samples", "--calib-samples", help="Calibration samples "
+                                                    "of the PTQ step (default: the plan's, else 16 for nearest, 64 "
+                                                    "for gptq / adaround).")] = None,
     limit: Annotated[int | None, typer.Option(help="Score at most N samples.")] = None,
     input_shape: InputShapeOpt = None,
     out: Annotated[Path | None, typer.Option(help="Also write the metrics JSON here.")] = None,
@@ -34,7 +38,7 @@ def eval_cmd(
 
     console.set_quiet(quiet or as_json)
     result = evaluate_plan(EvalRequest(model=model, data=data, plan=plan, bits=bits, labels=labels, calib=calib,
-                                       calib_samples=calib_samples, limit=limit,
+                                       calib_samples=ptq_samples, rounding=rounding, limit=limit,
                                        input_shapes=input_shapes(input_shape, plan)))
     if out:
         result.write(out)
@@ -42,7 +46,9 @@ def eval_cmd(
         console.print_json(result.to_dict())
     else:
         top1 = f"top-1 {100 * result.top1:.1f}%, " if result.top1 is not None else ""
-        console.out.print(f"[bold]{result.model}[/] {result.bits} on {result.n_images} samples: {top1}"
+        rounded = f" ({result.ptq.rounding}, {result.ptq.samples} calibration samples, PTQ {result.ptq_s:.1f} s)" \
+            if result.ptq else ""
+        console.out.print(f"[bold]{result.model}[/] {result.bits}{rounded} on {result.n_images} samples: {top1}"
                           f"agreement with float {100 * result.agreement:.1f}%, mean KL {result.kl:.4f}")
         for line in input_lines(result.inputs):
             console.out.print(line, markup=False)

@@ -98,6 +98,10 @@ def plan_cmd(
     calib: Annotated[Path, typer.Option(help="Folder of calibration images or .npy/.pt tensors.")],
     calib_samples: Annotated[int, typer.Option(help="Calibration samples (TAP uses 16).")] = 16,
     proxy: Annotated[str, typer.Option(help="Sensitivity proxy (see tap-edge proxies).")] = "tap",
+    rounding: Annotated[str, typer.Option(help="Weight rounding the plan is for (eval and compile use it): "
+                                               "nearest, gptq (second-order, fast) or adaround (learned)")] = "nearest",
+    ptq_samples: Annotated[int | None, typer.Option(help="Calibration samples of the PTQ step (default: 16 for "
+                                                         "nearest, 64 for gptq / adaround).")] = None,
     runtime: Annotated[str | None, typer.Option(help="Runtime (default: the device's default).")] = None,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="The backend that will build the plan "
                                                 "(default: the one that serves the runtime); the plan keeps to "
@@ -132,7 +136,8 @@ def plan_cmd(
     request = PlanRequest(model=model, device=device, calib=calib, calib_samples=calib_samples, proxy=proxy,
                           runtime=rt.name, budgets=budget_spec(flash, flash_like, sram, bops, latency_ms), sweep=sweep,
                           weight_bits=_parse_widths(weight_bits), act_bits=_parse_act_widths(act_bits),
-                          input_shapes=input_shapes(input_shape), rules=rules, pins=pins)
+                          input_shapes=input_shapes(input_shape), rules=rules, pins=pins,
+                          rounding=rounding, ptq_samples=ptq_samples)
     plan = make_plan(request)
     plan.write(out)
     if as_json:

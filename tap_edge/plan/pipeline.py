@@ -11,7 +11,7 @@ from typing import Any
 from tap_edge.core import console
 from tap_edge.core.errors import UserError
 from tap_edge.devices import Runtime
-from tap_edge.documents import Calibration, EvalResult, Plan, read_json
+from tap_edge.documents import Calibration, EvalResult, Plan, PTQSettings, read_json
 from tap_edge.graph.shapes import InputShapes, model_inputs
 from tap_edge.plan.budgets import BudgetSpec
 from tap_edge.plan.rules import PlanRules
@@ -44,6 +44,8 @@ class PlanRequest:
     pins: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     default_a: int = 8
     options: dict[str, Any] = field(default_factory=dict)
+    rounding: str = "nearest"
+    ptq_samples: int | None = None
 
 
 def _torch_model(model: Any, input_shapes: InputShapes | None = None, purpose: str = "planning") -> Any:
@@ -57,6 +59,17 @@ def _torch_model(model: Any, input_shapes: InputShapes | None = None, purpose: s
 def _spec(model: Any, lm: Any) -> str:
     """The model as the documents name it: the string the caller gave, else the loaded model's spec."""
     return str(model) if isinstance(model, str | Path) else lm.spec
+
+
+def _ptq_settings(rounding: str, samples: int | None) -> PTQSettings:
+    """The PTQ a plan is meant for (checked now: a bad name fails before any work), as the plan records it."""
+    from tap_edge.quantize.ptq import PTQConfig, default_ptq_samples
+
+    config = PTQConfig(rounding=rounding)
+    n = default_ptq_samples(rounding) if samples is None else samples
+    if n < 1:
+        raise UserError(f"PTQ sample count must be positive, got {n}", "give e.g. --ptq-samples 64")
+    return PTQSettings(**{k: v for k, v in config.to_dict().items() if k != "bits"}, samples=n)
 
 
 def make_plan(req: PlanRequest) -> Plan:
@@ -74,6 +87,7 @@ def make_plan(req: PlanRequest) -> Plan:
 
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
+    ptq = _ptq_settings(req.rounding, req.ptq_samples)
     device = get_device(req.device)
     runtime, rules = plan_rules(device.runtime(req.runtime), req.rules, req.weight_bits, req.act_bits)
     get_proxy(req.proxy)  # fail fast on an unknown proxy name
@@ -118,7 +132,7 @@ def make_plan(req: PlanRequest) -> Plan:
                          proxy=req.proxy, budgets=budgets, timing={k: round(v, 4) for k, v in timing.items()},
                          proxy_scores=_report_scores(costs), sweep=sweep,
                          calibration=Calibration(folder=str(req.calib), samples=len(calib)), rules=rules,
-                         pins=req.pins)
+                         pins=req.pins).model_copy(update={"ptq": ptq})
 
 
 def plan_rules(runtime: Runtime, rules: PlanRules | None, weight_bits: list[int] | None,
@@ -171,43 +185,57 @@ class EvalRequest:
     bits: str | None = None
     labels: Path | None = None
     calib: Path | None = None
-    calib_samples: int = 16
+    calib_samples: int | None = None
     limit: int | None = None
+    rounding: str | None = None
 
 
 def evaluate_plan(req: EvalRequest) -> EvalResult:
     """PTQ the model with a plan (or uniform bits) and measure top-1, agreement and KL against float.
 
     Calibration uses the first ``calib_samples`` of ``calib`` (default: of ``data``, which are then excluded
-    from the evaluation, so no image is both calibrated and scored)."""
+    from the evaluation, so no image is both calibrated and scored). ``rounding`` and ``calib_samples`` default
+    to the plan's PTQ settings, else to round-to-nearest and its default sample count
+    (:func:`tap_edge.quantize.ptq.default_ptq_samples`)."""
     from tap_edge.fit.bits import BitAssignment
     from tap_edge.fit.memory import flash_breakdown
     from tap_edge.graph.models import load_graph
     from tap_edge.plan.calib import find_labels, labels_for, load_images, load_labels
     from tap_edge.quantize.evaluate import evaluate
-    from tap_edge.quantize.ptq import quantize_model
+    from tap_edge.quantize.ptq import PTQConfig, default_ptq_samples, quantize_model
 
     if (req.plan is None) == (req.bits is None):
         raise UserError("pass exactly one of a plan and uniform bits", "e.g. --plan plan.json or --bits w4a8")
+    t0 = time.perf_counter()
     plan_id = None
+    planned: PTQSettings | None = None
     if req.plan:
         data = read_json(req.plan, "pass a plan.json written by tap-edge plan")
         bits = BitAssignment.from_plan(data, str(req.plan))
-        plan_id = Plan.from_dict(data, str(req.plan)).plan_id if data.get("schema") == Plan.SCHEMA else None
+        if data.get("schema") == Plan.SCHEMA:
+            plan_doc = Plan.from_dict(data, str(req.plan))
+            plan_id, planned = plan_doc.plan_id, plan_doc.ptq
     else:
         bits = BitAssignment.parse(req.bits or "w8a8")
     lm = _torch_model(req.model, req.input_shapes, "eval")
     graph = load_graph(lm)
     bits.check_names(graph)
+    rounding = req.rounding or (planned.rounding if planned else "nearest")
+    settings = planned.model_dump(exclude={"samples"}) if planned and planned.rounding == rounding else {}
+    config = PTQConfig.from_dict({**settings, "rounding": rounding})
+    if req.calib_samples is not None:
+        n_calib = req.calib_samples
+    else:
+        n_calib = planned.samples if planned and planned.rounding == rounding else default_ptq_samples(rounding)
     calib_dir = req.calib or req.data
-    calib, _ = load_images(calib_dir, lm.preprocess, limit=req.calib_samples)
-    skip = req.calib_samples if calib_dir == req.data else 0
+    calib, _ = load_images(calib_dir, lm.preprocess, limit=n_calib)
+    skip = n_calib if calib_dir == req.data else 0
     with console.progress("loading evaluation images", None):
         images, names = load_images(req.data, lm.preprocess, limit=req.limit, skip=skip)
     labels_path = req.labels or find_labels(req.data)
     labels = labels_for(names, load_labels(labels_path), str(labels_path)) if labels_path else None
     t = time.perf_counter()
-    qmodel = quantize_model(lm.module, bits, calib, graph=graph)
+    qmodel = quantize_model(lm.module, bits, calib, config=config, graph=graph)
     ptq_s = time.perf_counter() - t
     metrics = evaluate(qmodel, lm.module, images, labels)
     return EvalResult(model=_spec(req.model, lm), inputs=model_inputs(graph), bits=bits.label(),
@@ -215,4 +243,6 @@ def evaluate_plan(req: EvalRequest) -> EvalResult:
                       plan_id=plan_id, n_images=len(images), calib_samples=len(calib),
                       model_bytes=flash_breakdown(graph, bits).model_bytes, ptq_s=round(ptq_s, 3),
                       agreement=metrics["agreement"], kl=metrics["kl"], top1=metrics["top1"],
-                      float_top1=metrics["float_top1"])
+                      float_top1=metrics["float_top1"],
+                      ptq=PTQSettings(**{k: v for k, v in config.to_dict().items() if k != "bits"}, samples=len(calib)),
+                      seconds=round(time.perf_counter() - t0, 3))
