@@ -9,6 +9,16 @@ Spearman correlation between the plan's summed proxy cost and the measured KL (h
 top-1 (lower is better, so the sign is flipped). The correlation table scores plans on --corr-images images.
 
     .venv/bin/python tools/bench_plan.py [--proxies hawq,ompq,...] [--corr-images 160] [--random-plans 30]
+
+With ``--rounding`` only the rounding table is made: for each budget (uniform w4a8, and the tap proxy's plan
+at the flash of uniform 3 / 4 / 6-bit weights: "mixed-N") and each rounding method, the PTQ seconds, top-1,
+agreement with float and KL on the evaluation photos, and paired bootstrap 95 % intervals (2,000 resamples of
+the same images) of the difference to round-to-nearest in agreement and in top-1. The PTQ step calibrates on
+the first --ptq-samples photos (a list tries several: the proxy keeps the first 16); every row is scored on
+the photos after the largest count, so rows are paired.
+
+    .venv/bin/python tools/bench_plan.py --rounding nearest,gptq,adaround [--ptq-samples 64]
+        [--budgets uniform4,mixed3,mixed4,mixed6]
 """
 
 from __future__ import annotations
@@ -32,10 +42,18 @@ from tap_edge.plan.calib import labels_for, load_images, load_labels
 from tap_edge.plan.proxies import ProxyContext, get_proxy, list_proxies
 from tap_edge.plan.stats import compute_layer_stats
 from tap_edge.quantize.evaluate import compare_logits, logits
-from tap_edge.quantize.ptq import quantize_model
+from tap_edge.quantize.ptq import PTQConfig, default_ptq_samples, quantize_model
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
 WIDTHS = [2, 3, 4, 5, 6, 7, 8]
+
+
+def fake_quant_runtime():  # noqa: ANN201 - a devices.Runtime
+    """A host fake-quant runtime: every layer class may take 2..8-bit weights, activations are 8-bit (the
+    Raspberry Pi 4's ONNX Runtime: weights counted packed at their width, no .tflite containers)."""
+    rt = get_device("raspberry-pi-4").runtime("onnxruntime")
+    return rt.model_copy(update={"weights": {k: WIDTHS for k in rt.weights},
+                                 "activations": {k: [8] for k in rt.activations}, "code_bytes": 0})
 
 
 def main() -> None:
@@ -44,9 +62,18 @@ def main() -> None:
     ap.add_argument("--proxies", default=",".join(list_proxies()))
     ap.add_argument("--corr-images", type=int, default=160)
     ap.add_argument("--random-plans", type=int, default=30)
+    ap.add_argument("--rounding", default=None, help="make the rounding table for these methods, e.g. "
+                                                      "nearest,gptq,adaround")
+    ap.add_argument("--ptq-samples", default=None, help="PTQ calibration samples, e.g. 64 or 16,32,64,128 "
+                                                         "(default: each method's default)")
+    ap.add_argument("--budgets", default="uniform4,mixed3,mixed4,mixed6")
+    ap.add_argument("--iters", type=int, default=None, help="AdaRound iterations per layer (default: PTQConfig's)")
     args = ap.parse_args()
     con = Console(width=150)
     torch.manual_seed(0)
+    if args.rounding:
+        rounding_table(args, con)
+        return
 
     lm = load_model("efficientnet_lite0")
     graph = load_graph(lm)
@@ -55,8 +82,7 @@ def main() -> None:
     labels = labels_for(names, load_labels(args.data / "labels.csv"))
     float_logits = logits(lm.module, images)
     # a host fake-quant runtime: every layer may take 2..8-bit weights, activations 8-bit
-    runtime = get_device("raspberry-pi-4").runtime().model_copy(
-        update={"weights": {"default": WIDTHS}, "activations": {"default": [8]}, "code_bytes": 0})
+    runtime = fake_quant_runtime()
     budgets = {f"w{b}": Budgets(flash_of_uniform(graph, b, runtime), None) for b in (4, 6)}
 
     def score(bits: BitAssignment, n: int | None = None) -> dict:
@@ -120,6 +146,85 @@ def main() -> None:
         r_top = spearmanr(summed, -top1).statistic
         t2.add_row(name, f"{r_kl:+.3f}", f"{r_top:+.3f}")
     con.print(t2)
+
+
+def _bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000) -> tuple[float, float, float]:
+    """Mean of ``a - b`` (per-image 0/1 outcomes of two methods on the same images) and its paired bootstrap
+    95 % interval (images resampled with replacement, seeded)."""
+    rng = np.random.default_rng(0)
+    d = a.astype(float) - b.astype(float)
+    idx = rng.integers(0, len(d), size=(n, len(d)))
+    means = d[idx].mean(1)
+    return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def rounding_table(args: argparse.Namespace, con: Console) -> None:
+    """The rounding table of the module docstring."""
+    methods = args.rounding.split(",")
+    for m in methods:
+        PTQConfig(rounding=m)  # a bad name fails before any work
+    counts = [int(x) for x in args.ptq_samples.split(",")] if args.ptq_samples else None
+    lm = load_model("efficientnet_lite0")
+    graph = load_graph(lm)
+    n_max = max(counts or [default_ptq_samples(m) for m in methods] + [16])
+    pool, _ = load_images(args.data, lm.preprocess, limit=n_max)
+    images, names = load_images(args.data, lm.preprocess, skip=n_max)
+    labels = labels_for(names, load_labels(args.data / "labels.csv"))
+    float_logits = logits(lm.module, images)
+    float_pred = float_logits.argmax(1)
+    runtime = fake_quant_runtime()
+    budgets: dict[str, BitAssignment] = {}
+    calib16 = pool[:16]
+    stats = compute_layer_stats(lm.module, graph, calib16)
+    wcost = get_proxy("tap")(stats, ProxyContext(model=lm.module, graph=graph, calib=calib16))
+    table = {op: {(w, 8): float(c) for w, c in row.items()} for op, row in wcost.items()}
+    for name in args.budgets.split(","):
+        width = int(name[-1])
+        if name.startswith("uniform"):
+            budgets[name] = BitAssignment.parse(f"w{width}a8")
+        else:
+            budgets[name] = allocate(graph, table, runtime, Budgets(flash_of_uniform(graph, width, runtime), None),
+                                     check_arena=False).bits()
+    load = open("/proc/loadavg").read().split()[0] if Path("/proc/loadavg").exists() else "?"
+    rows = []
+    ref: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    for bname, bits in budgets.items():
+        for n in counts or [None]:
+            for method in methods:
+                samples = n or default_ptq_samples(method)
+                cfg = PTQConfig(rounding=method, **({"iters": args.iters} if args.iters else {}))
+                t = time.perf_counter()
+                q = quantize_model(lm.module, bits, pool[:samples], config=cfg, graph=graph)
+                ptq_s = time.perf_counter() - t
+                got = logits(q, images)
+                m = compare_logits(float_logits, got, labels)
+                agree = (got.argmax(1) == float_pred).numpy()
+                correct = (got.argmax(1) == labels).numpy()
+                key = (bname, n or 0)
+                if method == "nearest" and key not in ref:
+                    ref[key] = (agree, correct)
+                rows.append((bname, method, samples, ptq_s, m, agree, correct, key))
+                con.print(f"{bname} {method} ({samples} samples): top-1 {100 * m['top1']:.1f}%, agreement "
+                          f"{100 * m['agreement']:.1f}%, KL {m['kl']:.4f}, PTQ {ptq_s:.1f} s")
+    t = Table(title=f"EfficientNet-Lite0, rounding: {len(images)} evaluation photos (after the first {n_max}), a8, "
+                    f"load average {load} at the start")
+    for col in ("budget", "rounding", "samples", "PTQ s", "top-1 %", "agreement %", "KL",
+                "d agreement vs nearest [95% CI]", "d top-1 vs nearest [95% CI]"):
+        t.add_column(col, justify="left" if col in ("budget", "rounding") else "right")
+    float_top1 = compare_logits(float_logits, float_logits, labels)["top1"]
+    t.add_row("float", "-", "-", "-", f"{100 * float_top1:.1f}", "100.0", "0", "-", "-")
+    for bname, method, samples, ptq_s, m, agree, correct, key in rows:
+        cis = ["-", "-"]
+        if method != "nearest" and key in ref:
+            cis = [f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                   for d, lo, hi in (_bootstrap(agree, ref[key][0]), _bootstrap(correct, ref[key][1]))]
+        t.add_row(bname, method, str(samples), f"{ptq_s:.1f}", f"{100 * m['top1']:.1f}", f"{100 * m['agreement']:.1f}",
+                  f"{m['kl']:.4f}", *cis)
+    con.print(t)
+    con.print("command: .venv/bin/python tools/bench_plan.py --rounding " + args.rounding
+              + (f" --ptq-samples {args.ptq_samples}" if args.ptq_samples else "")
+              + (f" --budgets {args.budgets}" if args.budgets != "uniform4,mixed3,mixed4,mixed6" else "")
+              + (f" --iters {args.iters}" if args.iters else ""))
 
 
 if __name__ == "__main__":
