@@ -85,3 +85,40 @@ def test_graph_json_roundtrip(tmp_path: Path) -> None:
 
     g2 = ModelGraph.load(tmp_path / "g.json")
     assert g2.to_dict() == g.to_dict()
+
+
+def _onnx_if_model(path: Path) -> Path:
+    """x -> If(cond input) {then: Conv(w_then 8x3x3x3) ; else: Conv(w_else 4x3x1x1) -> Pad to 8 channels} ->
+    Identity -> out: all weights live inside the branches (as in silero-vad 6)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(name: str, cout: int, k: int) -> onnx.GraphProto:
+        w = numpy_helper.from_array(np.ones((cout, 3, k, k), np.float32), f"{name}_w")
+        conv = helper.make_node("Conv", ["x", f"{name}_w"], [f"{name}_y"], pads=[k // 2] * 4)
+        relu = helper.make_node("Relu", [f"{name}_y"], [f"{name}_out"])
+        out = helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [1, cout, 8, 8])
+        return helper.make_graph([conv, relu], name, [], [out], initializer=[w])
+
+    node = helper.make_node("If", ["cond"], ["branch_out"], then_branch=branch("then", 8, 3),
+                            else_branch=branch("else", 8, 1))
+    ident = helper.make_node("Identity", ["branch_out"], ["out"])
+    g = helper.make_graph([node, ident], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+                           helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 8, 8])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_onnx_if_branches_count_their_weights_and_plan_the_larger_branch(tmp_path: Path) -> None:
+    g = load_onnx_graph(_onnx_if_model(tmp_path / "if.onnx"))
+    assert [o.op_type for o in g.ops] == ["If", "Conv", "Conv"]  # relu fused, Identity dropped
+    assert g.params == 8 * 3 * 9 + 8 * 3 and {s.name.rsplit("/", 1)[-1] for s in g.subgraphs} == {"then_branch",
+                                                                                                 "else_branch"}
+    assert g.ops[0].op_class == "control" and "x" in g.ops[0].inputs and g.outputs == ["out"]
+    plan = plan_arena(g, BitAssignment.parse("w8a8"), alignment=1)
+    # x (192 B), cond (1 B) and the If's result (512 B) live across both branches; each branch's own output
+    # (512 B) only during its branch
+    assert plan.arena_bytes == 192 + 1 + 512 + 512

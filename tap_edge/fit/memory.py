@@ -21,7 +21,7 @@ from typing import Any
 
 from tap_edge.core.units import align
 from tap_edge.fit.bits import BitAssignment, tensor_bits
-from tap_edge.fit.tflm import tflm_arena
+from tap_edge.fit.tflm import SHAPE_CONSTS, lowered_builtins, tflm_arena
 from tap_edge.graph.graph import INPLACE_CLASSES, ModelGraph, Op, Tensor
 
 
@@ -123,8 +123,6 @@ def flatbuffer_bytes(graph: ModelGraph, bits: BitAssignment) -> int:
     meta = graph.meta.get("tflite") or {}
     if "file_bytes" in meta:
         return int(meta["file_bytes"]) - int(meta["buffer_bytes"])
-    from tap_edge.fit.tflm import _SHAPE_CONSTS, _builtins  # noqa: PLC0415 (same layer, avoids a cycle)
-
     tbits = tensor_bits(graph, bits)
     names = tensors = quantized = 0
     for op in graph.ops:
@@ -146,7 +144,7 @@ def flatbuffer_bytes(graph: ModelGraph, bits: BitAssignment) -> int:
             tensors += 1
             names += _CONST_NAME_BYTES
             quantized += bool(op.weight_shape) and bits.weight_bits(op) <= 8
-        n_consts = sum(_SHAPE_CONSTS.get(b, 0) for b in _builtins(op, graph)) + (1 if op.other_params else 0)
+        n_consts = sum(SHAPE_CONSTS.get(b, 0) for b in lowered_builtins(op, graph)) + (1 if op.other_params else 0)
         tensors += n_consts
         names += _CONST_NAME_BYTES * n_consts
     tensors += len(graph.inputs)

@@ -134,23 +134,3 @@ def _class_problem(op: Op, bits: BitAssignment, runtime: Runtime, tbits: dict[st
                     f"(takes {', '.join(runtime.pairs[op.op_class])})")
         break
     return None
-
-
-def allowed_choices(op: Op, graph: ModelGraph, runtime: Runtime) -> set[tuple[int, int]] | None:
-    """The (weight, activation) widths ``runtime`` runs a quantizable ``op`` at (the allocator's choices), or
-    None when only the class tables say (then use ``weight_bits`` / ``activation_bits`` / ``pair_allowed``)."""
-    if not runtime.has_builtins:
-        return None
-    builtins = tflite_builtins(op.op_type, op.op_class, op.attrs, graph.frontend)
-    if not builtins:
-        return None
-    out: set[tuple[int, int]] | None = None
-    for b in builtins:
-        sup = runtime.builtin(b)
-        if sup is None:
-            return set()
-        per_channel = op.attrs.get("weight_quant", "per_channel") == "per_channel"
-        pairs = {(int(t.partition("w")[2]), int(t[1:].partition("w")[0])) for t in sup.types
-                 if "w" in t and not (per_channel and t in sup.per_tensor_only)}
-        out = pairs if out is None else out & pairs
-    return out

@@ -68,7 +68,7 @@ BUILTIN_DATA: dict[str, int] = {
     "VAR_HANDLE": 16, "RESIZE_BILINEAR": 2, "RESIZE_NEAREST_NEIGHBOR": 2, "CUMSUM": 2, "GELU": 1,
 }
 #: Ops whose TFLite form reads small constant operands (new shape, axes, paddings, sizes).
-_SHAPE_CONSTS = {"RESHAPE": 1, "MEAN": 1, "SUM": 1, "REDUCE_MAX": 1, "REDUCE_MIN": 1, "PAD": 1, "PADV2": 2,
+SHAPE_CONSTS = {"RESHAPE": 1, "MEAN": 1, "SUM": 1, "REDUCE_MAX": 1, "REDUCE_MIN": 1, "PAD": 1, "PADV2": 2,
                  "MIRROR_PAD": 1, "TRANSPOSE": 1, "STRIDED_SLICE": 3, "SLICE": 2, "RESIZE_BILINEAR": 1,
                  "RESIZE_NEAREST_NEIGHBOR": 1, "GATHER": 1, "SPLIT": 1, "EXPAND_DIMS": 1, "TRANSPOSE_CONV": 1}
 _BYTES = {8: 1, 16: 2, 32: 4, 4: 1}
@@ -84,7 +84,7 @@ class TflmArena:
     io_bytes: int
 
 
-def _builtins(op: Op, graph: ModelGraph) -> tuple[str, ...]:
+def lowered_builtins(op: Op, graph: ModelGraph) -> tuple[str, ...]:
     """The TFLite builtins ``op`` is in a TFLite Micro model (a converter's lowering for other front-ends)."""
     if op.op_class == "identity":
         return ()
@@ -148,13 +148,13 @@ def prepare_temp_bytes(op: Op, graph: ModelGraph, a_bits: int) -> int:
     file, else from the op (per-channel weights and bias of a quantized layer)."""
     scales = op.attrs.get("operand_scales")
     if scales is None:
-        n_other = sum(_SHAPE_CONSTS.get(b, 0) for b in _builtins(op, graph))
+        n_other = sum(SHAPE_CONSTS.get(b, 0) for b in lowered_builtins(op, graph))
         per = 1 if a_bits != 32 else 0
         scales = [per] * (len(op.inputs) + len(op.outputs)) + [0] * n_other
         if op.weight_shape:
             scales += [_channels(op) if a_bits != 32 else 0] * (2 if op.bias else 1)
     total = sum(TEMP_TENSOR_BYTES + (TEMP_QUANT_BYTES + 8 * c if c else 0) for c in scales)
-    builtins = _builtins(op, graph)
+    builtins = lowered_builtins(op, graph)
     return total * (2 if builtins and builtins[0] in _TEMP_TWICE else 1)
 
 
@@ -168,11 +168,11 @@ def _tensor_counts(graph: ModelGraph) -> tuple[int, int, int]:
     nodes = 0
     extra_tensors = 0
     for op in graph.ops:
-        bs = _builtins(op, graph)
+        bs = lowered_builtins(op, graph)
         nodes += len(bs)
         extra_tensors += max(len(bs) - 1, 0)  # the lowering's intermediate results
         consts += (1 if op.weight_shape else 0) + (1 if op.bias else 0) + (1 if op.other_params else 0)
-        consts += sum(_SHAPE_CONSTS.get(b, 0) for b in bs)
+        consts += sum(SHAPE_CONSTS.get(b, 0) for b in bs)
     return len(graph.tensors) + consts + extra_tensors, nodes, 1 + len(graph.subgraphs)
 
 
@@ -197,7 +197,7 @@ def tflm_arena(graph: ModelGraph, bits: BitAssignment, tbits: dict[str, int],
     for step, op in enumerate(graph.ops):
         a, w = _widths(op, graph, bits, tbits)
         out_numel = max((graph.tensors[t].numel for t in op.outputs if t in graph.tensors), default=1)
-        for b in _builtins(op, graph):
+        for b in lowered_builtins(op, graph):
             tail += sum(align(x, 16) for x in kernel_allocations(op, b, a, w)) + BUILTIN_DATA.get(b, 0)
             reqs = [r for r in scratch_requests(op, b, a, w, out_numel) if r > 0]
             if reqs:
