@@ -79,6 +79,10 @@ def _load_image(f: Path, pre: Preprocess) -> np.ndarray:
         with Image.open(f) as im:
             im = im.convert("RGB" if c == 3 else "L")
             return _normalise(_resize_crop(im, pre), pre)
+    except Image.DecompressionBombError as e:  # more pixels than Pillow decodes safely
+        raise UserError(f"{f}: image too large to read ({str(e).split(',')[0]})",
+                        "shrink it (a calibration sample is resized to the model's input anyway) or remove it"
+                        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UserError(f"{f}: unreadable image ({e.__class__.__name__})",
                         "remove or replace the file") from None

@@ -9,6 +9,7 @@ building blocks in ``html`` and the page around them in ``page``. Import rule: t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,23 @@ def build_report(results: Sequence[Document | dict[str, Any]], device: str | Non
 
 
 def write_report(results: Sequence[Document | dict[str, Any]], out: Path, device: str | None = None) -> Path:
-    """Build the report from ``results`` and write it to ``out`` (parent folders created)."""
+    """Build the report from ``results`` and write it to ``out`` (parent folders created). The whole page is
+    built (every input validated) before anything is written, and it is written atomically (a temporary file
+    beside ``out``, then a rename): a bad input or a failed write never replaces an existing report."""
     page = build_report(results, device=device)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(page, encoding="utf-8")
+        if out.is_dir():
+            raise IsADirectoryError(21, "is a directory")
+        tmp.write_text(page, encoding="utf-8", errors="replace")
+        os.replace(tmp, out)
     except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
         raise UserError(f"{out}: cannot write the report ({e.strerror or e.__class__.__name__})",
                         "pick a writable path with --out / --html") from None
     return out
