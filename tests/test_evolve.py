@@ -786,6 +786,9 @@ def test_an_endpoint_that_answers_200_with_no_chat_completion_fails_clearly(tmp_
     (["--workers", "0"], "--workers 0"),
     (["--seed", "-1"], "--seed -1"),
     (["--alpha", "inf"], "--alpha inf"),
+    (["--llm-base-url", "127.0.0.1:8080"], "not an http(s) URL"),
+    (["--resume", "x"], "--run-dir and --resume both given"),
+    (["--markdown", "x.md"], "only written with --report"),
 ])
 def test_evolve_options_out_of_range_are_one_line(tmp_path: Path, run_cli, args: list[str], needle: str) -> None:
     r = run_cli("evolve", "--run-dir", str(tmp_path / "run"), "--task", "synthetic", "-q", *args)

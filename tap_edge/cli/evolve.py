@@ -71,6 +71,13 @@ def evolve_cmd(
     from tap_edge.search import new_settings, resume_run, start_run, summarize
 
     console.set_quiet(quiet or as_json)
+    given = [name for name, value in (("--run-dir", run_dir), ("--resume", resume), ("--report", report))
+             if value is not None]
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(given)} both given", "a session starts a run (--run-dir), continues one "
+                                                             "(--resume) or summarises one (--report)")
+    if markdown is not None and report is None:
+        raise UserError("--markdown is only written with --report", "add --report RUN_DIR")
     if report is not None:
         summary = summarize(report)
         if markdown is not None:

@@ -191,6 +191,9 @@ def check_settings(settings: EvolveSettings) -> None:
     _check_number(s.max_errors_in_prompt, "max_errors_in_prompt", 0, integer=True)
     _check_number(s.max_consecutive_llm_failures, "max_consecutive_llm_failures", 1, integer=True)
     _check_number(s.seed, "--seed", 0, integer=True)
+    url = llm.get("base_url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise UserError(f"--llm-base-url {url!r} is not an http(s) URL", "e.g. http://127.0.0.1:8080/v1")
     if not settings.tasks:
         raise UserError("no search task given", "add one with --task NAME[@BITS], e.g. --task digits-cnn@3")
     for spec in settings.tasks:

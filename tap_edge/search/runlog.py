@@ -136,6 +136,9 @@ class RunLock:
             os.close(self._fd)  # closing the descriptor drops the lock
             self._fd = None
 
+    def __del__(self) -> None:  # a session object dropped without running still frees its run directory
+        self.release()
+
 
 class RunLog:
     """Append-only JSONL event log with fsync; tolerant reading. A last line torn by ``kill -9`` (no final

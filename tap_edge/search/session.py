@@ -77,13 +77,16 @@ def resume_run(run_dir: str | Path, *, workers: int | None = None, executor: str
     local server answers (the same model on a new port)."""
     overrides = {"workers": workers, "executor": executor, "ray_address": ray_address}
     evo = Evolution.resume(run_dir, overrides={k: v for k, v in overrides.items() if v is not None})
-    if evo.settings.executor == "ray":
-        check_ray(evo.settings.ray_address)
-    with _local_server(evo.dir, local_llm) as server:
-        if server is not None:
-            evo.settings.llm["base_url"] = server.base_url
-        evo.client = LLMClient(LLMConfig(**evo.settings.llm))
-        return _run(evo, show_progress)
+    try:
+        if evo.settings.executor == "ray":
+            check_ray(evo.settings.ray_address)
+        with _local_server(evo.dir, local_llm) as server:
+            if server is not None:
+                evo.settings.llm["base_url"] = server.base_url
+            evo.client = LLMClient(LLMConfig(**evo.settings.llm))
+            return _run(evo, show_progress)
+    finally:
+        evo.lock.release()  # run() releases it too; this covers a failure before the run starts
 
 
 def _run(evo: Evolution, show_progress: bool) -> RunSummary:
