@@ -44,6 +44,8 @@ from tap_edge.backends.manifest import manifest_bits, prediction, read_manifest,
 from tap_edge.backends.reference import (
     Samples,
     agreement,
+    calibration_error,
+    needs_calibration,
     reference_outputs,
     sample_inputs,
     weight_quantized_module,
@@ -257,11 +259,14 @@ class Backend:
         """Build the artifact into ``out_dir`` and write its manifest: the prediction with the device
         runtime's arena settings (TFLite Micro's host reference without a device), the agreement of the
         artifact's outputs with the reference on ``check`` (default: ``calib``) and where both came from.
-        ``calib`` defaults to :data:`DEFAULT_SAMPLES` of :func:`~tap_edge.backends.reference.sample_inputs`."""
+        ``calib`` (None) is seeded noise, allowed only when no activation is integer
+        (:func:`~tap_edge.backends.reference.needs_calibration`)."""
         opts = self.check_options(options)
         self.require()
         self.require_pytorch(model, bits)
         runtime = self.pick_runtime(device) if device is not None else None
+        if calib is None and needs_calibration(graph, bits):
+            raise calibration_error(model, bits)
         cal = Samples.of(calib) if calib is not None else sample_inputs(model, DEFAULT_SAMPLES)
         chk = Samples.of(check) if check is not None else cal
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -489,7 +494,7 @@ def compile_model(
     out_dir: Path,
     *,
     device: str | DeviceProfile | None = None,
-    calib_dir: Path | None = None,
+    calib_dir: Path | str | None = None,
     samples: int = DEFAULT_SAMPLES,
     check_samples: int = DEFAULT_SAMPLES,
     options: BackendOptions | None = None,
@@ -498,9 +503,10 @@ def compile_model(
     """Compile ``model`` (a spec, a file path: an ``.onnx`` file is converted, :mod:`tap_edge.graph.convert`; a
     LoadedModel or an ``nn.Module``) at ``bits`` with ``backend`` into ``out_dir``: the backend, its
     dependencies and the device are checked before the model is loaded; ``max(samples, check_samples)``
-    inputs are read once (:func:`~tap_edge.backends.reference.sample_inputs`: ``calib_dir``, the shared photos
-    or noise), the first ``samples`` calibrate and the first ``check_samples`` check the agreement.
-    ``input_shapes``: the shape a spec is traced at (``--input-shape``; the preprocessing follows)."""
+    inputs are read once (:func:`~tap_edge.backends.reference.sample_inputs`: ``calib_dir``, a folder or
+    ``"noise"``; required when an activation is integer, else noise), the first ``samples`` calibrate and
+    the first ``check_samples`` check the agreement. ``input_shapes``: the shape a spec is traced at
+    (``--input-shape``; the preprocessing follows)."""
     b = get_backend(backend) if isinstance(backend, str) else backend
     opts = b.check_options(options)
     b.require()
@@ -512,6 +518,8 @@ def compile_model(
     lm = as_pytorch(model, input_shapes, "compile")  # an ONNX file is converted; a .tflite is refused
     graph = load_graph(lm)
     bits.check_names(graph)
+    if calib_dir is None and needs_calibration(graph, bits):
+        raise calibration_error(lm, bits)
     xs = sample_inputs(lm, max(samples, check_samples), calib_dir)
     return b.compile(lm, graph, bits, out_dir, device=profile, calib=xs.head(samples), check=xs.head(check_samples),
                      options=opts)

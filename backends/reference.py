@@ -2,9 +2,10 @@
 
 - :func:`sample_inputs`: model inputs through :func:`tap_edge.plan.calib.load_images` with the model's own
   preprocessing, the loader ``plan`` and ``eval`` use, so ``compile`` calibrates and checks on the very tensors
-  they see. Without a folder, 3-channel image models read the shared photo sample (``shared/data/
-  imagenet-sample``, found by walking up from this file); other models (DS-CNN's MFCC patch) get seeded
-  Gaussian noise. :class:`Samples` keeps where the inputs came from, for the manifest.
+  they see; or seeded Gaussian noise when asked for (``"noise"``: ``--calib noise``) or when nothing needs
+  real data (float activations: the inputs only check the artifact against its reference). No folder is
+  ever taken silently: :func:`needs_calibration` tells ``compile`` when to refuse a missing ``--calib``.
+  :class:`Samples` keeps where the inputs came from, for the manifest.
 - :func:`reference_outputs`: the PTQ fake-quant model's outputs (:func:`tap_edge.quantize.ptq.ptq`), the
   reference an artifact must reproduce; :func:`weight_quantized_module`: the module the backends export, its
   weights already on the plan's grid.
@@ -22,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from tap_edge.core.errors import UserError
 from tap_edge.documents import InputSource
 from tap_edge.fit.bits import BitAssignment, LayerBits
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.models import LoadedModel
 
-#: The shared photo sample, relative to a parent folder of this file.
-PHOTO_FOLDER = Path("shared", "data", "imagenet-sample")
+#: The ``calib`` value that asks for seeded Gaussian noise (``tap-edge compile --calib noise``).
+NOISE = "noise"
 #: Inputs the weight-only PTQ pass is given (it calibrates no activation: any few samples do).
 WEIGHT_PTQ_SAMPLES = 16
 #: Batch size of the reference model's forward passes.
@@ -59,24 +61,28 @@ class Samples:
         return cls(arr, InputSource(kind="array", samples=len(arr)))
 
 
-def default_photo_folder() -> Path | None:
-    """``shared/data/imagenet-sample`` in the nearest parent folder of this file that has it."""
-    for parent in Path(__file__).resolve().parents:
-        if (parent / PHOTO_FOLDER).is_dir():
-            return parent / PHOTO_FOLDER
-    return None
+def needs_calibration(graph: ModelGraph, bits: BitAssignment) -> bool:
+    """Whether ``bits`` quantizes some activation to an integer width (its range must be calibrated on data
+    that looks like the model's input)."""
+    from tap_edge.fit.bits import tensor_bits
+
+    return any(w < 32 for w in tensor_bits(graph, bits).values())
 
 
-def sample_inputs(model: LoadedModel, n: int, folder: Path | None = None, seed: int = 0) -> Samples:
-    """Up to ``n`` inputs shaped like the model's (fewer when the folder has fewer).
+def calibration_error(model: LoadedModel, bits: BitAssignment) -> UserError:
+    """The one line for integer activations without calibration data."""
+    return UserError(f"{model.spec} at {bits.label()}: integer activations need calibration data",
+                     "pass --calib DIR (images or .npy/.pt tensors, read as plan --calib reads them) or --calib noise "
+                     "(seeded Gaussian noise; the manifest records it)")
 
-    From ``folder`` when given (images or tensors, read exactly as ``plan --calib`` and ``eval --data`` read
-    them); else, for 3-channel image models, from :func:`default_photo_folder`; else seeded Gaussian noise."""
+
+def sample_inputs(model: LoadedModel, n: int, folder: Path | str | None = None, seed: int = 0) -> Samples:
+    """Up to ``n`` inputs shaped like the model's (fewer when the folder has fewer): read from ``folder``
+    (images or tensors, exactly as ``plan --calib`` and ``eval --data`` read them), or seeded Gaussian noise for
+    ``folder`` None or :data:`NOISE` (the source says which)."""
     from tap_edge.plan.calib import load_images
 
-    if folder is None and model.preprocess.input_size[0] == 3:
-        folder = default_photo_folder()
-    if folder is not None:
+    if folder is not None and str(folder) != NOISE:
         tensor, _ = load_images(folder, model.preprocess, limit=n)
         return Samples(tensor.numpy(), InputSource(kind="folder", folder=str(folder), samples=len(tensor)))
     rng = np.random.default_rng(seed)

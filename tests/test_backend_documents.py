@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from tap_edge.backends import compile_model, read_manifest
+from tap_edge.backends import compile_model, get_backend, read_manifest
 from tap_edge.backends.manifest import manifest_path
 from tap_edge.backends.onnxruntime_backend import OnnxRuntimeBackend
-from tap_edge.backends.reference import default_photo_folder, sample_inputs
+from tap_edge.backends.reference import sample_inputs
 from tap_edge.backends.verdict import measure_report
+from tap_edge.core.errors import UserError
 from tap_edge.documents import DocumentError, InputSource, Manifest, MeasureReport, schema_file
 from tap_edge.fit.bits import BitAssignment
-from tap_edge.graph.models import load_model
+from tap_edge.graph.models import load_graph, load_model
 from tap_edge.plan import calib
 
 #: The shared photo sample beside the checkout (as tests/conftest.py finds it).
@@ -72,15 +73,31 @@ def test_compile_inputs_are_the_tensors_plan_and_eval_load(monkeypatch: pytest.M
 
     given = _compile_inputs(monkeypatch, tmp_path, calib_dir=SAMPLE_DIR, samples=4, check_samples=8)
     assert np.array_equal(given["calib"], planned[:4].numpy()) and np.array_equal(given["check"], planned.numpy())
-    # without --calib, an image model reads the same shared photos the same way
-    assert default_photo_folder().resolve() == SAMPLE_DIR.resolve()
-    default = _compile_inputs(monkeypatch, tmp_path, samples=8, check_samples=8)
-    assert np.array_equal(default["calib"], planned.numpy())
 
 
-def test_non_image_models_get_seeded_noise() -> None:
+
+def test_integer_activations_need_calibration_data_no_folder_is_taken_silently(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="integer activations need calibration data") as e:
+        compile_model("resnet8", "onnxruntime", BitAssignment.parse("w8a8"), tmp_path)
+    assert "--calib noise" in e.value.hint
+    with pytest.raises(UserError, match="integer activations need calibration data"):
+        get_backend("onnxruntime").compile(load_model("resnet8"), load_graph("resnet8"), BitAssignment.parse("w4a8"),
+                                           tmp_path)
+
+
+def test_calib_noise_is_recorded_in_the_manifest(tmp_path: Path) -> None:
+    art = compile_model("resnet8", "onnxruntime", BitAssignment.parse("w8a8"), tmp_path, calib_dir="noise",
+                        samples=4, check_samples=8)
+    assert art.manifest.calibration == InputSource(kind="gaussian noise", samples=4, seed=0)
+    assert art.manifest.check_inputs == InputSource(kind="gaussian noise", samples=8, seed=0)
+    # float activations need none: the artifact is checked on seeded noise, and the manifest says so
+    art = compile_model("resnet8", "onnxruntime", BitAssignment.parse("fp32"), tmp_path / "f", samples=4)
+    assert art.manifest.calibration.kind == "gaussian noise"
+
+
+def test_noise_inputs_are_seeded() -> None:
     lm = load_model("ds_cnn")
-    a, b = sample_inputs(lm, 4), sample_inputs(lm, 4)
+    a, b = sample_inputs(lm, 4, "noise"), sample_inputs(lm, 4)
     assert a.source == InputSource(kind="gaussian noise", samples=4, seed=0)
     assert np.array_equal(a.array, b.array) and a.array.shape == (4, *lm.preprocess.input_size)
     assert a.head(2).source.samples == 2 and len(a.head(2)) == 2

@@ -376,7 +376,9 @@ def test_tflite_int8_ds_cnn_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
                 "tflite",
                 "--device",
                 "stm32h743",
-                "--out",
+                "--calib",
+                "noise",
+                "--out-dir",
                 str(tmp_path),
                 "--json",
             ]
@@ -514,13 +516,13 @@ def test_tvm_tuning_options_are_validated(tmp_path: Path) -> None:
 
 
 def test_cli_tvm_tuning_options_are_one_line_errors(run_cli, tmp_path: Path) -> None:
-    r = run_cli("compile", "resnet8", "--backend", "onnxruntime", "--tune-trials", "5", "--out", str(tmp_path))
+    r = run_cli("compile", "resnet8", "--backend", "onnxruntime", "--tune-trials", "5", "--out-dir", str(tmp_path))
     assert r.code == 2 and "has no tuning step" in r.err and len(r.err.strip().splitlines()) == 1
-    r = run_cli("compile", "resnet8", "--backend", "tvm", "--tune-trials", "-3", "--out", str(tmp_path))
+    r = run_cli("compile", "resnet8", "--backend", "tvm", "--tune-trials", "-3", "--out-dir", str(tmp_path))
     assert r.code == 2 and "--tune-trials must be 0 or more" in r.err and len(r.err.strip().splitlines()) == 1
     f = tmp_path / "a-file"
     f.write_text("")
-    r = run_cli("compile", "resnet8", "--backend", "tvm", "--tune-db", str(f), "--out", str(tmp_path))
+    r = run_cli("compile", "resnet8", "--backend", "tvm", "--tune-db", str(f), "--out-dir", str(tmp_path))
     assert r.code == 2 and "not a directory" in r.err
     assert not list(tmp_path.glob("*.so"))
 
@@ -662,12 +664,12 @@ def test_cli_linear_int4_matmulnbits(run_cli, tmp_path: Path) -> None:
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"default": {"w": 8, "a": 8}, "layers": {"fc": {"w": 4, "a": 8}}}))
     r = run_cli("compile", "resnet8", "--backend", "onnxruntime", "--plan", str(plan), "--linear-int4",
-                "matmulnbits", "--out", str(tmp_path), "--json", "-q")
+                "matmulnbits", "--calib", "noise", "--out-dir", str(tmp_path), "--json", "-q")
     assert r.code == 0, r.err
     man = Manifest.from_dict(json.loads(r.out))
     assert man.backend_facts["layers"]["fc"]["stored"] == "int4-matmulnbits" and man.agreement.top1_agreement == 1.0
-    r = run_cli("compile", "resnet8", "--backend", "tvm", "--linear-int4", "matmulnbits", "--out", str(tmp_path))
+    r = run_cli("compile", "resnet8", "--backend", "tvm", "--linear-int4", "matmulnbits", "--out-dir", str(tmp_path))
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1
     assert "--linear-int4 chooses an ONNX Runtime kernel; backend 'tvm' has none" in r.err
-    r = run_cli("compile", "resnet8", "--backend", "onnxruntime", "--linear-int4", "nbits", "--out", str(tmp_path))
+    r = run_cli("compile", "resnet8", "--backend", "onnxruntime", "--linear-int4", "nbits", "--out-dir", str(tmp_path))
     assert r.code == 2 and "use qdq or matmulnbits" in r.err

@@ -399,7 +399,7 @@ def test_plan_compile_measure_fits_on_tflite_micro(model: str, run_cli, tmp_path
         assert plan["backend"] == "tflite" and len({v["a"] for v in plan["layers"].values()}) == 1
         build = tmp_path / f"build-{out.stem}"
         r = run_cli("compile", model, "--backend", "tflite", "--plan", str(out), "-d", dev, "--calib", str(calib),
-                    "--samples", "8", "--check-samples", "8", "--out", str(build), "-q")
+                    "--calib-samples", "8", "--check-samples", "8", "--out-dir", str(build), "-q")
         assert r.code == 0, f"{dev} {flags}: compile refused a plan made for it: {r.err}"
         artifact = next(build.glob("*.tflite"))
         r = run_cli("measure", str(artifact), "-d", dev, "--runs", "2", "--warmup", "1", "--json")

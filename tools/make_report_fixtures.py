@@ -49,7 +49,7 @@ def _unpack_run(work: Path) -> None:
 
 
 def _compile(model: str, widths: list[str], backend: str, device: str, out: str) -> list[str]:
-    return ["compile", model, *widths, "--backend", backend, "-d", device, "--calib", SAMPLE, "--out", out, "-q"]
+    return ["compile", model, *widths, "--backend", backend, "-d", device, "--calib", SAMPLE, "--out-dir", out, "-q"]
 
 
 def _eval(widths: list[str], out: str) -> list[str]:

@@ -18,7 +18,23 @@ from tap_edge.core.errors import UserError
 EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL = 1, 2, 70
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Fit neural networks onto phones and microcontrollers.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from tap_edge import __version__
+
+        console.out.print(f"tap-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", "-V", is_eager=True, callback=_print_version,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Fit neural networks onto phones and microcontrollers: check -> plan -> eval -> compile -> measure."""
+
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
@@ -84,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
 
     debug = flags.debug()
     try:
-        rc = app(args=argv, standalone_mode=False)
+        from tap_edge.cli.options import tidy_help
+
+        rc = tidy_help(typer.main.get_command(app)).main(args=argv, prog_name="tap-edge", standalone_mode=False)
     except UserError as e:
         console.err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
         sys.exit(e.exit_code)

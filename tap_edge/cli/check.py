@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tap_edge.cli.app import EXIT_FAIL, InputShapeOpt, JsonOpt, QuietOpt, app, input_shapes, resolve_bits
+from tap_edge.cli.options import expand_devices
 from tap_edge.core import console
 from tap_edge.core.errors import UserError
 from tap_edge.devices import DeviceProfile
@@ -47,6 +48,7 @@ def check_cmd(
                                                             "DIR/DEVICE.plan.json (check --plan reads it).")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    out: Annotated[Path | None, typer.Option(help="Also write the check report JSON here.")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report here.")] = None,
 ) -> None:
     """Will MODEL fit? A device x verdict table; exit 0 only if every target fits."""
@@ -58,7 +60,7 @@ def check_cmd(
     if not device and not all_devices:
         raise UserError("no target device", "pass --device ID (repeatable) or --all; see tap-edge devices")
     shapes = input_shapes(input_shape, plan)
-    ids = list(device or [])
+    ids = expand_devices(device or [])
     if all_devices:
         ids += [d for d in list_devices() if d not in ids]
     profiles = [get_device(d) for d in ids]
@@ -71,6 +73,8 @@ def check_cmd(
     if suggest:
         _suggest(report, model, graph, b, profiles, runtime, shapes, suggest_plans)
     report.seconds = round(time.perf_counter() - t0, 3)
+    if out:
+        report.write(out)
     if as_json:
         console.print_json(report.to_dict())
     else:

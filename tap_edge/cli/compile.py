@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from tap_edge.cli.app import InputShapeOpt, JsonOpt, QuietOpt, app, input_shapes, resolve_bits
+from tap_edge.cli.options import ModelArg, VerboseOpt, refuse_moved, third_party_quiet
 from tap_edge.core import console
 from tap_edge.core.units import fmt_bytes, pct
 from tap_edge.graph.shapes import input_lines
@@ -15,7 +16,7 @@ from tap_edge.graph.shapes import input_lines
 
 @app.command("compile")
 def compile_cmd(
-    model: Annotated[str, typer.Argument(help="Bundled name, timm:NAME or package.module:factory.")],
+    model: ModelArg,
     backend: Annotated[str, typer.Option("--backend", "-b", help="onnxruntime | tflite | tvm (tap-edge backends)")],
     plan: Annotated[Path | None, typer.Option(help="A plan.json with per-layer widths.")] = None,
     bits: Annotated[str | None, typer.Option(help="Uniform widths instead of a plan: w8a8, w4a8, fp32.")] = None,
@@ -23,13 +24,15 @@ def compile_cmd(
         str | None,
         typer.Option("--device", "-d", help="Profile id or YAML: its runtime's settings shape the prediction."),
     ] = None,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("build"),
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the artifact and its manifest.")] = Path(
+        "build"),
     calib: Annotated[
-        Path | None,
-        typer.Option(help="Folder of calibration images or tensors, read as plan and eval read them (default: "
-                          "the shared sample photos for image models, seeded noise otherwise)."),
+        str | None,
+        typer.Option(metavar="DIR|noise", help="Folder of calibration images or tensors, read as plan and eval read "
+                                               "them; 'noise' for seeded Gaussian noise. Needed for int8/int16 "
+                                               "activations (float and weight-only builds need none)."),
     ] = None,
-    samples: Annotated[int, typer.Option(min=1, max=512, help="Calibration samples.")] = 16,
+    calib_samples: Annotated[int, typer.Option(min=1, max=512, help="Calibration samples.")] = 16,
     check_samples: Annotated[
         int,
         typer.Option(min=1, max=4096, help="Samples on which the artifact's outputs are compared with the reference."),
@@ -51,18 +54,25 @@ def compile_cmd(
     input_shape: InputShapeOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    old_out: Annotated[str | None, typer.Option("--out", hidden=True)] = None,
+    old_samples: Annotated[str | None, typer.Option("--samples", hidden=True)] = None,
 ) -> None:
     """Compile MODEL at a plan's widths into a backend artifact (+ a manifest with the prediction)."""
     from tap_edge.backends import compile_model, get_backend
 
+    refuse_moved(old_out, "--out", "--out-dir", "compile writes a folder; --out names a document file in every "
+                 "command")
+    refuse_moved(old_samples, "--samples", "--calib-samples", "the flag's name in plan, eval and compile")
     console.set_quiet(quiet or as_json)
     b = get_backend(backend)
     options = b.options_from_flags(tune_trials=tune_trials, tune_db=tune_db, linear_int4=linear_int4)
     widths = resolve_bits(bits, plan, "torch")
     console.info(f"compiling {model} ({widths.label()}) with {b.name} ...")
-    artifact = compile_model(model, b, widths, out, device=device, calib_dir=calib, samples=samples,
-                             check_samples=check_samples, options=options,
-                             input_shapes=input_shapes(input_shape, plan))
+    with third_party_quiet(verbose):
+        artifact = compile_model(model, b, widths, out_dir, device=device, calib_dir=calib_source(calib),
+                                 samples=calib_samples, check_samples=check_samples, options=options,
+                                 input_shapes=input_shapes(input_shape, plan))
     if as_json:
         console.print_json(artifact.manifest.to_dict())
         return
@@ -79,8 +89,10 @@ def compile_cmd(
     console.out.print(f"  predicted arena: {fmt_bytes(man.prediction.arena_bytes)} ({s.runtime}: alignment "
                       f"{s.alignment}, in-place aliasing {'on' if s.alias_inplace else 'off'}, scratch {s.scratch})")
     source = man.calibration
-    console.out.print(f"  calibrated on {source.samples} " + (f"samples of {source.folder}" if source.folder
-                                                                else source.kind))
+    where = f"samples of {source.folder}" if source.folder else f"samples of seeded {source.kind} (seed {source.seed})"
+    console.out.print(f"  calibrated on {source.samples} {where}" if calibrated(man) else
+                      f"  no activation calibration (float activations); checked on {man.check_inputs.samples} "
+                      f"{where.removeprefix('samples of ')}")
     if man.agreement is not None:
         ag = man.agreement
         console.out.print(f"  agreement with the {ag.reference} model on {ag.n} samples: top-1 "
@@ -88,3 +100,18 @@ def compile_cmd(
     for line in b.summary_lines(man):
         console.out.print(f"  {line}")
     console.out.print(f"  next: tap-edge measure {artifact.path}" + (f" --device {man.device}" if man.device else ""))
+
+
+def calib_source(calib: str | None) -> Path | str | None:
+    """``--calib``: a folder or file of samples, or the word ``noise`` (seeded Gaussian noise)."""
+    from tap_edge.backends.reference import NOISE
+
+    if calib is None or calib == NOISE:
+        return calib
+    return Path(calib)
+
+
+def calibrated(manifest: object) -> bool:
+    """Whether some activation of the artifact is integer (its ranges came from the calibration inputs)."""
+    bits = manifest.bits  # type: ignore[attr-defined]
+    return bits.default.a < 32 or any(w.a < 32 for w in bits.layers.values())

@@ -1,4 +1,4 @@
-"""``tap-edge devices`` (list the profiles) and ``tap-edge devices show ID``."""
+"""``tap-edge devices [PATTERN]`` (list the profiles, shell wildcards) and ``tap-edge devices show ID``."""
 
 from __future__ import annotations
 
@@ -9,21 +9,38 @@ from rich.table import Table
 
 from tap_edge.cli.app import JsonOpt, app
 from tap_edge.core import console
+from tap_edge.core.errors import UserError
 from tap_edge.core.units import fmt_bytes
 
-devices_app = typer.Typer(invoke_without_command=True, help="List the device profiles, or show one.")
-app.add_typer(devices_app, name="devices")
 
-
-@devices_app.callback()
-def devices_list(ctx: typer.Context, as_json: JsonOpt = False,
-                 pattern: Annotated[str, typer.Option(help="Shell-style filter, e.g. 'stm32*'.")] = "*") -> None:
-    """List bundled device profiles."""
-    if ctx.invoked_subcommand:
+@app.command("devices")
+def devices_cmd(
+    args: Annotated[list[str] | None, typer.Argument(metavar="[PATTERN | show DEVICE]",
+                                                     help="Shell wildcard over profile ids, e.g. 'stm32*' (default "
+                                                          "all); or 'show DEVICE' for one profile.")] = None,
+    as_json: JsonOpt = False,
+    pattern: Annotated[str | None, typer.Option("--pattern", hidden=True)] = None,
+) -> None:
+    """List the device profiles (filtered by PATTERN), or show one: tap-edge devices show stm32h743."""
+    words = list(args or [])
+    if words[:1] == ["show"]:
+        if len(words) != 2:
+            raise UserError("devices show takes one DEVICE", "e.g. tap-edge devices show stm32h743")
+        devices_show(words[1], as_json)
         return
+    if len(words) > 1:
+        raise UserError(f"devices takes one PATTERN, got {len(words)}: {' '.join(words)}",
+                        "quote a wildcard so the shell does not expand it: tap-edge devices 'stm32*'")
+    devices_list(words[0] if words else (pattern or "*"), as_json)
+
+
+def devices_list(pattern: str, as_json: bool) -> None:
+    """List bundled device profiles whose id matches ``pattern``."""
     from tap_edge.devices import device_list, get_device, list_devices
 
     profiles = [get_device(n) for n in list_devices(pattern)]
+    if not profiles:
+        raise UserError(f"no device profile matches '{pattern}'", "tap-edge devices lists them all")
     if as_json:
         console.print_json(device_list(profiles).to_dict())
         return
@@ -36,10 +53,9 @@ def devices_list(ctx: typer.Context, as_json: JsonOpt = False,
                   f"{fmt_bytes(p.free_bytes(w))} {w.name}")
     console.out.print(t)
 
-@devices_app.command("show")
-def devices_show(device: Annotated[str, typer.Argument(help="Profile id or path to a YAML file.")],
-                 as_json: JsonOpt = False) -> None:
-    """Show one device profile: regions, reservations, runtimes and their bit-widths."""
+
+def devices_show(device: str, as_json: bool) -> None:
+    """Show one device profile (id or YAML path): regions, reservations, runtimes and their bit-widths."""
     from tap_edge.devices import get_device
 
     p = get_device(device)

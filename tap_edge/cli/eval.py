@@ -8,13 +8,14 @@ from typing import Annotated
 import typer
 
 from tap_edge.cli.app import InputShapeOpt, JsonOpt, QuietOpt, app, input_shapes
+from tap_edge.cli.options import ModelArg
 from tap_edge.core import console
 from tap_edge.graph.shapes import input_lines
 
 
 @app.command("eval")
 def eval_cmd(
-    model: Annotated[str, typer.Argument(help="Bundled name, timm:NAME or package.module:factory.")],
+    model: ModelArg,
     data: Annotated[Path, typer.Option(help="Folder of evaluation images (labels.csv inside is used if present).")],
     plan: Annotated[Path | None, typer.Option(help="plan.json from tap-edge plan.")] = None,
     bits: Annotated[str | None, typer.Option(help="Uniform widths instead of a plan, e.g. w4a8.")] = None,

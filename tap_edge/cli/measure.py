@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tap_edge.cli.app import EXIT_FAIL, InputShapeOpt, JsonOpt, QuietOpt, app, input_shapes
+from tap_edge.cli.options import VerboseOpt, third_party_quiet
 from tap_edge.core import console
 from tap_edge.core.units import fmt_bytes
 from tap_edge.documents import MeasureReport
@@ -43,9 +44,11 @@ def measure_cmd(
                      help="Data for an input: a number (every element; e.g. sr=16000) or a .npy file (its shape "
                           "also fixes the input's dynamic dims); repeat. Default: seeded data of its dtype."),
     ] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the measurement JSON here.")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report here.")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run FILE in a child process: latency (median, p90), peak memory, the runtime's own figures; the
     verdict compares them with the prediction and the device."""
@@ -57,8 +60,11 @@ def measure_cmd(
     values = parse_input_values(input_value or [])
     shapes = input_shapes(input_shape)
     console.info(f"measuring {artifact} in a child process ...")
-    report = measure_report(artifact, device=device, runs=runs, warmup=warmup, timeout=timeout, threads=threads,
-                            input_shapes=shapes, input_values=values)
+    with third_party_quiet(verbose):
+        report = measure_report(artifact, device=device, runs=runs, warmup=warmup, timeout=timeout,
+                                threads=threads, input_shapes=shapes, input_values=values)
+    if out:
+        report.write(out)
     if as_json:
         console.print_json(report.to_dict())
     else:

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from tap_edge.cli.app import InputShapeOpt, JsonOpt, QuietOpt, app, input_shapes
+from tap_edge.cli.options import ModelArg
 from tap_edge.core import console
 from tap_edge.core.errors import UserError
 from tap_edge.core.units import fmt_bytes, parse_bytes, parse_count
@@ -93,7 +94,7 @@ def budget_spec(flash: str | None, flash_like: str | None, sram: str | None, bop
 
 @app.command("plan")
 def plan_cmd(
-    model: Annotated[str, typer.Argument(help="Bundled name, timm:NAME or package.module:factory.")],
+    model: ModelArg,
     device: Annotated[str, typer.Option("--device", "-d", help="Profile id or YAML path.")],
     calib: Annotated[Path, typer.Option(help="Folder of calibration images or .npy/.pt tensors.")],
     calib_samples: Annotated[int, typer.Option(help="Calibration samples (TAP uses 16).")] = 16,

@@ -22,8 +22,8 @@ def report_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("report.html"),
     device: Annotated[
         str | None,
-        typer.Option(help="Device whose SRAM limit the memory plot draws (default: the tightest that fits, "
-                          "else the first)."),
+        typer.Option("--device", "-d", help="Device whose SRAM limit the memory plot draws (default: the "
+                                            "tightest that fits, else the first)."),
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:

@@ -66,6 +66,17 @@ class PaddedConv(nn.Conv2d):
         return super().forward(F.pad(x, self.pad))
 
 
+class Scope(nn.Module):
+    """A parent module on a layer's name path (``stage1`` of ``stage1.conv1``). The converted model calls each
+    layer through its parents, so exporters that name nodes after the module call stack (the TorchScript ONNX
+    exporter: ``/stage1/conv1/Conv``) see the names the original network gives them."""
+
+    def forward(self, x: torch.Tensor, path: str = "") -> torch.Tensor:
+        head, _, rest = path.partition(".")
+        child = getattr(self, head)
+        return child(x, path=rest) if rest else child(x)
+
+
 class ConversionError(ModelLoadError):
     """The ONNX file holds an op (or a use of one) the converter does not translate."""
 
@@ -148,12 +159,17 @@ class _Converter:
         *path, leaf = key.split(".")
         for part in path:
             if not hasattr(parent, part):
-                parent.add_module(part, nn.Module())
+                parent.add_module(part, Scope())
             parent = getattr(parent, part)
         if hasattr(parent, leaf):
             return key  # a layer whose weight another node shares: one module, called twice
         parent.add_module(leaf, module)
         return key
+
+    def call_layer(self, key: str, x: Any) -> torch.fx.Node:
+        """Call the layer ``key`` through its parents (:class:`Scope`), as the original network did."""
+        head, _, rest = key.partition(".")
+        return self.fx.call_module(head, (x,), {"path": rest} if rest else {})
 
     def batch_axis_ok(self, node: onnx.NodeProto, axis: int, rank: int) -> None:
         if rank and axis % rank == 0:
@@ -279,7 +295,7 @@ class _Converter:
             if b is not None:
                 conv.bias.copy_(torch.from_numpy(np.broadcast_to(b, (cout,)).copy()))
         key = self.add_module(self.keys.get(name) or _identifier(name), conv)
-        result = self.fx.call_module(key, (self.tensor_arg(ins[0]),))
+        result = self.call_layer(key, self.tensor_arg(ins[0]))
         if bn is not None:
             self.env[bn[0].output[0]] = result
             self.folded_bn[bn[0].output[0]] = name
@@ -324,7 +340,7 @@ class _Converter:
             if bias is not None:
                 lin.bias.copy_(torch.from_numpy(np.broadcast_to(bias, (out_f,)).copy()))
         key = self.add_module(self.keys.get(name) or _identifier(name), lin)
-        return self.fx.call_module(key, (self.tensor_arg(x),))
+        return self.call_layer(key, self.tensor_arg(x))
 
     def op_BatchNormalization(self, node: onnx.NodeProto, name: str, ins: list[str], a: dict[str, Any]) -> Any:
         if any(self.const(x) is None for x in ins[1:5]):
