@@ -5,9 +5,11 @@ A run is a directory:
 - ``run.json``: the settings (LLM endpoint and sampling, population, generations, tasks, alpha, seeds used,
   template digest, limits, DPO hyper-parameters);
 - ``events.jsonl``: every step appended (and fsync'ed) as it happens: ``prompt``, ``reply``, ``llm_error``,
-  ``program`` (code + reasoning + parse problem), ``vet`` (verdict + reason), ``fitness`` (value and per-task
-  details, or the reason it has none), ``generation`` (template probabilities before/after the DPO update,
-  preference pairs, best/median fitness, invalid rate), ``run_start`` / ``run_end``;
+  ``program`` (code + reasoning + parse problem), ``vet`` (verdict + reason), ``evaluate`` (an evaluation
+  submitted, with its attempt number), ``repair``, ``fitness`` (value and per-task details, or the reason it has
+  none), ``generation`` (template probabilities before/after the DPO update, preference pairs, best/median
+  fitness, invalid rate), ``run_start`` / ``resume`` / ``run_end``;
+- ``session.lock``: the lock of the session running it;
 - ``summary.json`` and ``best_proxy.py`` when the run ends.
 
 The loop is a deterministic function of the settings, the LLM replies and the fitness values (per-slot random
@@ -182,7 +184,7 @@ def check_settings(settings: EvolveSettings) -> None:
     _check_number(s.generations, "--generations", 0, integer=True)
     _check_number(s.workers, "--workers", 1, integer=True)
     _check_number(s.tournament, "tournament size", 1, integer=True)
-    _check_number(s.alpha, "--alpha", 0, 10)
+    _check_number(s.alpha, "--alpha", 0)
     _check_number(lim.get("cpu_seconds"), "--cpu-seconds", 0, low_open=True)
     _check_number(lim.get("wall_seconds"), "the wall-clock limit", 0, low_open=True)
     _check_number(lim.get("memory_mb"), "the memory limit (MB)", 64, integer=True)
