@@ -22,19 +22,19 @@ Two layers of defence:
    skipped). A fresh ``python -I`` child (the *supervisor*) reads its job from the parent, imports numpy with
    ``ctypes`` made unimportable (its raw-memory functions are not audited), and forks the *program process*,
    which is the only process that ever holds program code. The program process keeps four descriptors (0 and
-   1 ``/dev/null``, 2 and 3 pipes to the supervisor), drops root to ``nobody``, sets ``RLIMIT_CPU``,
-   ``RLIMIT_AS``, ``RLIMIT_FSIZE=0``, ``RLIMIT_NPROC=0``, ``RLIMIT_NOFILE=4`` and ``RLIMIT_CORE=0``, deletes
-   the few unaudited functions that act on other processes or the machine (``pidfd_open``, ``setpriority``,
-   ``setsid``, ``_imp.create_builtin``...), then installs an audit hook whose decision is a closure over
-   immutable state: the program's own code object may be executed and numpy/math imported; every other
-   event (``open``, sockets, ``os.fork``, ``subprocess``, ``os.kill``, frames and code objects, adding
-   hooks...) is refused. Nothing in that process can switch the hook off, and nothing there is secret: the
-   supervisor's answer channel to the parent is closed in it, so a program that writes raw bytes to every
-   descriptor reaches only ``/dev/null`` and its own result pipe, whose content the supervisor treats as the
-   program's claim (a fixed binary format, exact length, checked again: finite, non-negative, one value per
-   layer and width). The supervisor enforces the wall-clock limit, reads the program process's exit status and
-   CPU time, and writes the one answer the parent reads; the parent bounds its size and nesting before
-   ``json.loads`` and checks the costs once more.
+   1 ``/dev/null``, 2 and 3 pipes to the supervisor), drops root to ``nobody`` (where the system lets it),
+   sets ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_FSIZE=0``, ``RLIMIT_NPROC=0``, ``RLIMIT_NOFILE=4`` and
+   ``RLIMIT_CORE=0``, deletes the few unaudited functions that act on other processes or the machine
+   (``pidfd_open``, ``setpriority``, ``setsid``, ``_imp.create_builtin``...), then installs an audit hook
+   whose decision is a closure over immutable state: the program's own code object may be executed and
+   numpy/math imported; every other event (``open``, sockets, ``os.fork``, ``subprocess``, ``os.kill``, frames
+   and code objects, adding hooks...) is refused. Nothing in that process can switch the hook off, and
+   nothing there is secret: the supervisor's answer channel to the parent is closed in it, so a program that
+   writes raw bytes to every descriptor reaches only ``/dev/null`` and its own result pipe, whose content the
+   supervisor treats as the program's claim (a fixed binary format, exact length, checked again: finite,
+   non-negative, one value per layer and width). The supervisor enforces the wall-clock limit, reads the
+   program process's exit status and CPU time, and writes the one answer the parent reads; the parent bounds
+   its size and nesting before ``json.loads`` and checks the costs once more.
 
 Nothing outlives the parent: the supervisor gets SIGTERM when the parent dies (``PR_SET_PDEATHSIG`` on Linux)
 and also watches its stdin, which the parent holds open (end of file = the parent is gone, on every system);
@@ -575,11 +575,14 @@ def _program_process(result_w, err_w, close):
         if isinstance(e, SyntaxError) and isinstance(e.lineno, int):
             line = e.lineno - LINE_OFFSET if e.lineno > LINE_OFFSET else e.lineno
         _send_error(stage, reason, line, memory)
-    try:
-        if os.geteuid() == 0:  # root ignores RLIMIT_NPROC and may act on any process: become nobody
+    if os.geteuid() == 0:  # root ignores RLIMIT_NPROC and may act on any process: become nobody
+        try:
             os.setgroups([])
             os.setgid(NOBODY)
             os.setuid(NOBODY)
+        except OSError as e:  # e.g. a user namespace without that id: the hook and the limits still hold
+            os.write(2, ("sandbox: could not drop root (%s)\n" % e).encode())
+    try:
         cpu = max(1, int(math.ceil(LIMITS["cpu_seconds"])))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         mem = int(LIMITS["memory_mb"]) << 20
