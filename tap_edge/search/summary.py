@@ -159,13 +159,13 @@ def best_program_text(summary: RunSummary) -> str:
         f"# Fitness {best.fitness:.4f} (template {best.template}"
         f"{', seed ' + best.seed if best.seed else ''}); per generation best: "
         + ", ".join(_fitness(g.best_fitness) for g in summary.generations) + ".",
-        "# Reasoning: " + " ".join((best.reasoning or "").split())[:600],
+        "# Reasoning: " + one_line(best.reasoning or "", 600),  # LLM text: one printable line in a comment
         *([f"# Repair removed {len(best.repairs)} failing statement(s) of the LLM's program."]
           if best.repairs else []),
     ]
     chain = best.lineage
     for step, parent in zip(chain, chain[1:], strict=False):
-        edit = " ; ".join(ln.strip() for ln in (step.edit or "").splitlines() if ln.strip())
+        edit = one_line(" ; ".join(ln.strip() for ln in (step.edit or "").splitlines() if ln.strip()), 300)
         lines.append(f"# Lineage: {step.id} ({step.template}) = LLM edit of {parent.id}: {edit[:300]}")
     if len(chain) > 1:
         root = chain[-1]
