@@ -1,5 +1,6 @@
-"""Step 5, fake-quantize and score: BatchNorm folding, per-channel weight quantization, activation
-calibration (PTQ), and the metrics that compare a quantized model with its float self."""
+"""Step 5, fake-quantize and score: BatchNorm folding, per-channel weight quantization (round-to-nearest, GPTQ or
+AdaRound: ``rounding.py``, run layer after layer by ``sequential.py``), activation calibration (PTQ), and the
+metrics that compare a quantized model with its float self."""
 
 from tap_edge.core.lazy import lazy_exports
 

@@ -19,6 +19,13 @@ One config object (:class:`PTQConfig`, torchao style) describes the whole transf
   already quantized: ``act_calib="minmax"`` (default; the TFLite converter's choice) or ``"percentile"``
   (``act_percentile`` of the values, on a strided subsample of at most 2**20 values per tensor).
 - Biases stay float (an int32 bias at scale ``s_w * s_a`` adds no visible error).
+- **Rounding** (``rounding``): ``"nearest"`` rounds every weight on its own (the default, in parallel);
+  ``"gptq"`` and ``"adaround"`` choose the integers that best reproduce each layer's float output on the
+  calibration batch (:mod:`tap_edge.quantize.rounding`), layer after layer on inputs from the already-quantized
+  layers before it (:mod:`tap_edge.quantize.sequential`), then correct each channel's mean output
+  (``bias_correction``). The scales and the grid stay those of :func:`quantize_weight`, so an exporter stores
+  ``round(w / s)`` of the returned weights exactly. ``act_calib="mse"`` searches each activation range for the
+  least squared error. :data:`DEFAULT_PTQ_SAMPLES` gives the calibration count per method.
 
 Many small tensor ops (the clipping search of 50 layers, batch-1 passes) run on :func:`run_tasks`: one worker
 thread per core, each with a single OpenMP thread. That beats intra-op threading on such work and, unlike it,
