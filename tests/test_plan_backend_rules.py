@@ -363,7 +363,7 @@ SWEEP = [
     ("stm32h743", 0.4),
     ("nrf52840", 0.75),
     ("esp32-s3", None),
-    (("tight-a", 0.5, 1.05), None),
+    (("tight-a", 0.5, 1.2), None),
     (("tight-b", 0.1, 1.6), None),
 ]
 

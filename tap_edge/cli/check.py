@@ -159,7 +159,7 @@ def suggestion_lines(r: DeviceVerdict) -> list[str]:
         w = s.widths
         changes = ", ".join(f"{c.layer} w{c.before.w}a{c.before.a}->w{c.after.w}a{c.after.a}" for c in w.changed[:3])
         more = f" +{len(w.changed) - 3} more" if len(w.changed) > 3 else ""
-        built = f", built by {w.backend}" if w.backend else ""
+        built = f", within the {w.backend} backend's rules" if w.backend else ""
         out.append(f"{r.device}: widths plan, {len(w.changed)} layer(s) change ({changes}{more}): flash "
                    f"{short_bytes(w.flash_bytes)}, arena {short_bytes(w.arena_bytes)}{built}"
                    + (f" -> {w.plan_file}" if w.plan_file else ""))

@@ -873,6 +873,12 @@ def _diagnose(prog: _Program, budgets: Budgets, check_arena: bool,
             binding.append("SRAM")
         parts.append(f"{sram_name} budget {_b(budgets.sram_bytes)}, smallest achievable {_b(sram_measure)} "
                      f"(peak live {_b(min_live)})")
+        also = ev.also_arena_bytes + shared_flash if ev and check_arena else 0
+        if also > budgets.sram_bytes and prog.rules is not None:  # the kernels it is measured with need more
+            names = ", ".join(r.name for r in prog.rules.also_fits)
+            parts.append(f"on the kernels it is measured with ({names}) that plan needs {_b(also)}")
+            if "SRAM" not in binding:
+                binding.append(f"SRAM (measured kernels: {names})")
     else:
         parts.append(f"smallest achievable {sram_name} {_b(sram_measure)}")
     if budgets.bops is not None:

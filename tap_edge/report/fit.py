@@ -176,7 +176,7 @@ def suggestion_sentences(d: DeviceVerdict) -> list[str]:
         shown = ", ".join(f"<code>{esc(c.layer)}</code> w{c.before.w}a{c.before.a} → w{c.after.w}a{c.after.a}"
                           for c in w.changed[:6])
         more = f" and {len(w.changed) - 6} more" if len(w.changed) > 6 else ""
-        by = f" (the {esc(w.backend)} backend builds it)" if w.backend else ""
+        by = f" (within what the {esc(w.backend)} backend builds)" if w.backend else ""
         out.append(f"A widths plan fits{by}: flash {fmt_b(w.flash_bytes)}, arena {fmt_b(w.arena_bytes)}; "
                    f"{len(w.changed)} layer(s) change: {shown}{more}.")
     if s.floor is not None:
