@@ -29,12 +29,13 @@ demo: install
 		--act-bits 8 --out $(OUT)/plan.json
 	$(TAP) eval efficientnet_lite0 --plan $(OUT)/plan.json --data $(SAMPLE) --limit 96 --out $(OUT)/eval-plan.json
 	@echo "== 3. Build it and prove it: ONNX Runtime artifact, measured in a child process"
-	$(TAP) compile efficientnet_lite0 --plan $(OUT)/plan.json --backend onnxruntime -d raspberry-pi-5 --out $(OUT)/ort
+	$(TAP) compile efficientnet_lite0 --plan $(OUT)/plan.json --backend onnxruntime -d raspberry-pi-5 --calib $(SAMPLE) \
+		--out-dir $(OUT)/ort
 	$(TAP) measure $(OUT)/ort/efficientnet_lite0-plan.onnx -d raspberry-pi-5; test $$? -le 1
 	$(TAP) measure $(OUT)/ort/efficientnet_lite0-plan.onnx -d raspberry-pi-5 --json -q > $(OUT)/measure-ort.json; test $$? -le 1
 	@echo "== 4. A microcontroller: ResNet-8 int8 through TFLite, TFLite Micro's arena is the measured truth"
 	$(TAP) check resnet8 -d stm32h743 --json > $(OUT)/check-resnet8.json; test $$? -le 1
-	$(TAP) compile resnet8 --bits w8a8 --backend tflite -d stm32h743 --out $(OUT)/tflite
+	$(TAP) compile resnet8 --bits w8a8 --backend tflite -d stm32h743 --calib $(SAMPLE) --out-dir $(OUT)/tflite
 	$(TAP) measure $(OUT)/tflite/resnet8-w8a8.tflite -d stm32h743; test $$? -le 1
 	$(TAP) measure $(OUT)/tflite/resnet8-w8a8.tflite -d stm32h743 --json -q > $(OUT)/measure-tflm.json; test $$? -le 1
 	$(TAP) report $(OUT)/check-efficientnet_lite0.json $(OUT)/check-resnet8.json $(OUT)/plan.json \

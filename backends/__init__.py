@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tap_edge.backends.inputs import InputRequest
-from tap_edge.backends.manifest import manifest_bits, prediction, read_manifest, write_manifest
+from tap_edge.backends.manifest import graph_path, manifest_bits, prediction, read_manifest, write_manifest
 from tap_edge.backends.reference import (
     Samples,
     agreement,
@@ -64,7 +64,7 @@ from tap_edge.documents import (
 )
 from tap_edge.fit.bits import BitAssignment
 from tap_edge.graph.graph import ModelGraph
-from tap_edge.graph.models import LoadedModel, load_graph
+from tap_edge.graph.models import IN_MEMORY, LoadedModel, load_graph
 from tap_edge.graph.shapes import InputShapes, model_inputs
 from tap_edge.plan.rules import ALL_CHOICES, PlanRules
 
@@ -301,6 +301,8 @@ class Backend:
             backend_facts=built.facts,
         )
         write_manifest(manifest, built.artifact)
+        if model.spec.startswith(IN_MEMORY):  # measure cannot load the graph from the spec: keep it
+            graph.save(graph_path(built.artifact))
         return Artifact(built.artifact, manifest)
 
     def build(self, model: LoadedModel, graph: ModelGraph, bits: BitAssignment, out_dir: Path, *,

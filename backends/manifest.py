@@ -14,7 +14,7 @@ from tap_edge.documents import ArenaSettings, FlashFigures, Manifest, ManifestBi
 from tap_edge.fit.bits import BitAssignment
 from tap_edge.fit.memory import flash_breakdown, plan_arena_for
 from tap_edge.graph.graph import ModelGraph
-from tap_edge.graph.models import LoadedModel
+from tap_edge.graph.models import IN_MEMORY, LoadedModel
 
 #: The runtime the prediction assumes when no device is given: TFLite Micro's reference kernels on the host
 #: (16-byte alignment, no aliasing, no scratch, PAD ops and the persistent tail; see
@@ -24,9 +24,15 @@ HOST_REFERENCE_RUNTIME = Runtime(name="tflm-host", weights={"default": [4, 8]}, 
 
 def artifact_stem(model: LoadedModel, bits: BitAssignment) -> str:
     """The file stem of a compiled artifact: the model spec made file-safe, then the widths' label."""
-    name = Path(model.spec).stem if model.path is not None else Path(model.spec).name  # m.onnx -> m
+    name = Path(model.spec).stem if model.path is not None else Path(model.spec.removeprefix(IN_MEMORY)).name
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60] or "model"
     return f"{safe}-{bits.label()}"
+
+
+def graph_path(artifact: Path) -> Path:
+    """Where the graph of a model given as a Python object is saved beside its artifact (its spec cannot load
+    it again: ``measure`` reads the graph from there)."""
+    return artifact.with_name(artifact.name + ".graph.json")
 
 
 def manifest_path(artifact: Path) -> Path:

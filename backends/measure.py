@@ -68,26 +68,36 @@ class MeasureError(UserError):
 
 
 def vm_hwm() -> int:
-    """Peak resident set size of this process in bytes (``VmHWM`` from /proc; ``ru_maxrss`` elsewhere)."""
+    """Peak resident set size of this process in bytes: ``VmHWM`` from /proc (Linux), else ``ru_maxrss``
+    (bytes on macOS, KiB on the other Unixes), else psutil's peak working set (Windows, no ``resource``)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import resource
+    try:
+        import resource
+    except ImportError:  # Windows
+        import psutil
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        info = psutil.Process().memory_info()
+        return int(getattr(info, "peak_wset", info.rss))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
 def vm_rss() -> int:
+    """Resident set size of this process in bytes: ``VmRSS`` from /proc, else psutil (macOS, Windows)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
 
 
 def latency_stats(times_ms: list[float]) -> dict[str, Any]:
@@ -174,6 +184,12 @@ def run_child(
 def _wait(proc: subprocess.Popen, timeout: float, *, group: bool) -> tuple[int, Any, bool]:
     """Wait for ``proc`` (``wait4``: its rusage too); past ``timeout`` kill it (its process group when it has
     its own)."""
+    if not hasattr(os, "wait4"):  # Windows: no rusage (the child's own peak RSS is the figure anyway)
+        try:
+            return proc.wait(timeout=timeout) << 8, None, False  # as a wait status: the exit code in bits 8-15
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait() << 8, None, True
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from tap_edge.backends import backend_for_artifact, get_backend
 from tap_edge.backends.inputs import InputRequest
-from tap_edge.backends.manifest import bits_of, prediction, read_manifest
+from tap_edge.backends.manifest import bits_of, graph_path, prediction, read_manifest
 from tap_edge.backends.measure import DEFAULT_RUNS, DEFAULT_TIMEOUT, DEFAULT_WARMUP, measure_artifact
 from tap_edge.backends.onnxruntime_backend import onnx_weight_bytes
 from tap_edge.backends.tflite_backend import ARTIFACT_GRAPH, TFLM_HOST, tflite_weight_bytes
@@ -111,9 +111,12 @@ def prediction_source(artifact: Path, manifest: Manifest | None, feed: InputRequ
         src = PredictionSource("manifest", base=manifest.prediction,
                                host=manifest.other_predictions.get(TFLM_HOST, manifest.prediction),
                                on_artifact_graph=manifest.other_predictions.get(ARTIFACT_GRAPH))
+        saved = graph_path(artifact)  # a model given as a Python object: compile saved its graph
         try:
-            src.graph, src.bits = load_graph(manifest.model, user_shapes(manifest.inputs)), bits_of(manifest)
-        except UserError as e:  # e.g. a model given as an object, which its spec cannot load again
+            graph = ModelGraph.load(saved) if saved.exists() else load_graph(manifest.model,
+                                                                             user_shapes(manifest.inputs))
+            src.graph, src.bits = graph, bits_of(manifest)
+        except UserError as e:
             src.error = str(e)
         return src
     bits = BitAssignment.parse("native")

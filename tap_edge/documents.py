@@ -504,6 +504,8 @@ class EvalResult(Document):
     kl: float = Field(description="mean KL divergence from the float model's output distribution")
     top1: float | None = None
     float_top1: float | None = None
+    top1_note: str | None = Field(None, description="why top-1 is not scored although a labels file was found "
+                                                    "(its classes are not the model's)")
     ptq: PTQSettings | None = Field(None, description="the rounding and calibration used (samples = calib_samples)")
     seconds: float | None = Field(None, description="wall time of the whole evaluation")
 

@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the typer app and turns every error into one line and an exit code."""
     from rich.markup import escape  # messages are text, not markup: keep e.g. the [ray] of tap-edge[ray]
 
+    from tap_edge.cli.options import tidy_help
+
     debug = flags.debug()
     try:
-        from tap_edge.cli.options import tidy_help
-
         rc = tidy_help(typer.main.get_command(app)).main(args=argv, prog_name="tap-edge", standalone_mode=False)
     except UserError as e:
         console.err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)

@@ -8,6 +8,7 @@ problem listed; the verdict is the first of UNSUPPORTED, OOM.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from tap_edge.core.units import fmt_bytes
 from tap_edge.devices import DeviceProfile, Runtime
@@ -150,18 +151,23 @@ def check_report(graph: ModelGraph, bits: BitAssignment, devices: list[DevicePro
     )
 
 
-def check(model: str | ModelGraph, devices: str | DeviceProfile | list[str | DeviceProfile] = "*", *,
+def check(model: Any, devices: str | DeviceProfile | list[str | DeviceProfile] = "*", *,
           bits: str | BitAssignment | None = None, runtime: str | None = None,
           input_shapes: InputShapes | str | list[str] | None = None) -> CheckReport:
     """Will ``model`` fit ``devices``? The Python face of ``tap-edge check``.
 
-    ``model``: a MODEL string (bundled name, ``timm:NAME``, ``module:factory``, ``.onnx``, ``.tflite``) or a
-    graph; ``devices``: profile ids, YAML paths or profiles, or a wildcard pattern (``"stm32*"``, ``"*"``);
+    ``model``: a MODEL string (bundled name, ``timm:NAME``, ``module:factory``, ``.onnx``, ``.tflite``), a
+    LoadedModel, a ``torch.nn.Module`` (:func:`tap_edge.graph.models.from_module`) or a graph; ``devices``:
+    profile ids, YAML paths or profiles, or a wildcard pattern (``"stm32*"``, ``"*"``);
     ``bits``: ``"w8a8"`` (default; ``"native"`` for .tflite files), ``"w4a8"``, ``"fp32"`` or a BitAssignment;
     ``input_shapes``: ``{"x": [1, 3, 320, 320]}`` or the flag's text (``"1x3x320x320"``, ``["x=1x3x320x320"]``)."""
     from tap_edge.devices import get_device, list_devices
     from tap_edge.graph.models import load_graph
 
+    if hasattr(model, "forward"):  # an in-memory torch.nn.Module
+        from tap_edge.graph.models import from_module
+
+        model = from_module(model)
     graph = model if isinstance(model, ModelGraph) else load_graph(model, as_input_shapes(input_shapes))
     wanted = devices if isinstance(devices, list) else [devices]
     profiles: list[DeviceProfile] = []

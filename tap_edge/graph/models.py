@@ -227,6 +227,10 @@ def load_model(spec: str, input_shapes: InputShapes | None = None) -> LoadedMode
     return _at_shape(lm, input_shapes) if input_shapes else lm
 
 
+#: The spec prefix of a model given as a Python object (``python:TinyNet``): no spec string can load it again.
+IN_MEMORY = "python:"
+
+
 def from_module(module: Any, preprocess: Any = None, name: str | None = None) -> LoadedModel:
     """A LoadedModel of an in-memory ``torch.nn.Module`` (what ``make_plan``, ``evaluate_plan``, ``compile`` and
     ``check`` take as ``model``): ``preprocess`` as ``tap_edge_preprocess`` takes it (a Preprocess, its dict
@@ -236,7 +240,7 @@ def from_module(module: Any, preprocess: Any = None, name: str | None = None) ->
     if not hasattr(module, "forward"):
         raise ModelLoadError(f"from_module: {type(module).__name__} is not a torch.nn.Module",
                              "pass the model object (or a spec string / file path to load_model)")
-    spec = name or f"python:{type(module).__name__}"
+    spec = name or f"{IN_MEMORY}{type(module).__name__}"
     if _names_an_architecture(spec):
         raise UserError(f"from_module: name '{spec}' is a bundled or timm model's name",
                         "give the module a name of its own (its graph must not be taken from that model's cache)")

@@ -213,3 +213,21 @@ def find_labels(folder: str | Path) -> Path | None:
     p = Path(folder)
     cand = (p if p.is_dir() else p.parent) / "labels.csv"
     return cand if cand.exists() else None
+
+
+def labels_within(labels: torch.Tensor, classes: int, source: str,
+                  given: Path | None) -> tuple[torch.Tensor | None, str | None]:
+    """(``labels``, None) when every class index is one of the model's ``classes`` outputs. Else labels the
+    user passed (``given``, ``--labels``) are refused in one line, and a labels file found beside the data (an
+    ImageNet ``labels.csv`` for a 10-class model) is set aside: (None, why), said on stderr; top-1 is not
+    scored, agreement with the float model still is."""
+    from tap_edge.core import console
+
+    top = int(labels.max()) if len(labels) else -1
+    if top < classes:
+        return labels, None
+    why = f"{source} has class indices up to {top}, the model outputs {classes} classes"
+    if given is not None:
+        raise UserError(why, f"pass labels of the model's own classes (file,class_index with class_index < {classes})")
+    console.info(f"top-1 not scored: {why}; agreement with the float model only (pass --labels for its classes)")
+    return None, f"not scored: {why}"

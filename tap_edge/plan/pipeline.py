@@ -94,6 +94,7 @@ def make_plan(req: PlanRequest) -> Plan:
     lm = _torch_model(req.model, req.input_shapes)
     graph = load_graph(lm)
     budgets = resolve_budgets(req.budgets, device, runtime, graph)
+    feasible_or_raise(graph, device, runtime, rules, budgets, req.default_a, req.pins)  # before any statistics
     timing["load_s"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -133,6 +134,23 @@ def make_plan(req: PlanRequest) -> Plan:
                          proxy_scores=_report_scores(costs), sweep=sweep,
                          calibration=Calibration(folder=str(req.calib), samples=len(calib)), rules=rules,
                          pins=req.pins).model_copy(update={"ptq": ptq})
+
+
+def feasible_or_raise(graph: Any, device: Any, runtime: Runtime, rules: PlanRules, budgets: Any, default_a: int,
+                      pins: dict[str, tuple[int, int | None]]) -> None:
+    """Whether any widths meet ``budgets`` depends on the graph alone: solve the allocation once with a
+    data-free objective (:func:`tap_edge.plan.suggest.change_costs`) and raise its one-line
+    :class:`~tap_edge.plan.allocate.InfeasibleBudget` now, not after the statistics."""
+    from tap_edge.fit.bits import BitAssignment
+    from tap_edge.plan.allocate import InfeasibleBudget, allocate
+    from tap_edge.plan.suggest import change_costs, infeasible_hint
+
+    try:
+        allocate(graph, change_costs(graph, BitAssignment(8, default_a)), runtime, budgets, default_a=default_a,
+                 rules=rules, pins=pins)
+    except InfeasibleBudget as e:
+        e.hint = infeasible_hint(graph, device, runtime, rules, budgets, e)
+        raise
 
 
 def plan_rules(runtime: Runtime, rules: PlanRules | None, weight_bits: list[int] | None,
@@ -200,7 +218,7 @@ def evaluate_plan(req: EvalRequest) -> EvalResult:
     from tap_edge.fit.bits import BitAssignment
     from tap_edge.fit.memory import flash_breakdown
     from tap_edge.graph.models import load_graph
-    from tap_edge.plan.calib import find_labels, labels_for, load_images, load_labels
+    from tap_edge.plan.calib import find_labels, labels_for, labels_within, load_images, load_labels
     from tap_edge.quantize.evaluate import evaluate
     from tap_edge.quantize.ptq import PTQConfig, default_ptq_samples, quantize_model
 
@@ -234,6 +252,10 @@ def evaluate_plan(req: EvalRequest) -> EvalResult:
         images, names = load_images(req.data, lm.preprocess, limit=req.limit, skip=skip)
     labels_path = req.labels or find_labels(req.data)
     labels = labels_for(names, load_labels(labels_path), str(labels_path)) if labels_path else None
+    top1_note = None
+    if labels is not None:  # an ImageNet labels.csv beside the photos does not score a 10-class model
+        labels, top1_note = labels_within(labels, graph.tensors[graph.outputs[0]].shape[-1], str(labels_path),
+                                          req.labels)
     t = time.perf_counter()
     qmodel = quantize_model(lm.module, bits, calib, config=config, graph=graph)
     ptq_s = time.perf_counter() - t
@@ -243,6 +265,6 @@ def evaluate_plan(req: EvalRequest) -> EvalResult:
                       plan_id=plan_id, n_images=len(images), calib_samples=len(calib),
                       model_bytes=flash_breakdown(graph, bits).model_bytes, ptq_s=round(ptq_s, 3),
                       agreement=metrics["agreement"], kl=metrics["kl"], top1=metrics["top1"],
-                      float_top1=metrics["float_top1"],
+                      float_top1=metrics["float_top1"], top1_note=top1_note,
                       ptq=PTQSettings(**{k: v for k, v in config.to_dict().items() if k != "bits"}, samples=len(calib)),
                       seconds=round(time.perf_counter() - t0, 3))
