@@ -163,6 +163,10 @@ def test_rounding_in_a_network_beats_nearest_and_repeats() -> None:
             err[rounding] = float(((q1(calib) - ref) ** 2).mean())
         if rounding != "nearest":
             assert set(q1.tap_edge_ptq.rounded) == {"0", "2", "4", "8"}
+        for name, scale in q1.tap_edge_ptq.weight_scales.items():  # what an exporter stores: s and q exactly
+            w = q1.get_submodule(name).weight.detach()
+            levels = w / scale.reshape(-1, *[1] * (w.dim() - 1))
+            assert torch.allclose(levels, levels.round(), atol=1e-4) and levels.abs().max() <= qmax_of(3) + 1e-4
     assert err["gptq"] < err["nearest"] and err["adaround"] < err["nearest"], err
 
 

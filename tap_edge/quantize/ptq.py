@@ -437,6 +437,10 @@ class PTQInfo:
     output_bits: int | None
     rounding: str = "nearest"
     rounded: list[str] = field(default_factory=list)  # modules the rounding method handled (others: nearest)
+    #: per integer-quantized module, the per-output-channel scale [C] of its grid: the weights are exactly
+    #: ``s * q`` with integers ``|q| <= qmax`` (GPTQ / AdaRound need not reach ``qmax`` in a channel, so an
+    #: exporter takes ``s`` from here, not from ``max|w| / qmax``)
+    weight_scales: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _graph_of(model: nn.Module, calib: torch.Tensor) -> ModelGraph:
@@ -502,7 +506,7 @@ def ptq(model: nn.Module, config: PTQConfig, calib: torch.Tensor, graph: ModelGr
     if float_model is not None:
         done = _sequential(q, float_model, config, calib, info)
         todo = {k: v for k, v in todo.items() if k not in done}
-    _round_to_nearest(modules, todo, config.clip)
+    _round_to_nearest(modules, todo, config.clip, info.weight_scales)
     pending = [fq for fq in quants if fq.observing]
     if pending:
         with torch.no_grad():
@@ -514,19 +518,21 @@ def ptq(model: nn.Module, config: PTQConfig, calib: torch.Tensor, graph: ModelGr
     return q
 
 
-def _round_to_nearest(modules: dict[str, nn.Module], layer_bits: dict[str, int], clip: str) -> None:
+def _round_to_nearest(modules: dict[str, nn.Module], layer_bits: dict[str, int], clip: str,
+                      scales: dict[str, torch.Tensor]) -> None:
     """Round-to-nearest weights of ``layer_bits``' modules in place (16 bits: float16), on worker threads."""
 
-    def job(w: torch.Tensor, wb: int) -> Callable[[], None]:
+    def job(name: str, w: torch.Tensor, wb: int) -> Callable[[], None]:
         def run() -> None:
             with torch.no_grad():
                 if wb <= 8:
-                    w.copy_(quantize_weight(w, weight_scales(w, wb, clip)[0], wb))
+                    scales[name] = weight_scales(w, wb, clip)[0]
+                    w.copy_(quantize_weight(w, scales[name], wb))
                 elif wb == 16:
                     w.copy_(w.half().float())
         return run
 
-    jobs = [("weights", job(modules[name].weight, wb)) for name, wb in layer_bits.items()]
+    jobs = [("weights", job(name, modules[name].weight, wb)) for name, wb in layer_bits.items()]
     with worker_threads() as workers:
         run_tasks(jobs, workers=workers)
 
@@ -543,7 +549,7 @@ def _sequential(q: nn.Module, float_model: nn.Module, config: PTQConfig, calib: 
             w.copy_(w.half().float())
         if wb > 8:
             return
-        scale = weight_scales(w, wb, config.clip)[0]
+        scale = info.weight_scales[name] = weight_scales(w, wb, config.clip)[0]
         if config.rounding == "nearest" or not R.supports(mod):
             w.copy_(quantize_weight(w, scale, wb))
             return
