@@ -447,7 +447,7 @@ def test_cli_report_without_files(run_cli) -> None:
 
 def test_check_html_option(run_cli, tmp_path: Path) -> None:
     out = tmp_path / "check.html"
-    r = run_cli("check", "resnet8", "-d", "stm32f446re", "-d", "nrf52840", "--bits", "w4a8", "-q", "--html",
+    r = run_cli("check", "resnet8", "-d", "stm32f446re", "-d", "nrf52840", "--bits", "w8a8", "-q", "--html",
                 str(out))
     assert r.code == 0
     page = out.read_text()

@@ -160,11 +160,19 @@ def _comparisons_table(measures: list[MeasureReport]) -> str:
 
 
 def _notes(measures: list[MeasureReport]) -> str:
-    """Flags and problems, as sentences."""
+    """Flags, problems, runtimes that could not build the model (in their own words) and where each
+    prediction came from, as sentences."""
     items = [f'<li><span class="bad"><b>flag</b></span> {esc(label(m))}: {esc(flag_sentence(c, m.tolerance_pct))}'
              "</li>" for m in measures for c in m.flags]
     items += [f"<li>{badge(m.verdict)} {esc(label(m))} on {esc(m.device)}: {esc(p)}</li>"
               for m in measures for p in m.problems]
+    items += [f"<li>{esc(label(m))}: {esc(f.runtime)} could not {esc(f.stage)} it: <code>{esc(f.reason)}</code>"
+              " (its figures are missing; the other runtimes' are kept)</li>"
+              for m in measures for f in m.runtime_failures]
+    items += [f"<li>{esc(label(m))}: the prediction was made from the file itself (no tap-edge manifest)</li>"
+              for m in measures if m.prediction_from == "file"]
+    items += [f"<li>{esc(label(m))}: no prediction ({esc(m.prediction_error)})</li>"
+              for m in measures if m.prediction_error]
     return f'<h4>Flags and problems</h4><ul class="flags">{"".join(items)}</ul>' if items else ""
 
 
@@ -221,14 +229,26 @@ def _host_memory_table(measures: list[MeasureReport]) -> str:
             a = m.arena
             rows.append([esc(label(m)), "runtime arena: total", fmt_exact_b(a.total_bytes), esc(a.measured_by)])
             for what, value in (("head", a.head_bytes), ("tail", a.tail_bytes),
-                                ("smallest arena that constructs", a.min_constructing_bytes)):
+                                ("smallest arena that constructs", a.min_constructing_bytes),
+                                ("smallest arena that constructs and runs (compared)", a.min_bytes)):
                 if value is not None:
                     rows.append([esc(label(m)), f"runtime arena: {what}", fmt_exact_b(value), esc(a.measured_by)])
     return ("<details><summary>Host memory figures and the runtime's own arena</summary>"
             f"{table(['artifact', 'figure', 'bytes', 'how measured'], rows, 'narrow')}</details>") if rows else ""
 
 
+def _inputs_table(measures: list[MeasureReport]) -> str:
+    """What every input of every run was fed (shape, dtype, declared shape, how the data was made)."""
+    rows = [[esc(label(m)), esc(i.name), "x".join(map(str, i.shape)) or "scalar", esc(i.dtype), esc(i.declared),
+             esc(i.data)] for m in measures for i in m.inputs]
+    if not rows:
+        return ""
+    return ("<details><summary>Inputs fed to the runtimes</summary>"
+            f"{table(['artifact', 'input', 'shape', 'dtype', 'declared', 'data'], rows, 'narrow')}</details>")
+
+
 def render(measures: list[MeasureReport]) -> str:
     return "".join([how(HOW), guard(_plot, measures), _headline_table(measures), _notes(measures),
                     _comparisons_table(measures) if any(m.comparisons for m in measures) else "",
-                    _use_table(measures), _agreement_table(measures), _host_memory_table(measures)])
+                    _use_table(measures), _agreement_table(measures), _host_memory_table(measures),
+                    _inputs_table(measures)])
