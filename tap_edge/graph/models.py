@@ -377,8 +377,11 @@ def _cache_path(spec: str, input_shape: list[int] | None = None) -> Path | None:
             versions.append("-")
     from tap_edge.graph import frontends
 
-    src = Path(frontends.__file__).parent / "torch_frontend.py"
-    stamp = f"{spec}|{input_shape}|{'|'.join(versions)}|{src.stat().st_mtime_ns}|{Path(__file__).stat().st_mtime_ns}"
+    # the code that builds a graph: the torch front-end, normalize() and the graph classes, and this module
+    sources = (Path(frontends.__file__).parent / "torch_frontend.py", Path(__file__).parent / "graph.py",
+               Path(__file__))
+    mtimes = "|".join(str(s.stat().st_mtime_ns) for s in sources)
+    stamp = f"{spec}|{input_shape}|{'|'.join(versions)}|{mtimes}"
     return cache_dir("graphs") / (hashlib.sha256(stamp.encode()).hexdigest()[:24] + ".json")
 
 
