@@ -540,6 +540,16 @@ def _load_graph_with_shape(path: Path, model: foreign_models.ForeignModel) -> tu
         return load_graph(str(path), **{key: shape}), info
 
 
+def _stored_graph(path: Path) -> Any:
+    """The graph of a .tflite at the shapes stored in the file (what TFLite Micro runs: it cannot resize)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tap_edge.graph.models import load_graph
+
+    details = Interpreter(model_path=str(path)).get_input_details()
+    return load_graph(str(path), input_shapes={d["name"]: [int(x) for x in d["shape"]] for d in details})
+
+
 def predict(model: foreign_models.ForeignModel, path: Path, truth_runtimes: Callable[[str], str | None]
             ) -> dict[str, Any]:
     """``check`` on every profile (default runtime) and on each non-default runtime that has a truth here."""
@@ -552,13 +562,18 @@ def predict(model: foreign_models.ForeignModel, path: Path, truth_runtimes: Call
     except Exception as e:  # noqa: BLE001 - a refusal or a front-end failure is the prediction's answer
         return {"error": f"{type(e).__name__}: {e}"[:500], "seconds": round(time.perf_counter() - t0, 3)}
     devices = [get_device(d) for d in list_devices()]
+    # TFLite Micro cannot resize inputs: it runs a .tflite at its stored shape, so its rows are predicted there
+    stored = _stored_graph(path) if path.suffix == ".tflite" and info.get("shape_given") else None
     rows = []
     report = check(graph, devices)
     for d, v in zip(devices, report.devices, strict=True):
+        if stored is not None and v.runtime.startswith("tflm"):
+            v = check(stored, [d], runtime=v.runtime).devices[0]
         rows.append(_verdict_row(d, v, default=True))
         for rt in d.runtimes:
             if rt.name != v.runtime and truth_runtimes(rt.name):
-                extra = check(graph, [d], runtime=rt.name).devices[0]
+                g = stored if stored is not None and rt.name.startswith("tflm") else graph
+                extra = check(g, [d], runtime=rt.name).devices[0]
                 rows.append(_verdict_row(d, extra, default=False))
     inputs = {name: list(graph.tensors[name].shape) for name in graph.inputs if name in graph.tensors}
     return {"rows": rows, "params": report.model.params, "macs": report.model.macs, "ops": report.model.ops,
