@@ -91,6 +91,7 @@ def _write(tmp_path: Path, text: str) -> Path:
     (lambda t: t.replace("vendor: STMicroelectronics", "vendor: ST\nfavourite_colour: blue"), "favourite_colour"),
     (lambda t: t.replace("size: 512KB", "size: lots"), "memories"),
     (lambda t: t.replace("region: AXI_SRAM", "region: NOWHERE"), "reserved"),
+    (lambda t: t.replace("{region: AXI_SRAM, bytes: 32KB", "{region: AXI_SRAM, bytes: 600KB"), "reserved"),
     (lambda t: t.replace("weights: {default: [8, 32]}", "weights: {default: [8, 33]}"), "runtimes"),
     (lambda t: t.replace("family: tflm-cmsis-nn", "family: tflm-cmsis-nope"), "runtimes.0.family"),
     (lambda t: t.replace("id: stm32h743", "id: Bad Id!"), "id"),

@@ -74,7 +74,7 @@ def resolve_bits(bits: str | None, plan: Path | None, frontend: str) -> Any:
         raise UserError("--bits and --plan both given", "pass one of them")
     if plan:
         return BitAssignment.load(plan)
-    return BitAssignment.parse(bits or ("native" if frontend == "tflite" else "w8a8"))
+    return BitAssignment.parse(bits if bits is not None else ("native" if frontend == "tflite" else "w8a8"))
 
 
 def _click_classes(name: str) -> tuple[type[BaseException], ...]:

@@ -240,6 +240,10 @@ class DeviceProfile(_Strict):
         for r in self.reserved:
             if r.region not in names:
                 raise ValueError(f"reserved: region '{r.region}' is not one of the memories ({', '.join(names)})")
+        for m in self.memories:
+            taken = sum(r.bytes for r in self.reserved if r.region == m.name)
+            if taken > m.size:
+                raise ValueError(f"reserved: {taken} bytes reserved in region '{m.name}', which has {m.size}")
         if not any("arena" in m.holds for m in self.memories):
             raise ValueError("memories: no region holds the arena")
         if not any("weights" in m.holds for m in self.memories):

@@ -7,13 +7,13 @@ A plan maps PyTorch module names (or graph op names) to weight and activation wi
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tap_edge.core.errors import UserError
+from tap_edge.documents import read_json
 from tap_edge.graph.graph import ModelGraph, Op
 
 WEIGHT_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
@@ -39,6 +39,8 @@ class BitAssignment:
     @classmethod
     def parse(cls, spec: str) -> BitAssignment:
         s = spec.strip().lower()
+        if not s:
+            raise UserError("empty bit-width", "write wNaM such as w8a8, w4a8, w8a16, or fp32 / fp16 / native")
         if s == "native":
             return cls(native=True)
         if s in ("fp32", "float32", "float"):
@@ -76,13 +78,7 @@ class BitAssignment:
     @classmethod
     def load(cls, path: str | Path) -> BitAssignment:
         p = Path(path)
-        try:
-            data = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise UserError(f"{p}: plan file not found", "check the path") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"{p}: unreadable plan ({e.__class__.__name__})",
-                            "pass a plan.json written by tap-edge plan") from None
+        data = read_json(p, "pass a plan.json written by tap-edge plan")
         if not isinstance(data, dict):
             raise UserError(f"{p}: unreadable plan (expected a JSON object)")
         return cls.from_plan(data, str(p))
