@@ -233,9 +233,9 @@ class WidthsSuggestion(Part):
     objective: str
     cost: float = Field(description="the objective's value for this plan")
     backend: str | None = Field(None, description="the backend whose build rules the plan keeps")
-    flash_bytes: int
-    arena_bytes: int
-    sram_used_bytes: int = Field(description="arena, plus the flash total when weights and arena share a region")
+    flash_bytes: int = Field(ge=0)
+    arena_bytes: int = Field(ge=0)
+    sram_used_bytes: int = Field(description="arena, plus the flash total when weights and arena share a region", ge=0)
     default: Widths
     layers: dict[str, Widths]
     changed: list[LayerChange] = Field(default_factory=list)
@@ -248,7 +248,7 @@ class ResolutionSuggestion(Part):
     input: str
     shape: list[int] = Field(description="the shape the verdict is for")
     fits_shape: list[int] | None = Field(None, description="largest shape that fits; None: even the smallest fails")
-    arena_bytes: int | None = Field(None, description="arena floor at fits_shape")
+    arena_bytes: int | None = Field(None, description="arena floor at fits_shape", ge=0)
     method: Literal["reloaded", "scaled"] = Field(
         description="reloaded: the model was loaded again at that shape; scaled: activation bytes scaled by the "
                     "input area (the model cannot be loaded at another shape)")
@@ -262,9 +262,9 @@ class QuantizationFloor(Part):
     binding: list[Literal["flash", "SRAM"]]
     activation_bits: int = Field(description="the runtime's narrowest activation width")
     weight_bits: int = Field(description="the narrowest weight width it builds")
-    flash_floor_bytes: int
-    flash_limit_bytes: int
-    arena_floor_bytes: int = Field(description="smallest arena (plus flash on a shared region) of any plan")
+    flash_floor_bytes: int = Field(ge=0)
+    flash_limit_bytes: int = Field(ge=0)
+    arena_floor_bytes: int = Field(description="smallest arena (plus flash on a shared region) of any plan", ge=0)
     sram_limit_bytes: int
     peak_op: str
     live_at_peak: list[LiveTensor] = Field(default_factory=list)
@@ -277,9 +277,9 @@ class ProfileSuggestion(Part):
     device: str
     device_name: str
     runtime: str
-    flash_bytes: int
-    flash_limit_bytes: int
-    peak_sram_bytes: int
+    flash_bytes: int = Field(ge=0)
+    flash_limit_bytes: int = Field(ge=0)
+    peak_sram_bytes: int = Field(ge=0)
     sram_limit_bytes: int
     why: str = Field(description="what makes it near: same vendor / SoC family / core")
 
@@ -303,11 +303,12 @@ class DeviceVerdict(Part):
     runtime: str
     verdict: Verdict
     problems: list[str]
-    flash_bytes: int = Field(description="weights + scales + biases + float constants + runtime code")
-    flash_limit_bytes: int
+    flash_bytes: int = Field(description="weights + scales + biases + float constants + runtime code", ge=0)
+    flash_limit_bytes: int = Field(ge=0)
     flash_region: str
-    peak_sram_bytes: int = Field(description="planned arena size (greedy by size, as TFLite Micro)")
-    sram_limit_bytes: int = Field(description="largest usable contiguous region after reservations")
+    peak_sram_bytes: int = Field(description="planned arena size (greedy by size, as TFLite Micro)", ge=0)
+    sram_limit_bytes: int = Field(description="largest usable contiguous region after reservations, less the flash "
+                                  "total when weights and arena share it (negative: the weights alone overflow it)")
     sram_region: str
     peak_op: str = Field(description="op at the step with the most live activation bytes")
     peak_step: int
@@ -366,19 +367,19 @@ class PlanLayer(Part):
 
 
 class PlanBudgets(Part):
-    flash_bytes: int | None = None
-    sram_bytes: int | None = None
+    flash_bytes: int | None = Field(None, ge=0)
+    sram_bytes: int | None = Field(None, ge=0)
     bops: int | None = None
     latency_ms: float | None = None
     shared_region: bool = False
 
 
 class PlanPrediction(Part):
-    flash_bytes: int = Field(description="flash total as tap-edge check counts it: model_bytes + runtime code")
-    model_bytes: int = Field(description="the model's own flash: packed weights, scales, biases, float constants")
-    weights_bytes: int
-    arena_bytes: int
-    peak_live_bytes: int
+    flash_bytes: int = Field(description="flash total as tap-edge check counts it: model_bytes + runtime code", ge=0)
+    model_bytes: int = Field(description="the model's own flash: packed weights, scales, biases, float constants", ge=0)
+    weights_bytes: int = Field(ge=0)
+    arena_bytes: int = Field(ge=0)
+    peak_live_bytes: int = Field(ge=0)
     peak_op: str
     bops: int = 0
     latency_ms: float | None = None
@@ -441,10 +442,10 @@ class PTQSettings(Part):
 
 
 class SweepPoint(Part):
-    flash_bytes: int
-    model_bytes: int
+    flash_bytes: int = Field(ge=0)
+    model_bytes: int = Field(ge=0)
     objective: float
-    arena_bytes: int
+    arena_bytes: int = Field(ge=0)
     layers: dict[str, Widths]
 
 
@@ -498,7 +499,7 @@ class EvalResult(Document):
     plan_id: str | None = Field(None, description="Plan.plan_id of that plan")
     n_images: int
     calib_samples: int
-    model_bytes: int = Field(description="the model's flash at these widths (no runtime code)")
+    model_bytes: int = Field(description="the model's flash at these widths (no runtime code)", ge=0)
     ptq_s: float
     agreement: float = Field(description="top-1 agreement with the float model")
     kl: float = Field(description="mean KL divergence from the float model's output distribution")
@@ -523,13 +524,13 @@ class FlashFigures(Part):
     biases + float constants, the figure compared with the artifact's constant bytes; ``total_bytes`` adds the
     runtime's code."""
 
-    weights_bytes: int
-    scales_bytes: int
-    bias_bytes: int
-    float_bytes: int
-    runtime_bytes: int
-    model_bytes: int
-    total_bytes: int
+    weights_bytes: int = Field(ge=0)
+    scales_bytes: int = Field(ge=0)
+    bias_bytes: int = Field(ge=0)
+    float_bytes: int = Field(ge=0)
+    runtime_bytes: int = Field(ge=0)
+    model_bytes: int = Field(ge=0)
+    total_bytes: int = Field(ge=0)
 
 
 class Prediction(Part):
@@ -537,10 +538,10 @@ class Prediction(Part):
     activation buffers, persistent = the runtime's tail; ``arena_bytes`` = both)."""
 
     flash: FlashFigures
-    arena_bytes: int
-    arena_head_bytes: int
-    arena_persistent_bytes: int
-    peak_live_bytes: int
+    arena_bytes: int = Field(ge=0)
+    arena_head_bytes: int = Field(ge=0)
+    arena_persistent_bytes: int = Field(ge=0)
+    peak_live_bytes: int = Field(ge=0)
     peak_op: str
     arena_settings: ArenaSettings
 
@@ -574,8 +575,8 @@ class ArtifactWeights(Part):
     (weights, per-channel scales, biases, float constants); ``stored_bytes`` is everything stored (zero points,
     bias scales, containers wider than the planned width); ``by_role`` the breakdown the backend reads."""
 
-    planned_form_bytes: int
-    stored_bytes: int
+    planned_form_bytes: int = Field(ge=0)
+    stored_bytes: int = Field(ge=0)
     by_role: dict[str, int] = Field(default_factory=dict)
     note: str | None = None
 
@@ -603,7 +604,7 @@ class Manifest(Document):
     WRITTEN_BY: ClassVar[str] = "tap-edge compile"
 
     artifact: str = Field(description="file name of the artifact (beside this manifest)")
-    artifact_bytes: int
+    artifact_bytes: int = Field(ge=0)
     created: str
     backend: str
     model: str
@@ -640,10 +641,10 @@ class MeasuredMemory(Part):
     """The measurement child's memory: peak RSS (``VmHWM``), ``wait4``'s maxrss (a cross-check), the peak
     after importing the runtime, and the difference (what the model costs in that runtime on this host)."""
 
-    peak_rss_bytes: int | None = None
-    wait4_maxrss_bytes: int | None = None
-    import_baseline_bytes: int | None = None
-    model_rss_bytes: int | None = None
+    peak_rss_bytes: int | None = Field(None, ge=0)
+    wait4_maxrss_bytes: int | None = Field(None, ge=0)
+    import_baseline_bytes: int | None = Field(None, ge=0)
+    model_rss_bytes: int | None = Field(None, ge=0)
 
 
 class MeasuredArena(Part):
@@ -651,11 +652,11 @@ class MeasuredArena(Part):
     smallest arena it builds and runs with (``min_bytes``: what a user must give it; the figure compared with
     the prediction). The search probes each size in a child process: a probe that crashes is a failing size."""
 
-    total_bytes: int
-    head_bytes: int | None = None
-    tail_bytes: int | None = None
-    min_constructing_bytes: int | None = Field(None, description="smallest arena size that constructs")
-    min_bytes: int | None = Field(None, description="smallest arena size that constructs and invokes")
+    total_bytes: int = Field(ge=0)
+    head_bytes: int | None = Field(None, ge=0)
+    tail_bytes: int | None = Field(None, ge=0)
+    min_constructing_bytes: int | None = Field(None, description="smallest arena size that constructs", ge=0)
+    min_bytes: int | None = Field(None, description="smallest arena size that constructs and invokes", ge=0)
     probes: int | None = Field(None, description="sizes the search tried")
     crashed_probes: int | None = Field(None, description="sizes at which the runtime crashed (counted as failing)")
     measured_by: str
@@ -701,8 +702,8 @@ class Comparison(Part):
 
     figure: str
     memory: Literal["flash", "sram"]
-    predicted_bytes: int
-    measured_bytes: int
+    predicted_bytes: int = Field(ge=0)
+    measured_bytes: int = Field(ge=0)
     error_pct: float | None = Field(description="(measured - predicted) / predicted in %; None if predicted is 0")
     measured_by: str
     headline: bool = False
@@ -710,16 +711,16 @@ class Comparison(Part):
 
 
 class Limits(Part):
-    flash_bytes: int
+    flash_bytes: int = Field(ge=0)
     flash_region: str
-    sram_bytes: int
+    sram_bytes: int = Field(ge=0)
     sram_region: str
     shared: bool = Field(False, description="one memory holds weights and arena: the SRAM limit is net of flash")
 
 
 class MeasuredUse(Part):
-    flash_bytes: int = Field(description="the artifact's constant bytes + the runtime's code")
-    sram_bytes: int | None = None
+    flash_bytes: int = Field(description="the artifact's constant bytes + the runtime's code", ge=0)
+    sram_bytes: int | None = Field(None, ge=0)
     sram_measured_by: str | None = None
 
 
@@ -741,7 +742,7 @@ class MeasureReport(Document):
     runtime: str | None = Field(None, description="the runtime that ran the artifact, with its version")
     threads: int | None = None
     latency: LatencyStats
-    artifact_bytes: int
+    artifact_bytes: int = Field(ge=0)
     prediction_from: Literal["manifest", "file"] | None = Field(
         None, description="manifest: tap-edge compiled it; file: predicted from the file; None: no prediction")
     prediction_error: str | None = Field(None, description="why there is no prediction")
@@ -850,7 +851,7 @@ class SearchTaskInfo(Part):
     layers: int
     bits: list[int]
     float_top1: float | None = None
-    flash_budget_bytes: int | None = None
+    flash_budget_bytes: int | None = Field(None, ge=0)
     eval_samples: int | None = None
     calib_samples: int | None = None
 
@@ -966,9 +967,9 @@ class DeviceEntry(Part):
     vendor: str
     runtime: str
     arena_region: str
-    arena_bytes: int
+    arena_bytes: int = Field(ge=0)
     weights_region: str
-    weights_bytes: int
+    weights_bytes: int = Field(ge=0)
 
 
 @register_document

@@ -128,7 +128,7 @@ BAD_INPUTS = {
     "truncated tflite": (lambda t: ["check", _truncated_tflite(t), "--all"], "cut.tflite"),
     "empty model": (lambda t: ["check", "model_factories:empty_model", "--all"], "no operations"),
     "impossible bits": (lambda t: ["check", "resnet8", "--all", "--bits", "w9a8"], "impossible weight width"),
-    "unreadable plan": (lambda t: ["check", "resnet8", "--all", "--plan", _unreadable_plan(t)], "unreadable plan"),
+    "unreadable plan": (lambda t: ["check", "resnet8", "--all", "--plan", _unreadable_plan(t)], "not valid JSON"),
     "plan for another model": (lambda t: ["check", "resnet8", "--all", "--plan", _plan_for_other_model(t)],
                                "no.such.layer"),
     "no device": (lambda t: ["check", "resnet8"], "no target device"),
