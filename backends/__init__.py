@@ -269,6 +269,8 @@ class Backend:
             raise calibration_error(model, bits)
         cal = Samples.of(calib) if calib is not None else sample_inputs(model, DEFAULT_SAMPLES)
         chk = Samples.of(check) if check is not None else cal
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserError(f"{out_dir}: is a file, not a folder for the artifact", "give --out-dir a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         built = self.build(model, graph, bits, out_dir, calib=cal.array, check=chk.array, options=opts,

@@ -150,6 +150,8 @@ def measure_report(
     if not artifact.exists():
         raise UserError(f"{artifact}: artifact not found", "compile one with tap-edge compile, or give a .tflite / "
                         ".onnx file")
+    if artifact.is_file() and artifact.stat().st_size == 0:
+        raise UserError(f"{artifact}: the file is empty", "give a .tflite / .onnx model file")
     manifest = read_manifest(artifact)
     device = device or (manifest.device if manifest else None)
     if device:  # an unknown device, or one the backend does not serve, is refused before anything runs

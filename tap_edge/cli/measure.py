@@ -7,6 +7,7 @@ dynamic dims, ``--input NAME=value`` / ``NAME=file.npy`` gives real values.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from rich.table import Table
 from tap_edge.cli.app import EXIT_FAIL, InputShapeOpt, JsonOpt, QuietOpt, app, input_shapes
 from tap_edge.cli.options import VerboseOpt, third_party_quiet
 from tap_edge.core import console
+from tap_edge.core.errors import UserError
 from tap_edge.core.units import fmt_bytes
 from tap_edge.documents import MeasureReport
 
@@ -35,7 +37,7 @@ def measure_cmd(
     ] = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed runs after warm-up.")] = 20,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs.")] = 3,
-    timeout: Annotated[float, typer.Option(help="Seconds before the measurement child is killed.")] = 300.0,
+    timeout: Annotated[float, typer.Option(min=1.0, help="Seconds before the measurement child is killed.")] = 300.0,
     threads: Annotated[int, typer.Option(min=1, help="Runtime threads.")] = 1,
     input_shape: InputShapeOpt = None,
     input_value: Annotated[
@@ -57,6 +59,8 @@ def measure_cmd(
     from tap_edge.report import write_html_if_requested
 
     console.set_quiet(quiet or as_json)
+    if not math.isfinite(timeout):
+        raise UserError(f"--timeout {timeout}: not a number of seconds", "give e.g. --timeout 300")
     values = parse_input_values(input_value or [])
     shapes = input_shapes(input_shape)
     console.info(f"measuring {artifact} in a child process ...")

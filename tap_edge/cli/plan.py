@@ -20,8 +20,8 @@ from tap_edge.plan.budgets import BudgetSpec
 
 
 def _parse_widths(spec: str | None) -> list[int] | None:
-    """``2-8`` or ``4,8`` -> [2, ..., 8] / [4, 8]."""
-    if not spec:
+    """``2-8`` or ``4,8`` -> [2, ..., 8] / [4, 8] (None: not given; an empty string is an error)."""
+    if spec is None:
         return None
     try:
         if "-" in spec:
@@ -114,7 +114,7 @@ def plan_cmd(
     sram: Annotated[str | None, typer.Option(help="Arena budget, e.g. 256KB (default: the device).")] = None,
     bops: Annotated[str | None, typer.Option(help="Optional BOPs budget, e.g. 5G.")] = None,
     latency_ms: Annotated[float | None, typer.Option(help="Optional latency budget (ms, modelled).")] = None,
-    sweep: Annotated[int, typer.Option(help="Also compute a Pareto front over N flash budgets.")] = 0,
+    sweep: Annotated[int, typer.Option(min=0, help="Also compute a Pareto front over N flash budgets.")] = 0,
     weight_bits: Annotated[str | None, typer.Option(help="Override the runtime's weight widths, e.g. 2-8 or 4,8 "
                                                          "(for fake-quant studies; the plan may not deploy).")] = None,
     act_bits: Annotated[str | None, typer.Option(help="Allowed activation widths, e.g. 8 or 8,16 (default: all "

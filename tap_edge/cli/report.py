@@ -34,6 +34,8 @@ def report_cmd(
     if not results:
         raise UserError("no result files given", "e.g. tap-edge check MODEL --all --json > check.json; "
                                                  "tap-edge report check.json --out report.html")
+    if any(p.resolve() == out.resolve() for p in results):
+        raise UserError(f"{out}: --out names one of the input documents", "write the report to another file")
     docs = [load_result(p) for p in results]
     path = write_report(docs, out, device=device)
     kinds = sorted({d.KIND for d in docs})
