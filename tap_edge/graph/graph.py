@@ -240,6 +240,26 @@ class ModelGraph:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+def same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """TensorFlow SAME padding (before, after) of one spatial dimension."""
+    eff = (k - 1) * d + 1
+    total = max((-(-size // s) - 1) * s + eff - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv_padding_attrs(in_shape: list[int], kernel: list[int], stride: list[int], dilation: list[int],
+                       pads: tuple[tuple[int, int], tuple[int, int]]) -> dict[str, Any]:
+    """A 2-D conv's padding ``[top, bottom, left, right]`` and, when TFLite's VALID / SAME cannot express it,
+    ``pad_shape``: the padded input a converter materialises with a PAD op before the conv (one more
+    activation tensor, which ``fit.memory.with_pad_ops`` plans). Front-ends of every format call this."""
+    h, w = in_shape[2], in_shape[3]
+    same = (same_pads(h, kernel[0], stride[0], dilation[0]), same_pads(w, kernel[1], stride[1], dilation[1]))
+    out: dict[str, Any] = {"padding": [pads[0][0], pads[0][1], pads[1][0], pads[1][1]]}
+    if any(sum(p) for p in pads) and pads != same:
+        out["pad_shape"] = [in_shape[0], in_shape[1], h + sum(pads[0]), w + sum(pads[1])]
+    return out
+
+
 def conv_macs(out_shape: list[int], weight_shape: list[int]) -> int:
     """MACs of a convolution for batch 1: output positions x (in/groups x kernel) per output channel."""
     spatial = math.prod(out_shape[2:]) if len(out_shape) > 2 else 1

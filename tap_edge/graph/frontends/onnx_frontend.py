@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 from tap_edge.core.errors import ModelLoadError
 from tap_edge.documents import InputInfo
 from tap_edge.graph.frontends.onnx_shapes import concrete_model
-from tap_edge.graph.graph import ModelGraph, Op, Subgraph, Tensor, conv_macs, normalize
+from tap_edge.graph.graph import ModelGraph, Op, Subgraph, Tensor, conv_macs, conv_padding_attrs, normalize, same_pads
 from tap_edge.graph.shapes import InputShapes
 
 _CLASSES = {
@@ -245,6 +245,11 @@ class _Walker:
                 bias_name = ""  # ConvInteger's third input is the input zero point
             op.attrs = {"stride": list(attrs.get("strides", [1, 1])), "groups": groups, "kernel": list(w[2:]),
                         "dilation": list(attrs.get("dilations", [1, 1]))}
+            in_shape = tensors[act_in[0]].shape if act_in else []
+            if len(w) == 4 and len(in_shape) == 4:  # padding as the TFLite converter would see it
+                op.attrs.update(conv_padding_attrs(in_shape, list(w[2:]), op.attrs["stride"], op.attrs["dilation"],
+                                                   _onnx_pads(attrs, in_shape, list(w[2:]), op.attrs["stride"],
+                                                              op.attrs["dilation"])))
         elif node.op_type in ("Gemm", "MatMul", "MatMulInteger") and len(ins) > 1 and ins[1] in const_shape:
             weight = ins[1]
             w = const_shape[weight][0]
@@ -325,3 +330,20 @@ def load_onnx_graph(path: str | Path, input_shapes: InputShapes | None = None) -
             "unresolved_shapes": [t for t in tensors if t in set(open_sizes)]}
     raw = ModelGraph(path.stem, "onnx", w.ops, tensors, w.graph_inputs, outputs, meta=meta, subgraphs=w.spans)
     return normalize(raw)
+
+
+def _onnx_pads(attrs: dict[str, Any], in_shape: list[int], kernel: list[int], stride: list[int],
+               dilation: list[int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A Conv's ((top, bottom), (left, right)) from ``pads`` ([top, left, bottom, right]) or ``auto_pad``."""
+    auto = attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        hs = same_pads(in_shape[2], kernel[0], stride[0], dilation[0])
+        ws = same_pads(in_shape[3], kernel[1], stride[1], dilation[1])
+        if auto == "SAME_LOWER":  # the odd pixel goes before
+            hs, ws = hs[::-1], ws[::-1]
+        return hs, ws
+    if auto == "VALID":
+        return (0, 0), (0, 0)
+    p = list(attrs.get("pads", [0, 0, 0, 0]))
+    return (int(p[0]), int(p[2])), (int(p[1]), int(p[3]))

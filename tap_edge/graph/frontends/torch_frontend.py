@@ -15,7 +15,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from tap_edge.core.errors import ModelLoadError
-from tap_edge.graph.graph import ModelGraph, Op, Tensor, conv_macs, normalize
+from tap_edge.graph.graph import ModelGraph, Op, Tensor, conv_macs, conv_padding_attrs, normalize, same_pads
 
 _ACT_MODULES = {
     nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu", nn.Hardswish: "hardswish", nn.Sigmoid: "sigmoid",
@@ -95,13 +95,6 @@ def _act_fn(m: nn.Module) -> str | None:
     return None
 
 
-def _same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
-    """TensorFlow SAME padding (before, after) of one spatial dimension."""
-    eff = (k - 1) * d + 1
-    total = max((-(-size // s) - 1) * s + eff - size, 0)
-    return total // 2, total - total // 2
-
-
 def _tflite_padding(m: nn.Module, tname: str, in_shape: list[int]) -> dict[str, Any]:
     """Padding of a 2-D conv and whether a TFLite converter must emit a separate PAD op before it.
 
@@ -110,21 +103,18 @@ def _tflite_padding(m: nn.Module, tname: str, in_shape: list[int]) -> dict[str, 
     with F.pad at run time), become PAD + conv in the converted model: one more activation tensor."""
     h, w = in_shape[2], in_shape[3]
     (kh, kw), (sh, sw), (dh, dw) = m.kernel_size, m.stride, m.dilation
-    same = (_same_pads(h, kh, sh, dh), _same_pads(w, kw, sw, dw))
-    if tname == "Conv2dSame":
-        pads = same
-        explicit = any(sum(p) for p in same)
-    elif isinstance(m.padding, str):
+    same = (same_pads(h, kh, sh, dh), same_pads(w, kw, sw, dw))
+    if tname == "Conv2dSame":  # pads with F.pad at run time: a PAD op whenever it pads at all
+        out: dict[str, Any] = {"padding": [same[0][0], same[0][1], same[1][0], same[1][1]]}
+        if any(sum(p) for p in same):
+            out["pad_shape"] = [in_shape[0], in_shape[1], h + sum(same[0]), w + sum(same[1])]
+        return out
+    if isinstance(m.padding, str):
         pads = same if m.padding == "same" else ((0, 0), (0, 0))
-        explicit = False
     else:
         ph, pw = m.padding
         pads = ((ph, ph), (pw, pw))
-        explicit = (ph or pw) and pads != same
-    out: dict[str, Any] = {"padding": [pads[0][0], pads[0][1], pads[1][0], pads[1][1]]}
-    if explicit:
-        out["pad_shape"] = [in_shape[0], in_shape[1], h + sum(pads[0]), w + sum(pads[1])]
-    return out
+    return conv_padding_attrs(in_shape, [kh, kw], [sh, sw], [dh, dw], pads)
 
 
 def _module_op(name: str, m: nn.Module, inputs: list[str], out: str, out_shape: list[int],
