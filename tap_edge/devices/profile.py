@@ -24,6 +24,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from tap_edge.core.errors import ProfileError, UserError
 from tap_edge.core.registry import Registry
 from tap_edge.core.units import parse_bytes
+from tap_edge.devices.vela import VelaConfig
 from tap_edge.documents import DeviceEntry, DeviceList
 from tap_edge.graph.graph import OP_CLASSES
 
@@ -103,6 +104,16 @@ class BuiltinSupport(_Strict):
         return self
 
 
+class NpuSupport(_Strict):
+    """What an NPU generation runs: the (weight, activation) widths (``pairs``: ``w8a8``, ``w8a16``) and the TFLite
+    builtins Vela can place on it (``builtins``); other ops fall back to the CPU. ``source``: a key of the runtime's
+    ``sources``."""
+
+    pairs: list[str]
+    builtins: list[str] = Field(default_factory=list)
+    source: str | None = None
+
+
 class Runtime(_Strict):
     """One inference runtime on this device and what it can execute.
 
@@ -131,6 +142,8 @@ class Runtime(_Strict):
     build: str | None = None
     note: str | None = None
     sources: dict[str, str] = Field(default_factory=dict)
+    vela: VelaConfig | None = None
+    npu: dict[str, NpuSupport] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known_classes(self) -> Runtime:
@@ -155,6 +168,15 @@ class Runtime(_Strict):
         for name, b in self.builtins.items():
             if b.source is not None and b.source not in self.sources:
                 raise ValueError(f"builtins.{name}.source: '{b.source}' is not a key of sources")
+        for gen, n in self.npu.items():
+            bad = [p for p in n.pairs if not re.match(r"^w\d+a\d+$", p)]
+            if bad:
+                raise ValueError(f"npu.{gen}.pairs: '{bad[0]}' is not a width pair like w8a8")
+            if n.source is not None and n.source not in self.sources:
+                raise ValueError(f"npu.{gen}.source: '{n.source}' is not a key of sources")
+        if self.vela is not None and self.npu and self.vela.generation not in self.npu:
+            raise ValueError(f"vela.accelerator: {self.vela.accelerator} is an Ethos-{self.vela.generation.upper()}, "
+                             f"which npu does not describe ({', '.join(self.npu)})")
         return self
 
     def supports_op(self, op_class: str) -> bool:
@@ -164,6 +186,12 @@ class Runtime(_Strict):
     def pair_allowed(self, op_class: str, w: int, a: int) -> bool:
         """Whether the class's kernels take weights at ``w`` bits with activations at ``a`` bits together."""
         return op_class not in self.pairs or f"w{w}a{a}" in self.pairs[op_class]
+
+    def npu_pairs(self) -> set[tuple[int, int]]:
+        """The (weight, activation) widths this runtime's NPU runs (empty: no NPU described)."""
+        if self.vela is None or self.vela.generation not in self.npu:
+            return set()
+        return {(int(p[1:].split("a")[0]), int(p.split("a")[1])) for p in self.npu[self.vela.generation].pairs}
 
     def builtin(self, name: str) -> BuiltinSupport | None:
         """The kernel support of a TFLite builtin; None when the runtime does not register it (or has no table:
@@ -258,7 +286,30 @@ class DeviceProfile(_Strict):
         for key in self.confidence:
             if key.split(".")[0] not in fields:
                 raise ValueError(f"confidence: '{key}' is not a field of the profile")
-        return self
+        return self._vela_cache_sizes()
+
+    def _vela_cache_sizes(self) -> DeviceProfile:
+        """Runtimes with an Ethos-U whose memory mode leaves ``arena_cache_size`` unsaid get it from this device:
+        the free bytes of the arena region less the runtime's ``tflm_reserve`` (see :mod:`tap_edge.devices.vela`)."""
+        if not any(rt.vela is not None and rt.vela.arena_cache_size is None for rt in self.runtimes):
+            return self
+        region = self.arena_region()
+        out = []
+        for rt in self.runtimes:
+            v = rt.vela
+            if v is not None and v.arena_cache_size is None:
+                size = self.free_bytes(region) - v.tflm_reserve
+                if size <= 0:
+                    raise ValueError(f"runtimes.{rt.name}.vela: {region.name} has {self.free_bytes(region)} free "
+                                     f"bytes, less than tflm_reserve {v.tflm_reserve}")
+                note = (f"{region.name} free bytes ({self.free_bytes(region)}) less tflm_reserve ({v.tflm_reserve})"
+                        if v.arena_in_sram or v.port_memory("cache") == "Sram" else None)
+                if note is not None:
+                    v = v.model_copy(update={"memory": {**v.memory, "arena_cache_size": size},
+                                             "arena_cache_note": note})
+                    rt = rt.model_copy(update={"vela": v})
+            out.append(rt)
+        return self.model_copy(update={"runtimes": out})
 
     # ---- derived budgets -------------------------------------------------------------------------------
     def runtime(self, name: str | None = None) -> Runtime:
