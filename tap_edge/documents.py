@@ -210,6 +210,51 @@ class UnsupportedOp(Part):
     problem: str
 
 
+class CpuFallback(Part):
+    """An operator Vela leaves to the CPU: its TFLite builtin, the tensor it writes and Vela's reason."""
+
+    op: str
+    tensor: str
+    reason: str | None = None
+
+
+class VelaPlan(Part):
+    """What Vela plans for a model on one Ethos-U (or what tap-edge predicts it plans: ``by`` is ``vela`` when Vela
+    ran, ``rules`` for tap-edge's model of it; ``what`` says on what it ran). Bytes; ``sram_bytes`` is Vela's "Total
+    SRAM used", ``flash_bytes`` its constants ("Off-chip Flash used"), ``file_bytes`` the optimised .tflite;
+    ``sram_need_bytes`` adds what TFLite Micro keeps beside Vela's arena when that is in SRAM; ``npu_ms`` is Vela's
+    cycle estimate at ``clock_hz``."""
+
+    by: Literal["vela", "rules"]
+    what: str
+    accelerator: str
+    system_config: str
+    memory_mode: str
+    optimise: str
+    arena_cache_size: int | None = None
+    sram_bytes: int = Field(ge=0)
+    dram_bytes: int = Field(0, ge=0)
+    flash_bytes: int = Field(ge=0)
+    file_bytes: int = Field(ge=0)
+    read_only_bytes: int = Field(ge=0)
+    command_stream_bytes: int = Field(0, ge=0)
+    scratch_bytes: int = Field(0, ge=0)
+    scratch_fast_bytes: int = Field(0, ge=0)
+    npu_ops: int = Field(0, ge=0, description="ethos-u custom ops (NPU blocks) in the optimised model")
+    cpu_ops: list[CpuFallback] = Field(default_factory=list)
+    encoded_weights_bytes: int | None = None
+    original_weights_bytes: int | None = None
+    npu_cycles: int | None = None
+    total_cycles: int | None = None
+    clock_hz: float = 0.0
+    npu_ms: float | None = Field(None, description="Vela's estimate: total cycles at clock_hz")
+    tflm_tail_bytes: int = Field(0, ge=0)
+    cpu_scratch_bytes: int = Field(0, ge=0)
+    sram_need_bytes: int = Field(0, ge=0)
+    arena_in_sram: bool = True
+    vela_version: str | None = None
+
+
 class Widths(Part):
     w: int
     a: int
@@ -320,6 +365,9 @@ class DeviceVerdict(Part):
     flash_margin_pct: float | None = None
     sram_margin_pct: float | None = None
     suggestions: FitSuggestions | None = Field(None, description="what would make it fit (check --suggest)")
+    prediction_by: str | None = Field(None, description="how the memory was predicted when not by tap-edge's own "
+                                      "planner (Ethos-U: Vela on the model or a stand-in, or tap-edge's Vela rules)")
+    vela: VelaPlan | None = Field(None, description="Vela's plan on an Ethos-U runtime (SRAM, flash, CPU fallbacks)")
 
     @model_validator(mode="before")
     @classmethod
@@ -531,6 +579,8 @@ class FlashFigures(Part):
     runtime_bytes: int = Field(ge=0)
     model_bytes: int = Field(ge=0)
     total_bytes: int = Field(ge=0)
+    format_bytes: int = Field(0, ge=0, description="the model file's own structure when counted (a .tflite's "
+                              "flatbuffer; an Ethos-U: Vela's optimised model less its read-only tensor)")
 
 
 class Prediction(Part):
@@ -544,6 +594,8 @@ class Prediction(Part):
     peak_live_bytes: int = Field(ge=0)
     peak_op: str
     arena_settings: ArenaSettings
+    prediction_by: str | None = Field(None, description="how it was predicted when not by tap-edge's own planner")
+    vela: VelaPlan | None = Field(None, description="the Vela plan behind it, on an Ethos-U runtime")
 
 
 class InputSpec(Part):
@@ -764,6 +816,8 @@ class MeasureReport(Document):
     measured_use: MeasuredUse | None = None
     predicted_fits: bool | None = None
     measured_fits: bool | None = None
+    vela: VelaPlan | None = Field(None, description="Vela's own figures for a Vela-compiled artifact: SRAM, flash, "
+                                  "CPU fallbacks and what they cost TFLite Micro, the NPU time (Vela's estimate)")
 
     def headline(self, memory: Literal["flash", "sram"]) -> Comparison | None:
         """The comparison that stands for ``memory`` in a summary (None when it was not measured)."""

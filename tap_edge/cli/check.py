@@ -20,6 +20,7 @@ from tap_edge.cli.app import EXIT_FAIL, InputShapeOpt, JsonOpt, QuietOpt, app, i
 from tap_edge.cli.options import expand_devices
 from tap_edge.core import console
 from tap_edge.core.errors import UserError
+from tap_edge.core.units import fmt_bytes
 from tap_edge.devices import DeviceProfile
 from tap_edge.documents import CheckReport, DeviceVerdict, write_json
 from tap_edge.fit.bits import BitAssignment
@@ -107,11 +108,29 @@ def print_check(report: CheckReport) -> None:
     if any(_shared(r) for r in report.devices):
         console.out.print(SHARED_NOTE, markup=False)
     for r in report.devices:
+        for line in vela_lines(r):
+            console.out.print(line, markup=False)
+    for r in report.devices:
         for p in r.problems:
             console.out.print(f"  {r.device}: {p}", markup=False)
     print_suggestions(report)
     n_fit = sum(r.verdict == "FITS" for r in report.devices)
     console.out.print(f"{n_fit}/{len(report.devices)} targets fit ({report.seconds or 0:.2f} s)")
+
+
+def vela_lines(r: DeviceVerdict) -> list[str]:
+    """How an Ethos-U device's memory was predicted (Vela, or tap-edge's rules of it) and what Vela's plan says
+    beyond the table: the constants and the optimised model, the ops left to the CPU, the NPU time."""
+    v = r.vela
+    if v is None:
+        return []
+    cpu = (f"{len(v.cpu_ops)} op(s) left to the CPU ({', '.join(sorted({c.op for c in v.cpu_ops}))})" if v.cpu_ops
+           else "every op on the NPU")
+    ms = f"; NPU {v.npu_ms:.3f} ms (Vela's estimate at {v.clock_hz / 1e6:g} MHz)" if v.npu_ms is not None else ""
+    tflm = f" + TFLite Micro {fmt_bytes(v.tflm_tail_bytes + v.cpu_scratch_bytes)}" if v.arena_in_sram else ""
+    return [f"  {r.device}: {r.prediction_by}",
+            f"    SRAM {fmt_bytes(v.sram_bytes)}{tflm}, constants {fmt_bytes(v.flash_bytes)}, optimised model "
+            f"{fmt_bytes(v.file_bytes)}; {cpu}{ms}"]
 
 
 def _suggest(report: CheckReport, model: str, graph: ModelGraph, bits: BitAssignment, profiles: list[DeviceProfile],

@@ -96,14 +96,15 @@ class Checker:
 
     def flash_model(self, runtime: Runtime) -> FlashBreakdown:
         """The model's flash without runtime code: the same for every runtime of one file format (a .tflite's
-        flatbuffer structure counts on runtimes that run .tflite files)."""
-        key = is_tflite_format(runtime)
+        flatbuffer structure counts on runtimes that run .tflite files), an Ethos-U's per Vela setting (the
+        optimised model Vela writes)."""
+        key = (is_tflite_format(runtime), _vela_key(runtime))
         if key not in self._flash_models:
             self._flash_models[key] = flash_breakdown(self.graph, self.bits, runtime=runtime)
         return self._flash_models[key]
 
     def arena(self, runtime: Runtime) -> ArenaPlan:
-        key = (runtime.name, runtime.arena_alignment, runtime.alias_inplace, runtime.scratch)
+        key = (runtime.name, runtime.arena_alignment, runtime.alias_inplace, runtime.scratch, _vela_key(runtime))
         if key not in self._arenas:
             self._arenas[key] = plan_arena_for(self.graph, self.bits, runtime)
         return self._arenas[key]
@@ -122,6 +123,12 @@ class Checker:
             more = f" (+{len(unsup) - 1} more)" if len(unsup) > 1 else ""
             problems.append(f"{first['op']}: {first['problem']}{more}")
         problems += memory_problems(flash.total_bytes, arena.arena_bytes, arena.peak_op, lim)
+        vela = arena.vela
+        if vela is not None and vela.dram_arena_bytes and not lim.shared:  # Dedicated_Sram: the arena is off-chip
+            over = flash.total_bytes + vela.dram_arena_bytes - lim.flash_bytes
+            if over > 0 and flash.total_bytes <= lim.flash_bytes:
+                problems.append(f"model and tensor arena ({lim.flash_region}, Vela's {vela.memory_mode}) over by "
+                                f"{fmt_bytes(over)}")
         verdict = "UNSUPPORTED" if unsup else ("OOM" if problems else "FITS")
         return DeviceVerdict(
             device=device.id, device_name=device.name, runtime=rt.name, verdict=verdict, problems=problems,
@@ -130,7 +137,13 @@ class Checker:
             peak_op=arena.peak_op, peak_step=arena.peak_step, flash=flash.to_dict(),
             live_at_peak=[LiveTensor(tensor=t, bytes=b) for t, b in arena.live_at_peak],
             unsupported=[UnsupportedOp(**u) for u in unsup],
+            prediction_by=arena.model or None, vela=vela.to_doc() if vela is not None else None,
         )
+
+
+def _vela_key(runtime: Runtime) -> str | None:
+    """What sets an Ethos-U runtime's memory apart from another of the same name (its Vela settings)."""
+    return runtime.vela.model_dump_json() if runtime.vela is not None else None
 
 
 def check_report(graph: ModelGraph, bits: BitAssignment, devices: list[DeviceProfile],

@@ -74,9 +74,12 @@ class ArenaPlan:
     head_bytes: int = 0
     persistent_bytes: int = 0
     planning_bytes: int = 0
+    model: str = ""  # how it was predicted when not by this module's planner (Ethos-U: Vela, tap_edge.fit.ethos_u)
+    vela: Any = field(default=None, repr=False)  # the Vela figures behind it (tap_edge.fit.ethos_u.VelaFigures)
 
     def to_dict(self, with_buffers: bool = False) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("vela")
         if not with_buffers:
             d.pop("buffers")
         d["live_at_peak"] = [{"tensor": t, "bytes": b} for t, b in self.live_at_peak]
@@ -155,7 +158,12 @@ def flatbuffer_bytes(graph: ModelGraph, bits: BitAssignment) -> int:
 def flash_breakdown(graph: ModelGraph, bits: BitAssignment, runtime_bytes: int = 0, *,
                     runtime: Any = None) -> FlashBreakdown:
     """Flash of ``graph`` at ``bits`` (see the module docstring). With a ``runtime`` that runs .tflite files the
-    flatbuffer's structure is counted too, and a ``.tflite`` at its own types is its file's size."""
+    flatbuffer's structure is counted too, and a ``.tflite`` at its own types is its file's size. On an Ethos-U
+    runtime the flash is the Vela-optimised model's (:func:`tap_edge.fit.ethos_u.flash_figures`)."""
+    if getattr(runtime, "vela", None) is not None:
+        from tap_edge.fit.ethos_u import flash_figures
+
+        return flash_figures(graph, bits, runtime, runtime_bytes)
     tflite = is_tflite_format(runtime)
     scale = TFLITE_SCALE_BYTES if tflite else SCALE_BYTES
     w = s = b = f = 0
@@ -436,7 +444,12 @@ def runtime_memory(graph: ModelGraph, runtime: Any, bits: BitAssignment | None =
 def plan_arena_for(graph: ModelGraph, bits: BitAssignment, runtime: Any) -> ArenaPlan:
     """``plan_arena`` with a device runtime's settings: alignment, in-place aliasing, kernel scratch, explicit
     PAD ops; for TFLite Micro also the persistent tail, the other kernels' scratch requests and the arena its
-    planning needs (:mod:`.tflm`): ``arena_bytes`` = max(head + tail, planning)."""
+    planning needs (:mod:`.tflm`): ``arena_bytes`` = max(head + tail, planning). On an Ethos-U runtime the arena is
+    Vela's plan (:func:`tap_edge.fit.ethos_u.arena_plan`)."""
+    if getattr(runtime, "vela", None) is not None:
+        from tap_edge.fit.ethos_u import arena_plan
+
+        return arena_plan(graph, bits, runtime)
     view, _ = runtime_view(graph, runtime)
     tb = tensor_bits(view, bits)
     scratch = {i: [b] for i, b in layer_scratch(view, bits, runtime, tb).items()}

@@ -23,6 +23,9 @@ Formulation (``scipy.optimize.milp`` / HiGHS):
   shrinks with width, e.g. CMSIS-NN im2col is not used by 16x8 kernels), which is exact because the solver
   can always move it to the true max. When weights and arena share one memory (phones, Linux boards) the
   constraint is ``live + flash <= budget``, as ``check.py`` subtracts the flash total from that region.
+- Ethos-U runtimes (a profile ``vela`` section): SRAM and flash are Vela's plan (:mod:`tap_edge.fit.ethos_u`): with
+  one activation width the SRAM row is the least SRAM Vela needs at each width (``z[a]`` terms), flash the optimised
+  model (a constant: Vela takes 8-bit weights only); the exact check is the same model.
 - Build rules (:class:`~tap_edge.plan.rules.PlanRules`, from the backend that builds the plan): a layer's
   choices are also limited to the (w, a) pairs the rules allow for its op class, and ``pins`` fix a layer's
   weight (and activation) width. ``one_activation_width``: binaries ``z[a]``, ``sum_a z[a] = 1`` and, for
@@ -60,7 +63,9 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from tap_edge.core.errors import UserError
 from tap_edge.core.units import align, fmt_bytes
 from tap_edge.devices import Runtime
+from tap_edge.fit import ethos_u
 from tap_edge.fit.bits import ACT_BITS, WEIGHT_BITS, BitAssignment, LayerBits
+from tap_edge.fit.ethos_u import is_ethos_u
 from tap_edge.fit.latency import ELEMENTWISE_CYCLES, cycles_per_mac
 from tap_edge.fit.memory import (
     SCALE_BYTES,
@@ -210,6 +215,35 @@ class _Program:
         self._place()
         self._live_matrix()
         self.live_const = self.live_const + self.persistent
+        if is_ethos_u(runtime):
+            self._vela_rows()
+
+    def _vela_rows(self) -> None:
+        """An Ethos-U runtime's memory is Vela's plan (:mod:`tap_edge.fit.ethos_u`), not the live tensors: with one
+        activation width, SRAM is the least Vela needs at each width (its Size schedule; Vela's Performance
+        schedule fits whatever arena cache it is given) as one term of ``z[a]``, every step alike; flash is the
+        optimised model, one constant (Vela takes 8-bit weights only). Without one activation width the per-step
+        live bytes stay (whole feature maps: an upper bound of Vela's cascaded plan)."""
+        rt, steps = self.runtime, self.live.shape[0]
+        widths = self.widths or [self.shared_width([0] * len(self.layers)) if self.layers else self.default_a]
+        if self.shared:
+            sram = {a: ethos_u.predict(self.source, BitAssignment(8, a), rt, optimise="Size").sram_need
+                    for a in widths}
+            row = np.zeros(self.nvar)
+            const = 0.0
+            if self.nz:
+                for j, a in enumerate(self.widths):
+                    row[self.nx + j] = sram[a]
+            else:
+                const = float(sram[widths[0]])
+            self.live = sp.csr_matrix(np.tile(row, (steps, 1)))
+            self.live_const = np.full(steps, const)
+            self.persistent = self.floor = 0
+        flash = ethos_u.predict(self.source, BitAssignment(8, widths[0]), rt)
+        for lay in self.layers:
+            lay.flash = np.zeros(len(lay.choices))
+        self.flash_row = self._row("flash")
+        self.flash_fixed = flash.file_bytes
 
     # -- layers and choices
     def _layers(self, costs: CostTable) -> None:
@@ -690,7 +724,9 @@ class _Program:
         layers = {lay.key: LayerBits(*lay.choices[j]) for lay, j in zip(self.layers, pick, strict=True)}
         bits = BitAssignment(8, self.shared_width(pick), layers)
         fb = flash_breakdown(self.source, bits, rt.code_bytes, runtime=rt)
-        arena = plan_arena_for(self.graph, bits, rt)
+        # an Ethos-U: the least SRAM Vela needs (the program's rows); compile lets Vela spend the device's SRAM
+        arena = (ethos_u.arena_plan(self.source, bits, rt, optimise="Size") if is_ethos_u(rt)
+                 else plan_arena_for(self.graph, bits, rt))
         bops = int(sum(lay.bops[j] for lay, j in zip(self.layers, pick, strict=True)))
         lat = None
         if clock_hz:
