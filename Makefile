@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,tflite,tvm,llm,ray]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,tflite,tvm,llm,ray,vela]'
 	rm -f $(VENV)/.installed-*; touch $@
 
 install: $(STAMP)

@@ -76,7 +76,7 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "tap_edge.backends"
 #: The backends ``pyproject.toml`` declares; named when the installed package metadata lacks them.
-FIRST_PARTY = ("onnxruntime", "tflite", "tvm")
+FIRST_PARTY = ("onnxruntime", "tflite", "tvm", "vela")
 #: Entry points into this package are our own code: imported directly, a broken one fails loudly.
 _OWN_MODULES = "tap_edge.backends."
 #: Calibration samples :meth:`Backend.compile` reads when it is given none (``tap-edge compile``'s default).
@@ -426,11 +426,12 @@ def get_backend(name: str) -> Backend:
 
 
 def backend_for_artifact(path: Path) -> Backend:
+    """The backend whose artifacts end like ``path`` (the longest suffix wins: ``_vela.tflite`` before ``.tflite``)."""
     registry, _ = _discover()
-    for name in registry:
-        b = registry.get(name)
-        if b.suffix and path.name.endswith(b.suffix):
-            return b
+    backends = [registry.get(n) for n in registry]
+    matches = [b for b in backends if b.suffix and path.name.endswith(b.suffix)]
+    if matches:
+        return max(matches, key=lambda b: len(b.suffix))
     raise UserError(
         f"{path}: no backend reads '{path.suffix}' files",
         "pass an artifact written by tap-edge compile (.onnx, .tflite, .so)",
@@ -465,10 +466,15 @@ def _foreign_flag(option: str, backend: str) -> UserError:
 
 
 def backend_for_runtime(runtime: str) -> Backend | None:
-    """The backend that builds for the device runtime ``runtime`` (its ``runtimes`` patterns match), if any;
-    first-party backends first."""
+    """The backend that builds for the device runtime ``runtime`` (its ``runtimes`` patterns match), if any: the
+    one whose matching pattern names the runtime most closely (most literal characters: ``*ethos-u*`` before
+    ``tflm*`` for ``tflm-ethos-u``), first-party backends first among equals."""
     names = [n for n in FIRST_PARTY if n in list_backends()] + [n for n in list_backends() if n not in FIRST_PARTY]
-    return next((get_backend(n) for n in names if get_backend(n).serves_runtime(runtime)), None)
+    serving = [get_backend(n) for n in names if get_backend(n).serves_runtime(runtime)]
+    if not serving:
+        return None
+    return max(serving, key=lambda b: max(len(p.replace("*", "").replace("?", "")) for p in b.runtimes
+                                          if fnmatch.fnmatch(runtime, p)))
 
 
 def plan_target(device: DeviceProfile, runtime: str | None = None, backend: str | None = None,

@@ -74,7 +74,8 @@ def prediction(graph: ModelGraph, bits: BitAssignment, runtime: Runtime | None) 
     (:data:`HOST_REFERENCE_RUNTIME` when no runtime is given)."""
     runtime = runtime or HOST_REFERENCE_RUNTIME
     arena = plan_arena_for(graph, bits, runtime)
-    flash = flash_breakdown(graph, bits, runtime.code_bytes)
+    vela = arena.vela  # an Ethos-U runtime: Vela's plan (tap_edge.fit.ethos_u), flash as the optimised model
+    flash = flash_breakdown(graph, bits, runtime.code_bytes, runtime=runtime if vela is not None else None)
     return Prediction(
         flash=FlashFigures(**flash.to_dict()),
         arena_bytes=arena.arena_bytes,
@@ -84,4 +85,6 @@ def prediction(graph: ModelGraph, bits: BitAssignment, runtime: Runtime | None) 
         peak_op=arena.peak_op,
         arena_settings=ArenaSettings(alignment=runtime.arena_alignment, alias_inplace=runtime.alias_inplace,
                                      scratch=runtime.scratch, runtime=runtime.name),
+        prediction_by=arena.model or None,
+        vela=vela.to_doc() if vela is not None else None,
     )

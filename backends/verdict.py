@@ -46,6 +46,7 @@ from tap_edge.backends.tflite_backend import ARTIFACT_GRAPH, TFLM_HOST, tflite_w
 from tap_edge.core.errors import UserError
 from tap_edge.core.units import fmt_bytes, pct
 from tap_edge.devices import Runtime, get_device
+from tap_edge.devices.vela import VelaConfig
 from tap_edge.documents import (
     Comparison,
     CrossCheck,
@@ -59,9 +60,11 @@ from tap_edge.documents import (
     MeasureReport,
     Prediction,
     RuntimeFailure,
+    VelaPlan,
 )
 from tap_edge.fit.bits import BitAssignment
 from tap_edge.fit.checker import Checker, region_limits
+from tap_edge.fit.ethos_u import VelaFigures
 from tap_edge.graph.frontends.tflite_shapes import short_name
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.models import load_graph
@@ -221,7 +224,14 @@ def build_report(artifact: Path, manifest: Manifest | None, measurement: dict[st
     )
     report.problems = [f"measured: {RUNTIME_NAMES.get(f.runtime, f.runtime)} cannot {_verb(f.stage)} the model: "
                        f"{f.reason}" for f in report.runtime_failures]
-    if source.base is not None:
+    if m.get("vela"):
+        report.vela = VelaFigures.from_dict(m["vela"]).to_doc()
+    if report.vela is not None:  # Vela's figures beside the Vela plan the manifest predicted
+        predicted = manifest.prediction if manifest is not None else None
+        report.comparisons = vela_comparisons(predicted, report.vela) if predicted is not None else []
+        report.flags = [c for c in report.comparisons if c.gated and c.error_pct is not None
+                        and abs(c.error_pct) > 100 * TOLERANCE]
+    elif source.base is not None:
         report.comparisons = comparisons(source, manifest, arena, report.memory, m)
         report.flags = [c for c in report.comparisons if c.gated and c.error_pct is not None
                         and abs(c.error_pct) > 100 * TOLERANCE]
@@ -292,6 +302,27 @@ def comparisons(source: PredictionSource, manifest: Manifest | None, arena: Meas
     return out
 
 
+def vela_comparisons(pred: Prediction, measured: VelaPlan) -> list[Comparison]:
+    """A Vela artifact: the Vela plan the manifest predicted (Vela on a stand-in, or tap-edge's rules of it) vs
+    Vela's figures for the artifact. SRAM: "Total SRAM used" (gated, the headline) and what the arena region
+    needs with TFLite Micro's own bytes; flash: the optimised model (the headline) and Vela's constants."""
+    p = pred.vela
+    by = f"Vela {measured.vela_version or '?'} on the artifact's int8 model"
+    out = []
+    if p is not None:
+        out.append(_compare("Vela: Total SRAM used", "sram", p.sram_bytes, measured.sram_bytes,
+                            f"{by}: summary CSV sram_memory_used", headline=True))
+    out.append(_compare("arena region (Vela's SRAM + TFLite Micro)", "sram", pred.arena_bytes, measured.sram_need_bytes,
+                        f"{by} + tap-edge's TFLite Micro tail and CPU kernel scratch on the optimised model",
+                        headline=p is None))
+    out.append(_compare("optimised model (flash)", "flash", pred.flash.model_bytes, measured.file_bytes,
+                        "size of Vela's optimised .tflite (TFLite Micro keeps it whole in flash)", headline=True))
+    if p is not None:
+        out.append(_compare("Vela: constants (read-only tensor)", "flash", p.flash_bytes, measured.flash_bytes,
+                            f"{by}: the constants' memory in its summary (encoded weights, biases, scales)"))
+    return out
+
+
 def _compare(figure: str, memory: Literal["flash", "sram"], predicted: int, measured: int, how: str, *,
              headline: bool = False, gated: bool = True) -> Comparison:
     return Comparison(figure=figure, memory=memory, predicted_bytes=predicted, measured_bytes=measured,
@@ -324,6 +355,11 @@ def _judge(report: MeasureReport, source: PredictionSource, manifest: Manifest |
     """Fill the verdict fields of ``report`` for ``device`` (see the module docstring)."""
     profile = get_device(device)
     runtime = get_backend(report.backend).pick_runtime(profile)
+    used = (manifest.backend_facts.get("vela_config") if manifest is not None else None)
+    if used and runtime.vela is not None and used != runtime.vela.model_dump():  # compiled with --vela-config
+        runtime = runtime.model_copy(update={"vela": VelaConfig(**used)})
+        profile = profile.model_copy(update={"runtimes": [runtime if r.name == runtime.name else r
+                                                          for r in profile.runtimes]})
     problems = list(report.problems)
     predicted = None
     if source.graph is None or source.bits is None:
@@ -333,7 +369,14 @@ def _judge(report: MeasureReport, source: PredictionSource, manifest: Manifest |
         problems += [f"predicted: {p}" for p in predicted.problems]
     weights = manifest.weights.planned_form_bytes if manifest else report.artifact_bytes
     use = MeasuredUse(flash_bytes=weights + runtime.code_bytes)
-    if _on_tflm(runtime):  # TFLite Micro's own arena; the host RSS says nothing about an MCU
+    dram_arena = 0
+    if report.vela is not None:  # Vela's plan on the NPU: its SRAM and TFLite Micro's bytes beside it
+        v = report.vela
+        use.sram_bytes = v.sram_need_bytes
+        use.sram_measured_by = ("Vela's Total SRAM used" + (" + TFLite Micro's tail and CPU kernel scratch "
+                                                           "(tap-edge's model)" if v.arena_in_sram else " (the cache)"))
+        dram_arena = 0 if v.arena_in_sram else v.scratch_bytes + v.tflm_tail_bytes + v.cpu_scratch_bytes
+    elif _on_tflm(runtime):  # TFLite Micro's own arena; the host RSS says nothing about an MCU
         if report.arena is not None:
             a = report.arena
             use.sram_bytes = a.min_bytes if a.min_bytes is not None else a.total_bytes
@@ -347,6 +390,9 @@ def _judge(report: MeasureReport, source: PredictionSource, manifest: Manifest |
     if use.sram_bytes is not None and use.sram_bytes > lim.sram_bytes:
         over.append(f"measured: SRAM ({lim.sram_region}) over by {fmt_bytes(use.sram_bytes - lim.sram_bytes)} "
                     f"({use.sram_measured_by})")
+    if dram_arena and use.flash_bytes <= lim.flash_bytes < use.flash_bytes + dram_arena:
+        over.append(f"measured: model and tensor arena ({lim.flash_region}) over by "
+                    f"{fmt_bytes(use.flash_bytes + dram_arena - lim.flash_bytes)} (Vela's {report.vela.memory_mode})")
     problems += over
     refused = [f for f in report.runtime_failures if (f.runtime == "tflm") == _on_tflm(runtime)]
     measured_fits = not refused and not over

@@ -17,7 +17,8 @@ from tap_edge.graph.shapes import input_lines
 @app.command("compile")
 def compile_cmd(
     model: ModelArg,
-    backend: Annotated[str, typer.Option("--backend", "-b", help="onnxruntime | tflite | tvm (tap-edge backends)")],
+    backend: Annotated[str, typer.Option("--backend", "-b",
+                                         help="onnxruntime | tflite | tvm | vela (tap-edge backends)")],
     plan: Annotated[Path | None, typer.Option(help="A plan.json with per-layer widths.")] = None,
     bits: Annotated[str | None, typer.Option(help="Uniform widths instead of a plan: w8a8, w4a8, fp32.")] = None,
     device: Annotated[
@@ -51,6 +52,11 @@ def compile_cmd(
         typer.Option(help="onnxruntime: linear layers planned at <= 4 bits as INT4 QDQ (qdq, default) or as ORT's "
                           "MatMulNBits kernel (matmulnbits: the same weights, no dequantization per run)."),
     ] = None,
+    vela_config: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="vela: a Vela .ini of your own; its [System_Config.*] and [Memory_Mode.*] "
+                                          "sections replace the device profile's (checked before anything runs)."),
+    ] = None,
     input_shape: InputShapeOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -66,7 +72,8 @@ def compile_cmd(
     refuse_moved(old_samples, "--samples", "--calib-samples", "the flag's name in plan, eval and compile")
     console.set_quiet(quiet or as_json)
     b = get_backend(backend)
-    options = b.options_from_flags(tune_trials=tune_trials, tune_db=tune_db, linear_int4=linear_int4)
+    options = b.options_from_flags(tune_trials=tune_trials, tune_db=tune_db, linear_int4=linear_int4,
+                                   vela_config=vela_config)
     widths = resolve_bits(bits, plan, "torch")
     console.info(f"compiling {model} ({widths.label()}) with {b.name} ...")
     with third_party_quiet(verbose):
@@ -86,8 +93,9 @@ def compile_cmd(
     console.out.print(f"  weights: predicted {fmt_bytes(predicted)} ({predicted} B), in the artifact "
                       f"{fmt_bytes(actual)} ({actual} B), {'-' if error is None else f'{error:+.2f}%'}  ({roles})")
     s = man.prediction.arena_settings
-    console.out.print(f"  predicted arena: {fmt_bytes(man.prediction.arena_bytes)} ({s.runtime}: alignment "
-                      f"{s.alignment}, in-place aliasing {'on' if s.alias_inplace else 'off'}, scratch {s.scratch})")
+    how = man.prediction.prediction_by or (f"{s.runtime}: alignment {s.alignment}, in-place aliasing "
+                                           f"{'on' if s.alias_inplace else 'off'}, scratch {s.scratch}")
+    console.out.print(f"  predicted arena: {fmt_bytes(man.prediction.arena_bytes)} ({how})")
     source = man.calibration
     where = f"samples of {source.folder}" if source.folder else f"samples of seeded {source.kind} (seed {source.seed})"
     console.out.print(f"  calibrated on {source.samples} {where}" if calibrated(man) else

@@ -93,8 +93,11 @@ def print_report(r: MeasureReport) -> None:
     if lat.runs:
         console.out.print(f"  latency: median {lat.median_ms:.3f} ms, p90 {lat.p90_ms:.3f} ms ({lat.runs} runs, host, "
                           f"{r.threads} thread{'s' if r.threads != 1 else ''})")
+    if r.vela is not None:
+        for line in vela_report_lines(r):
+            console.out.print(escape(line))
     mem = r.memory
-    if mem.peak_rss_bytes:
+    if mem.peak_rss_bytes and r.vela is None:
         console.out.print(f"  peak RSS of the child {fmt_bytes(mem.peak_rss_bytes)} (VmHWM; wait4 "
                           f"{fmt_bytes(mem.wait4_maxrss_bytes or 0)}), minus the runtime's import baseline "
                           f"{fmt_bytes(mem.model_rss_bytes or 0)}")
@@ -138,3 +141,26 @@ def print_report(r: MeasureReport) -> None:
         for p in r.problems:
             if p not in failures:
                 console.out.print(f"    {escape(p)}")
+
+
+def vela_report_lines(r: MeasureReport) -> list[str]:
+    """A Vela artifact's figures: SRAM, constants and file, the ops left to the CPU and what they cost TFLite Micro
+    on the M-class core, the NPU time (Vela's estimate, not a measurement)."""
+    v = r.vela
+    assert v is not None
+    out = [f"  Vela {v.vela_version or '?'} ({v.accelerator}, {v.system_config}, {v.memory_mode}, {v.optimise}): "
+           f"SRAM used {v.sram_bytes} B" + (f", DRAM used {v.dram_bytes} B" if v.dram_bytes else "")
+           + f", constants {v.flash_bytes} B, optimised model {v.file_bytes} B",
+           f"  TFLite Micro beside Vela's arena: tail {v.tflm_tail_bytes} B, CPU kernel scratch {v.cpu_scratch_bytes} B"
+           f" (tap-edge's TFLM model on the optimised model's graph)"]
+    if v.cpu_ops:
+        out.append(f"  {len(v.cpu_ops)} op(s) left to the CPU (run by TFLite Micro on the Cortex-M):")
+        out += [f"    {c.op} -> {c.tensor}" + (f": {c.reason}" if c.reason else "") for c in v.cpu_ops[:10]]
+        if len(v.cpu_ops) > 10:
+            out.append(f"    ... {len(v.cpu_ops) - 10} more")
+    else:
+        out.append(f"  every op on the NPU ({v.npu_ops} ethos-u block{'s' if v.npu_ops != 1 else ''})")
+    if v.npu_ms is not None:
+        out.append(f"  NPU time {v.npu_ms:.3f} ms: Vela's estimate ({v.total_cycles} cycles at "
+                   f"{v.clock_hz / 1e6:g} MHz), not a measurement")
+    return out
