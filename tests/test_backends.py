@@ -461,7 +461,8 @@ def test_tflite_rejects_plans_it_cannot_store() -> None:
     assert TFLiteBackend._mode(g, BitAssignment.parse("w8a16")) == "mixed"
     with pytest.raises(UserError, match=r"at w6a8: the tflite backend"):
         TFLiteBackend().check_buildable(g, BitAssignment.parse("w6a8"), None)
-    with pytest.raises(UserError, match=r"\(conv \(built as dwconv\)\) at w4a8: .* builds w8a8, w8a16, w32a32 on dwconv"):
+    built_as_dw = r"\(conv \(built as dwconv\)\) at w4a8: .* builds w8a8, w8a16, w32a32 on dwconv"
+    with pytest.raises(UserError, match=built_as_dw):
         TFLiteBackend().check_buildable(g, BitAssignment.parse("w4a8"), None)
 
 
