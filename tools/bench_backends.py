@@ -4,6 +4,8 @@ tap-edge's prediction, print the tables of issue 5.
     .venv/bin/python tools/bench_backends.py                       # the default models and backends
     .venv/bin/python tools/bench_backends.py --models resnet8,ds_cnn --backends tflite --json out.json
 
+    .venv/bin/python tools/bench_backends.py --backends vela        # every Ethos-U profile, VELA_MODELS
+
 Every figure says how it was measured. Each (model, backend) runs on its own: a failure is recorded as an
 error row and the results before it are kept (also written to ``--json`` after every row).
 
@@ -40,6 +42,117 @@ from typing import Any
 
 DEFAULT_MODELS = "resnet8,ds_cnn,efficientnet_lite0,timm:mobilenetv2_100"
 DEFAULT_BACKENDS = "tflite,onnxruntime,tvm"
+#: The vela backend's bench models (``--vela-models``) and devices (every bundled profile with an Ethos-U runtime).
+VELA_MODELS = "resnet8,ds_cnn,timm:mobilenetv2_050,efficientnet_lite0"
+
+
+def ethos_u_targets(pattern: str = "*") -> list[tuple[str, str]]:
+    """(device id, runtime name) of every bundled profile runtime that has an Ethos-U (a ``vela`` section)."""
+    from tap_edge.devices import get_device, list_devices
+
+    return [(d, rt.name) for d in list_devices(pattern) for rt in get_device(d).runtimes if rt.vela is not None]
+
+
+def bench_vela(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per Ethos-U runtime: the vela backend compiles ``model`` for the first one (the int8 .tflite of the
+    TFLite path, its agreement, Vela); Vela then compiles that same int8 file for every other runtime. Each row:
+    tap-edge's prediction (Vela on the stand-in .tflite, the rules model without Vela) vs Vela's figures."""
+    from tap_edge.backends import get_backend
+    from tap_edge.backends.reference import sample_inputs
+    from tap_edge.devices import get_device
+    from tap_edge.fit import ethos_u
+    from tap_edge.fit.bits import BitAssignment
+    from tap_edge.fit.checker import Checker
+    from tap_edge.graph.models import load_graph, load_model
+
+    b = get_backend("vela")
+    b.require()
+    lm = load_model(model)
+    graph = load_graph(lm)
+    bits = BitAssignment.load(args.plan) if args.plan else BitAssignment.parse(args.bits)
+    calib = args.calib if lm.preprocess.input_size[0] == 3 else "noise"
+    xs = sample_inputs(lm, max(args.samples, 16), calib)
+    targets = ethos_u_targets(args.vela_devices)
+    first = get_device(targets[0][0])
+    out = Path(args.out) / "vela" / model.replace(":", "_")
+    t0 = time.perf_counter()
+    artifact = b.compile(lm, graph, bits, out / first.id, device=first, calib=xs.head(args.samples),
+                         check=xs.head(16))
+    compile_s = round(time.perf_counter() - t0, 2)
+    int8 = artifact.path.with_name(artifact.manifest.backend_facts["int8_tflite"])
+    rows = []
+    for device_id, runtime_name in targets:
+        device = get_device(device_id)
+        rt = device.runtime(runtime_name)
+        t1 = time.perf_counter()
+        run = ethos_u.run_vela(int8, rt.vela, out / f"{device_id}-{runtime_name}")
+        vela = ethos_u.figures_of(run.output, rt.vela, summary=run.summary, stdout=run.stdout, runtime=rt)
+        vela_s = round(time.perf_counter() - t1, 2)
+        predicted = ethos_u.predict(graph, bits, rt)
+        rules = ethos_u.rules_figures(graph, bits, rt)
+        verdict = Checker(graph, bits).check(device, runtime_name)
+        rows.append({"model": model, "backend": "vela", "bits": bits.label(), "variant": "", "device": device_id,
+                     "runtime": runtime_name, "compile_s": compile_s, "vela_s": vela_s, "int8": str(int8),
+                     "agreement": artifact.manifest.agreement.model_dump() if artifact.manifest.agreement else None,
+                     "vela": vela.to_dict(), "predicted": predicted.to_dict(), "rules": rules.to_dict(),
+                     "prediction_by": ethos_u.prediction_note(predicted), "check": verdict.verdict,
+                     "check_problems": verdict.problems, "vela_problems": vela_problems(device, rt, vela)})
+    return rows
+
+
+def vela_problems(device: Any, runtime: Any, vela: Any) -> list[str]:
+    """Where Vela's own plan overflows the device's regions (the measured verdict's arithmetic: the optimised model
+    and the runtime code in the weights region, Vela's SRAM and TFLite Micro's bytes in the arena region, a
+    Dedicated_Sram arena beside the model off-chip); empty when it fits."""
+    from tap_edge.fit.checker import memory_problems, region_limits
+
+    flash = vela.file_bytes + runtime.code_bytes
+    lim = region_limits(device, flash)
+    problems = memory_problems(flash, vela.sram_need, "-", lim)
+    if vela.dram_arena_bytes and not lim.shared and flash <= lim.flash_bytes < flash + vela.dram_arena_bytes:
+        over = flash + vela.dram_arena_bytes - lim.flash_bytes
+        problems.append(f"model and arena over {lim.flash_region} by {over} B")
+    return problems
+
+
+def print_vela_table(rows: list[dict[str, Any]]) -> None:
+    """tap-edge's prediction vs Vela on every bench model and Ethos-U runtime (bytes; error = predicted vs Vela)."""
+    vela_rows = [r for r in rows if r.get("backend") == "vela" and "vela" in r]
+    if not vela_rows:
+        return
+    print("\n## Vela (Ethos-U): tap-edge's prediction vs Vela 5.2.0 on the vela backend's int8 .tflite")
+    print("SRAM = Vela's Total SRAM used; flash = the optimised .tflite (TFLite Micro keeps it whole); constants = "
+          "Vela's read-only tensor. predicted = Vela on tap-edge's stand-in .tflite (the check / plan prediction with "
+          "Vela installed); rules = tap-edge's model of Vela (no Vela installed). NPU ms: Vela's estimate at the "
+          "profile's NPU clock. check: tap-edge check's verdict (Vela installed); Vela fits: Vela's own plan against "
+          "the device's regions.")
+    print("| model | device (runtime) | NPU | memory mode | SRAM Vela | predicted | err | rules | err | flash Vela | "
+          "predicted | err | rules | err | constants Vela | predicted | err | CPU ops | NPU ms (Vela) | check | "
+          "Vela fits |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    worst = {(who, key): 0.0 for who in ("predicted", "rules") for key in ("sram", "flash")}
+    false_fits = []
+    for r in vela_rows:
+        v, p, q = r["vela"], r["predicted"], r["rules"]
+        for who, f in (("predicted", p), ("rules", q)):
+            for key, fig in (("sram", "sram_bytes"), ("flash", "file_bytes")):
+                if v[fig]:
+                    worst[who, key] = max(worst[who, key], abs(100.0 * (f[fig] - v[fig]) / v[fig]))
+        fits = not r.get("vela_problems")
+        if r.get("check") == "FITS" and not fits:
+            false_fits.append(f"{r['model']} on {r['device']} ({r['runtime']}): {'; '.join(r['vela_problems'])}")
+        cpu = ", ".join(sorted({c["op"] for c in v["cpu_ops"]})) or "-"
+        ms = f"{1e3 * v['total_cycles'] / v['clock_hz']:.3f}" if v.get("total_cycles") and v.get("clock_hz") else "-"
+        print(f"| {r['model']} | {r['device']} ({r['runtime']}) | {v['accelerator']} | {v['memory_mode']} | "
+              f"{v['sram_bytes']} | {p['sram_bytes']} | {_pct(p['sram_bytes'], v['sram_bytes'])} | {q['sram_bytes']} | "
+              f"{_pct(q['sram_bytes'], v['sram_bytes'])} | {v['file_bytes']} | {p['file_bytes']} | "
+              f"{_pct(p['file_bytes'], v['file_bytes'])} | {q['file_bytes']} | {_pct(q['file_bytes'], v['file_bytes'])}"
+              f" | {v['read_only_bytes']} | {p['read_only_bytes']} | {_pct(p['read_only_bytes'], v['read_only_bytes'])}"
+              f" | {len(v['cpu_ops'])} ({cpu}) | {ms} | {r.get('check', '-')} | {'yes' if fits else 'no'} |")
+    print(f"\nlargest |error| of the prediction: SRAM {worst['predicted', 'sram']:.2f}%, flash "
+          f"{worst['predicted', 'flash']:.2f}%; of the rules model (no Vela): SRAM {worst['rules', 'sram']:.2f}%, "
+          f"flash {worst['rules', 'flash']:.2f}% ({len(vela_rows)} model x runtime pairs); false FITS: "
+          f"{len(false_fits)}" + "".join(f"\n  false FITS: {x}" for x in false_fits))
 
 
 def bench_one(
@@ -122,7 +235,10 @@ def _median(row: dict[str, Any]) -> float | None:
 
 
 def print_tables(rows: list[dict[str, Any]]) -> None:
-    ok = [r for r in rows if "error" not in r]
+    print_vela_table(rows)
+    ok = [r for r in rows if "error" not in r and r.get("backend") != "vela"]
+    if not ok:
+        return
     print("\n## Latency (host CPU, 1 thread; median / p90 ms)")
     print("| model | backend | runtime | median | p90 | TFLM ref. kernels median |")
     print("|---|---|---|---|---|---|")
@@ -281,12 +397,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--tvm-tune-db", default=None, help="Tuning database folder (default: tap-edge's cache).")
     ap.add_argument("--tvm-skip-untuned", action="store_true", help="With --tvm-tune-trials: no untuned tvm row.")
+    ap.add_argument("--vela-models", default=VELA_MODELS, help="The vela backend's models (default: %(default)s).")
+    ap.add_argument("--vela-devices", default="*", help="Profiles (a pattern) whose Ethos-U runtimes the vela "
+                                                        "backend targets (default: every one).")
+    ap.add_argument("--calib", default="../shared/data/imagenet-sample",
+                    help="Calibration images of the vela backend's image models (default: %(default)s).")
     args = ap.parse_args(argv)
     if args.tvm_tune_trials < 0:
         ap.error("--tvm-tune-trials must be 0 or more")
     rows: list[dict[str, Any]] = []
+    backends = [b for b in args.backends.split(",") if b]
+    if "vela" in backends:
+        for model in [m for m in args.vela_models.split(",") if m]:
+            t0 = time.perf_counter()
+            print(f"[bench] {model} / vela ...", file=sys.stderr, flush=True)
+            try:
+                rows += bench_vela(model, args)
+                status = "ok"
+            except Exception as e:  # keep going: one failure must not lose the other rows
+                rows.append({"model": model, "backend": "vela", "variant": "",
+                             "error": f"{e.__class__.__name__}: {str(e)[:300]}",
+                             "traceback": traceback.format_exc()[-2000:]})
+                status = rows[-1]["error"]
+            print(f"[bench] {model} / vela: {status} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
     for model in [m for m in args.models.split(",") if m]:
-        for backend in [b for b in args.backends.split(",") if b]:
+        for backend in [b for b in backends if b != "vela"]:
             budgets: list[int | None] = [None]
             if backend == "tvm" and args.tvm_tune_trials:
                 budgets = [args.tvm_tune_trials] if args.tvm_skip_untuned else [None, args.tvm_tune_trials]

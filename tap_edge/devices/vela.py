@@ -175,6 +175,9 @@ def parse_ini(text: str, origin: str) -> dict[str, dict[str, str]]:
         problem = section_problem(name, keys)
         if problem:
             raise UserError(f"{origin}: {problem}", "see Vela's OPTIONS.md, 'Configuration File'")
+    for prefix in (SYSTEM_PREFIX, MODE_PREFIX):  # Vela needs one of each; which one is picked later
+        if not any(name.startswith(prefix) for name in sections):
+            raise UserError(f"{origin}: no [{prefix}NAME] section", "add one, as in Vela's Arm/vela.ini")
     for name, keys in sections.items():
         parent = keys.get("inherit")
         if parent is not None and parent.strip("[] ") not in sections:

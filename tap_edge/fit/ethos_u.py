@@ -58,8 +58,10 @@ BIAS_SCALE_BYTES = 10
 #: Rules-model flatbuffer figures, fitted on Vela 5.2.0 outputs of the bundled models: command stream bytes
 #: per NPU op, the optimised file's structure (fixed, per tensor).
 COMMAND_BYTES_PER_OP, FILE_FIXED_BYTES, FILE_TENSOR_BYTES = 120, 1200, 100
-#: The TFLite builtin codes of ``ai_edge_litert``'s schema, by number.
+#: Vela's custom operator in an optimised model.
 _CUSTOM = "ethos-u"
+#: Bumped when the stand-in writer or the figures change: cached predictions of older code are not reused.
+CACHE_VERSION = 4
 
 
 def is_ethos_u(runtime: Any) -> bool:
@@ -376,7 +378,7 @@ def predict(graph: ModelGraph, bits: BitAssignment, runtime: Runtime, *, optimis
     if figures is None:
         figures = rules_figures(graph, bits, runtime, opt)
     _MEMO[key] = figures
-    if path is not None:
+    if path is not None and figures.by == "vela":  # the rules model is cheap: only Vela's runs are kept
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
@@ -397,7 +399,7 @@ def _key(graph: ModelGraph, bits: BitAssignment, config: VelaConfig, optimise: s
     stamp = json.dumps({"graph": what, "bits": bits.label(),
                         "layers": {k: [v.w, v.a] for k, v in bits.layers.items()}, "config": config.model_dump(),
                         "optimise": optimise, "vela": vela_version() if installed else None,
-                        "weights": own_weights, "v": 1}, sort_keys=True, default=str)
+                        "weights": own_weights, "v": CACHE_VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(stamp.encode()).hexdigest()[:24]
 
 
@@ -440,7 +442,18 @@ def _note(text: str) -> None:
     print(f"note: {text}", file=sys.stderr)
 
 
+_WEIGHTS: dict[tuple[str, str], dict[str, np.ndarray] | None] = {}
+
+
 def model_weights(graph: ModelGraph) -> dict[str, np.ndarray] | None:
+    """:func:`_model_weights`, once per model spec and graph in a process (check asks for every Ethos-U device)."""
+    key = (graph.name, hashlib.sha256(json.dumps([op.name for op in graph.ops]).encode()).hexdigest())
+    if key not in _WEIGHTS:
+        _WEIGHTS[key] = _model_weights(graph)
+    return _WEIGHTS[key]
+
+
+def _model_weights(graph: ModelGraph) -> dict[str, np.ndarray] | None:
     """The int8 weights of a PyTorch graph's model, per op, quantized as the TFLite path does (per output channel,
     symmetric, round to nearest): loaded again from the graph's spec (None when it does not load, e.g. a model
     given as a Python object, or for other front-ends)."""

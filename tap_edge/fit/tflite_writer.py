@@ -21,12 +21,30 @@ import numpy as np
 from tap_edge.fit.bits import BitAssignment, tensor_bits
 from tap_edge.fit.memory import with_pad_ops
 from tap_edge.graph.graph import ModelGraph, Op
-from tap_edge.graph.tflite_ops import FN_BUILTINS
+from tap_edge.graph.tflite_ops import FN_BUILTINS, tflite_builtins
 
 #: Activation scale of the stand-in tensors; fixed output quantization of the kernels that require one.
 ACT_SCALE = 0.05
-FIXED_OUTPUT = {"LOGISTIC": (1 / 256, -128), "TANH": (1 / 128, 0), "SOFTMAX": (1 / 256, -128)}
+FIXED_OUTPUT = {"LOGISTIC": (1 / 256, -128), "TANH": (1 / 128, 0), "SOFTMAX": (1 / 256, -128),
+                "LOG_SOFTMAX": (16 / 256, 127)}
 _FUSED = {"relu": "RELU", "relu6": "RELU6"}
+#: Builtins written from their operands alone (no options): one input, or two.
+UNARY = ("LOG_SOFTMAX", "NEG", "ABS", "SQRT", "RSQRT", "SQUARE", "LOG", "EXP", "SIN", "COS", "FLOOR", "CEIL", "ROUND",
+         "LOGISTIC", "TANH", "HARD_SWISH", "ELU", "RELU", "RELU6", "QUANTIZE", "DEQUANTIZE")
+BINARY = ("MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE", "DIV", "SUB")
+
+
+#: The metadata litert-torch writes into every model (name, bytes), kept here so the stand-in's flash matches.
+LITERT_METADATA = (("min_runtime_version", b"2.0.0" + bytes(11)), ("keep_stablehlo_constant", b"true"))
+
+
+def _tensor_map(name: str, index: int) -> Any:
+    """One entry of a signature's inputs or outputs (litert-torch's ``serving_default`` names them)."""
+    from ai_edge_litert import schema_py_generated as s
+
+    tm = s.TensorMapT()
+    tm.name, tm.tensorIndex = name.encode(), index
+    return tm
 
 
 class NotWritable(Exception):
@@ -95,6 +113,19 @@ class _Writer:
         m = s.ModelT()
         m.version, m.subgraphs, m.buffers, m.operatorCodes = 3, [sg], self.buffers, self.codes
         m.description = description.encode()
+        m.metadata = []
+        for name, value in LITERT_METADATA:  # Vela keeps them: they are flash in the optimised model too
+            buf = s.BufferT()
+            buf.data = np.frombuffer(value, np.uint8)
+            self.buffers.append(buf)
+            md = s.MetadataT()
+            md.name, md.buffer = name.encode(), len(self.buffers) - 1
+            m.metadata.append(md)
+        sig = s.SignatureDefT()
+        sig.signatureKey, sig.subgraphIndex = b"serving_default", 0
+        sig.inputs, sig.outputs = ([_tensor_map(f"{kind}_{i}", t) for i, t in enumerate(ts)]
+                                   for kind, ts in (("args", inputs), ("output", outputs)))
+        m.signatureDefs = [sig]
         b = flatbuffers.Builder(1 << 16)
         b.Finish(m.Pack(b), file_identifier=b"TFL3")
         return bytes(b.Output())
@@ -128,6 +159,8 @@ def standin_tflite(graph: ModelGraph, bits: BitAssignment, weights: Mapping[str,
         shape = list(view.tensors[name].shape)
         return [shape[0], shape[2], shape[3], shape[1]] if len(shape) == 4 and not nhwc else shape
 
+    names = _litert_names(view)
+
     def act(name: str, fixed: str | None = None) -> int:
         name = alias.get(name, name)
         if name in w.index:
@@ -141,7 +174,7 @@ def standin_tflite(graph: ModelGraph, bits: BitAssignment, weights: Mapping[str,
             if fixed in FIXED_OUTPUT:
                 scale, zp8 = FIXED_OUTPUT[fixed]
                 scales, zp = ([scale], zp8) if tt == w.s.TensorType.INT8 else ([1 / 32768], 0)
-        w.index[name] = w.tensor(name, shape_of(name), tt, scales=scales, zero_point=zp)
+        w.index[name] = w.tensor(names.get(name, name), shape_of(name), tt, scales=scales, zero_point=zp)
         return w.index[name]
 
     for op in view.ops:
@@ -149,6 +182,20 @@ def standin_tflite(graph: ModelGraph, bits: BitAssignment, weights: Mapping[str,
     ins = [act(t) for t in view.inputs]
     outs = [act(t) for t in view.outputs]
     return w.to_bytes(ins, outs, f"tap-edge stand-in of {graph.name} at {bits.label()}")
+
+
+def _litert_names(graph: ModelGraph) -> dict[str, str]:
+    """The tensor names litert-torch writes (they stay in Vela's output for the inputs, the outputs and the tensors
+    of ops left to the CPU, so they cost flash): ``serving_default_args_N`` / ``serving_default_output_N_output``,
+    else the module scopes of the ops fused into the producer (as :func:`tap_edge.fit.memory.flatbuffer_bytes`)."""
+    out = {t: f"serving_default_args_{i}" for i, t in enumerate(graph.inputs)}
+    for op in graph.ops:
+        if "scope" in op.attrs:
+            scoped = ";".join([op.attrs["scope"], *op.attrs.get("fused_scopes", [])])
+            for t in op.outputs:
+                out.setdefault(t, scoped)
+    out.update({t: f"serving_default_output_{i}_output" for i, t in enumerate(graph.outputs)})
+    return out
 
 
 def _fused(op: Op) -> int:
@@ -229,6 +276,8 @@ def _write_op(op: Op, g: ModelGraph, w: _Writer, act: Any, shape_of: Any, alias:
         axis = next((d for d in range(len(outs)) if any(shape_of(t)[d] != outs[d] for t in op.inputs)), len(outs) - 1)
         w.op("CONCATENATION", [act(t) for t in op.inputs], [act(out)],
              ("ConcatenationOptions", {"axis": axis, "fusedActivationFunction": _fused(op)}))
+    elif cls == "softmax" and "log" in op.op_type.lower():
+        w.op("LOG_SOFTMAX", [act(op.inputs[0])], [act(out, "LOG_SOFTMAX")], ("LogSoftmaxOptions", {}))
     elif cls == "softmax":
         w.op("SOFTMAX", [act(op.inputs[0])], [act(out, "SOFTMAX")], ("SoftmaxOptions", {"beta": 1.0}))
     elif cls == "quantize":
@@ -236,7 +285,13 @@ def _write_op(op: Op, g: ModelGraph, w: _Writer, act: Any, shape_of: Any, alias:
     elif cls == "act":
         _activation(op, w, act, shape_of)
     else:
-        raise NotWritable(f"op '{op.name}' ({op.op_type}, class {cls})")
+        builtins = tflite_builtins(op.op_type, cls, op.attrs, g.frontend) or ()
+        if len(builtins) == 1 and builtins[0] in UNARY and len(op.inputs) == 1:
+            w.op(builtins[0], [act(op.inputs[0])], [act(out, builtins[0])])
+        elif len(builtins) == 1 and builtins[0] in BINARY and len(op.inputs) == 2:
+            w.op(builtins[0], [act(t) for t in op.inputs], [act(out)])
+        else:
+            raise NotWritable(f"op '{op.name}' ({op.op_type}, class {cls})")
 
 
 def _conv(op: Op, g: ModelGraph, w: _Writer, act: Any, shape_of: Any, weights: Mapping[str, np.ndarray],
