@@ -45,6 +45,8 @@ from tap_edge.backends.reference import (
     Samples,
     agreement,
     calibration_error,
+    exporting,
+    fake_quant_model,
     needs_calibration,
     reference_outputs,
     sample_inputs,
@@ -61,6 +63,7 @@ from tap_edge.documents import (
     InputSpec,
     Manifest,
     Prediction,
+    PTQSettings,
 )
 from tap_edge.fit.bits import BitAssignment
 from tap_edge.graph.graph import ModelGraph
@@ -255,12 +258,15 @@ class Backend:
         calib: Samples | np.ndarray | None = None,
         check: Samples | np.ndarray | None = None,
         options: BackendOptions | None = None,
+        ptq: PTQSettings | None = None,
     ) -> Artifact:
         """Build the artifact into ``out_dir`` and write its manifest: the prediction with the device
         runtime's arena settings (TFLite Micro's host reference without a device), the agreement of the
         artifact's outputs with the reference on ``check`` (default: ``calib``) and where both came from.
         ``calib`` (None) is seeded noise, allowed only when no activation is integer
-        (:func:`~tap_edge.backends.reference.needs_calibration`)."""
+        (:func:`~tap_edge.backends.reference.needs_calibration`). ``ptq``: the PTQ the plan records (None:
+        round-to-nearest), run once on all of ``calib``; the artifact stores that fake-quant model's integers and
+        scales and is compared with it."""
         opts = self.check_options(options)
         self.require()
         self.require_pytorch(model, bits)
@@ -273,14 +279,18 @@ class Backend:
             raise UserError(f"{out_dir}: is a file, not a folder for the artifact", "give --out-dir a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        built = self.build(model, graph, bits, out_dir, calib=cal.array, check=chk.array, options=opts,
-                           device=device)
+        settings = (ptq or PTQSettings()).model_copy(update={"samples": len(cal)})
+        fake_quant = fake_quant_model(model, graph, bits, cal.array, settings)
+        ptq_s = time.perf_counter() - t0
+        with exporting(fake_quant):
+            built = self.build(model, graph, bits, out_dir, calib=cal.array, check=chk.array, options=opts,
+                               device=device)
         compile_s = time.perf_counter() - t0
         if built.reference is not None:
             ref, label = built.reference
             chk = chk.head(len(ref))
         else:
-            ref, label = reference_outputs(model, graph, bits, chk.array, cal.array), reference_label(bits)
+            ref, label = reference_outputs(fake_quant, chk.array), reference_label(bits)
         got = self.outputs(built.artifact, chk.array)
         manifest = Manifest(
             artifact=built.artifact.name,
@@ -294,6 +304,8 @@ class Backend:
             input=built.input or InputSpec(name="input", shape=model.input_shape),
             inputs=model_inputs(graph),
             compile_s=round(compile_s, 3),
+            ptq=None if is_float(bits) else settings,
+            ptq_s=None if is_float(bits) else round(ptq_s, 3),
             prediction=prediction(graph, bits, runtime),
             other_predictions=built.other_predictions,
             weights=built.weights,
@@ -509,6 +521,7 @@ def compile_model(
     check_samples: int = DEFAULT_SAMPLES,
     options: BackendOptions | None = None,
     input_shapes: InputShapes | None = None,
+    ptq: PTQSettings | None = None,
 ) -> Artifact:
     """Compile ``model`` (a spec, a file path: an ``.onnx`` file is converted, :mod:`tap_edge.graph.convert`; a
     LoadedModel or an ``nn.Module``) at ``bits`` with ``backend`` into ``out_dir``: the backend, its
@@ -516,7 +529,8 @@ def compile_model(
     inputs are read once (:func:`~tap_edge.backends.reference.sample_inputs`: ``calib_dir``, a folder or
     ``"noise"``; required when an activation is integer, else noise), the first ``samples`` calibrate and
     the first ``check_samples`` check the agreement. ``input_shapes``: the shape a spec is traced at
-    (``--input-shape``; the preprocessing follows)."""
+    (``--input-shape``; the preprocessing follows). ``ptq``: the PTQ of the plan (:attr:`Plan.ptq`; None:
+    round-to-nearest), run on the ``samples`` calibration inputs."""
     b = get_backend(backend) if isinstance(backend, str) else backend
     opts = b.check_options(options)
     b.require()
@@ -532,4 +546,4 @@ def compile_model(
         raise calibration_error(lm, bits)
     xs = sample_inputs(lm, max(samples, check_samples), calib_dir)
     return b.compile(lm, graph, bits, out_dir, device=profile, calib=xs.head(samples), check=xs.head(check_samples),
-                     options=opts)
+                     options=opts, ptq=ptq)

@@ -1,12 +1,17 @@
 """ONNX Runtime backend: a plan becomes an ONNX QDQ model with the planned per-layer widths.
 
-Compile: the model is first put through ``tap_edge.quantize.ptq`` with float activations (BatchNorm folded,
-weights on the plan's per-channel grid with MSE-searched clipping), exported with the TorchScript ONNX
+Compile: the model is first put through the plan's PTQ (``tap_edge.quantize.ptq``: BatchNorm folded, weights
+rounded as the plan says, nearest / GPTQ / AdaRound, on per-channel grids), then exported with float
+activations (:func:`tap_edge.quantize.ptq.weights_only`) with the TorchScript ONNX
 exporter (opset 21; node names keep the module path, ``/stage1/conv1/Conv`` -> ``stage1.conv1``, which is how
 plan entries find their nodes) and pre-processed with ``quant_pre_process`` (static shapes folded, Pad merged
 into Conv). ``onnxruntime.quantization.quantize_static`` then writes QDQ: per-tensor activations calibrated
-(MinMax) on sample inputs, per-channel weights whose scales are given through ``TensorQuantOverrides`` so the
-stored integers are exactly the fake-quant model's:
+(MinMax) on sample inputs, except that every tensor the fake-quant model quantizes (the input of each weighted
+layer, the model output) gets the fake-quant model's own scale and zero point, and per-channel weights whose
+scales are the PTQ grid's (``PTQInfo.weight_scales``: GPTQ's integers need not reach ``qmax`` in a channel, so
+``max|w| / qmax`` would move them), all through ``TensorQuantOverrides``, with ORT's int32-bias weight-scale
+adjustment off: the stored integers and scales are exactly the fake-quant model's (tests/test_backends.py
+``test_onnx_stores_the_fake_quant_integers_and_scales``):
 
 - weights: 8 -> int8; 2..4 -> INT4 (opset 21 QDQ; 2/3-bit grids stored in the int4 container); 5..7 -> their
   grid in an int8 container (ONNX has no such types: the flash prediction assumes packing, the manifest's
@@ -218,7 +223,7 @@ class OnnxRuntimeBackend(Backend):
         q_path = out_dir / f"{stem}.onnx"
         module, prequant = self.export_module(model, graph, bits, calib)
         m = _export(module, calib[:1], float_path)
-        layers, overrides, exclude = _quantization_table(m, bits, prequant)
+        layers, overrides, exclude = _quantization_table(m, bits, getattr(module, "tap_edge_ptq", None))
         missing = sorted(set(bits.layers) - set(layers))
         if missing:  # a plan layer that maps to no ONNX node would silently stay at the default width
             raise UserError(f"{len(missing)} plan layer(s) have no node in the exported ONNX graph, e.g. "
@@ -333,11 +338,12 @@ def _export(module: Any, example: np.ndarray, path: Path) -> Any:
 
 
 def _quantization_table(
-    m: Any, bits: BitAssignment, prequant: bool
+    m: Any, bits: BitAssignment, info: Any
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]], list[str]]:
     """Per weighted node: its widths and storage (the manifest's ``layers``, keyed by module), the
-    ``TensorQuantOverrides`` that give ``quantize_static`` the fake-quant grid's scales, and the nodes left in
-    float (16/32-bit weights or 32-bit activations)."""
+    ``TensorQuantOverrides`` that give ``quantize_static`` the fake-quant model's weight grids and activation
+    quantizers (``info``: its :class:`~tap_edge.quantize.ptq.PTQInfo`; None for a float export), and the nodes
+    left in float (16/32-bit weights or 32-bit activations)."""
     from onnxruntime.quantization import QuantType
 
     overrides: dict[str, list[dict[str, Any]]] = {}
@@ -348,6 +354,8 @@ def _quantization_table(
     for node in m.graph.node:
         for t in node.input:
             consumers.setdefault(t, []).append(node)
+    producers = {o: n for n in m.graph.node for o in n.output}
+    act_overrides: dict[str, list[dict[str, Any]]] = {}
     for node in m.graph.node:
         if node.op_type not in _WEIGHTED:
             continue
@@ -362,15 +370,50 @@ def _quantization_table(
             if wname in inits:
                 qt = QuantType.QInt4 if w <= 4 else QuantType.QInt8
                 entry["stored"] = "int4" if w <= 4 else "int8"
-                if prequant:  # exact: the scales of the grid the weights are already on
-                    overrides[wname] = _grid_overrides(inits[wname], w, _axis(node), qt)
+                scales = info.weight_scales.get(mod) if info is not None and mod else None
+                if scales is not None:  # exact: the scales of the grid the weights are already on
+                    overrides[wname] = _grid_overrides(inits[wname], w, _axis(node), qt, scales.numpy(), mod)
                 elif w <= 4:
                     overrides[wname] = [{"quant_type": qt, "axis": _axis(node)}]
             if a == 16:
                 overrides[_activation_output(node, consumers)] = [{"quant_type": QuantType.QInt16}]
                 entry["activation"] = "int16"
+            qp = info.input_qparams.get(mod) if info is not None and mod else None
+            if qp is not None and node.input[0] not in inits:
+                for tensor in _same_values(node.input[0], producers):
+                    act_overrides[tensor] = [_activation_override(qp)]
         layers[mod or node.name] = entry
+    if info is not None and info.output_qparams is not None and m.graph.output:
+        act_overrides[m.graph.output[0].name] = [_activation_override(info.output_qparams)]
+    overrides.update(act_overrides)  # the fake-quant quantizers themselves win over width-only overrides
     return layers, overrides, exclude
+
+
+#: Ops that only move values: ORT's QDQ quantizer gives their output their input's quantization parameters.
+_SAME_VALUES = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity")
+
+
+def _same_values(tensor: str, producers: dict[str, Any]) -> list[str]:
+    """``tensor`` and the tensors it is a reshaped view of (through :data:`_SAME_VALUES` ops): all of them carry
+    one scale and zero point in QDQ, so a layer's input quantizer is given to each."""
+    out = [tensor]
+    node = producers.get(tensor)
+    while node is not None and node.op_type in _SAME_VALUES and node.input:
+        out.append(node.input[0])
+        node = producers.get(node.input[0])
+    return out
+
+
+def _activation_override(qparams: tuple[int, float, int]) -> dict[str, Any]:
+    """A fake-quant activation quantizer ``(bits, scale, zero_point)`` as a tensor override (uint8 / int16)."""
+    from onnxruntime.quantization import QuantType
+
+    bits, scale, zero = qparams
+    if bits == 8:
+        return {"quant_type": QuantType.QUInt8, "scale": np.array(scale, np.float32),
+                "zero_point": np.array(zero, np.uint8)}
+    return {"quant_type": QuantType.QInt16, "scale": np.array(scale, np.float32),
+            "zero_point": np.array(zero, np.int16)}
 
 
 def _quantize(float_path: Path, q_path: Path, calib: np.ndarray, overrides: dict[str, list[dict[str, Any]]],
@@ -396,7 +439,8 @@ def _quantize(float_path: Path, q_path: Path, calib: np.ndarray, overrides: dict
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=exclude,
-        extra_options={"TensorQuantOverrides": overrides, "WeightSymmetric": True},
+        extra_options={"TensorQuantOverrides": overrides, "WeightSymmetric": True,
+                       "QDQDisableWeightAdjustForInt32Bias": True},  # it would move the grid's weights
     )
 
 
@@ -486,16 +530,26 @@ def _gemm_int4_to_matmulnbits(path: Path, layers: dict[str, dict[str, Any]]) -> 
     }
 
 
-def _grid_overrides(init: Any, bits: int, axis: int, qt: Any) -> list[dict[str, Any]]:
-    """Per-channel ``scale`` / ``zero_point`` overrides that put weights already on a symmetric ``bits`` grid
-    (``k * s``, ``|k| <= 2^(bits-1) - 1``) into the int4/int8 container without moving any value."""
+def _grid_overrides(init: Any, bits: int, axis: int, qt: Any, scales: np.ndarray, module: str) -> list[dict[str, Any]]:
+    """Per-channel ``scale`` / ``zero_point`` overrides that store weights already on a symmetric ``bits`` grid
+    (``k * s``, ``|k| <= 2^(bits-1) - 1``, ``s`` = ``scales``, the PTQ grid's) as the integers ``k`` in the
+    int4/int8 container. An all-zero channel gets scale 1 (any scale stores it; a tiny one would overflow its
+    int32 bias). Weights that are not on that grid (a node mapped to the wrong module) are an error."""
     from onnx import numpy_helper
 
     w = np.moveaxis(numpy_helper.to_array(init).astype(np.float64), axis, 0)
+    w = w.reshape(len(w), -1)
+    s = np.asarray(scales, np.float32).astype(np.float64).reshape(-1)
     qmax = 2 ** (bits - 1) - 1
-    absmax = np.abs(w.reshape(len(w), -1)).max(axis=1)
-    scales = np.where(absmax > 0, absmax / qmax, 1.0)
-    return [{"quant_type": qt, "axis": axis, "scale": np.float32(sc), "zero_point": 0} for sc in scales]
+    if len(s) != len(w):
+        raise RuntimeError(f"{module}: {len(s)} grid scales for {len(w)} ONNX weight channels")
+    k = w / s[:, None]
+    if np.abs(k - np.round(k)).max(initial=0.0) > 1e-3 or np.abs(np.round(k)).max(initial=0.0) > qmax:
+        raise RuntimeError(f"{module}: the exported weights are not on the PTQ grid (ONNX node mapped to the wrong "
+                           "module?)")
+    zero = ~np.any(np.round(k) != 0, axis=1)
+    s = np.where(zero, 1.0, s)
+    return [{"quant_type": qt, "axis": axis, "scale": np.float32(sc), "zero_point": 0} for sc in s]
 
 
 def _activation_output(node: Any, consumers: dict[str, list[Any]]) -> str:

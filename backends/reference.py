@@ -6,9 +6,14 @@
   real data (float activations: the inputs only check the artifact against its reference). No folder is
   ever taken silently: :func:`needs_calibration` tells ``compile`` when to refuse a missing ``--calib``.
   :class:`Samples` keeps where the inputs came from, for the manifest.
-- :func:`reference_outputs`: the PTQ fake-quant model's outputs (:func:`tap_edge.quantize.ptq.ptq`), the
-  reference an artifact must reproduce; :func:`weight_quantized_module`: the module the backends export, its
-  weights already on the plan's grid.
+- :func:`fake_quant_model`: the plan's PTQ (:func:`tap_edge.quantize.ptq.ptq` with the rounding and settings
+  the plan records, :class:`~tap_edge.documents.PTQSettings`) on the calibration inputs, run once per compile;
+  :func:`reference_outputs`: its outputs, the reference an artifact must reproduce;
+  :func:`weight_quantized_module`: the module the backends export (the same model with float activations: its
+  weights are the fake-quant integers times the grid scales of ``tap_edge_ptq.weight_scales``, the activation
+  ranges the runtime is to use are in ``tap_edge_ptq.input_qparams``). :func:`exporting` makes the compile's
+  fake-quant model the one :func:`weight_quantized_module` returns, so every backend of a compile (and TVM's
+  ONNX graph inside it) exports that one PTQ result.
 - :func:`agreement`: top-1 agreement, cosine and the largest difference of two batches of logits.
 
 The measurement child imports this module (for :func:`agreement`) and must not load torch before its import
@@ -17,6 +22,9 @@ baseline: the calibration loader, PTQ and torch are imported inside the function
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,15 +32,13 @@ from typing import Any
 import numpy as np
 
 from tap_edge.core.errors import UserError
-from tap_edge.documents import InputSource
-from tap_edge.fit.bits import BitAssignment, LayerBits
+from tap_edge.documents import InputSource, PTQSettings
+from tap_edge.fit.bits import BitAssignment
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.models import LoadedModel
 
 #: The ``calib`` value that asks for seeded Gaussian noise (``tap-edge compile --calib noise``).
 NOISE = "noise"
-#: Inputs the weight-only PTQ pass is given (it calibrates no activation: any few samples do).
-WEIGHT_PTQ_SAMPLES = 16
 #: Batch size of the reference model's forward passes.
 REFERENCE_BATCH = 32
 
@@ -90,33 +96,70 @@ def sample_inputs(model: LoadedModel, n: int, folder: Path | str | None = None, 
     return Samples(noise, InputSource(kind="gaussian noise", samples=n, seed=seed))
 
 
-def reference_outputs(model: LoadedModel, graph: ModelGraph, bits: BitAssignment, xs: np.ndarray,
-                      calib: np.ndarray) -> np.ndarray:
-    """Outputs on ``xs`` of the PTQ fake-quant model at ``bits``, calibrated on ``calib`` (as ``eval`` makes
-    it: :func:`tap_edge.quantize.ptq.ptq` with its default config)."""
+def ptq_config(bits: BitAssignment, settings: PTQSettings | None) -> Any:
+    """The :class:`~tap_edge.quantize.ptq.PTQConfig` of ``settings`` (None: round-to-nearest, the defaults)."""
+    from tap_edge.quantize.ptq import PTQConfig
+
+    given = settings.model_dump(exclude={"samples"}) if settings is not None else {}
+    return PTQConfig.from_dict({**given, "bits": bits})
+
+
+def fake_quant_model(model: LoadedModel, graph: ModelGraph, bits: BitAssignment, calib: np.ndarray,
+                     settings: PTQSettings | None = None) -> Any:
+    """The PTQ fake-quant model of ``model`` at ``bits`` with ``settings`` (the plan's rounding, bias correction,
+    clipping and activation calibration), calibrated on ``calib``: what ``eval`` scores and what every artifact
+    stores (BatchNorm folded, weights on their grid, ``tap_edge_ptq`` saying how)."""
     import torch
 
-    from tap_edge.quantize.ptq import PTQConfig, ptq
+    from tap_edge.quantize.ptq import ptq
 
-    reference = ptq(model.module, PTQConfig(bits=bits), torch.from_numpy(calib), graph)
+    fq = ptq(model.module, ptq_config(bits, settings), torch.from_numpy(np.ascontiguousarray(calib)), graph).eval()
+    fq.tap_edge_key = _key(model, bits)  # type: ignore[assignment]
+    return fq
+
+
+def _key(model: LoadedModel, bits: BitAssignment) -> tuple[int, str]:
+    import json
+
+    return id(model.module), json.dumps(bits.to_dict(), sort_keys=True)
+
+
+_EXPORTING: ContextVar[Any] = ContextVar("tap_edge_exporting", default=None)
+
+
+@contextmanager
+def exporting(fake_quant: Any) -> Iterator[None]:
+    """Within the block, :func:`weight_quantized_module` of the same model and widths returns ``fake_quant``'s
+    weights (one PTQ run per compile, whichever backend or nested backend exports it)."""
+    token = _EXPORTING.set(fake_quant)
+    try:
+        yield
+    finally:
+        _EXPORTING.reset(token)
+
+
+def reference_outputs(fake_quant: Any, xs: np.ndarray) -> np.ndarray:
+    """Outputs of the fake-quant model (:func:`fake_quant_model`) on ``xs``, in batches."""
+    import torch
+
     with torch.no_grad():
-        outs = [reference(torch.from_numpy(xs[i:i + REFERENCE_BATCH])).numpy()
+        outs = [fake_quant(torch.from_numpy(xs[i:i + REFERENCE_BATCH])).numpy()
                 for i in range(0, len(xs), REFERENCE_BATCH)]
     return np.concatenate(outs)
 
 
 def weight_quantized_module(model: LoadedModel, graph: ModelGraph, bits: BitAssignment,
                             calib: np.ndarray) -> Any:
-    """The module to export: BatchNorm folded and weights already on the plan's grid with tap-edge's
-    MSE-searched per-channel clipping (PTQ with float activations), so the backend's own symmetric
-    narrow-range weight quantizer reproduces the fake-quant model's weights exactly."""
-    import torch
+    """The module to export: the compile's fake-quant model (:func:`exporting`; else a round-to-nearest one made
+    on ``calib``) with float activations (:func:`tap_edge.quantize.ptq.weights_only`). Its weights are exactly
+    the fake-quant ones, on per-channel grids whose scales ``tap_edge_ptq.weight_scales`` gives: an exporter
+    stores ``round(w / s)`` with those scales, never a re-quantization with scales of its own."""
+    from tap_edge.quantize.ptq import weights_only
 
-    from tap_edge.quantize.ptq import PTQConfig, ptq
-
-    weights_only = BitAssignment(bits.default_w, 32, {k: LayerBits(v.w, 32) for k, v in bits.layers.items()})
-    cal = torch.from_numpy(calib[:WEIGHT_PTQ_SAMPLES])
-    return ptq(model.module, PTQConfig(bits=weights_only), cal, graph).eval()
+    fq = _EXPORTING.get()
+    if fq is None or getattr(fq, "tap_edge_key", None) != _key(model, bits):
+        fq = fake_quant_model(model, graph, bits, calib)
+    return weights_only(fq).eval()
 
 
 def agreement(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:

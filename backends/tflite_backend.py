@@ -1,12 +1,17 @@
 """TFLite backend: a plan becomes a ``.tflite``; LiteRT gives the latency, TFLite Micro the arena truth.
 
 Compile (needs the ``tflite`` extra: ``litert-torch``): the model's weights are first put on the plan's grid
-by ``tap_edge.quantize.ptq`` (float activations). Int8 plans are then quantized with PT2E before conversion
-(litert-torch's ``PT2EQuantizer``: per-channel symmetric int8 weights, int8 activations calibrated on sample
-inputs), with channel-last input (``to_channel_last_io``: no TRANSPOSE at the graph input, as on a
-microcontroller), and converted with ``litert_torch.convert``. ``fp32`` plans convert without quantization.
-Plans with 4-bit conv weights or 16-bit activations (one activation width for the whole model) go through
-ai-edge-quantizer per-op recipes on the float .tflite (``mixed`` mode). What it builds, per runtime, is
+by the plan's PTQ (``tap_edge.quantize.ptq``: nearest / GPTQ / AdaRound; exported with float activations).
+Int8 plans are then quantized with PT2E before conversion (litert-torch's ``PT2EQuantizer``: per-channel
+symmetric int8 weights, int8 activations calibrated on sample inputs), with channel-last input
+(``to_channel_last_io``: no TRANSPOSE at the graph input, as on a microcontroller), and converted with
+``litert_torch.convert``. ``fp32`` plans convert without quantization. Plans with 4-bit conv weights or
+16-bit activations (one activation width for the whole model) go through ai-edge-quantizer per-op recipes on
+the float .tflite (``mixed`` mode). Both quantizers re-derive each weight channel's scale from its largest
+value, which moves a PTQ grid whose integers do not reach ``qmax`` (GPTQ's need not): :func:`store_ptq_grid`
+then writes the fake-quant integers ``round(w / s)`` and scales ``s`` (``PTQInfo.weight_scales``) into every
+conv / depthwise / fully-connected weight tensor and re-quantizes its int32 bias at the new ``s_in * s``
+(tests/test_backends.py ``test_tflite_stores_the_fake_quant_integers``). What it builds, per runtime, is
 :meth:`TFLiteBackend.plan_rules` (one activation width; int4 weights on conv only, and with 8-bit activations
 on TFLite Micro; float for the whole model or not at all): ``tap-edge plan`` keeps to them and ``build``
 refuses the rest. PT2E is the int8 path rather than ai-edge-quantizer because an ai-edge-quantizer int8
@@ -254,26 +259,35 @@ class TFLiteBackend(Backend):
                     _ai_edge_quantize(float_path, path, xs, bits, graph)
                 finally:
                     float_path.unlink(missing_ok=True)
-                return
-            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-            from litert_torch.quantize.quant_config import QuantConfig
+            else:
+                self._pt2e(cl_module, cl_example, xs, path)
+        if getattr(module, "tap_edge_ptq", None) is not None:
+            store_ptq_grid(path, module)
 
-            try:
-                from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-            except ImportError:  # older torch keeps PT2E in torch.ao
-                from torch.ao.quantization.quantize_pt2e import convert_pt2e, prepare_pt2e
-            q = PT2EQuantizer().set_global(
-                get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
-            )
-            exported = torch.export.export(cl_module, cl_example).module()
-            prepared = prepare_pt2e(exported, q)
-            with torch.no_grad():
-                for x in xs:
-                    prepared(torch.from_numpy(x[None]).permute(0, 2, 3, 1).contiguous())
-            converted = convert_pt2e(prepared, fold_quantize=False)
-            litert_torch.convert(converted, cl_example, quant_config=QuantConfig(pt2e_quantizer=q)).export(
-                str(path)
-            )
+    @staticmethod
+    def _pt2e(cl_module: Any, cl_example: tuple[Any, ...], xs: np.ndarray, path: Path) -> None:
+        """PT2E int8 (per-channel symmetric weights, int8 activations calibrated on ``xs``) and conversion."""
+        import litert_torch
+        import torch
+        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+        from litert_torch.quantize.quant_config import QuantConfig
+
+        try:
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        except ImportError:  # older torch keeps PT2E in torch.ao
+            from torch.ao.quantization.quantize_pt2e import convert_pt2e, prepare_pt2e
+        q = PT2EQuantizer().set_global(
+            get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+        )
+        exported = torch.export.export(cl_module, cl_example).module()
+        prepared = prepare_pt2e(exported, q)
+        with torch.no_grad():
+            for x in xs:
+                prepared(torch.from_numpy(x[None]).permute(0, 2, 3, 1).contiguous())
+        converted = convert_pt2e(prepared, fold_quantize=False)
+        litert_torch.convert(converted, cl_example, quant_config=QuantConfig(pt2e_quantizer=q)).export(
+            str(path)
+        )
 
     # ---- measure (runs in the child) ---------------------------------------------------------------------
     def child_measure(
@@ -334,6 +348,125 @@ class TFLiteBackend(Backend):
             "(1-byte exact; a crashing probe counts as a failing size)"
         )
         return res
+
+
+#: TFLite builtins whose second input is a per-output-channel quantized weight tensor, and the permutation that
+#: takes a PyTorch weight (OIHW / [O, I]) to its TFLite layout (OHWI; depthwise [1, H, W, C]; [O, I]).
+_WEIGHT_LAYOUT = {3: (0, 2, 3, 1), 4: (1, 2, 3, 0), 9: (0, 1)}
+
+
+def store_ptq_grid(path: Path, module: Any) -> dict[str, int]:
+    """Rewrite, in place, the weight tensors of ``path`` (a quantized .tflite converted from ``module``, a
+    :func:`~tap_edge.quantize.ptq.weights_only` copy) so they store the fake-quant integers ``round(w / s)`` and
+    scales ``s`` of ``module.tap_edge_ptq.weight_scales``, with each int32 bias re-quantized from the module's
+    float bias at ``s_in * s``. Weight tensors are found by the module's name (:func:`module_regex`) and must
+    hold the same values as the converter quantized them to within one of its steps (else the mapping is wrong:
+    an error). An all-zero channel keeps scale 1. Returns ``{"layers": n}`` rewritten."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    info = module.tap_edge_ptq
+    modules = dict(module.named_modules())
+    patterns = {name: re.compile(module_regex(name)) for name in info.weight_scales}
+    m = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    done: set[str] = set()
+    for sg in m.subgraphs:
+        for op in sg.operators:
+            code = m.operatorCodes[op.opcodeIndex]
+            builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+            if builtin not in _WEIGHT_LAYOUT or len(op.inputs) < 2:
+                continue
+            wt = sg.tensors[op.inputs[1]]
+            if wt.type not in (schema.TensorType.INT8, schema.TensorType.INT4) or wt.quantization is None:
+                continue
+            name = wt.name.decode(errors="replace")
+            found = sorted((n for n, pat in patterns.items() if pat.search(name)), key=len)[-1:]
+            if not found:  # the converter names some weights after no module (PT2E's last Linear): by value
+                found = [n for n in patterns if n not in done and _holds(m, wt, builtin, modules[n], info, n, schema)]
+            if len(found) != 1:
+                raise RuntimeError(f"TFLite weight '{name}': {len(found)} PTQ layers match it")
+            _store_layer(m, sg, op, builtin, found[0], modules[found[0]], info, schema)
+            done.add(found[0])
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(bytes(builder.Output()))
+    return {"layers": len(done)}
+
+
+def _grid(m: Any, wt: Any, builtin: int, mod: Any, info: Any, name: str,
+          schema: Any) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(the module's integers in the tensor's layout, their per-channel scales with 1 for an all-zero channel,
+    whether the tensor holds those weights to within half of its own quantization step)."""
+    bits = info.weight_bits[name]
+    scales = info.weight_scales[name].numpy().astype(np.float32).astype(np.float64)
+    w = mod.weight.detach().double().numpy()
+    k = np.round(w / scales.reshape(-1, *([1] * (w.ndim - 1))))
+    if np.abs(k).max(initial=0.0) > (1 << (bits - 1)) - 1:
+        raise RuntimeError(f"{name}: weights off the {bits}-bit PTQ grid")
+    k = k.transpose(_WEIGHT_LAYOUT[builtin])
+    shape = tuple(int(d) for d in wt.shape)
+    if k.shape != shape:
+        return k, scales, False
+    axis = int(wt.quantization.quantizedDimension)
+    per = (-1, *([1] * (len(shape) - 1)))
+    new_s = np.where(np.any(np.moveaxis(k, axis, 0).reshape(shape[axis], -1) != 0, axis=1), scales, 1.0)
+    data = m.buffers[wt.buffer].data
+    if data is None:
+        raise RuntimeError(f"{name}: the TFLite weight buffer is stored outside the flatbuffer")
+    int4 = wt.type == schema.TensorType.INT4
+    old = _unpack(np.asarray(data, np.uint8), k.size, int4).reshape(shape).astype(np.float64)
+    step = np.moveaxis(np.broadcast_to(np.asarray(wt.quantization.scale, np.float64), (shape[axis],)).reshape(per),
+                       0, axis)
+    holds = bool(np.all(np.abs(old * step - k * np.moveaxis(new_s.reshape(per), 0, axis)) <= step * 0.5 + 1e-12))
+    return k, new_s, holds
+
+
+def _holds(m: Any, wt: Any, builtin: int, mod: Any, info: Any, name: str, schema: Any) -> bool:
+    return _grid(m, wt, builtin, mod, info, name, schema)[2]
+
+
+def _store_layer(m: Any, sg: Any, op: Any, builtin: int, name: str, mod: Any, info: Any, schema: Any) -> None:
+    """One layer of :func:`store_ptq_grid`: its weight integers and scales, then its bias."""
+    wt = sg.tensors[op.inputs[1]]
+    k, new_s, holds = _grid(m, wt, builtin, mod, info, name, schema)
+    if not holds:
+        raise RuntimeError(f"{name}: the TFLite weight tensor '{wt.name.decode(errors='replace')}' does not hold "
+                           "this module's weights")
+    m.buffers[wt.buffer].data = _pack(k.astype(np.int8), wt.type == schema.TensorType.INT4)
+    wt.quantization.scale = new_s.astype(np.float32)
+    wt.quantization.zeroPoint = np.zeros(len(new_s), np.int64)
+    if len(op.inputs) < 3 or op.inputs[2] < 0 or mod.bias is None:
+        return
+    bt = sg.tensors[op.inputs[2]]
+    at = sg.tensors[op.inputs[0]]
+    if bt.type != schema.TensorType.INT32 or at.quantization is None or at.quantization.scale is None:
+        return
+    s_in = float(np.asarray(at.quantization.scale, np.float32)[0])
+    b_s = (np.float32(s_in) * new_s.astype(np.float32)).astype(np.float32)
+    b_q = np.clip(np.round(mod.bias.detach().double().numpy() / b_s.astype(np.float64)), -(2 ** 31), 2 ** 31 - 1)
+    m.buffers[bt.buffer].data = np.frombuffer(b_q.astype("<i4").tobytes(), np.uint8)
+    bt.quantization.scale = b_s
+    bt.quantization.zeroPoint = np.zeros(len(b_s), np.int64)
+
+
+def _unpack(raw: np.ndarray, n: int, int4: bool) -> np.ndarray:
+    """Signed integers of a weight buffer: int8 as is; int4 two a byte (low nibble first) when packed."""
+    if not int4 or len(raw) == n:
+        return raw.view(np.int8)[:n].astype(np.int16)
+    lo, hi = (raw & 0x0F).astype(np.int16), (raw >> 4).astype(np.int16)
+    both = np.stack([lo, hi], 1).reshape(-1)[:n]
+    return np.where(both > 7, both - 16, both)
+
+
+def _pack(k: np.ndarray, int4: bool) -> np.ndarray:
+    """The inverse of :func:`_unpack` (int4 packed two a byte, low nibble first; an odd count pads a zero)."""
+    flat = k.reshape(-1)
+    if not int4:
+        return flat.astype(np.int8).view(np.uint8).copy()
+    u = (flat.astype(np.int16) & 0x0F).astype(np.uint8)
+    if len(u) % 2:
+        u = np.append(u, np.uint8(0))
+    return (u[0::2] | (u[1::2] << 4)).astype(np.uint8)
 
 
 def compare_outputs(a: list[list[np.ndarray]], b: list[list[np.ndarray]]) -> dict[str, Any]:

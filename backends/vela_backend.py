@@ -37,7 +37,7 @@ from tap_edge.backends.tflite_backend import MEASURE_SAMPLES, TFLiteBackend
 from tap_edge.core.errors import UserError
 from tap_edge.devices import DeviceProfile, Runtime
 from tap_edge.devices.vela import VelaConfig, config_from_file, parse_ini
-from tap_edge.documents import ArtifactWeights, InputSpec, Manifest
+from tap_edge.documents import ArtifactWeights, InputSpec, Manifest, PTQSettings
 from tap_edge.fit import ethos_u
 from tap_edge.fit.bits import BitAssignment
 from tap_edge.graph.graph import ModelGraph
@@ -123,7 +123,8 @@ class VelaBackend(Backend):
     # ---- compile -----------------------------------------------------------------------------------------
     def compile(self, model: LoadedModel, graph: ModelGraph, bits: BitAssignment, out_dir: Path, *,
                 device: DeviceProfile | None = None, calib: Samples | np.ndarray | None = None,
-                check: Samples | np.ndarray | None = None, options: BackendOptions | None = None) -> Artifact:
+                check: Samples | np.ndarray | None = None, options: BackendOptions | None = None,
+                ptq: PTQSettings | None = None) -> Artifact:
         """:meth:`Backend.compile` for a device (Vela needs its Ethos-U); with ``--vela-config`` the prediction and
         the build both use the user's Vela sections."""
         if device is None:
@@ -131,7 +132,8 @@ class VelaBackend(Backend):
                             "pass -d DEVICE (e.g. corstone-300, alif-ensemble-e7, himax-we2; tap-edge devices)")
         opts = self.check_options(options)
         device = with_vela_config(device, self.pick_runtime(device), opts)
-        return super().compile(model, graph, bits, out_dir, device=device, calib=calib, check=check, options=opts)
+        return super().compile(model, graph, bits, out_dir, device=device, calib=calib, check=check, options=opts,
+                               ptq=ptq)
 
     def build(self, model: LoadedModel, graph: ModelGraph, bits: BitAssignment, out_dir: Path, *,
               calib: np.ndarray, check: np.ndarray, options: VelaOptions, device: DeviceProfile | None) -> Build:

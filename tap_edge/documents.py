@@ -667,6 +667,9 @@ class Manifest(Document):
     inputs: list[InputInfo] = Field(default_factory=list,
                                     description="the model's inputs as planned (model layout; input: the artifact's)")
     compile_s: float
+    ptq: PTQSettings | None = Field(None, description="the PTQ whose integers and scales the artifact stores (the "
+                                    "plan's; samples = calibration samples); None: a float build")
+    ptq_s: float | None = Field(None, description="seconds of that PTQ (part of compile_s)")
     prediction: Prediction
     other_predictions: dict[str, Prediction] = Field(
         default_factory=dict, description="e.g. tflm_host (TFLite Micro's reference kernels on the host), "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from tap_edge.documents import (
     Manifest,
     ManifestBits,
     MeasureReport,
+    PTQSettings,
     Widths,
 )
 from tap_edge.fit.bits import BitAssignment
@@ -190,33 +192,61 @@ def test_onnx_plan_int4_weights_and_int16_activations(tiny: LoadedModel, tmp_pat
     assert man.agreement.cosine > 0.9
 
 
-def test_onnx_weights_are_the_fake_quant_weights(tiny: LoadedModel, tmp_path: Path) -> None:
-    """The artifact stores exactly the fake-quant model's weights (MSE-clipped grid), not a re-quantization
-    of the float weights with the runtime's own absmax scales."""
+def _ptq_settings(rounding: str, samples: int) -> PTQSettings:
+    from tap_edge.quantize.ptq import PTQConfig
+
+    return PTQSettings(**{k: v for k, v in PTQConfig(rounding=rounding).to_dict().items() if k != "bits"},
+                       samples=samples)
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "gptq"])
+def test_onnx_stores_the_fake_quant_integers_and_scales(tiny: LoadedModel, tmp_path: Path, rounding: str) -> None:
+    """Value by value: the artifact's weight integers are round(w / s) of the plan's fake-quant model (its PTQ:
+    GPTQ here, whose integers need not reach qmax in a channel) with s = PTQInfo.weight_scales exactly, and
+    every tensor the fake-quant model quantizes has its scale and zero point; so the artifact agrees."""
     import onnx
     from onnx import numpy_helper
 
     from tap_edge.backends.onnxruntime_backend import node_module
-    from tap_edge.quantize.ptq import quantize_model
+    from tap_edge.backends.reference import fake_quant_model
 
-    plan = BitAssignment.from_plan({"default": {"w": 8, "a": 8}, "layers": {"conv2": {"w": 4, "a": 8}}})
+    plan = BitAssignment.from_plan({"default": {"w": 8, "a": 8},
+                                    "layers": {"conv1": {"w": 3, "a": 8}, "conv2": {"w": 4, "a": 8}}})
     xs = _inputs()
-    art = get_backend("onnxruntime").compile(tiny, load_graph(tiny), plan, tmp_path, calib=xs)
+    g = load_graph(tiny)
+    settings = _ptq_settings(rounding, len(xs))
+    art = get_backend("onnxruntime").compile(tiny, g, plan, tmp_path, calib=xs, ptq=settings)
+    assert art.manifest.ptq == settings and art.manifest.agreement.top1_agreement == 1.0
+    fq = fake_quant_model(tiny, g, plan, xs, settings)
+    info = fq.tap_edge_ptq
+    assert info.rounding == rounding and (rounding == "nearest" or info.rounded)
+    modules = dict(fq.named_modules())
     m = onnx.load(str(art.path))
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-    deq = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
-    fq = dict(quantize_model(tiny.module, plan, torch.from_numpy(xs)).named_modules())
+    made = {o: n for n in m.graph.node for o in n.output}
     checked = 0
     for node in m.graph.node:
-        if node.op_type not in ("Conv", "Gemm") or node.input[1] not in deq:
+        if node.op_type not in ("Conv", "Gemm") or made.get(node.input[1], node).op_type != "DequantizeLinear":
             continue
-        d = deq[node.input[1]]
-        q, scale = inits[d.input[0]].astype(np.float64), inits[d.input[1]].astype(np.float64)
-        stored = q * scale.reshape(-1, *([1] * (q.ndim - 1)))
-        want = fq[node_module(node.name)].weight.detach().double().numpy()
-        np.testing.assert_allclose(stored, want, rtol=1e-5, atol=1e-7)
+        mod = node_module(node.name)
+        d = made[node.input[1]]
+        q, scale = inits[d.input[0]], inits[d.input[1]]
+        want_s = info.weight_scales[mod].numpy().astype(np.float32)
+        np.testing.assert_array_equal(scale, want_s)
+        w = modules[mod].weight.detach().numpy()
+        want_q = np.round(w / want_s.reshape(-1, *([1] * (w.ndim - 1)))).astype(np.int64)
+        if node.op_type == "Gemm" and q.shape != want_q.shape:
+            q = q.T
+        np.testing.assert_array_equal(q.astype(np.int64), want_q)
+        assert np.abs(want_q).max() <= 2 ** (info.weight_bits[mod] - 1) - 1
+        dq_in = made[node.input[0]]  # the activation: DequantizeLinear(QuantizeLinear(x)) with the fake-quant's
+        bits, a_scale, a_zero = info.input_qparams[mod]
+        assert dq_in.op_type == "DequantizeLinear" and bits == 8
+        assert inits[dq_in.input[1]] == np.float32(a_scale) and int(inits[dq_in.input[2]]) == a_zero
         checked += 1
     assert checked == 3
+    out_dq = made[m.graph.output[0].name]
+    assert info.output_qparams is not None and inits[out_dq.input[1]] == np.float32(info.output_qparams[1])
 
 
 def test_onnx_measure_in_child(tiny: LoadedModel, tmp_path: Path) -> None:
@@ -486,6 +516,62 @@ def test_tflite_int4_conv_plan_measured_by_tflm(tmp_path: Path) -> None:
     assert r["tflm"]["arena_head_bytes"] >= man.other_predictions[TFLM_HOST].arena_head_bytes + 64 * 64
 
 
+def _tflite_weights(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    """Conv / depthwise / fully-connected weight tensors of a .tflite: name -> (integers, scales, builtin)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from tap_edge.backends.tflite_backend import _unpack
+
+    m = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    sg = m.subgraphs[0]
+    out = {}
+    for op in sg.operators:
+        code = m.operatorCodes[op.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        if builtin not in (3, 4, 9):
+            continue
+        t = sg.tensors[op.inputs[1]]
+        n = int(np.prod(t.shape))
+        k = _unpack(np.asarray(m.buffers[t.buffer].data, np.uint8), n, t.type == schema.TensorType.INT4)
+        out[t.name.decode()] = (k.reshape(tuple(t.shape)), np.asarray(t.quantization.scale, np.float32), builtin)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_LITERT_TORCH, reason="pip install 'tap-edge[tflite]'")
+@pytest.mark.parametrize("plan", [{"default": {"w": 8, "a": 8}, "layers": {}},
+                                  {"default": {"w": 8, "a": 8}, "layers": {"conv2": {"w": 4, "a": 8}}}],
+                         ids=["int8-pt2e", "int4-conv-ai-edge-quantizer"])
+def test_tflite_stores_the_fake_quant_integers(tiny: LoadedModel, tmp_path: Path, plan: dict) -> None:
+    """Value by value: after GPTQ (integers that need not reach qmax), the .tflite's int8 / int4 weights are
+    round(w / s) of the fake-quant model in TFLite's layout, with s = PTQInfo.weight_scales; LiteRT agrees."""
+    from tap_edge.backends.reference import fake_quant_model
+    from tap_edge.backends.tflite_backend import _WEIGHT_LAYOUT, module_regex
+
+    bits = BitAssignment.from_plan(plan)
+    xs = _inputs()
+    g = load_graph(tiny)
+    settings = _ptq_settings("gptq", len(xs))
+    art = get_backend("tflite").compile(tiny, g, bits, tmp_path, calib=xs, ptq=settings)
+    assert art.manifest.agreement.top1_agreement == 1.0 and art.manifest.ptq.rounding == "gptq"
+    fq = fake_quant_model(tiny, g, bits, xs, settings)
+    info, modules = fq.tap_edge_ptq, dict(fq.named_modules())
+    stored = _tflite_weights(art.path)
+    below_qmax = 0
+    for mod, scale in info.weight_scales.items():
+        w = modules[mod].weight.detach().numpy()
+        (name,) = [n for n, (k, _, b) in stored.items()  # PT2E names the last Linear's weight after no module
+                   if re.search(module_regex(mod), n)
+                   or (len(_WEIGHT_LAYOUT[b]) == w.ndim and k.shape == w.transpose(_WEIGHT_LAYOUT[b]).shape)]
+        k, s, builtin = stored[name]
+        np.testing.assert_array_equal(s, scale.numpy().astype(np.float32))
+        want = np.round(w / scale.numpy().reshape(-1, *([1] * (w.ndim - 1))))
+        np.testing.assert_array_equal(k, want.transpose(_WEIGHT_LAYOUT[builtin]).astype(np.int16))
+        qmax = 2 ** (info.weight_bits[mod] - 1) - 1
+        below_qmax += int(np.abs(want.reshape(len(want), -1)).max(1).min() < qmax)
+    assert len(info.weight_scales) == 3 and below_qmax  # a channel the converter's absmax scale would have moved
+
+
 # ---- tvm: MetaSchedule tuning ------------------------------------------------------------------------------
 HAS_TVM = importlib.util.find_spec("tvm") is not None
 
@@ -674,3 +760,26 @@ def test_cli_linear_int4_matmulnbits(run_cli, tmp_path: Path) -> None:
     assert "--linear-int4 chooses an ONNX Runtime kernel; backend 'tvm' has none" in r.err
     r = run_cli("compile", "resnet8", "--backend", "onnxruntime", "--linear-int4", "nbits", "--out-dir", str(tmp_path))
     assert r.code == 2 and "use qdq or matmulnbits" in r.err
+
+
+def test_cli_compile_runs_the_plans_ptq(run_cli, tmp_path: Path) -> None:
+    """compile of a plan runs the PTQ the plan records (rounding, samples); --rounding / --ptq-samples win."""
+    from tap_edge.documents import Plan
+    from tap_edge.plan.pipeline import resolve_ptq
+
+    fixture = Path(__file__).parent / "fixtures" / "plan_resnet8_nrf52840.json"
+    doc = Plan.from_dict(json.loads(fixture.read_text()))
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(doc.model_copy(update={"ptq": _ptq_settings("gptq", 6)}).to_dict()))
+    assert resolve_ptq(plan) == _ptq_settings("gptq", 6)
+    assert resolve_ptq(plan, "nearest") == _ptq_settings("nearest", 16)
+    assert resolve_ptq(plan, None, 9).samples == 9 and resolve_ptq(None).rounding == "nearest"
+    r = run_cli("compile", "resnet8", "--backend", "onnxruntime", "--plan", str(plan), "--calib", "noise",
+                "--check-samples", "4", "--out-dir", str(tmp_path), "--json", "-q")
+    assert r.code == 0, r.err
+    man = Manifest.from_dict(json.loads(r.out))
+    assert man.ptq == _ptq_settings("gptq", 6) and man.calibration.samples == 6 and man.ptq_s > 0
+    assert man.agreement.top1_agreement == 1.0
+    r = run_cli("compile", "resnet8", "--backend", "onnxruntime", "--bits", "w8a8", "--rounding", "gtpq",
+                "--out-dir", str(tmp_path))
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "did you mean gptq" in r.err

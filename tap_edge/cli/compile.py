@@ -33,7 +33,14 @@ def compile_cmd(
                                                "them; 'noise' for seeded Gaussian noise. Needed for int8/int16 "
                                                "activations (float and weight-only builds need none)."),
     ] = None,
-    calib_samples: Annotated[int, typer.Option(min=1, max=512, help="Calibration samples.")] = 16,
+    rounding: Annotated[str | None, typer.Option(help="Weight rounding of the PTQ the artifact stores: nearest, "
+                                                      "gptq or adaround (default: the plan's, else nearest).")] = None,
+    calib_samples: Annotated[
+        int | None,
+        typer.Option("--ptq-samples", "--calib-samples", min=1, max=512,
+                     help="Calibration samples of the PTQ (default: the plan's, else 16 for nearest, 64 for gptq / "
+                          "adaround)."),
+    ] = None,
     check_samples: Annotated[
         int,
         typer.Option(min=1, max=4096, help="Samples on which the artifact's outputs are compared with the reference."),
@@ -66,6 +73,7 @@ def compile_cmd(
 ) -> None:
     """Compile MODEL at a plan's widths into a backend artifact (+ a manifest with the prediction)."""
     from tap_edge.backends import compile_model, get_backend
+    from tap_edge.plan.pipeline import resolve_ptq
 
     refuse_moved(old_out, "--out", "--out-dir", "compile writes a folder; --out names a document file in every "
                  "command")
@@ -75,11 +83,12 @@ def compile_cmd(
     options = b.options_from_flags(tune_trials=tune_trials, tune_db=tune_db, linear_int4=linear_int4,
                                    vela_config=vela_config)
     widths = resolve_bits(bits, plan, "torch")
-    console.info(f"compiling {model} ({widths.label()}) with {b.name} ...")
+    ptq = resolve_ptq(plan, rounding, calib_samples)
+    console.info(f"compiling {model} ({widths.label()}, {ptq.rounding} rounding) with {b.name} ...")
     with third_party_quiet(verbose):
         artifact = compile_model(model, b, widths, out_dir, device=device, calib_dir=calib_source(calib),
-                                 samples=calib_samples, check_samples=check_samples, options=options,
-                                 input_shapes=input_shapes(input_shape, plan))
+                                 samples=ptq.samples, check_samples=check_samples, options=options,
+                                 input_shapes=input_shapes(input_shape, plan), ptq=ptq)
     if as_json:
         console.print_json(artifact.manifest.to_dict())
         return
@@ -98,6 +107,9 @@ def compile_cmd(
     console.out.print(f"  predicted arena: {fmt_bytes(man.prediction.arena_bytes)} ({how})")
     source = man.calibration
     where = f"samples of {source.folder}" if source.folder else f"samples of seeded {source.kind} (seed {source.seed})"
+    if man.ptq is not None:
+        console.out.print(f"  weights: {man.ptq.rounding} rounding on {man.ptq.samples} calibration samples "
+                          f"(PTQ {man.ptq_s or 0:.1f} s); the artifact stores the fake-quant integers and scales")
     console.out.print(f"  calibrated on {source.samples} {where}" if calibrated(man) else
                       f"  no activation calibration (float activations); checked on {man.check_inputs.samples} "
                       f"{where.removeprefix('samples of ')}")

@@ -66,10 +66,28 @@ def _ptq_settings(rounding: str, samples: int | None) -> PTQSettings:
     from tap_edge.quantize.ptq import PTQConfig, default_ptq_samples
 
     config = PTQConfig(rounding=rounding)
-    n = default_ptq_samples(rounding) if samples is None else samples
+    n = _positive_samples(default_ptq_samples(rounding) if samples is None else samples)
+    return PTQSettings(**{k: v for k, v in config.to_dict().items() if k != "bits"}, samples=n)
+
+
+def resolve_ptq(plan: Path | None, rounding: str | None = None, samples: int | None = None) -> PTQSettings:
+    """The PTQ ``eval`` and ``compile`` run: the plan's (``plan.json``'s ``ptq``), with ``rounding`` / ``samples``
+    given on the command line winning; another rounding than the plan's takes that method's defaults. No plan
+    and nothing given: round-to-nearest with its default sample count."""
+    planned: PTQSettings | None = None
+    if plan is not None:
+        data = read_json(plan, "pass a plan.json written by tap-edge plan")
+        if data.get("schema") == Plan.SCHEMA:
+            planned = Plan.from_dict(data, str(plan)).ptq
+    if planned is not None and rounding in (None, planned.rounding):
+        return planned if samples is None else planned.model_copy(update={"samples": _positive_samples(samples)})
+    return _ptq_settings(rounding or "nearest", samples)
+
+
+def _positive_samples(n: int) -> int:
     if n < 1:
         raise UserError(f"PTQ sample count must be positive, got {n}", "give e.g. --ptq-samples 64")
-    return PTQSettings(**{k: v for k, v in config.to_dict().items() if k != "bits"}, samples=n)
+    return n
 
 
 def make_plan(req: PlanRequest) -> Plan:

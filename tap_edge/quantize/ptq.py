@@ -318,6 +318,10 @@ class FakeQuantAct(nn.Module):
         qmax = (1 << (self.bits - 1)) - 1
         return torch.clamp(torch.round(x / s), -qmax, qmax) * s
 
+    def qparams(self) -> tuple[int, float, int]:
+        """``(bits, scale, zero_point)`` as a runtime stores them (float32 scale, integer zero point)."""
+        return self.bits, float(torch.tensor(float(self.scale), dtype=torch.float32)), int(self.zero_point)
+
     def finish(self) -> None:
         """Turn the observed range into scale / zero point (``mse``: the searched range) and start quantizing."""
         lo, hi = min(self.lo, 0.0), max(self.hi, 0.0)
@@ -441,6 +445,10 @@ class PTQInfo:
     #: ``s * q`` with integers ``|q| <= qmax`` (GPTQ / AdaRound need not reach ``qmax`` in a channel, so an
     #: exporter takes ``s`` from here, not from ``max|w| / qmax``)
     weight_scales: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: per module with an integer input, that input's quantizer ``(bits, scale, zero_point)`` (8 bits: uint8
+    #: affine, ``zero_point`` in 0..255; 16: symmetric, 0); ``output_qparams``: the model output's, if quantized
+    input_qparams: dict[str, tuple[int, float, int]] = field(default_factory=dict)
+    output_qparams: tuple[int, float, int] | None = None
 
 
 def _graph_of(model: nn.Module, calib: torch.Tensor) -> ModelGraph:
@@ -514,8 +522,25 @@ def ptq(model: nn.Module, config: PTQConfig, calib: torch.Tensor, graph: ModelGr
                 q(calib[i:i + config.calib_batch_size])
         for fq in pending:
             fq.finish()
+    for name, mod in modules.items():
+        if isinstance(getattr(mod, "input_quant", None), FakeQuantAct):
+            info.input_qparams[name] = mod.input_quant.qparams()
+        if isinstance(getattr(mod, "output_quant", None), FakeQuantAct):
+            info.output_qparams = mod.output_quant.qparams()
     q.tap_edge_ptq = info  # type: ignore[assignment]
     return q
+
+
+def weights_only(model: nn.Module) -> nn.Module:
+    """A copy of a :func:`ptq` model with every activation quantizer replaced by an identity: the module an
+    exporter converts (its weights, biases and ``tap_edge_ptq`` are the fake-quant model's; the runtime
+    quantizes the activations itself, with the ranges of ``tap_edge_ptq.input_qparams``)."""
+    m = copy.deepcopy(model)
+    for mod in list(m.modules()):
+        for attr in ("input_quant", "output_quant"):
+            if isinstance(getattr(mod, attr, None), FakeQuantAct):
+                setattr(mod, attr, nn.Identity())
+    return m
 
 
 def _round_to_nearest(modules: dict[str, nn.Module], layer_bits: dict[str, int], clip: str,
