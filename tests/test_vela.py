@@ -34,6 +34,7 @@ REQUIRED = ("alif-ensemble-e7", "himax-we2", "imx93", "corstone-300", "corstone-
 #: Two accelerator configurations: Ethos-U55-128 with a Shared_Sram arena, Ethos-U85-128 with a Dedicated_Sram cache.
 U55, U85 = "corstone-300", "corstone-320"
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
+needs_photos = pytest.mark.skipif(not SAMPLES.is_dir(), reason="needs the shared ImageNet sample (calibration)")
 
 
 def conv_model(path: Path, middle: str | None = None) -> Path:
@@ -252,6 +253,7 @@ def test_bad_vela_config_is_one_line_and_exit_2(case: str, run_cli, tmp_path: Pa
 
 # ---- the vela backend end to end (slow: the TFLite path exports PyTorch) ------------------------------------
 @needs_vela
+@needs_photos
 @pytest.mark.slow
 @pytest.mark.parametrize("device", [U55, U85])
 def test_vela_backend_compile_and_measure_match_the_prediction(device: str, run_cli, tmp_path: Path) -> None:
@@ -279,13 +281,13 @@ def test_vela_backend_compile_and_measure_match_the_prediction(device: str, run_
 @needs_vela
 @pytest.mark.slow
 def test_vela_backend_with_a_vela_config_of_ones_own(run_cli, tmp_path: Path) -> None:
-    """--vela-config: Vela compiles with the user's memory mode (here Sram_Only: constants in SRAM too)."""
+    """--vela-config: Vela compiles with the user's memory mode (here the constants in SRAM too, as Sram_Only)."""
     v = runtime_of(U55).vela
     ini = tmp_path / "mine.ini"
     ini.write_text(ini_text(v).replace(f"Memory_Mode.{v.memory_mode}", "Memory_Mode.Mine")
                    .replace("const_mem_area=Axi1", "const_mem_area=Axi0"))
     r = run_cli("compile", "ds_cnn", "-b", "vela", "-d", U55, "--bits", "w8a8", "--vela-config", str(ini),
-                "--out-dir", str(tmp_path / "out"), "--json")
+                "--calib", "noise", "--out-dir", str(tmp_path / "out"), "--json")
     assert r.code == 0, r.err
     facts = json.loads(r.out)["backend_facts"]
     assert facts["vela_config"]["memory_mode"] == "Mine"
@@ -293,6 +295,7 @@ def test_vela_backend_with_a_vela_config_of_ones_own(run_cli, tmp_path: Path) ->
 
 
 @needs_vela
+@needs_photos
 @pytest.mark.slow
 def test_plan_under_an_sram_budget_compile_measure(run_cli, tmp_path: Path) -> None:
     """plan -> compile --backend vela -> measure: under an SRAM budget the 16x8 ResNet-8 does not meet, the plan

@@ -24,8 +24,8 @@ Formulation (``scipy.optimize.milp`` / HiGHS):
   can always move it to the true max. When weights and arena share one memory (phones, Linux boards) the
   constraint is ``live + flash <= budget``, as ``check.py`` subtracts the flash total from that region.
 - Ethos-U runtimes (a profile ``vela`` section): SRAM and flash are Vela's plan (:mod:`tap_edge.fit.ethos_u`): with
-  one activation width the SRAM row is the least SRAM Vela needs at each width (``z[a]`` terms), flash the optimised
-  model (a constant: Vela takes 8-bit weights only); the exact check is the same model.
+  one activation width the SRAM row is the SRAM Vela plans at each width with compile's settings (``z[a]`` terms),
+  flash the optimised model (a constant: Vela takes 8-bit weights only); the exact check is the same model.
 - Build rules (:class:`~tap_edge.plan.rules.PlanRules`, from the backend that builds the plan): a layer's
   choices are also limited to the (w, a) pairs the rules allow for its op class, and ``pins`` fix a layer's
   weight (and activation) width. ``one_activation_width``: binaries ``z[a]``, ``sum_a z[a] = 1`` and, for
@@ -220,14 +220,15 @@ class _Program:
 
     def _vela_rows(self) -> None:
         """An Ethos-U runtime's memory is Vela's plan (:mod:`tap_edge.fit.ethos_u`), not the live tensors: with one
-        activation width, SRAM is the least Vela needs at each width (its Size schedule; Vela's Performance
-        schedule fits whatever arena cache it is given) as one term of ``z[a]``, every step alike; flash is the
-        optimised model, one constant (Vela takes 8-bit weights only). Without one activation width the per-step
-        live bytes stay (whole feature maps: an upper bound of Vela's cascaded plan)."""
+        activation width, SRAM is what Vela plans at each width with the settings compile uses (the profile's
+        schedule and arena cache size: a plan under an SRAM budget is then built within it, which Vela's Size
+        schedule, smaller, would not promise) as one term of ``z[a]``, every step alike; flash is the optimised
+        model, one constant (Vela takes 8-bit weights only). Without one activation width the per-step live bytes
+        stay (whole feature maps: an upper bound of Vela's cascaded plan)."""
         rt, steps = self.runtime, self.live.shape[0]
         widths = self.widths or [self.shared_width([0] * len(self.layers)) if self.layers else self.default_a]
         if self.shared:
-            sram = {a: ethos_u.predict(self.source, BitAssignment(8, a), rt, optimise="Size").sram_need
+            sram = {a: ethos_u.predict(self.source, BitAssignment(8, a), rt).sram_need
                     for a in widths}
             row = np.zeros(self.nvar)
             const = 0.0
@@ -724,8 +725,8 @@ class _Program:
         layers = {lay.key: LayerBits(*lay.choices[j]) for lay, j in zip(self.layers, pick, strict=True)}
         bits = BitAssignment(8, self.shared_width(pick), layers)
         fb = flash_breakdown(self.source, bits, rt.code_bytes, runtime=rt)
-        # an Ethos-U: the least SRAM Vela needs (the program's rows); compile lets Vela spend the device's SRAM
-        arena = (ethos_u.arena_plan(self.source, bits, rt, optimise="Size") if is_ethos_u(rt)
+        # an Ethos-U: Vela's plan with compile's settings (the program's rows)
+        arena = (ethos_u.arena_plan(self.source, bits, rt) if is_ethos_u(rt)
                  else plan_arena_for(self.graph, bits, rt))
         bops = int(sum(lay.bops[j] for lay, j in zip(self.layers, pick, strict=True)))
         lat = None
