@@ -18,9 +18,10 @@ How it is predicted (:attr:`VelaFigures.by`): with Vela installed (the ``vela`` 
 child process on the model's ``.tflite`` (a ``.tflite`` model: the file; a PyTorch / ONNX graph: the stand-in of
 :mod:`tap_edge.fit.tflite_writer` with the model's own int8 weights when its spec loads, else seeded weights);
 without Vela, by tap-edge's rules model of Vela (:func:`rules_figures`: every feature map whole, live as the graph
-runs, 16-byte aligned; Performance adds the weight buffers of the op running and the one it prefetches, capped by
-the arena cache size; raw int8 weights with Vela's 10-byte bias-and-scale per channel; ops outside the NPU's table
-on the CPU). Results are cached per graph, widths and settings (``~/.cache/tap-edge/vela``; ``TAP_EDGE_NO_CACHE``).
+runs, 16-byte aligned, a converter's PAD folded into the conv it feeds as Vela does; Performance adds the weight
+buffer of the op running when its weights are small beside its feature maps, capped by the arena cache size; raw
+int8 weights with Vela's 10-byte bias-and-scale per channel; ops outside the NPU's table on the CPU). Results are
+cached per graph, widths and settings (``~/.cache/tap-edge/vela``; ``TAP_EDGE_NO_CACHE``).
 """
 
 from __future__ import annotations
@@ -513,12 +514,12 @@ def npu_places(op: Op, graph: ModelGraph, bits: BitAssignment, runtime: Runtime,
 def rules_figures(graph: ModelGraph, bits: BitAssignment, runtime: Runtime, optimise: str | None = None
                   ) -> VelaFigures:
     """tap-edge's model of Vela's plan (no Vela run; see the module docstring)."""
-    from tap_edge.fit.memory import plan_arena, runtime_view
+    from tap_edge.fit.memory import plan_arena
 
     config = runtime.vela
     assert config is not None
     opt = optimise or config.optimise
-    view = graph if graph.frontend == "tflite" else runtime_view(graph, runtime)[0]
+    view = graph  # the converter's PADs are not added (memory.runtime_view): Vela folds them into the conv they feed
     tb = tensor_bits(view, bits)
     arena = plan_arena(view, bits, alignment=16, alias_inplace=True, scratch={})
     cpu: list[CpuOp] = []
@@ -600,11 +601,10 @@ def arena_plan(graph: ModelGraph, bits: BitAssignment, runtime: Runtime, *, opti
     """An :class:`~tap_edge.fit.memory.ArenaPlan` whose ``arena_bytes`` is the SRAM an Ethos-U device needs
     (:attr:`VelaFigures.sram_need`), its live bytes per step the feature maps Vela keeps whole (the rules
     model's timeline: where the pressure is), ``model`` how it was predicted."""
-    from tap_edge.fit.memory import plan_arena, runtime_view
+    from tap_edge.fit.memory import plan_arena
 
     figures = predict(graph, bits, runtime, optimise=optimise)
-    view = graph if graph.frontend == "tflite" else runtime_view(graph, runtime)[0]
-    plan = plan_arena(view, bits, alignment=16, alias_inplace=True, scratch={})
+    plan = plan_arena(graph, bits, alignment=16, alias_inplace=True, scratch={})  # no PAD tensors, as rules_figures
     plan.head_bytes = figures.sram_bytes
     plan.persistent_bytes = figures.tflm_bytes if figures.arena_in_sram else 0
     plan.arena_bytes = figures.sram_need
