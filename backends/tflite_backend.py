@@ -368,7 +368,12 @@ def store_ptq_grid(path: Path, module: Any) -> dict[str, int]:
     info = module.tap_edge_ptq
     modules = dict(module.named_modules())
     patterns = {name: re.compile(module_regex(name)) for name in info.weight_scales}
-    m = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    raw = path.read_bytes()
+    m = schema.ModelT.InitFromPackedBuf(raw, 0)
+    for buf in m.buffers or []:  # large models keep buffers after the flatbuffer (offset, size): read them in
+        if buf.data is None and buf.offset > 1:
+            buf.data = np.frombuffer(raw[buf.offset:buf.offset + buf.size], np.uint8)
+            buf.offset = buf.size = 0
     done: set[str] = set()
     for sg in m.subgraphs:
         for op in sg.operators:
