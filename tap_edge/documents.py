@@ -892,6 +892,7 @@ class RunSettings(Part):
     executor_info: ExecutorInfo | None
     grammar: str
     repair: bool
+    fit_constants: bool = False
     templates_dir: str | None
     llm: LLMSettings
     limits: SandboxLimits
@@ -902,7 +903,8 @@ class RunSettings(Part):
 
 
 class SearchTaskInfo(Part):
-    """One search task as the run recorded it (float accuracy and budget for the digits tasks)."""
+    """One search task as the run recorded it (float accuracy and budget for the digits and photo tasks; the
+    network and photo folder for the photo tasks)."""
 
     task: str
     layers: int
@@ -911,6 +913,8 @@ class SearchTaskInfo(Part):
     flash_budget_bytes: int | None = Field(None, ge=0)
     eval_samples: int | None = None
     calib_samples: int | None = None
+    model: str | None = None
+    photos: str | None = None
 
 
 class GenerationSummary(Part):
@@ -952,8 +956,9 @@ class RepairStep(Part):
 
 
 class TaskFitness(Part):
-    """One task's part of a program's fitness: ``quality`` (top-1 agreement with the float model) +
-    alpha x ``spearman``; the widths it was given and their parameter-weighted mean."""
+    """One task's part of a program's fitness: ``quality`` (digits: top-1 agreement with the float model; photo
+    tasks: exp(-mean KL to the float model), with the agreement and the KL beside it) + alpha x ``spearman``;
+    the widths it was given and their parameter-weighted mean."""
 
     task: str
     quality: float
@@ -963,6 +968,24 @@ class TaskFitness(Part):
     avg_bits: float | None
     bits: dict[str, int] | None
     seconds: float
+    agreement: float | None = None
+    kl: float | None = None
+
+
+class ConstantFitInfo(Part):
+    """What constant fitting did to a program: its float literals before and after, the rank-agreement
+    objective before and after, and its cost."""
+
+    original: list[float]
+    tuned: list[float]
+    objective_before: float
+    objective_after: float
+    evaluations: int
+    sandbox_runs: int
+    seconds: float
+    improved: bool
+    reason: str | None = None
+    lines: list[int] = Field(default_factory=list)
 
 
 class BestProgram(Part):
@@ -978,6 +1001,7 @@ class BestProgram(Part):
     repairs: list[RepairStep] | None
     tasks: list[TaskFitness] | None
     lineage: list[LineageStep]
+    constants: ConstantFitInfo | None = None
 
 
 class LLMUsage(Part):

@@ -16,7 +16,12 @@ per-sample gradient (the empirical Fisher diagonal). Per-sample gradients cost o
 the number of samples; equal to the per-sample form when m = 1).
 
 **Quantization error** at each candidate width uses :func:`tap_edge.quantize.ptq.weight_quant_table`: the exact
-quantizer of the PTQ step (per-output-channel symmetric, MSE-searched clipping).
+quantizer of the PTQ step (per-output-channel symmetric, MSE-searched clipping). ``qerr_hessian`` weights it by
+the layer's input covariance ``H = mean_n sum_positions x x^T`` (the patches a conv sees, TF-"same" padding
+included; per group for grouped / depthwise convs): ``tr(dW H dW^T)`` is the mean squared change of the layer's
+output per sample, the objective GPTQ minimises. ``hessian_trace`` is a Hutchinson estimate of the trace of the
+KL Hessian (Gauss-Newton / Fisher) block of the layer: one output-space probe per sample (a pseudo label drawn
+from the float softmax, one extra backward pass; :func:`output_space_traces`).
 
 Lists of LayerStats save to one ``.npz`` (arrays plus a JSON header; no pickle): :func:`save_layer_stats`,
 :func:`load_layer_stats`.
@@ -65,8 +70,16 @@ float32 unless noted. Statistics come from N unlabeled calibration samples.
   kernel, stride (list[int]; [1, 1] for fc), in_numel, out_numel (int, activation values per sample).
 - in_min, in_max, in_mean, in_std, in_absmax, in_p999 (99.9th percentile of |x|), in_zero_frac: the layer's
   input activation over the calibration batch; out_* the same for its output (after fused ReLU/ReLU6).
+- in_kurtosis, out_kurtosis (float): kurtosis of the input / output values (3 = Gaussian; large = outliers).
 - out_gram: [N, N] float64, Gram matrix of the per-sample flattened outputs (out_gram[i, j] = <y_i, y_j>).
 - n_samples (int): N.
+- qerr_hessian: float64 [len(bits)]: tr((Q - W) H (Q - W)^T) with H the layer's input covariance (mean over
+  samples of sum over positions of x x^T): the mean squared change of the layer's output per sample.
+- out_sq (float): tr(W H W^T), the mean squared layer output (before bias) per sample; qerr_hessian / out_sq
+  is the output noise-to-signal ratio at each width.
+- hessian_trace (float): Hutchinson estimate of the trace of the loss Hessian (KL to the float model) w.r.t. the
+  layer's weights; hessian_trace / weight.size is HAWQ's average curvature.
+- param_share, mac_share (float): the layer's share of all weights / of all MACs of the model.
 """
 
 
@@ -100,6 +113,11 @@ class LayerStats:
     out_stats: dict[str, float]
     out_gram: np.ndarray  # [N, N]
     n_samples: int
+    qerr_hessian: np.ndarray  # [nb] tr(dW H dW^T)
+    out_sq: float  # tr(W H W^T)
+    hessian_trace: float
+    param_share: float
+    mac_share: float
     loss: str = "argmax_ce"
 
     @property
@@ -123,7 +141,9 @@ class LayerStats:
             else 0, "out_channels": int(self.weight.shape[0]), "groups": int(self.groups),
             "kernel": [int(k) for k in self.kernel], "stride": [int(s) for s in self.stride],
             "in_numel": int(math.prod(self.in_shape)), "out_numel": int(math.prod(self.out_shape)),
-            "out_gram": self.out_gram, "n_samples": int(self.n_samples),
+            "out_gram": self.out_gram, "n_samples": int(self.n_samples), "qerr_hessian": self.qerr_hessian,
+            "out_sq": float(self.out_sq), "hessian_trace": float(self.hessian_trace),
+            "param_share": float(self.param_share), "mac_share": float(self.mac_share),
         }
         for prefix, st in (("in", self.in_stats), ("out", self.out_stats)):
             for k in _STAT_KEYS:
@@ -131,8 +151,9 @@ class LayerStats:
         return d
 
 
-_STAT_KEYS = ("min", "max", "mean", "std", "absmax", "p999", "zero_frac")
-_ARRAYS = ("weight", "grad", "fisher", "qscale", "qerr", "qerr_fisher", "qerr_grad", "out_gram")
+_STAT_KEYS = ("min", "max", "mean", "std", "absmax", "p999", "zero_frac", "kurtosis")
+_ARRAYS = ("weight", "grad", "fisher", "qscale", "qerr", "qerr_fisher", "qerr_grad", "out_gram", "qerr_hessian")
+_FILE_VERSION = 2  # 2: qerr_hessian, out_sq, hessian_trace, shares, kurtosis
 
 
 # ---- save / load ------------------------------------------------------------------------------------------
@@ -146,7 +167,8 @@ def save_layer_stats(stats: list[LayerStats], path: str | Path) -> Path:
         meta.append(d)
         for a in _ARRAYS:
             arrays[f"{i}/{a}"] = np.asarray(getattr(s, a))
-    arrays["__meta__"] = np.array(json.dumps({"format": "tap-edge/layerstats", "version": 1, "layers": meta}))
+    arrays["__meta__"] = np.array(json.dumps({"format": "tap-edge/layerstats", "version": _FILE_VERSION,
+                                              "layers": meta}))
     with open(p, "wb") as f:
         np.savez(f, **arrays)
     return p
@@ -160,6 +182,8 @@ def load_layer_stats(path: str | Path) -> list[LayerStats]:
             meta = json.loads(str(z["__meta__"]))
             if meta.get("format") != "tap-edge/layerstats":
                 raise ValueError("not a LayerStats file")
+            if meta.get("version") != _FILE_VERSION:
+                raise ValueError(f"version {meta.get('version')} of the format, this tap-edge reads {_FILE_VERSION}")
             out = []
             for i, d in enumerate(meta["layers"]):
                 out.append(LayerStats(**d, **{a: z[f"{i}/{a}"] for a in _ARRAYS}))
@@ -217,9 +241,11 @@ class _TensorAcc:
         s = torch.cat(self.samples) if self.samples else torch.zeros(1)
         a = s.abs()
         top = max(1, a.numel() - int(math.ceil(0.999 * a.numel())) + 1)  # the 99.9th percentile is the top-th largest
-        return {"min": self.lo, "max": self.hi, "mean": float(s.mean()), "std": float(s.std(unbiased=False)),
+        mean, std = float(s.mean()), float(s.std(unbiased=False))
+        kurt = float(((s.double() - mean) ** 4).mean()) / std ** 4 if std > 0 else 0.0
+        return {"min": self.lo, "max": self.hi, "mean": mean, "std": std,
                 "absmax": max(abs(self.lo), abs(self.hi)), "p999": float(a.topk(top).values[-1]),
-                "zero_frac": float((s == 0).float().mean())}
+                "zero_frac": float((s == 0).float().mean()), "kurtosis": kurt}
 
 
 @dataclass
@@ -229,6 +255,54 @@ class _LayerAcc:
     inp: _TensorAcc = field(default_factory=_TensorAcc)
     out: _TensorAcc = field(default_factory=_TensorAcc)
     gram: torch.Tensor | None = None
+    cov: torch.Tensor | None = None  # [groups, K, K] input covariance summed over samples
+
+
+def tf_same_pad(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]
+                ) -> torch.Tensor:
+    """``x`` zero-padded as TensorFlow's "SAME" padding does it (timm's ``Conv2dSame`` pads in its forward)."""
+    pads: list[int] = []
+    for i, k, st, d in zip(reversed(x.shape[-2:]), reversed(kernel), reversed(stride), reversed(dilation),
+                           strict=True):
+        total = max((math.ceil(i / st) - 1) * st + (k - 1) * d + 1 - i, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads) if any(pads) else x
+
+
+def input_covariance(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """``sum_n sum_positions x x^T`` of what the weights of ``module`` multiply: the input features of a
+    linear layer, the (padded) patches of a conv, per group ``[groups, K, K]`` with ``K = in / groups x kh x
+    kw`` in the weight's (channel, kh, kw) order; float64. None for other modules."""
+    x = x.detach().float()
+    if isinstance(module, nn.Linear):
+        f = x.reshape(-1, x.shape[-1])
+        return (f.T @ f).double()[None]
+    if not isinstance(module, nn.Conv2d) or x.dim() != 4:
+        return None
+    g = module.groups
+    k, st, d = module.kernel_size, module.stride, module.dilation
+    pad = module.padding if isinstance(module.padding, tuple) else (0, 0)
+    if type(module).__name__.startswith("Conv2dSame"):
+        x, pad = tf_same_pad(x, k, st, d), (0, 0)
+    cin = x.shape[1]
+    kk = cin // g * k[0] * k[1]
+    acc = torch.zeros(g, kk, kk, dtype=torch.float64)
+    for n in range(len(x)):  # one sample at a time: the patches of a large feature map are big
+        xn = x[n:n + 1]
+        if k == (1, 1) and st == (1, 1) and pad == (0, 0):
+            cols = xn.reshape(cin, -1)
+        else:
+            cols = F.unfold(xn, k, dilation=d, padding=pad, stride=st)[0]  # [cin * kh * kw, L]
+        cols = cols.reshape(g, kk, -1)
+        acc += torch.bmm(cols, cols.transpose(1, 2)).double()
+    return acc
+
+
+def weighted_error(dw: torch.Tensor, cov: torch.Tensor) -> float:
+    """``tr(dW H dW^T)`` for a weight (difference) ``dw`` [out, in/groups, ...] and ``H`` [groups, K, K]."""
+    g = cov.shape[0]
+    d = dw.detach().double().reshape(g, dw.shape[0] // g, -1)
+    return float((torch.bmm(d, cov) * d).sum())
 
 
 def model_logits(out: Any) -> torch.Tensor:
@@ -317,15 +391,18 @@ def _compute_layer_stats(model_module: nn.Module, graph: ModelGraph, calib_batch
         p_.requires_grad_(True)
     tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     accs: dict[str, _LayerAcc] = {op.module: _LayerAcc(op, _act(op.fused)) for op in ops}
-    parts: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
+    parts: list[tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]] = []
     spent: dict[str, float] = {}
-    act_thread: list[int] = []
+    in_activation_pass = threading.local()  # set only while the activation task runs (its worker may run others)
 
     def hook(m: nn.Module, args: Any, out: torch.Tensor, acc: _LayerAcc) -> None:
-        if not act_thread or threading.get_ident() != act_thread[0]:
-            return  # a gradient pass running at the same time
+        if not getattr(in_activation_pass, "on", False):
+            return  # a gradient pass, on another worker or later on the same one
         acc.inp.add(args[0])
         acc.out.add(out, acc.act)
+        cov = input_covariance(m, args[0])
+        if cov is not None:
+            acc.cov = cov if acc.cov is None else acc.cov + cov
         if acc.gram is None:
             y = _per_sample(out.detach())
             if acc.act is not None:
@@ -333,31 +410,40 @@ def _compute_layer_stats(model_module: nn.Module, graph: ModelGraph, calib_batch
             acc.gram = (y @ y.T).double()
 
     def activations() -> None:
-        act_thread.append(threading.get_ident())
-        with torch.no_grad():
-            model_logits(model(x))
+        in_activation_pass.on = True
+        try:
+            with torch.no_grad():
+                model_logits(model(x))
+        finally:
+            in_activation_pass.on = False
 
     def table() -> None:
         for k in names:
             tables[k] = weight_quant_table(modules[k].weight.detach(), bits)
 
-    def gradients(i: int, g_acc: list[torch.Tensor], f_acc: list[torch.Tensor]) -> None:
+    def gradients(i: int, g_acc: list[torch.Tensor], f_acc: list[torch.Tensor], h_acc: torch.Tensor) -> None:
         with torch.enable_grad():
             out = model_logits(model(x[i:i + step]))
             target = pseudo_targets(out.detach(), loss, seed * 100003 + i)
             lv = label_free_loss(out, loss, target)
-            gs = torch.autograd.grad(lv, params)
+            gs = torch.autograd.grad(lv, params, retain_graph=True)
+            # Hutchinson in output space: u = onehot(y) - p with y ~ p has covariance diag(p) - p p^T, so the
+            # squared gradient of the CE to a sampled label estimates the trace of the KL Hessian block
+            probe = pseudo_targets(out.detach(), "sampled_ce", seed * 100003 + i + 7919)
+            hs = torch.autograd.grad(label_free_loss(out, "sampled_ce", probe), params)
         for g, f, gi in zip(g_acc, f_acc, gs, strict=True):
             gi = gi.contiguous()
             g.add_(gi)
             f.addcmul_(gi, gi)
+        h_acc += torch.stack([h.double().square().sum() for h in hs])
 
     local = threading.local()
 
     def grad_task(i: int) -> Callable[[], None]:
         def run() -> None:
             if not hasattr(local, "acc"):
-                local.acc = ([torch.zeros(p_.shape) for p_ in params], [torch.zeros(p_.shape) for p_ in params])
+                local.acc = ([torch.zeros(p_.shape) for p_ in params], [torch.zeros(p_.shape) for p_ in params],
+                             torch.zeros(len(params), dtype=torch.float64))
                 parts.append(local.acc)
             gradients(i, *local.acc)
         return run
@@ -374,6 +460,7 @@ def _compute_layer_stats(model_module: nn.Module, graph: ModelGraph, calib_batch
             p_.requires_grad_(False)
     grad = [sum(ps) / n for ps in zip(*(p[0] for p in parts), strict=True)]
     fisher = [sum(ps) / n for ps in zip(*(p[1] for p in parts), strict=True)]
+    traces = (sum(p[2] for p in parts) / n).tolist()
     tm["passes"] = time.perf_counter() - t1
     tm.update({f"{k}_task_seconds": v for k, v in spent.items()})
 
@@ -381,25 +468,32 @@ def _compute_layer_stats(model_module: nn.Module, graph: ModelGraph, calib_batch
     t3 = time.perf_counter()
     per_module: dict[str, dict[str, Any]] = {}
 
-    def weighted(k: str, w_param: torch.Tensor, g: torch.Tensor, f: torch.Tensor) -> Callable[[], None]:
+    def weighted(k: str, w_param: torch.Tensor, g: torch.Tensor, f: torch.Tensor, tr: float) -> Callable[[], None]:
         def run() -> None:
             w = w_param.detach().contiguous()
             scales, err = tables[k]
-            qf, qg = [], []
+            cov = accs[k].cov
+            cov = cov / n if cov is not None else None
+            qf, qg, qh = [], [], []
             for j, b in enumerate(bits):
                 d = quantize_weight(w, scales[j], b) - w
                 qg.append(float((g * d).sum()))
+                qh.append(weighted_error(d, cov) if cov is not None else 0.0)
                 d.square_()
                 qf.append(float((f * d).sum()))
             per_module[k] = {"weight": w.numpy().astype(np.float32), "grad": g.numpy(), "fisher": f.numpy(),
                              "qscale": scales.numpy(), "qerr": err.sum(1).double().numpy(),
-                             "qerr_fisher": np.array(qf), "qerr_grad": np.array(qg)}
+                             "qerr_fisher": np.array(qf), "qerr_grad": np.array(qg), "qerr_hessian": np.array(qh),
+                             "out_sq": weighted_error(w, cov) if cov is not None else 0.0, "hessian_trace": tr}
         return run
 
-    run_tasks([("weighted", weighted(*a)) for a in zip(names, params, grad, fisher, strict=True)], spent, workers)
+    run_tasks([("weighted", weighted(*a)) for a in zip(names, params, grad, fisher, traces, strict=True)], spent,
+              workers)
     tm["weighted_errors"] = time.perf_counter() - t3
 
     out_stats: list[LayerStats] = []
+    total_params = sum(op.params for op in ops) or 1
+    total_macs = sum(op.macs for op in ops) or 1
     for idx, op in enumerate(ops):
         acc = accs[op.module]
         pm = per_module[op.module]
@@ -413,7 +507,7 @@ def _compute_layer_stats(model_module: nn.Module, graph: ModelGraph, calib_batch
             groups=int(op.attrs.get("groups", 1)), fused=list(op.fused),
             in_stats=acc.inp.result(), out_stats=acc.out.result(),
             out_gram=(acc.gram if acc.gram is not None else torch.zeros(n, n)).numpy(), n_samples=n, loss=loss,
-            **pm))
+            param_share=op.params / total_params, mac_share=op.macs / total_macs, **pm))
     tm["total"] = time.perf_counter() - t0
     return out_stats
 
@@ -424,6 +518,6 @@ def stats_summary(stats: list[LayerStats]) -> list[dict[str, Any]]:
              "qerr": [float(v) for v in s.qerr], "out": s.out_stats} for s in stats]
 
 
-__all__ = ["LAYERSTATS_API", "LOSSES", "LayerStats", "compute_layer_stats", "label_free_loss", "load_layer_stats",
-           "model_logits", "pseudo_targets", "run_tasks", "save_layer_stats", "stats_summary",
-           "worker_threads"]
+__all__ = ["LAYERSTATS_API", "LOSSES", "LayerStats", "compute_layer_stats", "input_covariance", "label_free_loss",
+           "load_layer_stats", "model_logits", "pseudo_targets", "run_tasks", "save_layer_stats", "stats_summary",
+           "tf_same_pad", "weighted_error", "worker_threads"]

@@ -16,9 +16,11 @@ splits, per-layer statistics, per-layer quantized weights at every width, the da
 computed once and cached on disk (``$XDG_CACHE_HOME/tap-edge/evolve``), so one candidate costs a sandbox run,
 an ILP and one forward pass over the evaluation split per task.
 
-Task names: ``digits-cnn`` (4-layer CNN, 8x8 input), ``digits-resnet8`` (the bundled MLPerf Tiny ResNet-8 on
-digits upscaled to 32x32), ``synthetic`` (numpy only, instant; for tests). A task spec is ``NAME`` or
-``NAME@BITS`` (the flash budget of uniform BITS-bit weights, default 3).
+Task names: ``lite1-photos``, ``lite2-photos`` (EfficientNet-Lite1 / Lite2 with their real ImageNet weights on
+real photos, quality from the mean KL to the float model: :mod:`tap_edge.search.photo_tasks`), ``digits-cnn``
+(4-layer CNN, 8x8 input), ``digits-resnet8`` (the bundled MLPerf Tiny ResNet-8 on digits upscaled to 32x32),
+``synthetic`` (numpy only, instant; for tests). A task spec is ``NAME`` or ``NAME@BITS`` (the flash budget of
+uniform BITS-bit weights, default 3).
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class TaskScore:
     avg_bits: float | None = None
     bits: dict[str, int] | None = None
     seconds: float = 0.0
+    agreement: float | None = None  # top-1 agreement with the float model (photo tasks)
+    kl: float | None = None  # mean KL(p_float || p_quantized) (photo tasks)
 
 
 class SearchTask(Protocol):
@@ -114,6 +118,21 @@ def layer_scores(costs: list[list[float]], bits: list[int], ref_bits: int = REF_
 
 def cache_root() -> Path:
     return cache_dir("evolve")
+
+
+def flash_budget(graph: Any, bits: list[int], budget_bits: float) -> tuple[Any, Any, int]:
+    """(search runtime, Budgets, flash bytes) of a task: a runtime with ``bits`` weights and 8-bit activations on
+    every layer and no code overhead, and the flash of uniform ``budget_bits``-bit weights (a fractional width
+    interpolates between its neighbours)."""
+    from tap_edge.devices import Runtime
+    from tap_edge.plan.budgets import Budgets, flash_of_uniform
+
+    runtime = Runtime(name="search", weights={"default": list(bits)}, activations={"default": [8]}, code_bytes=0)
+    lo, hi = math.floor(budget_bits), math.ceil(budget_bits)
+    f_lo = flash_of_uniform(graph, lo, runtime)
+    f_hi = flash_of_uniform(graph, hi, runtime)
+    flash = int(f_lo + (f_hi - f_lo) * (budget_bits - lo))
+    return runtime, Budgets(flash_bytes=flash, sram_bytes=None), flash
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -151,13 +170,18 @@ class SyntheticTask:
                 "out_channels": int(w.shape[0]), "groups": 1, "kernel": [1, 1], "stride": [1, 1],
                 "in_numel": int(w.shape[1]), "out_numel": int(w.shape[0]), "out_gram": (y @ y.T).astype(np.float64),
                 "n_samples": n, "act_in": x, "qerror": qerr / float((w.astype(float) ** 2).sum()),
-                "depth": i / max(1, n_layers - 1)}
+                "depth": i / max(1, n_layers - 1),
+                "qerr_hessian": np.array([float(((x @ d.T) ** 2).sum()) / n for d in dq]),
+                "out_sq": float((y.astype(float) ** 2).sum()) / n, "hessian_trace": float(fisher.sum()),
+                "param_share": float(self.params[i] / self.params.sum()),
+                "mac_share": float(self.params[i] / self.params.sum())}
             for pre, t in (("in", x), ("out", y)):
                 a = np.abs(t)
                 layer.update({f"{pre}_min": float(t.min()), f"{pre}_max": float(t.max()),
                               f"{pre}_mean": float(t.mean()), f"{pre}_std": float(t.std()),
                               f"{pre}_absmax": float(a.max()), f"{pre}_p999": float(np.percentile(a, 99.9)),
-                              f"{pre}_zero_frac": float((t == 0).mean())})
+                              f"{pre}_zero_frac": float((t == 0).mean()),
+                              f"{pre}_kurtosis": float(((t - t.mean()) ** 4).mean() / max(t.std() ** 4, 1e-30))})
             self.layers.append(layer)
         self.damage = np.array([self.sens[i] * self.layers[i]["qerror"] for i in range(n_layers)])
         self.api = layerstats_api()
@@ -378,7 +402,7 @@ class TorchTask:
             with torch.no_grad():
                 logits = model(data["x_eval"])
             mod.weight.data = keep
-            damage.append(_kl(float_logits, logits))
+            damage.append(kl_divergence(float_logits, logits))
         return {"state_dict": model.state_dict(), "data": {k: v for k, v in data.items() if k != "x_train"
                                                            and k != "y_train"},
                 "graph": graph.to_dict(), "names": names, "fqns": fqns, "quant": quant,
@@ -386,9 +410,7 @@ class TorchTask:
                 "damage": np.asarray(damage), "version": TASK_VERSION, "api": layerstats_api()}
 
     def _setup(self, blob: dict[str, Any]) -> None:
-        from tap_edge.devices import Runtime
         from tap_edge.graph.graph import ModelGraph
-        from tap_edge.plan.budgets import Budgets, flash_of_uniform
 
         self.model = self.network.build()
         self.model.load_state_dict(blob["state_dict"])
@@ -404,13 +426,7 @@ class TorchTask:
         self.layers = blob["layers"]
         self.api = blob["api"]
         self.damage = np.asarray(blob["damage"])
-        self.runtime = Runtime(name="search", weights={"default": list(self.bits)}, activations={"default": [8]},
-                               code_bytes=0)
-        lo, hi = math.floor(self.spec.budget_bits), math.ceil(self.spec.budget_bits)
-        f_lo = flash_of_uniform(self.graph, lo, self.runtime)
-        f_hi = flash_of_uniform(self.graph, hi, self.runtime)
-        self.flash = int(f_lo + (f_hi - f_lo) * (self.spec.budget_bits - lo))
-        self.budgets = Budgets(flash_bytes=self.flash, sram_bytes=None)
+        self.runtime, self.budgets, self.flash = flash_budget(self.graph, self.bits, self.spec.budget_bits)
         self.params = {n: int(self.modules[f].weight.numel()) for n, f in zip(self.names, self.fqns, strict=True)}
 
     # -- scoring
@@ -449,7 +465,8 @@ class TorchTask:
                          time.perf_counter() - t0)
 
 
-def _kl(p_logits: Any, q_logits: Any) -> float:
+def kl_divergence(p_logits: Any, q_logits: Any) -> float:
+    """Mean over samples of KL(softmax(p_logits) || softmax(q_logits))."""
     import torch
 
     lp = torch.log_softmax(p_logits, 1)
@@ -461,9 +478,21 @@ def _synthetic_task(spec: TaskSpec, cache_dir: Path | None) -> SearchTask:
     return SyntheticTask(spec)  # built in a moment from its seed: nothing to cache
 
 
+def _photo_task(spec: TaskSpec, cache_dir: Path | None) -> SearchTask:
+    from tap_edge.search.photo_tasks import PhotoTask  # imports this module: loaded on first use
+
+    return PhotoTask(spec, cache_dir)
+
+
+#: Photo task names (:data:`tap_edge.search.photo_tasks.PHOTO_NETWORKS`; listed here so that the registry
+#: needs no torch import).
+PHOTO_TASKS = ("lite1-photos", "lite2-photos")
+
+
 #: The search tasks by name (``--task NAME[@BITS]``): each builds (or loads from ``cache_dir``) its task.
 TASK_BUILDERS: dict[str, Callable[[TaskSpec, Path | None], SearchTask]] = {
-    "synthetic": _synthetic_task, **{name: TorchTask for name in DIGITS_NETWORKS}}
+    "synthetic": _synthetic_task, **{name: TorchTask for name in DIGITS_NETWORKS},
+    **{name: _photo_task for name in PHOTO_TASKS}}
 
 
 def build_task(spec: TaskSpec, cache_dir: Path | None = None) -> SearchTask:
@@ -510,12 +539,15 @@ def init_worker(specs: list[TaskSpec], cache_dir: str | None) -> None:
 
 
 def evaluate_program(code: str, alpha: float, limits: Limits, tasks: list[SearchTask] | None = None,
-                     repair: bool = False) -> dict[str, Any]:
+                     repair: bool = False, fit_constants: bool = False) -> dict[str, Any]:
     """Fitness of one program: ``{"ok": True, "fitness", "tasks": [...]}`` or ``{"ok": False, "reason"}``.
 
     With ``repair``, failing statements are first deleted on the first task (:mod:`tap_edge.search.repair`:
     its reruns share one run's limits, and its last, working run counts for the first task); the result then
-    carries ``repaired_code`` and the removed statements in ``repairs``. Reasons are one line."""
+    carries ``repaired_code`` and the removed statements in ``repairs``. With ``fit_constants``, the (repaired)
+    program's float literals are then tuned for rank agreement with the tasks' damage
+    (:mod:`tap_edge.search.constants`); the result carries ``constants`` (original and tuned values, objective
+    before and after) and, when they improved it, ``tuned_code``, whose fitness it is. Reasons are one line."""
     t0 = time.perf_counter()
     tasks = tasks if tasks is not None else _WORKER["tasks"]
     extra: dict[str, Any] = {}
@@ -538,13 +570,28 @@ def evaluate_program(code: str, alpha: float, limits: Limits, tasks: list[Search
             code = fixed
         if last is not None and last.ok:
             done[0] = last
+    if fit_constants and tasks:
+        from tap_edge.search.constants import fit_constants as fit
+
+        found = fit(code, list(tasks), cpu_seconds=limits.cpu_seconds, memory_mb=limits.memory_mb,
+                    wall_seconds=limits.wall_seconds)
+        if found is not None:
+            extra["constants"] = found.to_dict()
+            if found.code is not None:
+                extra["tuned_code"] = found.code
+                code = found.code
+                done = {}  # the first task's repair run was of the untuned program
     scores: list[TaskScore] = []
     sandbox_s = 0.0
+    by_layers: dict[int, SandboxResult] = {}  # tasks of one network at several budgets share its program inputs
     for i, task in enumerate(tasks):
-        res = done.get(i) or run_proxy_program(code, task.program_layers(), task.bits,
-                                               cpu_seconds=limits.cpu_seconds, memory_mb=limits.memory_mb,
-                                               wall_seconds=limits.wall_seconds)
-        sandbox_s += res.seconds
+        key = id(task.program_layers())
+        res = done.get(i) or by_layers.get(key) or run_proxy_program(
+            code, task.program_layers(), task.bits, cpu_seconds=limits.cpu_seconds, memory_mb=limits.memory_mb,
+            wall_seconds=limits.wall_seconds)
+        if key not in by_layers:
+            sandbox_s += res.seconds
+        by_layers[key] = res
         if not res.ok:
             return {"ok": False, "stage": res.stage, "reason": one_line(f"{task.spec.key()}: {res.reason}"), **extra,
                     "seconds": round(time.perf_counter() - t0, 3)}
@@ -567,5 +614,7 @@ def describe_tasks(tasks: list[SearchTask]) -> list[dict[str, Any]]:
         if isinstance(t, TorchTask):
             d.update(float_top1=round(t.float_top1, 4), flash_budget_bytes=t.flash,
                      eval_samples=int(len(t.data["y_eval"])), calib_samples=int(len(t.data["x_calib"])))
+        elif hasattr(t, "describe"):
+            d.update(t.describe())
         out.append(d)
     return json.loads(json.dumps(out, default=str))

@@ -1,0 +1,284 @@
+"""Search tasks on real pretrained networks and real photos: EfficientNet-Lite1 / Lite2 on the dev photos.
+
+A task ``lite1-photos@BITS`` / ``lite2-photos@BITS`` is the bundled network with its real ImageNet weights, BatchNorm
+folded (as the PTQ step deploys it), and a fixed split of the photos in :func:`photos_dir`: every
+:data:`PHOTO_STRIDE`-th photo (sorted file names, offset :data:`PHOTO_OFFSET`) belongs to the search; of those the
+first :data:`CALIB_PHOTOS` are the unlabeled calibration images the program's statistics come from and the next
+:data:`EVAL_PHOTOS` the evaluation split. No other photo is ever used by a search, so a benchmark on the others
+(``tools/bench_transfer.py``) scores on photos the search never saw. EfficientNet-Lite0 is never a search task:
+it is the transfer target.
+
+Fitness of a program on a task (design.md, "TAP fitness of a proxy"): its costs are allocated under the flash of
+uniform ``BITS``-bit weights (exact ILP, 8-bit activations, 2..8-bit weights on every layer), the weights are
+rounded to nearest with the PTQ quantizer (per output channel, MSE-searched clipping; the ``plan`` default), and
+quality is ``exp(-mean KL(p_float || p_quantized))`` on the evaluation split: continuous, 1 for the float model,
+not a saturating top-1 (agreement and top-1 are recorded beside it). Plus ``alpha`` x the Spearman correlation
+of the program's per-layer scores with each layer's measured damage (KL on the evaluation split when only that
+layer is at 3 bits).
+
+Everything that does not depend on the candidate (folded weights, LayerStats and program inputs, photos, float
+outputs, damage) is built once per network and cached on disk beside the digits tasks; tasks of one network at
+two budgets share it in memory, and :func:`tap_edge.search.fitness.evaluate_program` runs a program once per
+network. A candidate then costs a sandbox run per network and one forward pass of the split per task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tap_edge.core.errors import UserError
+from tap_edge.search.fitness import (
+    REF_BITS,
+    SEARCH_BITS,
+    TaskScore,
+    TaskSpec,
+    cache_root,
+    flash_budget,
+    kl_divergence,
+    layer_scores,
+    layerstats_api,
+    spearman,
+)
+
+#: Search task name -> bundled model.
+PHOTO_NETWORKS = {"lite1-photos": "efficientnet_lite1", "lite2-photos": "efficientnet_lite2"}
+PHOTO_STRIDE = 6
+PHOTO_OFFSET = 5
+CALIB_PHOTOS = 16
+EVAL_PHOTOS = 64
+PHOTO_TASK_VERSION = "1"
+#: The environment variable naming the photo folder (default: the project's dev photos, :func:`photos_dir`).
+PHOTOS_ENV = "TAP_EDGE_SEARCH_PHOTOS"
+
+
+def photos_dir() -> Path:
+    """The photos of the photo tasks: ``$TAP_EDGE_SEARCH_PHOTOS``, else ``shared/data/imagenet-sample`` beside the
+    source checkout (the dev photos)."""
+    env = os.environ.get(PHOTOS_ENV)
+    p = Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data" / "imagenet-sample"
+    if not p.is_dir():
+        raise UserError(f"the photo search tasks need a folder of photos, and {p} is not one",
+                        f"set {PHOTOS_ENV}=DIR (ImageNet photos; labels.csv beside them is optional)")
+    return p
+
+
+def search_photos(folder: str | Path) -> tuple[list[Path], list[Path]]:
+    """(calibration photos, evaluation photos) of the photo tasks in ``folder``: every :data:`PHOTO_STRIDE`-th
+    image file of the sorted list from :data:`PHOTO_OFFSET`, the first :data:`CALIB_PHOTOS` then the next
+    :data:`EVAL_PHOTOS`."""
+    from tap_edge.plan.calib import IMAGE_SUFFIXES, list_samples
+
+    images = [f for f in list_samples(folder) if f.suffix.lower() in IMAGE_SUFFIXES]
+    picked = images[PHOTO_OFFSET::PHOTO_STRIDE]
+    if len(picked) < CALIB_PHOTOS + 8:
+        raise UserError(f"{folder}: {len(images)} photos leave {len(picked)} for the search tasks",
+                        f"give at least {PHOTO_STRIDE * (CALIB_PHOTOS + 8)} photos")
+    return picked[:CALIB_PHOTOS], picked[CALIB_PHOTOS:CALIB_PHOTOS + EVAL_PHOTOS]
+
+
+def unseen_photos(folder: str | Path) -> list[Path]:
+    """The image files of ``folder`` that no photo search task uses (for benchmarks of what a search found)."""
+    from tap_edge.plan.calib import IMAGE_SUFFIXES, list_samples
+
+    images = [f for f in list_samples(folder) if f.suffix.lower() in IMAGE_SUFFIXES]
+    used = set(images[PHOTO_OFFSET::PHOTO_STRIDE])
+    return [f for f in images if f not in used]
+
+
+def load_photo_files(files: list[Path], preprocess: Any) -> Any:
+    """The photos ``files`` as one preprocessed tensor [N, C, H, W]."""
+    import torch
+
+    from tap_edge.plan.calib import load_images
+
+    return torch.cat([load_images(f, preprocess)[0] for f in files])
+
+
+class RoundToNearest:
+    """A BN-folded network whose layers can be set to their round-to-nearest PTQ weights at any widths, with the
+    per-channel scales LayerStats already hold (``qscale``): a plan's weight-only quantized outputs in one
+    forward pass, with no scale search (the search tasks' and the transfer benchmark's oracle's fast path)."""
+
+    def __init__(self, model: Any, module_names: list[str], qscale: list[np.ndarray], bits: list[int]) -> None:
+        self.model = model
+        self.modules = dict(model.named_modules())
+        self.module_names = module_names
+        self.qscale = qscale
+        self.bits = list(bits)
+
+    def logits(self, widths: list[int], x: Any) -> Any:
+        """Outputs for ``x`` with layer ``i`` at ``widths[i]`` bits (float activations); weights restored."""
+        import torch
+
+        from tap_edge.quantize.ptq import quantize_weight
+
+        saved = {}
+        try:
+            with torch.no_grad():
+                for i, (m, b) in enumerate(zip(self.module_names, widths, strict=True)):
+                    w = self.modules[m].weight
+                    saved[m] = w.detach().clone()
+                    w.copy_(quantize_weight(saved[m], torch.from_numpy(self.qscale[i][self.bits.index(b)]), b))
+                return self.model(x)
+        finally:
+            with torch.no_grad():
+                for m, keep in saved.items():
+                    self.modules[m].weight.copy_(keep)
+
+
+_SHARED: dict[str, dict[str, Any]] = {}  # cache file -> loaded network blob (tasks at two budgets share it)
+
+
+class PhotoTask:
+    """A bundled EfficientNet-Lite network on the search photos at one flash budget."""
+
+    def __init__(self, spec: TaskSpec, cache_dir: Path | None = None, photos: Path | None = None) -> None:
+        self.spec = spec
+        self.model_name = PHOTO_NETWORKS[spec.name]
+        self.bits = list(SEARCH_BITS)
+        self.photos = Path(photos) if photos else photos_dir()
+        self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
+        self.calib_files, self.eval_files = search_photos(self.photos)
+        self._setup(self._load_or_build())
+
+    # -- building
+    def _cache_file(self) -> Path:
+        names = ",".join(f.name for f in self.calib_files + self.eval_files)
+        stamp = f"{self.model_name}|{PHOTO_TASK_VERSION}|{self.bits}|{REF_BITS}|{names}|{layerstats_api()}"
+        return self.cache_dir / f"{self.spec.name}-{hashlib.sha256(stamp.encode()).hexdigest()[:12]}.pt"
+
+    def _load_or_build(self) -> dict[str, Any]:
+        import torch
+
+        path = self._cache_file()
+        key = str(path)
+        if key in _SHARED:
+            return _SHARED[key]
+        blob = None
+        if path.exists():
+            try:
+                blob = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt
+                blob = None
+        if blob is None:
+            blob = self._build()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(blob, tmp)
+            tmp.replace(path)
+        _SHARED[key] = blob
+        return blob
+
+    def _build(self) -> dict[str, Any]:
+        import torch
+
+        from tap_edge.graph.models import load_graph, load_model
+        from tap_edge.plan.calib import find_labels, labels_for, load_labels
+        from tap_edge.plan.stats import compute_layer_stats
+        from tap_edge.quantize.ptq import folded_copy, quantize_weight
+
+        t0 = time.perf_counter()
+        lm = load_model(self.model_name)
+        graph = load_graph(lm)
+        calib = load_photo_files(self.calib_files, lm.preprocess)
+        x_eval = load_photo_files(self.eval_files, lm.preprocess)
+        labels_path = find_labels(self.photos)
+        y_eval = labels_for([f.name for f in self.eval_files], load_labels(labels_path)) if labels_path else None
+        stats = compute_layer_stats(lm.module, graph, calib, bits=tuple(self.bits))
+        model = folded_copy(lm.module).to(memory_format=torch.channels_last).eval()
+        x_cl = x_eval.contiguous(memory_format=torch.channels_last)
+        modules = dict(model.named_modules())
+        with torch.no_grad():
+            float_logits = model(x_cl)
+            damage = []  # KL(float || only this layer at REF_BITS) on the evaluation split
+            j = self.bits.index(REF_BITS)
+            for s in stats:
+                w = modules[s.module].weight
+                keep = w.detach().clone()
+                w.copy_(quantize_weight(keep, torch.from_numpy(s.qscale[j]), REF_BITS))
+                damage.append(kl_divergence(float_logits, model(x_cl)))
+                w.copy_(keep)
+        return {"model": self.model_name, "state_dict": model.state_dict(), "graph": graph.to_dict(),
+                "names": [s.name for s in stats], "modules": [s.module for s in stats],
+                "qscale": [s.qscale for s in stats], "layers": [s.to_program_input() for s in stats],
+                "x_eval": x_eval, "y_eval": y_eval, "float_logits": float_logits, "damage": np.asarray(damage),
+                "api": layerstats_api(), "version": PHOTO_TASK_VERSION,
+                "build_seconds": round(time.perf_counter() - t0, 1)}
+
+    def _setup(self, blob: dict[str, Any]) -> None:
+        import torch
+
+        from tap_edge.graph.graph import ModelGraph
+        from tap_edge.graph.models import load_model
+        from tap_edge.quantize.ptq import folded_copy
+
+        if "net" not in blob:  # the runnable network, once per process for the tasks that share the blob
+            model = folded_copy(load_model(self.model_name).module).to(memory_format=torch.channels_last).eval()
+            model.load_state_dict(blob["state_dict"])
+            blob["net"] = model
+            blob["x_cl"] = blob["x_eval"].contiguous(memory_format=torch.channels_last)
+        self.model = blob["net"]
+        self.modules = dict(self.model.named_modules())
+        self.nearest = RoundToNearest(self.model, blob["modules"], blob["qscale"], self.bits)
+        self.x_eval = blob["x_cl"]
+        self.y_eval = blob["y_eval"]
+        self.float_logits = blob["float_logits"]
+        self.float_pred = self.float_logits.argmax(1)
+        self.graph = ModelGraph.from_dict(blob["graph"])
+        self.names, self.module_names = blob["names"], blob["modules"]
+        self.qscale = blob["qscale"]
+        self.layers = blob["layers"]
+        self.api = blob["api"]
+        self.damage = np.asarray(blob["damage"])
+        self.runtime, self.budgets, self.flash = flash_budget(self.graph, self.bits, self.spec.budget_bits)
+        self.params = {n: int(self.modules[m].weight.numel()) for n, m in zip(self.names, self.module_names,
+                                                                              strict=True)}
+
+    # -- scoring
+    def program_layers(self) -> list[dict]:
+        return self.layers
+
+    def allocate(self, costs: list[list[float]]) -> dict[str, int]:
+        """Weight width per layer under the task's flash budget (exact ILP on the program's costs)."""
+        from tap_edge.plan.allocate import allocate
+
+        table = {n: {(b, 8): float(c) for b, c in zip(self.bits, row, strict=True)}
+                 for n, row in zip(self.names, costs, strict=True)}
+        al = allocate(self.graph, table, self.runtime, self.budgets, check_arena=False)
+        return {n: int((al.layers.get(m) or al.layers[n])["w"]) for n, m in zip(self.names, self.module_names,
+                                                                                strict=True)}
+
+    def quantized_logits(self, widths: dict[str, int]) -> Any:
+        """The evaluation split's logits with every layer's weights rounded to nearest at ``widths``."""
+        return self.nearest.logits([widths[n] for n in self.names], self.x_eval)
+
+    def score(self, costs: list[list[float]], alpha: float) -> TaskScore:
+        t0 = time.perf_counter()
+        chosen = self.allocate(costs)
+        logits = self.quantized_logits(chosen)
+        kl = kl_divergence(self.float_logits, logits)
+        pred = logits.argmax(1)
+        agree = float((pred == self.float_pred).float().mean())
+        top1 = float((pred == self.y_eval).float().mean()) if self.y_eval is not None else None
+        quality = math.exp(-kl)
+        rho = spearman(layer_scores(costs, self.bits), self.damage)
+        avg = sum(self.params[n] * b for n, b in chosen.items()) / sum(self.params.values())
+        return TaskScore(self.spec.key(), quality, rho, quality + alpha * rho, top1, float(avg), chosen,
+                         time.perf_counter() - t0, agreement=agree, kl=kl)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model_name, "flash_budget_bytes": self.flash, "calib_samples": len(self.calib_files),
+                "eval_samples": len(self.eval_files), "photos": str(self.photos),
+                "float_top1": float((self.float_pred == self.y_eval).float().mean()) if self.y_eval is not None
+                else None}
+
+
+def photo_task(spec: TaskSpec, cache_dir: Path | None) -> PhotoTask:
+    return PhotoTask(spec, cache_dir)

@@ -1,0 +1,70 @@
+"""The search tasks on real networks (issue 13): EfficientNet-Lite1 on a tiny subset of the dev photos, fitness from
+the KL to the float model, everything candidate-independent cached, the photos split the same way everywhere."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from tap_edge.core.errors import UserError
+from tap_edge.plan.proxies.builtin import SEED_PROGRAM
+from tap_edge.search import photo_tasks
+from tap_edge.search.fitness import TASK_BUILDERS, Limits, TaskSpec, describe_tasks, evaluate_program
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
+needs_photos = pytest.mark.skipif(not (SAMPLE / "labels.csv").exists(), reason="needs ../shared/data/imagenet-sample")
+
+
+def test_photo_task_names_and_missing_photos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert {"lite1-photos", "lite2-photos"} <= set(TASK_BUILDERS) and "lite0-photos" not in TASK_BUILDERS
+    assert TaskSpec.parse("lite2-photos@4").key() == "lite2-photos@4"
+    monkeypatch.setenv(photo_tasks.PHOTOS_ENV, str(tmp_path / "none"))
+    with pytest.raises(UserError, match=photo_tasks.PHOTOS_ENV):
+        photo_tasks.photos_dir()
+
+
+@needs_photos
+def test_search_never_sees_the_benchmark_photos() -> None:
+    calib, ev = photo_tasks.search_photos(SAMPLE)
+    unseen = photo_tasks.unseen_photos(SAMPLE)
+    assert len(calib) == photo_tasks.CALIB_PHOTOS and len(ev) == photo_tasks.EVAL_PHOTOS
+    assert not (set(calib) | set(ev)) & set(unseen)
+    assert len(unseen) > 400
+
+
+@needs_photos
+def test_lite1_task_on_a_tiny_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in sorted(SAMPLE.glob("*.jpg"))[:30]:
+        (photos / f.name).symlink_to(f)
+    (photos / "labels.csv").symlink_to(SAMPLE / "labels.csv")
+    monkeypatch.setenv(photo_tasks.PHOTOS_ENV, str(photos))
+    monkeypatch.setattr(photo_tasks, "PHOTO_STRIDE", 3)
+    monkeypatch.setattr(photo_tasks, "PHOTO_OFFSET", 0)
+    monkeypatch.setattr(photo_tasks, "CALIB_PHOTOS", 2)
+    monkeypatch.setattr(photo_tasks, "EVAL_PHOTOS", 3)
+    monkeypatch.setattr(photo_tasks, "_SHARED", {})
+    cache = tmp_path / "cache"
+    tasks = [photo_tasks.PhotoTask(TaskSpec.parse(s), cache) for s in ("lite1-photos@3", "lite1-photos@4")]
+    t3, t4 = tasks
+    assert t3.program_layers() is t4.program_layers()  # one network, two budgets: built once
+    assert len(t3.program_layers()) == 65 and len(t3.damage) == 65 and (t3.damage >= 0).all()
+    assert {"qerr_hessian", "hessian_trace", "out_sq", "param_share"} <= set(t3.program_layers()[0])
+    assert t3.flash < t4.flash
+    res = evaluate_program(SEED_PROGRAM.read_text(), 0.1, Limits(cpu_seconds=30, memory_mb=2048, wall_seconds=60),
+                           tasks)
+    assert res["ok"], res
+    for ts, budget in zip(res["tasks"], (3, 4), strict=True):
+        assert ts["quality"] == pytest.approx(math.exp(-ts["kl"])) and 0 < ts["quality"] <= 1
+        assert 0 <= ts["agreement"] <= 1 and -1 <= ts["spearman"] <= 1
+        assert ts["avg_bits"] <= budget + 0.05  # the flash budget holds (scales and biases aside)
+    assert res["tasks"][0]["kl"] > res["tasks"][1]["kl"]  # less flash, more damage
+    info = describe_tasks(tasks)
+    assert info[0]["model"] == "efficientnet_lite1" and info[0]["eval_samples"] == 3
+    # a new process would load the cache file, not build again
+    monkeypatch.setattr(photo_tasks, "_SHARED", {})
+    again = photo_tasks.PhotoTask(TaskSpec.parse("lite1-photos@3"), cache)
+    assert list(again.damage) == list(t3.damage) and len(list(cache.glob("*.pt"))) == 1
