@@ -46,10 +46,14 @@ def evolve_cmd(
              "parent's costs). Default: reweight with --local-llm, else off.")] = None,
     repair: Annotated[bool, typer.Option("--repair/--no-repair", help="Delete failing statements of a program "
                                                                       "before giving up on it.")] = True,
+    fit_constants: Annotated[bool, typer.Option("--fit-constants/--no-fit-constants", help="Tune a program's "
+                             "float literals for rank agreement with the tasks' per-layer damage before its "
+                             "fitness.")] = True,
     population: Annotated[int, typer.Option(help="Candidates per generation.")] = 10,
     generations: Annotated[int, typer.Option(help="Generations, the initial one included.")] = 5,
     task: Annotated[list[str] | None, typer.Option("--task", help="Search task NAME[@BITS] (repeat): "
-                                                                  "digits-cnn, digits-resnet8, synthetic.")] = None,
+                                                                  "lite1-photos, lite2-photos, digits-cnn, "
+                                                                  "digits-resnet8, synthetic.")] = None,
     alpha: Annotated[float, typer.Option(help="Weight of the Spearman term in the fitness.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Random seed of template and parent sampling.")] = 0,
     seed_builtins: Annotated[bool, typer.Option("--seed-builtins/--no-seed-builtins",
@@ -92,7 +96,8 @@ def evolve_cmd(
             grammar=grammar, temperature=temperature, local_llm=local_llm, llm_base_url=llm_base_url,
             llm_model=llm_model, max_tokens=max_tokens, cpu_seconds=cpu_seconds, templates_dir=templates, tasks=task,
             population=population, generations=generations, alpha=alpha, seed=seed, seed_builtins=seed_builtins,
-            workers=workers, executor=executor or "process", ray_address=ray_address, repair=repair)
+            workers=workers, executor=executor or "process", ray_address=ray_address, repair=repair,
+            fit_constants=fit_constants)
         summary = start_run(settings, run_dir, local_llm=local_llm, show_progress=not quiet)
     if as_json:
         console.print_json(summary.to_dict())

@@ -44,7 +44,8 @@ class Workload:
 class Executor(Protocol):
     info: dict[str, Any]
 
-    def evaluate(self, code: str, alpha: float, limits: Limits, repair: bool) -> Future: ...
+    def evaluate(self, code: str, alpha: float, limits: Limits, repair: bool, fit_constants: bool = False
+                 ) -> Future: ...
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None: ...
 
@@ -58,8 +59,9 @@ class _PoolExecutor:
         self._tasks = tasks
         self.info: dict[str, Any] = {}
 
-    def evaluate(self, code: str, alpha: float, limits: Limits, repair: bool) -> Future:
-        return self._pool.submit(evaluate_program, code, alpha, limits, self._tasks, repair)
+    def evaluate(self, code: str, alpha: float, limits: Limits, repair: bool, fit_constants: bool = False
+                 ) -> Future:
+        return self._pool.submit(evaluate_program, code, alpha, limits, self._tasks, repair, fit_constants)
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
@@ -90,11 +92,11 @@ def thread_executor(work: Workload) -> Executor:
 # Ray (optional extra)
 
 def _ray_evaluate(code: str, alpha: float, limits: Limits, repair: bool, specs: tuple[TaskSpec, ...],
-                  cache_dir: str | None) -> dict[str, Any]:
+                  cache_dir: str | None, fit_constants: bool = False) -> dict[str, Any]:
     """One Ray task: the search tasks are built once per Ray worker process (:func:`worker_tasks`, as the
     process pool's initializer does), then the same :func:`evaluate_program`, whose sandbox runs the program
     in a limited child process."""
-    return evaluate_program(code, alpha, limits, worker_tasks(specs, cache_dir), repair)
+    return evaluate_program(code, alpha, limits, worker_tasks(specs, cache_dir), repair, fit_constants)
 
 
 def import_ray() -> Any:
@@ -229,10 +231,11 @@ class RayExecutor:
             self.shutdown(wait=False)
             raise
 
-    def evaluate(self, code: str, alpha: float, limits: Limits, repair: bool) -> Future:
+    def evaluate(self, code: str, alpha: float, limits: Limits, repair: bool, fit_constants: bool = False
+                 ) -> Future:
         """Submit one program's fitness evaluation (the references are kept until done, so none is freed)."""
         self._pending = [(r, f) for r, f in self._pending if not f.done()]
-        ref = self._remote.remote(code, alpha, limits, repair, self._specs, self._cache_dir)
+        ref = self._remote.remote(code, alpha, limits, repair, self._specs, self._cache_dir, fit_constants)
         fut = ref.future()
         self._pending.append((ref, fut))
         return fut

@@ -6,8 +6,9 @@ A run is a directory:
   template digest, limits, DPO hyper-parameters);
 - ``events.jsonl``: every step appended (and fsync'ed) as it happens: ``prompt``, ``reply``, ``llm_error``,
   ``program`` (code + reasoning + parse problem), ``vet`` (verdict + reason), ``evaluate`` (an evaluation
-  submitted, with its attempt number), ``repair``, ``fitness`` (value and per-task details, or the reason it has
-  none), ``generation`` (template probabilities before/after the DPO update, preference pairs, best/median
+  submitted, with its attempt number), ``repair``, ``constants`` (the float literals before and after constant
+  fitting, :mod:`~tap_edge.search.constants`, and the tuned code), ``fitness`` (value and per-task details, or the
+  reason it has none), ``generation`` (template probabilities before/after the DPO update, preference pairs, best/median
   fitness, invalid rate), ``run_start`` / ``resume`` / ``run_end``;
 - ``session.lock``: the lock of the session running it;
 - ``summary.json`` and ``best_proxy.py`` when the run ends.
@@ -289,7 +290,7 @@ class Evolution:
             elif kind == "evaluate" and isinstance(ev.get("cid"), str):
                 self.attempts[ev["cid"]] = self.attempts.get(ev["cid"], 0) + 1
             elif isinstance(ev.get("cid"), str) and kind in ("prompt", "reply", "program", "vet", "fitness",
-                                                              "repair"):
+                                                              "repair", "constants"):
                 if kind == "fitness" and ev.get("stage") == "llm":
                     continue  # the LLM never answered: nothing was paid, ask again on resume
                 self.recorded.setdefault(ev["cid"], {})[kind] = ev
@@ -482,7 +483,8 @@ class Evolution:
         self.attempts[cid] = self.attempts.get(cid, 0) + 1
         self._emit({"type": "evaluate", "cid": cid, "attempt": self.attempts[cid]})
         self.evaluated_now += 1
-        return executor.evaluate(code, self.settings.alpha, self.limits, self.settings.repair)
+        return executor.evaluate(code, self.settings.alpha, self.limits, self.settings.repair,
+                                 self.settings.fit_constants)
 
     def _result(self, cand: Candidate, fut: Future) -> dict[str, Any]:
         """An evaluation's outcome. An error raised by the evaluation is the candidate's failure; a worker
@@ -537,6 +539,8 @@ class Evolution:
             cand.code, cand.reasoning = prog.get("code"), str(prog.get("reasoning") or "")
             if "repair" in rec:
                 cand.code = rec["repair"].get("code") or cand.code
+            if "constants" in rec:
+                cand.code = rec["constants"].get("code") or cand.code
             fitness = f.get("fitness")
             cand.fitness = float(fitness) if f.get("ok") and isinstance(fitness, int | float) else None
             cand.reason, cand.stage = f.get("reason"), f.get("stage")
@@ -625,6 +629,11 @@ class Evolution:
                         "removed": result.get("repairs"), "code": fixed})
             if fixed:
                 cand.code = fixed
+        if "constants" in result:  # the fitness below is the tuned program's when the constants improved
+            tuned = result.pop("tuned_code", None)
+            self._emit({"type": "constants", "cid": cand.id, **result.pop("constants"), "code": tuned})
+            if tuned:
+                cand.code = tuned
         if result.get("ok"):
             cand.fitness, cand.details = float(result["fitness"]), result.get("tasks")
         else:

@@ -45,6 +45,7 @@ class EvolveSettings:
     executor_info: dict[str, Any] | None = None  # set when evaluations start: executor, Ray address, resources
     grammar: str = "off"  # off | full | score | edit | reweight (see prompts.GRAMMARS); llama.cpp servers only
     repair: bool = True  # delete failing statements of a program before giving up on it
+    fit_constants: bool = False  # tune a program's float literals before its fitness (search/constants.py)
     templates_dir: str | None = None
     llm: dict[str, Any] = field(default_factory=lambda: asdict(LLMConfig()))
     limits: dict[str, float] = field(default_factory=lambda: asdict(Limits()))

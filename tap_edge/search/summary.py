@@ -38,6 +38,10 @@ def summarize(run_dir: str | Path) -> RunSummary:
             progs[ev["cid"]]["original_code"] = progs[ev["cid"]].get("code")
             progs[ev["cid"]]["code"] = ev["code"]
             progs[ev["cid"]]["repairs"] = ev.get("removed")
+        elif t == "constants" and ev.get("cid") in progs:
+            progs[ev["cid"]]["constants"] = {k: v for k, v in ev.items() if k not in ("type", "cid", "code", "t")}
+            if ev.get("code"):
+                progs[ev["cid"]]["code"] = ev["code"]
         elif t == "prompt":
             prompts[ev["cid"]] = ev
         elif t == "fitness":
@@ -58,7 +62,7 @@ def summarize(run_dir: str | Path) -> RunSummary:
         best = {"id": best_id, "fitness": valid[best_id]["fitness"], "template": prompt.get("template"),
                 "parents": prompt.get("parents"), "seed": prompt.get("seed") or None,
                 "reasoning": prog.get("reasoning"), "code": prog.get("code"), "repairs": prog.get("repairs"),
-                "tasks": valid[best_id].get("tasks"),
+                "tasks": valid[best_id].get("tasks"), "constants": prog.get("constants"),
                 "lineage": [step.model_dump() for step in lineage(best_id, progs, prompts, fits)]}
     reasons: dict[str, int] = {}
     for f in fits.values():
