@@ -220,6 +220,31 @@ def test_rules_model_on_resnet8_against_recorded_vela(monkeypatch: pytest.Monkey
     assert abs(f.file_bytes - 87936) <= 0.05 * 87936
 
 
+def test_rules_model_folds_the_converters_pad_as_vela_does(tmp_path: Path) -> None:
+    """A stride-2 depthwise conv with padding 1 reaches a .tflite with an explicit PAD (65x65x32 here), which
+    Vela folds into the conv: the rules model counts no PAD tensor, and (with Vela) lands within 2% of Vela."""
+    import torch
+    from torch import nn
+
+    from tap_edge.fit.memory import with_pad_ops
+    from tap_edge.fit.tflite_writer import standin_tflite
+    from tap_edge.graph.frontends.torch_frontend import trace_module
+
+    net = nn.Sequential(nn.Conv2d(8, 32, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=32),
+                        nn.ReLU(), nn.Conv2d(32, 8, 1)).eval()
+    graph = trace_module(net, torch.zeros(1, 8, 64, 64), "padnet")
+    assert "PAD" in [op.op_type for op in with_pad_ops(graph).ops]
+    bits, rt = BitAssignment.parse("w8a8"), runtime_of(U55)
+    rules = ethos_u.rules_figures(graph, bits, rt)
+    with_pad = 64 * 64 * 32 + 65 * 65 * 32  # the expand conv's output and the PAD's, live together
+    assert 64 * 64 * (8 + 32) <= rules.sram_bytes < with_pad
+    if HAS_VELA:
+        model = tmp_path / "padnet.tflite"
+        model.write_bytes(standin_tflite(graph, bits))
+        vela = vela_figures(model, U55, tmp_path / "out")
+        assert abs(rules.sram_bytes - vela.sram_bytes) <= 0.02 * vela.sram_bytes
+
+
 # ---- --vela-config ------------------------------------------------------------------------------------------
 BAD_CONFIGS = {
     "not_ini": ("garbage without a section\n", "not a Vela configuration file"),
