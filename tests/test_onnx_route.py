@@ -87,6 +87,21 @@ def test_plan_and_fake_quant_agree_with_pytorch(spec: str, dynamo: bool, tmp_pat
     assert float(cosine) >= 0.999, float(cosine)
 
 
+def test_tflm_arena_of_the_file_counts_the_converters_pad_ops(tmp_path: Path) -> None:
+    """MobileNetV2's stride-2 convs pad 1 on every side, which TFLite's SAME cannot express: the converter writes a
+    PAD op and its padded tensor, which TFLite Micro plans. The file's TFLite Micro prediction counts it as the
+    module's does (it was a false FITS on imxrt1170: 879.5 KiB predicted for the file, 1,327,288 B measured)."""
+    from tap_edge.devices import get_device
+    from tap_edge.fit.checker import check_report
+
+    lm, path = export("timm:mobilenetv2_050", False, tmp_path)
+    device = get_device("imxrt1170")
+    rows = [check_report(load_graph(m), BitAssignment(8, 8), [device]).devices[0] for m in (lm, str(path))]
+    assert rows[0].peak_op.endswith("::pad") and rows[1].peak_op.endswith("::pad"), [r.peak_op for r in rows]
+    assert abs(rows[1].peak_sram_bytes - rows[0].peak_sram_bytes) <= 0.01 * rows[0].peak_sram_bytes
+    assert rows[0].verdict == rows[1].verdict == "OOM"
+
+
 def test_converted_module_matches_float_outputs(tmp_path: Path) -> None:
     lm, path = export("resnet8", True, tmp_path)
     converted = as_pytorch(str(path))
