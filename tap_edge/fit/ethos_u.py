@@ -62,7 +62,7 @@ COMMAND_BYTES_PER_OP, FILE_FIXED_BYTES, FILE_TENSOR_BYTES = 120, 1200, 100
 #: Vela's custom operator in an optimised model.
 _CUSTOM = "ethos-u"
 #: Bumped when the stand-in writer or the figures change: cached predictions of older code are not reused.
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 
 
 def is_ethos_u(runtime: Any) -> bool:
@@ -455,9 +455,11 @@ def model_weights(graph: ModelGraph) -> dict[str, np.ndarray] | None:
 
 
 def _model_weights(graph: ModelGraph) -> dict[str, np.ndarray] | None:
-    """The int8 weights of a PyTorch graph's model, per op, quantized as the TFLite path does (per output channel,
-    symmetric, round to nearest): loaded again from the graph's spec (None when it does not load, e.g. a model
-    given as a Python object, or for other front-ends)."""
+    """The int8 weights of a PyTorch or ONNX graph's model, per op, quantized as the TFLite path does (per output
+    channel, symmetric, round to nearest): loaded again from the graph's spec, or read from the ONNX file's
+    initializers (None when neither loads, e.g. a model given as a Python object)."""
+    if graph.frontend == "onnx":
+        return onnx_int8_weights(graph)
     if graph.frontend != "torch":
         return None
     from tap_edge.graph.models import IN_MEMORY, load_model
@@ -482,11 +484,44 @@ def int8_weights(module: Any, graph: ModelGraph) -> dict[str, np.ndarray]:
         weight = getattr(m, "weight", None)
         if weight is None or list(weight.shape) != list(op.weight_shape or []):
             continue
-        w = weight.detach().float().cpu().numpy().reshape(weight.shape[0], -1)
-        scale = np.abs(w).max(axis=1, keepdims=True) / 127.0
-        scale[scale == 0] = 1.0
-        out[op.name] = np.clip(np.round(w / scale), -127, 127).astype(np.int8).reshape(weight.shape)
+        out[op.name] = _per_channel_int8(weight.detach().float().cpu().numpy())
     return out
+
+
+def onnx_int8_weights(graph: ModelGraph) -> dict[str, np.ndarray] | None:
+    """Per-channel symmetric int8 weights of an ONNX graph's layers, from the initializer each node takes as its
+    weight (a MatMul's ``[in, out]`` transposed to the graph's ``[out, in]``); layers whose weight is computed
+    (e.g. a DequantizeLinear of a QDQ file) are left out. None when the file does not load."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = graph.meta.get("path")
+    try:
+        model = onnx.load(str(path))
+    except Exception:  # noqa: BLE001 - a file that does not load gives seeded stand-in weights, said in the note
+        return None
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    out: dict[str, np.ndarray] = {}
+    for op in graph.quantizable_ops():
+        node = nodes.get(op.name)
+        if node is None or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        shape = list(op.weight_shape or [])
+        if list(w.shape) != shape and w.ndim == 2 and list(w.T.shape) == shape:
+            w = w.T
+        if list(w.shape) == shape:
+            out[op.name] = _per_channel_int8(w)
+    return out or None
+
+
+def _per_channel_int8(weight: np.ndarray) -> np.ndarray:
+    """Symmetric int8 per output channel (dimension 0), round to nearest; an all-zero channel keeps scale 1."""
+    w = weight.reshape(weight.shape[0], -1)
+    scale = np.abs(w).max(axis=1, keepdims=True) / 127.0
+    scale[scale == 0] = 1.0
+    return np.clip(np.round(w / scale), -127, 127).astype(np.int8).reshape(weight.shape)
 
 
 # ---- the rules model (no Vela) ---------------------------------------------------------------------------------
