@@ -386,8 +386,9 @@ def runtime_view(graph: ModelGraph, runtime: Any, bits: BitAssignment | None = N
     """The graph as ``runtime`` executes it, and the bytes it keeps in the arena besides activations.
 
     Runtimes that run converted ``.tflite`` models (TFLite Micro, LiteRT, Edge TPU) get explicit PAD ops for
-    PyTorch and ONNX models (both reach a .tflite through a converter, which writes the PAD); TFLite Micro runtimes also hold their persistent tail in the arena (:mod:`.tflm`, at
-    ``bits``; default the model's own types for a .tflite, else w8a8)."""
+    PyTorch and ONNX models (both reach a .tflite through a converter, which writes the PAD); TFLite Micro runtimes
+    also hold their persistent tail in the arena (:mod:`.tflm`, at ``bits``; default the model's own types for a
+    .tflite, else w8a8)."""
     name = runtime.name
     if name.startswith(("tflm", "litert", "tflite", "edgetpu", "host-litert")) and graph.frontend in ("torch", "onnx"):
         graph = with_pad_ops(graph)
