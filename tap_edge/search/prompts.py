@@ -98,6 +98,10 @@ REWEIGHT_FEATURES = (
     'float(layer["op_class"] == "fc")',
     'float(layer["index"] == 0)',
     'float(layer["index"] == layer["num_layers"] - 1)',
+    'layer["param_share"]',
+    'layer["mac_share"]',
+    'math.log10(layer["in_kurtosis"] + 1.0)',
+    'math.log10(layer["qerr_hessian"][1] / (layer["out_sq"] + 1e-30) + 1e-9)',
 )
 
 #: llama.cpp GBNF grammar of a ``reweight`` edit (mutation / crossover under ``--grammar reweight``): the model
