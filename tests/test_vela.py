@@ -115,6 +115,15 @@ def test_ethos_u_profile_names_its_vela_config(device_id: str, runtime_name: str
         assert v.arena_cache_size and v.arena_cache_size > 0
 
 
+def test_devices_show_names_the_vela_settings(run_cli) -> None:
+    r = run_cli("devices", "show", U85)
+    assert r.code == 0, r.err
+    text = " ".join(r.out.split())
+    assert ("tflm-ethos-u: Vela ethos-u85-128, [System_Config.Ethos_U85_SYS_DRAM_Mid] @ 1000 MHz, "
+            "[Memory_Mode.Dedicated_Sram_384KB] (arena off-chip), arena cache 384.0 KiB") in text
+    assert "NPU widths w8a8, w8a16" in text
+
+
 def test_u85_places_more_builtins_than_u55() -> None:
     rt = runtime_of(U55)
     assert set(rt.npu["u55"].builtins) < set(rt.npu["u85"].builtins)

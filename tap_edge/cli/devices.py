@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -83,7 +83,22 @@ def devices_show(device: str, as_json: bool) -> None:
                   "; ".join(f"{k}: {v}" for k, v in rt.activations.items()),
                   "all" if "*" in rt.ops else f"{len(rt.ops)} classes", fmt_bytes(rt.code_bytes))
     console.out.print(t)
+    for rt in p.runtimes:
+        if rt.vela is not None:
+            console.out.print(vela_line(rt), markup=False)
     for m in p.mlperf_tiny:
         console.out.print(f"  MLPerf Tiny {m.version} on {m.system}{' (proxy board)' if m.proxy else ''}: "
                           f"IC {m.ic_ms} / VWW {m.vww_ms} / KWS {m.kws_ms} / AD {m.ad_ms} ms")
     console.out.print("  sources: " + "; ".join(f"[{k}] {v}" for k, v in p.sources.items()))
+
+
+def vela_line(rt: Any) -> str:
+    """What an Ethos-U runtime tells Vela and what its NPU runs (the widths above are the CPU's, for fallbacks)."""
+    v = rt.vela
+    cache = f", arena cache {fmt_bytes(v.arena_cache_size)}" if v.arena_cache_size is not None else ""
+    pairs = ", ".join(f"w{w}a{a}" for w, a in sorted(rt.npu_pairs())) or "-"
+    support = rt.npu.get(v.generation)
+    table = f"; {len(support.builtins)} builtins on the NPU, others on the CPU" if support and support.builtins else ""
+    return (f"  {rt.name}: Vela {v.accelerator}, [System_Config.{v.system_config}] @ {v.clock_hz / 1e6:g} MHz, "
+            f"[Memory_Mode.{v.memory_mode}] (arena {'in SRAM' if v.arena_in_sram else 'off-chip'}){cache}, "
+            f"{v.optimise}; NPU widths {pairs}{table}")

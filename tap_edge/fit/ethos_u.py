@@ -216,7 +216,7 @@ def run_vela(tflite: Path, config: VelaConfig, out_dir: Path, *, optimise: str |
         last = [ln.strip() for ln in (proc.stderr + "\n" + proc.stdout).splitlines() if ln.strip()
                 and not ln.startswith(("Warning: Consider", "Traceback", "  File"))]
         raise VelaError(f"Vela failed on {tflite.name} (exit {proc.returncode}): {' | '.join(last[-2:])[:400]}",
-                        "check the model and the Vela settings (tap-edge devices -d DEVICE shows them)")
+                        "check the model and the Vela settings (tap-edge devices show DEVICE lists them)")
     summaries = sorted(out_dir.glob(f"{tflite.stem}_summary_*.csv"))
     return VelaRun(output, summaries[-1] if summaries else None, proc.stdout, cmd)
 
