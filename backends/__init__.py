@@ -479,8 +479,8 @@ def _foreign_flag(option: str, backend: str) -> UserError:
 
 def backend_for_runtime(runtime: str) -> Backend | None:
     """The backend that builds for the device runtime ``runtime`` (its ``runtimes`` patterns match), if any: the
-    one whose matching pattern names the runtime most closely (most literal characters: ``*ethos-u*`` before
-    ``tflm*`` for ``tflm-ethos-u``), first-party backends first among equals."""
+    one whose matching pattern names the runtime most closely (most literal characters: ``tflm-ethos-u*``
+    before ``tflm*`` for ``tflm-ethos-u``), first-party backends first among equals."""
     names = [n for n in FIRST_PARTY if n in list_backends()] + [n for n in list_backends() if n not in FIRST_PARTY]
     serving = [get_backend(n) for n in names if get_backend(n).serves_runtime(runtime)]
     if not serving:

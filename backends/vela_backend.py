@@ -79,7 +79,7 @@ class VelaOptions(BackendOptions):
 class VelaBackend(Backend):
     name = "vela"
     description = "Ethos-U: int8 / 16x8 .tflite (TFLite path) compiled by Vela; Vela's SRAM, flash, CPU ops, cycles"
-    runtimes = ("*ethos-u*",)
+    runtimes = ("tflm-ethos-u*", "litert-ethos-u*")  # the families with a vela section (not executorch-ethos-u)
     kinds = ("mcu", "edge-linux", "npu")
     modules = ("litert_torch", "ai_edge_litert", "ai_edge_quantizer", "ethosu.vela")
     measure_modules = ("ai_edge_litert",)

@@ -124,6 +124,15 @@ def test_devices_show_names_the_vela_settings(run_cli) -> None:
     assert "NPU widths w8a8, w8a16" in text
 
 
+def test_the_vela_backend_builds_for_every_ethos_u_runtime_with_vela_settings() -> None:
+    from tap_edge.backends import backend_for_runtime
+
+    for _, runtime_name in ETHOS_U:
+        assert backend_for_runtime(runtime_name).name == "vela", runtime_name
+    assert backend_for_runtime("tflm-cmsis-nn").name == "tflite"
+    assert backend_for_runtime("executorch-ethos-u") is None  # no vela section: its own tables
+
+
 def test_u85_places_more_builtins_than_u55() -> None:
     rt = runtime_of(U55)
     assert set(rt.npu["u55"].builtins) < set(rt.npu["u85"].builtins)
