@@ -16,10 +16,11 @@ from tap_edge.fit.memory import flash_breakdown, plan_arena_for
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.models import IN_MEMORY, LoadedModel
 
-#: The runtime the prediction assumes when no device is given: TFLite Micro's reference kernels on the host
-#: (16-byte alignment, no aliasing, no scratch, PAD ops and the persistent tail; see
-#: ``tap_edge.fit.memory.runtime_view``).
-HOST_REFERENCE_RUNTIME = Runtime(name="tflm-host", weights={"default": [4, 8]}, activations={"default": [8, 16]})
+#: The runtime the prediction assumes when no device is given: TFLite Micro's reference kernels on the host, as
+#: the tflite_micro interpreter runs them (16-byte alignment, no aliasing, the reference kernels' scratch: an int4
+#: filter unpacked into the arena; PAD ops and the persistent tail; see ``tap_edge.fit.memory.runtime_view``).
+HOST_REFERENCE_RUNTIME = Runtime(name="tflm-host", weights={"default": [4, 8]}, activations={"default": [8, 16]},
+                                 scratch="tflm")
 
 
 def artifact_stem(model: LoadedModel, bits: BitAssignment) -> str:

