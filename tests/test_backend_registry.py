@@ -12,8 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 import tap_edge.backends as backends_pkg
 from tap_edge.backends import (
@@ -142,19 +140,6 @@ def test_a_flag_of_another_backend_is_one_line_naming_it(name: str) -> None:
             with pytest.raises(UserError, match=f"backend '{name}'") as ei:
                 get_backend(name).options_from_flags(**{option.name: option.default or 1})
             assert f"pass --backend {other}" in ei.value.hint and "\n" not in str(ei.value)
-
-
-class Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.flatten(self.pool(torch.relu(self.conv(x)))))
 
 
 TINY_MODEL_PY = '''import torch
