@@ -11,7 +11,8 @@ the float .tflite (``mixed`` mode). Both quantizers re-derive each weight channe
 value, which moves a PTQ grid whose integers do not reach ``qmax`` (GPTQ's need not): :func:`store_ptq_grid`
 then writes the fake-quant integers ``round(w / s)`` and scales ``s`` (``PTQInfo.weight_scales``) into every
 conv / depthwise / fully-connected weight tensor and re-quantizes its int32 bias at the new ``s_in * s``
-(tests/test_backends.py ``test_tflite_stores_the_fake_quant_integers``). What it builds, per runtime, is
+(tests/test_backends.py ``test_tflite_stores_the_fake_quant_integers``); the input of each such layer (and the
+model output) gets the fake-quant model's activation scale and zero point. What it builds, per runtime, is
 :meth:`TFLiteBackend.plan_rules` (one activation width; int4 weights on conv only, and with 8-bit activations
 on TFLite Micro; float for the whole model or not at all): ``tap-edge plan`` keeps to them and ``build``
 refuses the rest. PT2E is the int8 path rather than ai-edge-quantizer because an ai-edge-quantizer int8
@@ -360,8 +361,9 @@ def store_ptq_grid(path: Path, module: Any) -> dict[str, int]:
     :func:`~tap_edge.quantize.ptq.weights_only` copy) so they store the fake-quant integers ``round(w / s)`` and
     scales ``s`` of ``module.tap_edge_ptq.weight_scales``, with each int32 bias re-quantized from the module's
     float bias at ``s_in * s``. Weight tensors are found by the module's name (:func:`module_regex`) and must
-    hold the same values as the converter quantized them to within one of its steps (else the mapping is wrong:
-    an error). An all-zero channel keeps scale 1. Returns ``{"layers": n}`` rewritten."""
+    hold the same values as the converter quantized them to within half of its step (else the mapping is wrong:
+    an error). An all-zero channel gets scale 1 (the converter's absmax scale is 0 there). Returns ``{"layers": n}``
+    rewritten."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
@@ -390,12 +392,56 @@ def store_ptq_grid(path: Path, module: Any) -> dict[str, int]:
                 found = [n for n in patterns if n not in done and _holds(m, wt, builtin, modules[n], info, n, schema)]
             if len(found) != 1:
                 raise RuntimeError(f"TFLite weight '{name}': {len(found)} PTQ layers match it")
+            qp = info.input_qparams.get(found[0])
+            if qp is not None:
+                _set_activation(m, sg, op.inputs[0], qp, schema)
             _store_layer(m, sg, op, builtin, found[0], modules[found[0]], info, schema)
             done.add(found[0])
+        if info.output_qparams is not None and sg.outputs is not None and len(sg.outputs):
+            _set_activation(m, sg, _before_dequantize(m, sg, int(sg.outputs[0])), info.output_qparams, schema)
     builder = flatbuffers.Builder(1024)
     builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
     path.write_bytes(bytes(builder.Output()))
     return {"layers": len(done)}
+
+
+#: Builtins whose output must carry their input's quantization (RESHAPE, SQUEEZE, PAD, PADV2: bytes moved as is).
+_SAME_SCALE = (22, 43, 34, 60)
+
+
+def _producers(m: Any, sg: Any) -> dict[int, Any]:
+    return {int(t): op for op in sg.operators for t in (op.outputs if op.outputs is not None else [])}
+
+
+def _builtin(m: Any, op: Any) -> int:
+    code = m.operatorCodes[op.opcodeIndex]
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
+def _before_dequantize(m: Any, sg: Any, tensor: int) -> int:
+    """The quantized tensor behind a graph output that a DEQUANTIZE makes float (else ``tensor``)."""
+    op = _producers(m, sg).get(tensor)
+    return int(op.inputs[0]) if op is not None and _builtin(m, op) == 6 else tensor
+
+
+def _set_activation(m: Any, sg: Any, tensor: int, qparams: tuple[int, float, int], schema: Any) -> None:
+    """Give an int8 / int16 activation tensor (and the tensors it is a reshaped or padded copy of) the fake-quant
+    quantizer ``(bits, scale, zero_point)``: uint8 zero point ``z`` is int8 ``z - 128``, the same grid. A float
+    tensor, or one whose width is not the quantizer's, is left alone."""
+    bits, scale, zero = qparams
+    want = {8: (schema.TensorType.INT8, zero - 128), 16: (schema.TensorType.INT16, 0)}.get(bits)
+    producers = _producers(m, sg)
+    while want is not None:
+        t = sg.tensors[tensor]
+        if t.type != want[0] or t.quantization is None or t.quantization.scale is None \
+                or len(t.quantization.scale) != 1:
+            return
+        t.quantization.scale = np.array([scale], np.float32)
+        t.quantization.zeroPoint = np.array([want[1]], np.int64)
+        op = producers.get(tensor)
+        if op is None or _builtin(m, op) not in _SAME_SCALE:
+            return
+        tensor = int(op.inputs[0])
 
 
 def _grid(m: Any, wt: Any, builtin: int, mod: Any, info: Any, name: str,
@@ -422,7 +468,11 @@ def _grid(m: Any, wt: Any, builtin: int, mod: Any, info: Any, name: str,
     old = _unpack(np.asarray(data, np.uint8), k.size, int4).reshape(shape).astype(np.float64)
     step = np.moveaxis(np.broadcast_to(np.asarray(wt.quantization.scale, np.float64), (shape[axis],)).reshape(per),
                        0, axis)
-    holds = bool(np.all(np.abs(old * step - k * np.moveaxis(new_s.reshape(per), 0, axis)) <= step * 0.5 + 1e-12))
+    # rounding ties (k * s exactly half-way between two of the converter's levels) sit at 0.5 step: a margin
+    close = np.abs(old * step - k * np.moveaxis(new_s.reshape(per), 0, axis)) <= step * (0.5 + 1e-4) + 1e-12
+    # an all-zero channel is fully given by k = 0 (the converter's own integers there may be junk: scale 0)
+    nonzero = np.moveaxis(np.moveaxis(k, axis, 0).reshape(shape[axis], -1).any(1).reshape(per), 0, axis)
+    holds = bool(np.all(close | ~nonzero))
     return k, new_s, holds
 
 
