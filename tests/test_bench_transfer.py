@@ -1,0 +1,53 @@
+"""tools/bench_transfer.py: the paired bootstrap finds a known difference (and none where there is none), and the
+share of the uniform-to-oracle gap."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from bench_transfer import gap_closed, paired_bootstrap  # noqa: E402
+
+
+def test_bootstrap_finds_a_known_difference() -> None:
+    """Two methods on the same 400 photos: b is right on 80 %, a on the same photos plus 5 % more (known +5)."""
+    rng = np.random.default_rng(1)
+    b = rng.random(400) < 0.8
+    a = b.copy()
+    a[np.flatnonzero(~b)[:20]] = True  # 20 more right answers: +5.0 points exactly
+    d, lo, hi = paired_bootstrap(a, b)
+    assert d == pytest.approx(0.05)
+    assert 0 < lo < 0.05 < hi < 0.08  # the interval excludes zero and holds the true difference
+
+
+def test_bootstrap_of_no_difference_straddles_zero() -> None:
+    rng = np.random.default_rng(2)
+    a, b = rng.random(400) < 0.8, rng.random(400) < 0.8
+    d, lo, hi = paired_bootstrap(a, a)
+    assert d == lo == hi == 0.0
+    d, lo, hi = paired_bootstrap(a, b)  # independent draws of the same rate: zero inside the interval
+    assert lo < 0 < hi and lo < d < hi
+
+
+def test_bootstrap_pairing_is_tighter_than_unpaired() -> None:
+    """Paired outcomes that mostly agree give a narrow interval: the pairing is what makes 1 point detectable."""
+    rng = np.random.default_rng(3)
+    b = rng.random(500) < 0.85
+    a = b.copy()
+    a[np.flatnonzero(~b)[:15]] = True  # +3 points, the other 485 photos the same
+    d, lo, hi = paired_bootstrap(a, b)
+    assert d == pytest.approx(0.03) and hi - lo < 0.04 and lo > 0
+    # unpaired (the same rates on independent photos) the interval is several times wider
+    rest = np.random.default_rng(4).permutation(a)
+    assert np.ptp(paired_bootstrap(rest, b)[1:]) > 2 * (hi - lo)
+
+
+def test_gap_closed() -> None:
+    assert gap_closed(0.9, 0.5, 0.9) == pytest.approx(1.0)
+    assert gap_closed(0.7, 0.5, 0.9) == pytest.approx(0.5)
+    assert gap_closed(0.4, 0.5, 0.9) < 0
+    assert gap_closed(0.5, 0.5, 0.5) is None
