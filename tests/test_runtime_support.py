@@ -162,7 +162,7 @@ def _runs_at(path: Path, arena: int) -> bool:
     """Whether TFLM builds and invokes the model in ``arena`` bytes (its own child: a too small arena can
     crash or hang it)."""
     try:
-        return subprocess.run([sys.executable, "-c", _PROBE, str(path), str(arena)], timeout=20).returncode == 0
+        return subprocess.run([sys.executable, "-c", _PROBE, str(path), str(arena)], timeout=120).returncode == 0
     except subprocess.TimeoutExpired:
         return False
 
