@@ -269,6 +269,28 @@ def test_hawq_estimators_agree_on_ranking(setups: dict) -> None:
         get_proxy("hawq")(s["stats"], s["ctx"], estimator="exact")
 
 
+def test_qerror_in_two_threads_leaves_the_model_alone_and_matches_one_thread(setups: dict) -> None:
+    """``functional_call`` swaps a module's weight while it runs: two worker threads in one module read each
+    other's quantized weights and left one behind in the shared folded model (EfficientNet-Lite0: qerror and the
+    kl proxy after it gave plans with 0% agreement). Each thread now runs its own copy."""
+    s = setups["timm:mobilenetv2_050"]
+    x = torch.randn(16, *MODELS["timm:mobilenetv2_050"], generator=torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            ctx = ProxyContext(model=s["model"], graph=s["graph"], calib=x)
+            before = {k: v.clone() for k, v in ctx.folded_model().state_dict().items()}
+            results.append(get_proxy("qerror")(s["stats"], ctx))
+            after = ctx.folded_model().state_dict()
+            assert all(torch.equal(before[k], after[k]) for k in before), "qerror changed the folded model"
+    finally:
+        torch.set_num_threads(threads)
+    for name, row in results[0].items():
+        assert row == pytest.approx(results[1][name], rel=1e-6, abs=1e-12), name
+
+
 def test_qerror_model_level(setups: dict) -> None:
     s = setups["resnet8"]
     kl = get_proxy("qerror")(s["stats"], s["ctx"], level="model")

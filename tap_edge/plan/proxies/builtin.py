@@ -7,6 +7,7 @@ float model's own top-1 predictions on the calibration batch (``tap_edge.plan.st
 
 from __future__ import annotations
 
+import copy as copy_module
 import threading
 from pathlib import Path
 from typing import Any
@@ -240,9 +241,12 @@ def fisher(stats: list[LayerStats], ctx: ProxyContext) -> WeightCosts:
 
 # ---- output error -----------------------------------------------------------------------------------------
 def _layer_output_nsr(stats: list[LayerStats], ctx: ProxyContext) -> list[np.ndarray]:
+    """Per layer and width: sum ||y(Q_b(W)) - y(W)||^2 / sum ||y(W)||^2 on the calibration batch.
+
+    Each worker thread runs its own copy of the folded model: ``functional_call`` swaps a module's weight while
+    it runs, so two threads in one module would read (and could leave behind) each other's quantized weight."""
     model = ctx.folded_model()
     x = ctx.batch()
-    modules = dict(model.named_modules())
     by_module = {s.module: s for s in stats}
     acc: dict[tuple[int, str], np.ndarray] = {}  # (thread, module) -> [sum ||dy_b||^2 ..., sum ||y||^2]
     local = threading.local()
@@ -268,20 +272,21 @@ def _layer_output_nsr(stats: list[LayerStats], ctx: ProxyContext) -> list[np.nda
                 local.busy = False
         return hook
 
-    def part(sl: slice) -> Any:
+    def part(copy: torch.nn.Module, sl: slice) -> Any:
         def run() -> None:
             with torch.no_grad():
                 for i in range(sl.start, sl.stop, 8):
-                    model(x[i:min(i + 8, sl.stop)])
+                    copy(x[i:min(i + 8, sl.stop)])
         return run
 
-    handles = [modules[m].register_forward_hook(make(m)) for m in by_module]
-    try:
-        with worker_threads() as workers:
-            run_tasks([("qerror", part(sl)) for sl in _halves(len(x), workers)], workers=workers)
-    finally:
-        for h in handles:
-            h.remove()
+    with worker_threads() as workers:
+        halves = _halves(len(x), workers)
+        copies = [copy_module.deepcopy(model) for _ in halves]
+        for c in copies:
+            modules = dict(c.named_modules())
+            for m in by_module:
+                modules[m].register_forward_hook(make(m))
+        run_tasks([("qerror", part(c, sl)) for c, sl in zip(copies, halves, strict=True)], workers=workers)
     rows = []
     for s in stats:
         tot = sum((v for (t, m), v in acc.items() if m == s.module), np.zeros(len(s.bits) + 1))
