@@ -12,7 +12,7 @@ from pathlib import Path
 from tap_edge.devices import Runtime
 from tap_edge.documents import ArenaSettings, FlashFigures, Manifest, ManifestBits, Prediction, Widths
 from tap_edge.fit.bits import BitAssignment
-from tap_edge.fit.memory import flash_breakdown, plan_arena_for
+from tap_edge.fit.footprint import flash_breakdown, plan_arena_for
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.models import IN_MEMORY, LoadedModel
 

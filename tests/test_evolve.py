@@ -852,3 +852,13 @@ def test_repair_reruns_share_one_budget() -> None:
     assert fixed is None and why and "budget" in why, why
     assert 1 <= len(steps) < 12
     assert time.perf_counter() - t0 < 3 + 12  # wall budget plus the interpreters' start-up
+
+
+def test_every_task_name_has_a_builder() -> None:
+    """TaskSpec.parse checks names against tasks.TASK_NAMES (below the task modules); fitness builds each one."""
+    from tap_edge.search.fitness import TASK_BUILDERS
+    from tap_edge.search.tasks import TASK_NAMES, TaskSpec
+
+    assert set(TASK_NAMES) == set(TASK_BUILDERS)
+    with pytest.raises(UserError, match="unknown search task 'digits-cnm'"):
+        TaskSpec.parse("digits-cnm@3")

@@ -243,7 +243,7 @@ def test_allocator_does_not_trade_flash_for_an_int4_scratch_that_breaks_sram() -
     """On TFLM's reference kernels an int4 conv needs its filter unpacked in the arena: under an SRAM budget
     that cannot hold that scratch the allocator keeps the layer at 8 bits even if flash prefers 4."""
     from tap_edge.devices import get_device
-    from tap_edge.fit.memory import plan_arena_for
+    from tap_edge.fit.footprint import plan_arena_for
     from tap_edge.plan.allocate import allocate
     from tap_edge.plan.budgets import Budgets
 

@@ -18,7 +18,7 @@ from tap_edge.backends import get_backend, plan_target
 from tap_edge.core.errors import UserError
 from tap_edge.devices import Runtime, get_device
 from tap_edge.fit.bits import BitAssignment, LayerBits
-from tap_edge.fit.memory import flash_breakdown, plan_arena_for
+from tap_edge.fit.footprint import flash_breakdown, plan_arena_for
 from tap_edge.graph.graph import ModelGraph, Op, Tensor, conv_macs
 from tap_edge.plan.allocate import InfeasibleBudget, _Program, allocate
 from tap_edge.plan.budgets import Budgets

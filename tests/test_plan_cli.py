@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tap_edge.fit.bits import BitAssignment
-from tap_edge.fit.memory import flash_breakdown
+from tap_edge.fit.footprint import flash_breakdown
 from tap_edge.graph.models import load_graph
 
 

@@ -23,7 +23,7 @@ from tap_edge.devices import get_device  # noqa: E402
 from tap_edge.devices.profile import Runtime, runtime_families  # noqa: E402
 from tap_edge.fit.bits import BitAssignment  # noqa: E402
 from tap_edge.fit.checker import check  # noqa: E402
-from tap_edge.fit.memory import plan_arena_for  # noqa: E402
+from tap_edge.fit.footprint import plan_arena_for  # noqa: E402
 from tap_edge.graph.frontends.tflite_frontend import load_tflite_graph  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))

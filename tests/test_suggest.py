@@ -15,7 +15,7 @@ from tap_edge.devices import get_device, load_profile
 from tap_edge.documents import CheckReport
 from tap_edge.fit.bits import BitAssignment, LayerBits
 from tap_edge.fit.checker import check_report
-from tap_edge.fit.memory import flash_breakdown, plan_arena_for
+from tap_edge.fit.footprint import flash_breakdown, plan_arena_for
 from tap_edge.graph.graph import ModelGraph, Op, Tensor, conv_macs
 from tap_edge.graph.models import load_graph
 from tap_edge.plan.rules import PlanRules

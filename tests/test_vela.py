@@ -396,3 +396,21 @@ def _resnet8():
     from tap_edge.graph.models import load_graph, load_model
 
     return load_graph(load_model("resnet8"))
+
+
+def test_the_cpu_memory_model_refuses_an_ethos_u_runtime() -> None:
+    """fit.footprint dispatches an Ethos-U runtime to Vela's plan; fit.memory's CPU-arena figures for one would be
+    a wrong number, so asking it is an error, not a figure."""
+    from tap_edge.devices import get_device
+    from tap_edge.fit import memory
+    from tap_edge.fit.bits import BitAssignment
+    from tap_edge.fit.footprint import plan_arena_for
+    from tap_edge.graph.models import load_graph
+
+    graph, bits = load_graph("ds_cnn"), BitAssignment(8, 8)
+    rt = get_device("corstone-300").runtime("tflm-ethos-u")
+    with pytest.raises(ValueError, match="use tap_edge.fit.footprint"):
+        memory.plan_arena_for(graph, bits, rt)
+    with pytest.raises(ValueError, match="use tap_edge.fit.footprint"):
+        memory.flash_breakdown(graph, bits, runtime=rt)
+    assert plan_arena_for(graph, bits, rt).arena_bytes > 0

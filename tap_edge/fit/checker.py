@@ -22,7 +22,8 @@ from tap_edge.documents import (
     UnsupportedOp,
 )
 from tap_edge.fit.bits import BitAssignment, tensor_bits
-from tap_edge.fit.memory import ArenaPlan, FlashBreakdown, flash_breakdown, is_tflite_format, plan_arena_for
+from tap_edge.fit.footprint import flash_breakdown, plan_arena_for
+from tap_edge.fit.memory import ArenaPlan, FlashBreakdown, is_tflite_format
 from tap_edge.fit.support import support_problem
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.shapes import InputShapes, as_input_shapes, model_inputs

@@ -155,15 +155,19 @@ def flatbuffer_bytes(graph: ModelGraph, bits: BitAssignment) -> int:
     return names + FB_TENSOR_BYTES * tensors + FB_QUANT_TENSOR_BYTES * quantized + FB_FIXED_BYTES
 
 
+def _not_ethos_u(runtime: Any) -> None:
+    """An Ethos-U runtime's memory is Vela's plan, which :mod:`tap_edge.fit.footprint` dispatches to; reaching
+    this module's CPU-arena figures with one is a caller's bug, not a figure to return."""
+    if getattr(runtime, "vela", None) is not None:
+        raise ValueError(f"runtime {runtime.name} has an Ethos-U (vela section): use tap_edge.fit.footprint")
+
+
 def flash_breakdown(graph: ModelGraph, bits: BitAssignment, runtime_bytes: int = 0, *,
                     runtime: Any = None) -> FlashBreakdown:
     """Flash of ``graph`` at ``bits`` (see the module docstring). With a ``runtime`` that runs .tflite files the
     flatbuffer's structure is counted too, and a ``.tflite`` at its own types is its file's size. On an Ethos-U
-    runtime the flash is the Vela-optimised model's (:func:`tap_edge.fit.ethos_u.flash_figures`)."""
-    if getattr(runtime, "vela", None) is not None:
-        from tap_edge.fit.ethos_u import flash_figures
-
-        return flash_figures(graph, bits, runtime, runtime_bytes)
+    runtime the flash is the Vela-optimised model's: ask :func:`tap_edge.fit.footprint.flash_breakdown`."""
+    _not_ethos_u(runtime)
     tflite = is_tflite_format(runtime)
     scale = TFLITE_SCALE_BYTES if tflite else SCALE_BYTES
     w = s = b = f = 0
@@ -446,11 +450,8 @@ def plan_arena_for(graph: ModelGraph, bits: BitAssignment, runtime: Any) -> Aren
     """``plan_arena`` with a device runtime's settings: alignment, in-place aliasing, kernel scratch, explicit
     PAD ops; for TFLite Micro also the persistent tail, the other kernels' scratch requests and the arena its
     planning needs (:mod:`.tflm`): ``arena_bytes`` = max(head + tail, planning). On an Ethos-U runtime the arena is
-    Vela's plan (:func:`tap_edge.fit.ethos_u.arena_plan`)."""
-    if getattr(runtime, "vela", None) is not None:
-        from tap_edge.fit.ethos_u import arena_plan
-
-        return arena_plan(graph, bits, runtime)
+    Vela's plan: ask :func:`tap_edge.fit.footprint.plan_arena_for`."""
+    _not_ethos_u(runtime)
     view, _ = runtime_view(graph, runtime)
     tb = tensor_bits(view, bits)
     scratch = {i: [b] for i, b in layer_scratch(view, bits, runtime, tb).items()}

@@ -66,17 +66,16 @@ from tap_edge.devices import Runtime
 from tap_edge.fit import ethos_u
 from tap_edge.fit.bits import ACT_BITS, WEIGHT_BITS, BitAssignment, LayerBits
 from tap_edge.fit.ethos_u import is_ethos_u
+from tap_edge.fit.footprint import flash_breakdown, plan_arena_for
 from tap_edge.fit.latency import ELEMENTWISE_CYCLES, cycles_per_mac
 from tap_edge.fit.memory import (
     SCALE_BYTES,
     TFLITE_SCALE_BYTES,
     ArenaPlan,
     FlashBreakdown,
-    flash_breakdown,
     flatbuffer_bytes,
     is_tflite_format,
     op_weight_bytes,
-    plan_arena_for,
     runtime_memory,
     scratch_bytes,
 )

@@ -15,7 +15,7 @@ from typing import Any
 from tap_edge.core.errors import UserError
 from tap_edge.devices import DeviceProfile, Runtime
 from tap_edge.fit.bits import WEIGHT_BITS, BitAssignment
-from tap_edge.fit.memory import flash_breakdown
+from tap_edge.fit.footprint import flash_breakdown
 from tap_edge.graph.graph import ModelGraph
 
 

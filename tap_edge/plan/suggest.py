@@ -42,7 +42,7 @@ from tap_edge.documents import (
 )
 from tap_edge.fit.bits import ACT_BITS, WEIGHT_BITS, BitAssignment, tensor_bits
 from tap_edge.fit.checker import Checker
-from tap_edge.fit.memory import plan_arena_for
+from tap_edge.fit.footprint import plan_arena_for
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.shapes import InputShapes, model_inputs
 from tap_edge.plan.allocate import Allocation, CostTable, InfeasibleBudget, allocate

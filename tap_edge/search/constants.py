@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from tap_edge.plan.proxies.sandbox import ENTRY_POINT, SandboxRejection, one_line, parse_program, run_proxy_program
+from tap_edge.search.tasks import REF_BITS, layer_scores, spearman
 
 MAX_CONSTANTS = 8
 ROUNDS = 4
@@ -164,8 +165,6 @@ def substitute(code: str, values: list[float]) -> str:
 
 def layer_damage(task: Any) -> np.ndarray:
     """A task's measured per-layer damage at the reference width (1-D)."""
-    from tap_edge.search.fitness import REF_BITS
-
     d = np.asarray(task.damage, dtype=float)
     return d[:, task.bits.index(REF_BITS)] if d.ndim == 2 else d
 
@@ -174,8 +173,6 @@ def fit_constants(code: str, tasks: list[Any], *, cpu_seconds: float, memory_mb:
                   rounds: int = ROUNDS, per_round: int = PER_ROUND, seed: int = 0) -> ConstantFit | None:
     """Tune ``code``'s literals for rank agreement with the tasks' damage (module docstring); None when it has
     none. The result's ``code`` is the tuned program when the objective improved."""
-    from tap_edge.search.fitness import layer_scores, spearman
-
     t0 = time.perf_counter()
     try:
         made = parametrize(code)

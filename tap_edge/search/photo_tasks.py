@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from tap_edge.core.errors import UserError
-from tap_edge.search.fitness import (
+from tap_edge.search.tasks import (
     REF_BITS,
     SEARCH_BITS,
     TaskScore,
