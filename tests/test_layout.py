@@ -68,6 +68,40 @@ def test_import_order(module: str) -> None:
     assert not bad, f"{module} ({step}) imports against the order: {bad}"
 
 
+def _module_of(target: str) -> str | None:
+    """The package module an import names (``from tap_edge.fit import memory`` names ``tap_edge.fit``; the
+    longest known prefix is the module imported)."""
+    parts = target.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in MODULES:
+            return ".".join(parts[:n])
+    return None
+
+
+def test_no_import_cycles_between_modules() -> None:
+    """Within a step too (the order test allows a step to import itself): no module reaches itself through
+    imports at any depth. Package ``__init__`` modules are left out (they gather their step's names)."""
+    inits = {m for m, p in MODULES.items() if p.name == "__init__.py"}
+    graph = {m: {t for _, imp in _imports(p) if (t := _module_of(imp)) and t != m and t not in inits}
+             for m, p in MODULES.items() if m not in inits}
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(graph.get(m, ())):
+            if state.get(t) == 1:
+                cycles.append(path[path.index(t):] + [t])
+            elif t not in state:
+                visit(t, [*path, t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, [" -> ".join(c) for c in cycles]
+
+
 def test_nothing_imports_the_cli() -> None:
     bad = [f"{m}: {t}" for m, p in MODULES.items() if _step(m) != "cli"
            for _, t in _imports(p) if _step(t) == "cli"]
