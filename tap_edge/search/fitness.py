@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -50,6 +49,7 @@ from tap_edge.search.tasks import (
     kl_divergence,
     layer_scores,
     layerstats_api,
+    load_or_build,
     spearman,
 )
 
@@ -267,22 +267,7 @@ class TorchTask:
             return float((model(data["x_eval"]).argmax(1) == data["y_eval"]).float().mean())
 
     def _load_or_build(self) -> None:
-        import torch
-
-        path = self._cache_file()
-        blob = None
-        if path.exists():
-            try:
-                blob = torch.load(path, map_location="cpu", weights_only=False)
-            except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt
-                blob = None
-        if blob is None:
-            blob = self._build()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(blob, tmp)
-            tmp.replace(path)
-        self._setup(blob)
+        self._setup(load_or_build(self._cache_file(), self._build))
 
     def _build(self) -> dict[str, Any]:
         import torch

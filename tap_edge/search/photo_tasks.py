@@ -44,6 +44,7 @@ from tap_edge.search.tasks import (
     kl_divergence,
     layer_scores,
     layerstats_api,
+    load_or_build,
     spearman,
 )
 
@@ -155,26 +156,11 @@ class PhotoTask:
         return self.cache_dir / f"{self.spec.name}-{hashlib.sha256(stamp.encode()).hexdigest()[:12]}.pt"
 
     def _load_or_build(self) -> dict[str, Any]:
-        import torch
-
         path = self._cache_file()
         key = str(path)
-        if key in _SHARED:
-            return _SHARED[key]
-        blob = None
-        if path.exists():
-            try:
-                blob = torch.load(path, map_location="cpu", weights_only=False)
-            except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt
-                blob = None
-        if blob is None:
-            blob = self._build()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(blob, tmp)
-            tmp.replace(path)
-        _SHARED[key] = blob
-        return blob
+        if key not in _SHARED:
+            _SHARED[key] = load_or_build(path, self._build)
+        return _SHARED[key]
 
     def _build(self) -> dict[str, Any]:
         import torch

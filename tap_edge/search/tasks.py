@@ -9,6 +9,8 @@ stand on this module; :mod:`tap_edge.search.fitness` builds tasks by name and sc
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -128,3 +130,23 @@ def kl_divergence(p_logits: Any, q_logits: Any) -> float:
     lp = torch.log_softmax(p_logits, 1)
     lq = torch.log_softmax(q_logits, 1)
     return float((lp.exp() * (lp - lq)).sum(1).mean())
+
+
+def load_or_build(path: Path, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A task's cached contents at ``path``, else ``build()``'s, saved there atomically (a damaged or unreadable
+    cache entry is built again)."""
+    import torch
+
+    blob = None
+    if path.exists():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - a damaged cache entry (torch raises many kinds) is rebuilt
+            blob = None
+    if blob is None:
+        blob = build()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(blob, tmp)
+        tmp.replace(path)
+    return blob
