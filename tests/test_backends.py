@@ -193,10 +193,10 @@ def test_onnx_plan_int4_weights_and_int16_activations(tiny: LoadedModel, tmp_pat
 
 
 def _ptq_settings(rounding: str, samples: int) -> PTQSettings:
+    from tap_edge.plan.pipeline import ptq_settings
     from tap_edge.quantize.ptq import PTQConfig
 
-    return PTQSettings(**{k: v for k, v in PTQConfig(rounding=rounding).to_dict().items() if k != "bits"},
-                       samples=samples)
+    return ptq_settings(PTQConfig(rounding=rounding), samples)
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "gptq"])

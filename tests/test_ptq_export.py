@@ -21,6 +21,7 @@ from tap_edge.backends import compile_model
 from tap_edge.documents import PTQSettings
 from tap_edge.fit.bits import BitAssignment
 from tap_edge.graph.models import load_graph, load_model
+from tap_edge.plan.pipeline import ptq_settings
 from tap_edge.quantize.ptq import PTQConfig
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
@@ -29,8 +30,7 @@ CALIB, CHECK = 64, 160
 
 
 def _gptq() -> PTQSettings:
-    return PTQSettings(**{k: v for k, v in PTQConfig(rounding="gptq").to_dict().items() if k != "bits"},
-                       samples=CALIB)
+    return ptq_settings(PTQConfig(rounding="gptq"), CALIB)
 
 
 def _cycle(widths: tuple[int, ...], classes: tuple[str, ...], other: int = 8) -> BitAssignment:

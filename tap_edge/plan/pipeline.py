@@ -61,13 +61,17 @@ def _spec(model: Any, lm: Any) -> str:
     return str(model) if isinstance(model, str | Path) else lm.spec
 
 
+def ptq_settings(config: Any, samples: int) -> PTQSettings:
+    """How the documents record a :class:`~tap_edge.quantize.ptq.PTQConfig` run on ``samples`` photos."""
+    return PTQSettings(**{k: v for k, v in config.to_dict().items() if k != "bits"}, samples=samples)
+
+
 def _ptq_settings(rounding: str, samples: int | None) -> PTQSettings:
     """The PTQ a plan is meant for (checked now: a bad name fails before any work), as the plan records it."""
     from tap_edge.quantize.ptq import PTQConfig, default_ptq_samples
 
-    config = PTQConfig(rounding=rounding)
     n = _positive_samples(default_ptq_samples(rounding) if samples is None else samples)
-    return PTQSettings(**{k: v for k, v in config.to_dict().items() if k != "bits"}, samples=n)
+    return ptq_settings(PTQConfig(rounding=rounding), n)
 
 
 def resolve_ptq(plan: Path | None, rounding: str | None = None, samples: int | None = None) -> PTQSettings:
@@ -79,6 +83,11 @@ def resolve_ptq(plan: Path | None, rounding: str | None = None, samples: int | N
         data = read_json(plan, "pass a plan.json written by tap-edge plan")
         if data.get("schema") == Plan.SCHEMA:
             planned = Plan.from_dict(data, str(plan)).ptq
+    return _resolved_ptq(planned, rounding, samples)
+
+
+def _resolved_ptq(planned: PTQSettings | None, rounding: str | None, samples: int | None) -> PTQSettings:
+    """:func:`resolve_ptq` once the plan's PTQ (``planned``) is read."""
     if planned is not None and rounding in (None, planned.rounding):
         return planned if samples is None else planned.model_copy(update={"samples": _positive_samples(samples)})
     return _ptq_settings(rounding or "nearest", samples)
@@ -238,7 +247,7 @@ def evaluate_plan(req: EvalRequest) -> EvalResult:
     from tap_edge.graph.models import load_graph
     from tap_edge.plan.calib import find_labels, labels_for, labels_within, load_images, load_labels
     from tap_edge.quantize.evaluate import evaluate
-    from tap_edge.quantize.ptq import PTQConfig, default_ptq_samples, quantize_model
+    from tap_edge.quantize.ptq import PTQConfig, quantize_model
 
     if (req.plan is None) == (req.bits is None):
         raise UserError("pass exactly one of a plan and uniform bits", "e.g. --plan plan.json or --bits w4a8")
@@ -256,13 +265,9 @@ def evaluate_plan(req: EvalRequest) -> EvalResult:
     lm = _torch_model(req.model, req.input_shapes, "eval")
     graph = load_graph(lm)
     bits.check_names(graph)
-    rounding = req.rounding or (planned.rounding if planned else "nearest")
-    settings = planned.model_dump(exclude={"samples"}) if planned and planned.rounding == rounding else {}
-    config = PTQConfig.from_dict({**settings, "rounding": rounding})
-    if req.calib_samples is not None:
-        n_calib = req.calib_samples
-    else:
-        n_calib = planned.samples if planned and planned.rounding == rounding else default_ptq_samples(rounding)
+    settings = _resolved_ptq(planned, req.rounding, req.calib_samples)
+    config = PTQConfig.from_dict(settings.model_dump(exclude={"samples"}))
+    n_calib = settings.samples
     calib_dir = req.calib or req.data
     calib, _ = load_images(calib_dir, lm.preprocess, limit=n_calib)
     skip = n_calib if calib_dir == req.data else 0
@@ -284,5 +289,5 @@ def evaluate_plan(req: EvalRequest) -> EvalResult:
                       model_bytes=flash_breakdown(graph, bits).model_bytes, ptq_s=round(ptq_s, 3),
                       agreement=metrics["agreement"], kl=metrics["kl"], top1=metrics["top1"],
                       float_top1=metrics["float_top1"], top1_note=top1_note,
-                      ptq=PTQSettings(**{k: v for k, v in config.to_dict().items() if k != "bits"}, samples=len(calib)),
+                      ptq=ptq_settings(config, len(calib)),
                       seconds=round(time.perf_counter() - t0, 3))
