@@ -37,6 +37,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from tap_edge.core.errors import ModelLoadError
+from tap_edge.graph.frontends.onnx_shapes import evaluate_node
 from tap_edge.graph.graph import ModelGraph
 from tap_edge.graph.shapes import InputShapes
 
@@ -210,7 +211,7 @@ class _Converter:
         if not live:
             if node.domain not in ("", "ai.onnx") or op in _NEVER_FOLD:
                 raise self.fail(node, "cannot be evaluated ahead")
-            values = _evaluate(node, self.consts, self.model)
+            values = evaluate_node(node, self.consts, self.model)
             if values is None:
                 raise self.fail(node, "ONNX's reference evaluator cannot evaluate it on its constants")
             for o, v in zip([o for o in node.output if o], values, strict=False):
@@ -625,18 +626,6 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
 
 
-def _evaluate(node: onnx.NodeProto, values: dict[str, np.ndarray], model: onnx.ModelProto) -> list[Any] | None:
-    """The outputs of one node on constant inputs (ONNX's reference evaluator), None when it cannot run."""
-    from onnx.reference import ReferenceEvaluator
-
-    ins = list(dict.fromkeys(x for x in node.input if x))
-    graph = helper.make_graph([node], "fold", [helper.make_tensor_value_info(x, 0, None) for x in ins],
-                              [helper.make_tensor_value_info(o, 0, None) for o in node.output if o])
-    try:
-        tiny = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
-        return list(ReferenceEvaluator(tiny).run(None, {x: values[x] for x in ins}))
-    except Exception:  # noqa: BLE001 - an op the reference evaluator lacks or cannot run on these values
-        return None
 
 
 # ---- the file's preprocessing and the LoadedModel that carries the converted module -------------------------

@@ -107,7 +107,7 @@ def _shape_table(model: onnx.ModelProto) -> dict[str, list[int]]:
             for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output] if _concrete(vi)}
 
 
-def _evaluate(node: onnx.NodeProto, values: dict[str, np.ndarray], model: onnx.ModelProto) -> list[Any] | None:
+def evaluate_node(node: onnx.NodeProto, values: dict[str, np.ndarray], model: onnx.ModelProto) -> list[Any] | None:
     """The outputs of one node on constant inputs (ONNX's reference evaluator), None when it cannot run."""
     from onnx.reference import ReferenceEvaluator
 
@@ -140,7 +140,7 @@ def _fold_round(model: onnx.ModelProto, inferred: onnx.ModelProto, folded: dict[
                 attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
                 result = [shape[attrs.get("start", 0):attrs.get("end", None)]]
         elif all(x in values for x in node.input if x) and (node.input or node.op_type == "Constant"):
-            result = _evaluate(node, values, model)
+            result = evaluate_node(node, values, model)
             if result is None:
                 continue
         else:
