@@ -862,3 +862,12 @@ def test_every_task_name_has_a_builder() -> None:
     assert set(TASK_NAMES) == set(TASK_BUILDERS)
     with pytest.raises(UserError, match="unknown search task 'digits-cnm'"):
         TaskSpec.parse("digits-cnm@3")
+
+
+def test_process_workers_share_the_cores_out() -> None:
+    from tap_edge.search.executors import worker_torch_threads
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    assert worker_torch_threads(1) == cores
+    assert worker_torch_threads(2) == max(1, cores // 2)
+    assert worker_torch_threads(cores * 4) == 1 and worker_torch_threads(0) == cores

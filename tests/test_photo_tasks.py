@@ -3,6 +3,7 @@ the KL to the float model, everything candidate-independent cached, the photos s
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -15,6 +16,32 @@ from tap_edge.search.fitness import TASK_BUILDERS, Limits, TaskSpec, describe_ta
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
 needs_photos = pytest.mark.skipif(not (SAMPLE / "labels.csv").exists(), reason="needs ../shared/data/imagenet-sample")
+
+
+def test_round_to_nearest_keeps_quantized_weights_and_gives_the_direct_outputs() -> None:
+    import torch
+
+    from tap_edge.quantize.ptq import quantize_weight, weight_scales
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3)).eval()
+    names, bits = ["0", "2"], [2, 3, 4, 8]
+    qscale = [weight_scales(model.get_submodule(m).weight.detach(), bits).numpy() for m in names]
+    floats = [model.get_submodule(m).weight.detach().clone() for m in names]
+    x = torch.randn(5, 3, 9, 9)
+    nearest = photo_tasks.RoundToNearest(model, names, qscale, bits)
+    for widths in ([2, 8], [4, 3], [2, 8]):
+        direct = copy.deepcopy(model)  # the quantizer applied afresh to every layer
+        with torch.no_grad():
+            for m, w, q, b in zip(names, floats, qscale, widths, strict=True):
+                direct.get_submodule(m).weight.copy_(quantize_weight(w, torch.from_numpy(q[bits.index(b)]), b))
+            expected = direct(x)
+        assert torch.equal(nearest.logits(widths, x), expected)
+        for m, w in zip(names, floats, strict=True):  # the float weights are back
+            assert torch.equal(model.get_submodule(m).weight, w)
+    assert set(nearest._quantized) == {(0, 2), (1, 8), (0, 4), (1, 3)}  # computed once per (layer, width)
+    with pytest.raises(ValueError, match="1 widths for 2 layers"):
+        nearest.logits([2], x)
 
 
 def test_photo_task_names_and_missing_photos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,6 +89,19 @@ def test_lite1_task_on_a_tiny_subset(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert 0 <= ts["agreement"] <= 1 and -1 <= ts["spearman"] <= 1
         assert ts["avg_bits"] <= budget + 0.05  # the flash budget holds (scales and biases aside)
     assert res["tasks"][0]["kl"] > res["tasks"][1]["kl"]  # less flash, more damage
+    # a plan seen before is not run again, and what is remembered is what a fresh forward pass measures
+    chosen = res["tasks"][0]["bits"]
+    remembered = t3.measure(chosen)
+    assert t3._measured is t4._measured and len(t3._measured) == 2
+    forward = t3.nearest.logits
+    monkeypatch.setattr(t3.nearest, "logits", lambda *a: pytest.fail("a remembered plan ran a forward pass"))
+    again = evaluate_program(SEED_PROGRAM.read_text(), 0.1, Limits(cpu_seconds=30, memory_mb=2048, wall_seconds=60),
+                             tasks)
+    assert [{k: v for k, v in ts.items() if k != "seconds"} for ts in again["tasks"]] == \
+        [{k: v for k, v in ts.items() if k != "seconds"} for ts in res["tasks"]]
+    monkeypatch.setattr(t3.nearest, "logits", forward)
+    t3._measured.clear()
+    assert t3.measure(chosen) == remembered
     info = describe_tasks(tasks)
     assert info[0]["model"] == "efficientnet_lite1" and info[0]["eval_samples"] == 3
     # a new process would load the cache file, not build again

@@ -67,10 +67,21 @@ class _PoolExecutor:
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
-def pool_worker_init(parent_pid: int, specs: list[TaskSpec], cache_dir: str | None) -> None:
-    """Process-pool initializer: die with the parent first (``kill -9`` of the run included), then build
-    every search task once (:func:`init_worker`)."""
+def worker_torch_threads(workers: int) -> int:
+    """PyTorch threads for each of ``workers`` pool processes: the cores this process may use, shared out (a
+    spawned worker would take every core, so two workers' forward passes on two cores ran four threads)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers))
+
+
+def pool_worker_init(parent_pid: int, specs: list[TaskSpec], cache_dir: str | None, torch_threads: int) -> None:
+    """Process-pool initializer: die with the parent first (``kill -9`` of the run included), set the worker's
+    PyTorch threads (:func:`worker_torch_threads`), then build every search task once (:func:`init_worker`)."""
     die_with_parent(parent_pid)
+    if any(s.name != "synthetic" for s in specs):  # the synthetic task is numpy only: no torch to load
+        import torch
+
+        torch.set_num_threads(torch_threads)
     init_worker(specs, cache_dir)
 
 
@@ -78,8 +89,9 @@ def process_executor(work: Workload) -> Executor:
     """A pool of ``spawn``-ed processes that die with this one; each builds the search tasks once."""
     import multiprocessing as mp
 
-    pool = ProcessPoolExecutor(max_workers=max(1, work.workers), mp_context=mp.get_context("spawn"),
-                               initializer=pool_worker_init, initargs=(os.getpid(), list(work.specs), work.cache_dir))
+    workers = max(1, work.workers)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=pool_worker_init,
+                               initargs=(os.getpid(), list(work.specs), work.cache_dir, worker_torch_threads(workers)))
     return _PoolExecutor(pool, None)
 
 

@@ -19,7 +19,9 @@ layer is at 3 bits).
 Everything that does not depend on the candidate (folded weights, LayerStats and program inputs, photos, float
 outputs, damage) is built once per network and cached on disk beside the digits tasks; tasks of one network at
 two budgets share it in memory, and :func:`tap_edge.search.fitness.evaluate_program` runs a program once per
-network. A candidate then costs a sandbox run per network and one forward pass of the split per task.
+network. A candidate then costs a sandbox run per network and one forward pass of the split per task, with each
+layer's rounded weights at a width computed once per process (:class:`RoundToNearest`); a plan a network has
+measured before (programs often give the same widths) costs no forward pass (:meth:`PhotoTask.measure`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ import hashlib
 import math
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -105,7 +108,11 @@ def load_photo_files(files: list[Path], preprocess: Any) -> Any:
 class RoundToNearest:
     """A BN-folded network whose layers can be set to their round-to-nearest PTQ weights at any widths, with the
     per-channel scales LayerStats already hold (``qscale``): a plan's weight-only quantized outputs in one
-    forward pass, with no scale search (the search tasks' and the transfer benchmark's oracle's fast path)."""
+    forward pass, with no scale search (the search tasks' and the transfer benchmark's oracle's fast path).
+
+    A layer's quantized weights at a width are computed on first use and kept (the quantizer is deterministic, so
+    a kept tensor is the one it would compute again): a candidate then costs copies and one forward pass, not a
+    quantization of every layer. At most ``len(bits)`` copies of the weights are kept (Lite2: ~25 MB each)."""
 
     def __init__(self, model: Any, module_names: list[str], qscale: list[np.ndarray], bits: list[int]) -> None:
         self.model = model
@@ -113,26 +120,55 @@ class RoundToNearest:
         self.module_names = module_names
         self.qscale = qscale
         self.bits = list(bits)
+        self._float: list[Any] = []  # each layer's float weights, copied on the first call
+        self._quantized: dict[tuple[int, int], Any] = {}  # (layer index, width) -> its quantized weights
+
+    def quantized_weight(self, i: int, bits: int) -> Any:
+        """Layer ``i``'s weights rounded to nearest at ``bits`` (computed once)."""
+        import torch
+
+        from tap_edge.quantize.ptq import quantize_weight
+
+        key = (i, bits)
+        if key not in self._quantized:
+            scale = torch.from_numpy(self.qscale[i][self.bits.index(bits)])
+            self._quantized[key] = quantize_weight(self._float_weights()[i], scale, bits)
+        return self._quantized[key]
+
+    def _float_weights(self) -> list[Any]:
+        if not self._float:
+            self._float = [self.modules[m].weight.detach().clone() for m in self.module_names]
+        return self._float
 
     def logits(self, widths: list[int], x: Any) -> Any:
         """Outputs for ``x`` with layer ``i`` at ``widths[i]`` bits (float activations); weights restored."""
         import torch
 
-        from tap_edge.quantize.ptq import quantize_weight
-
-        saved = {}
+        if len(widths) != len(self.module_names):
+            raise ValueError(f"{len(widths)} widths for {len(self.module_names)} layers")
+        originals = self._float_weights()
         try:
             with torch.no_grad():
                 for i, (m, b) in enumerate(zip(self.module_names, widths, strict=True)):
-                    w = self.modules[m].weight
-                    saved[m] = w.detach().clone()
-                    w.copy_(quantize_weight(saved[m], torch.from_numpy(self.qscale[i][self.bits.index(b)]), b))
+                    self.modules[m].weight.copy_(self.quantized_weight(i, int(b)))
+            with torch.inference_mode():
                 return self.model(x)
         finally:
             with torch.no_grad():
-                for m, keep in saved.items():
+                for m, keep in zip(self.module_names, originals, strict=True):
                     self.modules[m].weight.copy_(keep)
 
+
+class PlanQuality(NamedTuple):
+    """What a plan's quantized outputs on a task's evaluation split measure."""
+
+    kl: float  # mean KL(p_float || p_quantized)
+    agreement: float  # top-1 agreement with the float model
+    top1: float | None  # top-1 accuracy (None without labels)
+
+
+#: Plans whose measured quality a network remembers (least recently used first out; a few bytes each).
+MEASURED_PLANS = 4096
 
 _SHARED: dict[str, dict[str, Any]] = {}  # cache file -> loaded network blob (tasks at two budgets share it)
 
@@ -210,9 +246,12 @@ class PhotoTask:
             model.load_state_dict(blob["state_dict"])
             blob["net"] = model
             blob["x_cl"] = blob["x_eval"].contiguous(memory_format=torch.channels_last)
+            blob["nearest"] = RoundToNearest(model, blob["modules"], blob["qscale"], self.bits)
+            blob["measured"] = OrderedDict()
         self.model = blob["net"]
         self.modules = dict(self.model.named_modules())
-        self.nearest = RoundToNearest(self.model, blob["modules"], blob["qscale"], self.bits)
+        self.nearest = blob["nearest"]
+        self._measured: OrderedDict[tuple[int, ...], PlanQuality] = blob["measured"]
         self.x_eval = blob["x_cl"]
         self.y_eval = blob["y_eval"]
         self.float_logits = blob["float_logits"]
@@ -245,14 +284,28 @@ class PhotoTask:
         """The evaluation split's logits with every layer's weights rounded to nearest at ``widths``."""
         return self.nearest.logits([widths[n] for n in self.names], self.x_eval)
 
+    def measure(self, widths: dict[str, int]) -> PlanQuality:
+        """KL, agreement and top-1 of the plan ``widths`` on the evaluation split. Remembered per network (the
+        tasks of one network at several budgets share the memory): programs of a search often give the same plan,
+        and the same weights give the same outputs, so a plan seen before costs no forward pass."""
+        key = tuple(int(widths[n]) for n in self.names)
+        found = self._measured.get(key)
+        if found is not None:
+            self._measured.move_to_end(key)
+            return found
+        logits = self.quantized_logits(widths)
+        pred = logits.argmax(1)
+        found = PlanQuality(kl_divergence(self.float_logits, logits), float((pred == self.float_pred).float().mean()),
+                            float((pred == self.y_eval).float().mean()) if self.y_eval is not None else None)
+        self._measured[key] = found
+        while len(self._measured) > MEASURED_PLANS:
+            self._measured.popitem(last=False)
+        return found
+
     def score(self, costs: list[list[float]], alpha: float) -> TaskScore:
         t0 = time.perf_counter()
         chosen = self.allocate(costs)
-        logits = self.quantized_logits(chosen)
-        kl = kl_divergence(self.float_logits, logits)
-        pred = logits.argmax(1)
-        agree = float((pred == self.float_pred).float().mean())
-        top1 = float((pred == self.y_eval).float().mean()) if self.y_eval is not None else None
+        kl, agree, top1 = self.measure(chosen)
         quality = math.exp(-kl)
         rho = spearman(layer_scores(costs, self.bits), self.damage)
         avg = sum(self.params[n] * b for n, b in chosen.items()) / sum(self.params.values())
