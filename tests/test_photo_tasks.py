@@ -108,3 +108,13 @@ def test_lite1_task_on_a_tiny_subset(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(photo_tasks, "_SHARED", {})
     again = photo_tasks.PhotoTask(TaskSpec.parse("lite1-photos@3"), cache)
     assert list(again.damage) == list(t3.damage) and len(list(cache.glob("*.pt"))) == 1
+    # ... and find the plans measured here in the plan store beside the cache, with no forward pass
+    assert not again._measured and len(list(cache.glob("*.sqlite"))) == 1
+    monkeypatch.setattr(again.nearest, "logits", lambda *a: pytest.fail("a stored plan ran a forward pass"))
+    assert again.measure(chosen) == remembered
+    assert again.measure(res["tasks"][1]["bits"]) == t4.measure(res["tasks"][1]["bits"])
+    (store := again._store.path).unlink()  # a store that cannot be used only costs time
+    store.mkdir()
+    monkeypatch.setattr(photo_tasks, "_SHARED", {})
+    bare = photo_tasks.PhotoTask(TaskSpec.parse("lite1-photos@3"), cache)
+    assert bare.measure(chosen) == remembered and bare._store._failed

@@ -21,7 +21,8 @@ outputs, damage) is built once per network and cached on disk beside the digits 
 two budgets share it in memory, and :func:`tap_edge.search.fitness.evaluate_program` runs a program once per
 network. A candidate then costs a sandbox run per network and one forward pass of the split per task, with each
 layer's rounded weights at a width computed once per process (:class:`RoundToNearest`); a plan a network has
-measured before (programs often give the same widths) costs no forward pass (:meth:`PhotoTask.measure`).
+measured before (programs often give the same widths), in this process or another (:class:`PlanStore`, beside the
+cache), costs no forward pass (:meth:`PhotoTask.measure`).
 """
 
 from __future__ import annotations
@@ -167,6 +168,62 @@ class PlanQuality(NamedTuple):
     top1: float | None  # top-1 accuracy (None without labels)
 
 
+#: The version of what a plan store holds (bump when the measurement of a plan changes).
+PLAN_STORE_VERSION = "1"
+
+
+class PlanStore:
+    """The measured quality of plans on one network, in a SQLite file beside its task cache: the process-pool
+    workers of a run (and later runs) share what any of them measured, so a plan one worker ran costs the others
+    no forward pass. A store that cannot be opened or written is skipped (it only saves time)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: Any = None
+        self._failed = False
+
+    def _connect(self) -> Any:
+        import sqlite3
+
+        if self._db is None and not self._failed:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+                db.execute("CREATE TABLE IF NOT EXISTS plans (widths TEXT PRIMARY KEY, kl REAL NOT NULL, "
+                           "agreement REAL NOT NULL, top1 REAL)")
+                self._db = db
+            except sqlite3.Error:
+                self._failed = True
+        return self._db
+
+    def get(self, key: tuple[int, ...]) -> PlanQuality | None:
+        import sqlite3
+
+        db = self._connect()
+        if db is None:
+            return None
+        try:
+            row = db.execute("SELECT kl, agreement, top1 FROM plans WHERE widths = ?", (_plan_key(key),)).fetchone()
+        except sqlite3.Error:
+            return None
+        return PlanQuality(float(row[0]), float(row[1]), None if row[2] is None else float(row[2])) if row else None
+
+    def put(self, key: tuple[int, ...], found: PlanQuality) -> None:
+        import sqlite3
+
+        db = self._connect()
+        if db is None:
+            return
+        try:
+            db.execute("INSERT OR IGNORE INTO plans VALUES (?, ?, ?, ?)", (_plan_key(key), *found))
+        except sqlite3.Error:
+            pass
+
+
+def _plan_key(key: tuple[int, ...]) -> str:
+    return ",".join(str(b) for b in key)
+
+
 #: Plans whose measured quality a network remembers (least recently used first out; a few bytes each).
 MEASURED_PLANS = 4096
 
@@ -248,10 +305,12 @@ class PhotoTask:
             blob["x_cl"] = blob["x_eval"].contiguous(memory_format=torch.channels_last)
             blob["nearest"] = RoundToNearest(model, blob["modules"], blob["qscale"], self.bits)
             blob["measured"] = OrderedDict()
+            blob["store"] = PlanStore(self._cache_file().with_suffix(f".plans-v{PLAN_STORE_VERSION}.sqlite"))
         self.model = blob["net"]
         self.modules = dict(self.model.named_modules())
         self.nearest = blob["nearest"]
         self._measured: OrderedDict[tuple[int, ...], PlanQuality] = blob["measured"]
+        self._store: PlanStore = blob["store"]
         self.x_eval = blob["x_cl"]
         self.y_eval = blob["y_eval"]
         self.float_logits = blob["float_logits"]
@@ -286,17 +345,22 @@ class PhotoTask:
 
     def measure(self, widths: dict[str, int]) -> PlanQuality:
         """KL, agreement and top-1 of the plan ``widths`` on the evaluation split. Remembered per network (the
-        tasks of one network at several budgets share the memory): programs of a search often give the same plan,
-        and the same weights give the same outputs, so a plan seen before costs no forward pass."""
+        tasks of one network at several budgets share the memory) and in its :class:`PlanStore` (other worker
+        processes and runs): programs of a search often give the same plan, and the same weights give the same
+        outputs, so a plan seen before costs no forward pass."""
         key = tuple(int(widths[n]) for n in self.names)
         found = self._measured.get(key)
         if found is not None:
             self._measured.move_to_end(key)
             return found
-        logits = self.quantized_logits(widths)
-        pred = logits.argmax(1)
-        found = PlanQuality(kl_divergence(self.float_logits, logits), float((pred == self.float_pred).float().mean()),
-                            float((pred == self.y_eval).float().mean()) if self.y_eval is not None else None)
+        found = self._store.get(key)
+        if found is None:
+            logits = self.quantized_logits(widths)
+            pred = logits.argmax(1)
+            found = PlanQuality(kl_divergence(self.float_logits, logits),
+                                float((pred == self.float_pred).float().mean()),
+                                float((pred == self.y_eval).float().mean()) if self.y_eval is not None else None)
+            self._store.put(key, found)
         self._measured[key] = found
         while len(self._measured) > MEASURED_PLANS:
             self._measured.popitem(last=False)
