@@ -22,7 +22,7 @@ from tap_edge.documents import RunSummary
 from tap_edge.search.controller import DPOController, preference_pairs
 from tap_edge.search.llm import LLMClient, LLMConfig, LLMError
 from tap_edge.search.loop import Evolution, builtin_seed_programs
-from tap_edge.search.prompts import PROXY_GRAMMAR, load_templates, parse_reply, render
+from tap_edge.search.prompts import PROXY_GRAMMAR, load_templates, parse_reply, render, system_prompt
 from tap_edge.search.runlog import EvolveSettings, read_events
 from tap_edge.search.summary import summarize
 
@@ -234,8 +234,10 @@ def test_templates_are_files_with_the_contract() -> None:
     for name in ("mutation", "crossover"):
         assert "${parent_code}" in t[name] and "${errors}" in t[name] and "${parent_fitness}" in t[name]
     assert "${parent2_code}" in t["crossover"]
-    text = render(t["init"], layerstats_api="KEYS HERE", bits_example=[2, 4])
-    assert "KEYS HERE" in text and "def proxy(layer, bits)" in text
+    text = render(t["init"], bits_example=[2, 4])
+    assert "[2, 4]" in text and "def proxy(layer, bits)" in text
+    assert "${" not in text  # nothing left unfilled: the init template needs only the widths
+    assert "KEYS HERE" in system_prompt("KEYS HERE")  # the LAYER DICT reference goes into the system message
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -334,6 +336,13 @@ def test_loop_end_to_end_with_scripted_llm(tmp_path: Path, script_all: list[str]
     if muts:
         user = muts[0]["messages"][1]["content"]
         assert "def proxy" in user and "PROBLEMS TO AVOID" in user
+    # every prompt opens with one system message, the same for all templates (a llama.cpp server then reuses its
+    # tokens: only what follows the common prefix is evaluated), and it carries the LAYER DICT reference
+    prompts = [e for e in events if e["type"] == "prompt" and e.get("messages")]
+    assert len({e["template"] for e in prompts}) >= 2
+    systems = {e["messages"][0]["content"] for e in prompts}
+    assert len(systems) == 1 and all(e["messages"][0]["role"] == "system" for e in prompts)
+    assert "LAYER DICT" in next(iter(systems)) and "qerr_hessian" in next(iter(systems))
     assert summary.best is not None and summary.best.code and summary.best.fitness > 0
     assert (tmp_path / "run" / "best_proxy.py").read_text().startswith("# TAP proxy discovered")
     assert (tmp_path / "run" / "summary.json").exists()

@@ -72,7 +72,6 @@ from tap_edge.search.llm import LLMClient, LLMConfig, LLMError
 from tap_edge.search.prompts import (
     MAX_REPLY_CHARS,
     REWEIGHT_FEATURES,
-    SYSTEM_PROMPT,
     TEMPLATES,
     compact_code,
     grammar_mode,
@@ -80,6 +79,7 @@ from tap_edge.search.prompts import (
     parse_reply,
     render,
     split_at_final_return,
+    system_prompt,
     templates_digest,
 )
 from tap_edge.search.runlog import (
@@ -382,7 +382,7 @@ class Evolution:
             user = user.rstrip() + "\n" + render(suffix, return_line=tail[0].strip(),
                                                   variables=", ".join(names) or "none",
                                                   features="\n".join(f"  {f}" for f in REWEIGHT_FEATURES))
-        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+        return [{"role": "system", "content": system_prompt(task.api)}, {"role": "user", "content": user}]
 
     # -- the run
     def run(self, *, show_progress: bool = True) -> RunSummary:

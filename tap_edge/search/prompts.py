@@ -1,7 +1,8 @@
 """Prompt templates (files users can read and edit), tolerant reply parsing and the llama.cpp grammar.
 
 Templates live in ``tap_edge/templates/evolve_{init,mutation,crossover}.txt`` (override the folder with
-``--templates DIR``). They are ``string.Template`` texts: ``${layerstats_api}``, ``${bits_example}``,
+``--templates DIR``). They are ``string.Template`` texts: ``${layerstats_api}`` (the LAYER DICT reference, which
+the packaged templates leave to :func:`system_prompt`), ``${bits_example}``,
 ``${parent_code}``, ``${parent_reasoning}``, ``${parent_fitness}``, ``${parent2_*}`` and ``${errors}`` are
 filled in; unknown ``$`` fields are left as they are.
 
@@ -38,6 +39,14 @@ MAX_PROMPT_CODE_CHARS = 6_000
 
 SYSTEM_PROMPT = ("You are an expert in neural network quantization who writes short, correct Python with numpy. "
                  "Answer exactly in the requested format.")
+
+
+def system_prompt(layerstats_api: str) -> str:
+    """The system message of every prompt: :data:`SYSTEM_PROMPT` and the LAYER DICT reference (the keys of
+    ``layer``). It is the same for the three templates, so it comes first and identical in every request: a
+    llama.cpp server keeps the previous request's tokens and evaluates only what follows the common prefix
+    (about a thousand tokens of reference text each time, most of a small model's time on 2 cores)."""
+    return f"{SYSTEM_PROMPT}\n\nLAYER DICT (the keys of `layer`, the statistics of one layer):\n{layerstats_api}"
 
 #: llama.cpp GBNF grammar: forces "REASONING: ..." then a python block with the required header.
 PROXY_GRAMMAR = (
