@@ -244,6 +244,26 @@ def test_discovered_program_is_the_best_of_the_archived_run(tmp_path) -> None:
     assert [step.id for step in best.lineage] == ["g1c8", "g0c0"]
 
 
+def test_archived_photo_search_summarises_to_its_saved_program(tmp_path) -> None:
+    """The 10 x 5 local-LLM search on the photo tasks (issue 13): its archive summarises to the program it saved,
+    every candidate valid, on the four Lite1 / Lite2 tasks (not shipped as `tap`: see the transfer benchmark)."""
+    import tarfile
+
+    from tap_edge.plan.proxies.builtin import PROGRAMS
+    from tap_edge.search.summary import summarize
+
+    with tarfile.open(PROGRAMS / "runs" / "photos10x5.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    summary = summarize(tmp_path / "photos10x5")
+    saved = (tmp_path / "photos10x5" / "best_proxy.py").read_text()
+    assert f"candidate {summary.best.id})" in saved
+    assert saved[saved.index("def proxy"):].strip() in summary.best.code
+    data = summary.to_dict()
+    assert data["candidates"] == 50 and data["valid"] == 50
+    assert {t["task"] for t in data["tasks"]} == {"lite1-photos@3", "lite1-photos@4", "lite2-photos@3",
+                                                  "lite2-photos@4"}
+
+
 def test_ompq_orthogonality_and_modes(setups: dict) -> None:
     stats = setups["timm:mobilenetv2_050"]["stats"]
     orm = orthogonality_matrix(stats)
