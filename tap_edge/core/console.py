@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -33,6 +35,48 @@ def set_quiet(quiet: bool) -> None:
 def info(msg: str) -> None:
     if not _state["quiet"]:
         err.print(msg)
+
+
+_native_redirect = {"depth": 0, "saved": -1}
+_native_lock = threading.Lock()
+
+
+def _flush_c_stdout() -> None:
+    """Flush the C library's stdout buffer (what native code printed with printf and not yet written)."""
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):  # no C runtime to flush through ctypes (e.g. Windows)
+        pass
+
+
+@contextmanager
+def native_stdout_to_stderr() -> Iterator[None]:
+    """Send what native code writes to file descriptor 1 to stderr while the block runs.
+
+    HiGHS (the allocation ILP) prints a debug line, ``HighsMipSolverData::transformNewIntegerFeasibleSolution
+    tmpSolver.run();``, with printf whatever its output options say (ERGO-Code/HiGHS#2783); on stdout it would
+    corrupt a command's ``--json`` output. Threads share the descriptor: the first to enter redirects it, the
+    last to leave restores it."""
+    with _native_lock:
+        if _native_redirect["depth"] == 0:
+            sys.stdout.flush()
+            _flush_c_stdout()
+            try:
+                _native_redirect["saved"] = os.dup(1)
+                os.dup2(2, 1)
+            except OSError:  # no descriptors 1 / 2 (an embedded interpreter): nothing to protect
+                _native_redirect["saved"] = -1
+        _native_redirect["depth"] += 1
+    try:
+        yield
+    finally:
+        with _native_lock:
+            _native_redirect["depth"] -= 1
+            if _native_redirect["depth"] == 0 and _native_redirect["saved"] >= 0:
+                _flush_c_stdout()
+                os.dup2(_native_redirect["saved"], 1)
+                os.close(_native_redirect["saved"])
+                _native_redirect["saved"] = -1
 
 
 def print_json(data: Any) -> None:

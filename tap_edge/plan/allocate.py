@@ -60,6 +60,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from tap_edge.core.console import native_stdout_to_stderr
 from tap_edge.core.errors import UserError
 from tap_edge.core.units import align, fmt_bytes
 from tap_edge.devices import Runtime
@@ -696,9 +697,10 @@ class _Program:
         if extra:
             ub_vars[-1] = np.inf
         t0 = time.perf_counter()
-        res = milp(c, integrality=integrality, bounds=Bounds(np.zeros(n), ub_vars),
-                   constraints=LinearConstraint(a, np.concatenate(lbs), np.concatenate(ubs)),
-                   options={"mip_rel_gap": 1e-9, "time_limit": time_limit, "presolve": False})
+        with native_stdout_to_stderr():  # HiGHS prints a stray debug line to stdout (see the function)
+            res = milp(c, integrality=integrality, bounds=Bounds(np.zeros(n), ub_vars),
+                       constraints=LinearConstraint(a, np.concatenate(lbs), np.concatenate(ubs)),
+                       options={"mip_rel_gap": 1e-9, "time_limit": time_limit, "presolve": False})
         secs = time.perf_counter() - t0
         if res.x is None:
             if res.status != 2:  # not proved infeasible: time or iteration limit, numerical trouble
