@@ -51,3 +51,21 @@ def test_gap_closed() -> None:
     assert gap_closed(0.7, 0.5, 0.9) == pytest.approx(0.5)
     assert gap_closed(0.4, 0.5, 0.9) < 0
     assert gap_closed(0.5, 0.5, 0.5) is None
+
+
+def test_ptq_ceiling_classes_name_real_layers_of_lite0() -> None:
+    """tools/bench_ptq_ceiling.py: every layer class gives 8 bits to some EfficientNet-Lite0 layers and only to
+    them (a class that matched nothing would print a row equal to uniform w4a8)."""
+    from bench_ptq_ceiling import CLASSES, with_eight_bits
+
+    from tap_edge.graph.models import load_graph, load_model
+
+    ops = load_graph(load_model("efficientnet_lite0")).quantizable_ops()
+    seen: set[str] = set()
+    for name, keep in CLASSES.items():
+        bits = with_eight_bits(ops, keep)
+        eight = {op.module for op in ops if bits.weight_bits(op) == 8}
+        assert eight and eight == {op.module for op in ops if keep(op.module)}, name
+        assert all(bits.weight_bits(op) == 4 for op in ops if op.module not in eight)
+        assert not eight & seen, name  # the classes do not overlap
+        seen |= eight
