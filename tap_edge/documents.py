@@ -895,6 +895,7 @@ class RunSettings(Part):
     fit_constants: bool = False
     templates_dir: str | None
     llm: LLMSettings
+    local_llm: bool = False
     limits: SandboxLimits
     dpo: DPOSettings
     max_errors_in_prompt: int

@@ -385,7 +385,7 @@ def test_run_summary_is_the_document_and_round_trips(tmp_path: Path) -> None:
 def test_start_run_with_local_llm_owns_the_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``start_run(local_llm=True)``: the server is started with its log in the run directory, the run asks it
     (its model, reweight grammar at T=0.7, replies capped at 450 tokens) and it is stopped afterwards, also
-    when the session fails; ``resume_run`` starts a new one."""
+    when the session fails; ``resume_run`` of that run starts a new one, asked or not."""
     from tap_edge.search import session
 
     servers: list = []
@@ -414,7 +414,9 @@ def test_start_run_with_local_llm_owns_the_server(tmp_path: Path, monkeypatch: p
         assert (llm.model, llm.max_tokens, llm.temperature, summary.settings.grammar) == ("smollm2", 450, 0.7,
                                                                                           "reweight")
         assert servers[0].log_path == str(tmp_path / "run" / "llm_server.log") and servers[0].stopped
-        assert session.resume_run(tmp_path / "run", local_llm=True, show_progress=False) == summarize(
+        assert summary.settings.local_llm  # recorded: a resume needs a server of its own
+        # a resume (here without --local-llm: e.g. after kill -9, which took the first server with it) starts one
+        assert session.resume_run(tmp_path / "run", show_progress=False) == summarize(
             tmp_path / "run") and len(servers) == 2 and servers[1].stopped
         with pytest.raises(UserError, match="not empty"):  # refused before a server starts
             session.start_run(settings, tmp_path / "run", local_llm=True, show_progress=False)

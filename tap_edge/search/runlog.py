@@ -48,6 +48,7 @@ class EvolveSettings:
     fit_constants: bool = False  # tune a program's float literals before its fitness (search/constants.py)
     templates_dir: str | None = None
     llm: dict[str, Any] = field(default_factory=lambda: asdict(LLMConfig()))
+    local_llm: bool = False  # the run asks the offline llama.cpp server of each session (--resume starts a new one)
     limits: dict[str, float] = field(default_factory=lambda: asdict(Limits()))
     dpo: dict[str, float] = field(default_factory=lambda: {"beta": 1.0, "lr": 1.0, "steps": 5, "floor": 0.05})
     max_errors_in_prompt: int = 3

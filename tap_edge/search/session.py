@@ -65,7 +65,8 @@ def start_run(settings: EvolveSettings, run_dir: str | Path | None = None, *, lo
     with _local_server(target, local_llm) as server:
         if server is not None:  # the caller's settings stay as they were
             settings = replace(settings, llm={**settings.llm, "base_url": server.base_url, "model": server.alias,
-                                              "max_tokens": min(settings.llm["max_tokens"], LOCAL_MAX_TOKENS)})
+                                              "max_tokens": min(settings.llm["max_tokens"], LOCAL_MAX_TOKENS)},
+                               local_llm=True)
         evo = Evolution.create(target, settings, LLMClient(LLMConfig(**settings.llm)))
         return _run(evo, show_progress)
 
@@ -73,16 +74,18 @@ def start_run(settings: EvolveSettings, run_dir: str | Path | None = None, *, lo
 def resume_run(run_dir: str | Path, *, workers: int | None = None, executor: str | None = None,
                ray_address: str | None = None, local_llm: bool = False, show_progress: bool = True) -> RunSummary:
     """Continue the run in ``run_dir`` after a crash or kill: nothing evaluated is paid again. ``workers``,
-    ``executor`` and ``ray_address`` (None: the run's own) do not change results. With ``local_llm`` a new
-    local server answers (the same model on a new port)."""
+    ``executor`` and ``ray_address`` (None: the run's own) do not change results. A run started with the local
+    LLM (or ``local_llm``) gets a new local server (the same model on a new port): the old one died with its
+    session, so its address answers nothing."""
     overrides = {"workers": workers, "executor": executor, "ray_address": ray_address}
     evo = Evolution.resume(run_dir, overrides={k: v for k, v in overrides.items() if v is not None})
     try:
         if evo.settings.executor == "ray":
             check_ray(evo.settings.ray_address)
-        with _local_server(evo.dir, local_llm) as server:
+        with _local_server(evo.dir, local_llm or evo.settings.local_llm) as server:
             if server is not None:
                 evo.settings.llm["base_url"] = server.base_url
+                evo.settings.local_llm = True
             evo.client = LLMClient(LLMConfig(**evo.settings.llm))
             return _run(evo, show_progress)
     finally:
