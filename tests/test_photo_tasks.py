@@ -13,6 +13,7 @@ from tap_edge.core.errors import UserError
 from tap_edge.plan.proxies.builtin import SEED_PROGRAM
 from tap_edge.search import photo_tasks
 from tap_edge.search.fitness import TASK_BUILDERS, Limits, TaskSpec, describe_tasks, evaluate_program
+from tap_edge.search.tasks import kl_divergence
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
 needs_photos = pytest.mark.skipif(not (SAMPLE / "labels.csv").exists(), reason="needs ../shared/data/imagenet-sample")
@@ -100,8 +101,9 @@ def test_lite1_task_on_a_tiny_subset(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert [{k: v for k, v in ts.items() if k != "seconds"} for ts in again["tasks"]] == \
         [{k: v for k, v in ts.items() if k != "seconds"} for ts in res["tasks"]]
     monkeypatch.setattr(t3.nearest, "logits", forward)
-    t3._measured.clear()
-    assert t3.measure(chosen) == remembered
+    fresh = t3.quantized_logits(chosen)  # a forward pass now, neither the memory nor the store
+    assert remembered.kl == kl_divergence(t3.float_logits, fresh)
+    assert remembered.agreement == float((fresh.argmax(1) == t3.float_pred).float().mean())
     info = describe_tasks(tasks)
     assert info[0]["model"] == "efficientnet_lite1" and info[0]["eval_samples"] == 3
     # a new process would load the cache file, not build again

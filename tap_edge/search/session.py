@@ -85,7 +85,6 @@ def resume_run(run_dir: str | Path, *, workers: int | None = None, executor: str
         with _local_server(evo.dir, local_llm or evo.settings.local_llm) as server:
             if server is not None:
                 evo.settings.llm["base_url"] = server.base_url
-                evo.settings.local_llm = True
             evo.client = LLMClient(LLMConfig(**evo.settings.llm))
             return _run(evo, show_progress)
     finally:
