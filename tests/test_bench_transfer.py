@@ -69,3 +69,27 @@ def test_ptq_ceiling_classes_name_real_layers_of_lite0() -> None:
         assert all(bits.weight_bits(op) == 4 for op in ops if op.module not in eight)
         assert not eight & seen, name  # the classes do not overlap
         seen |= eight
+
+
+def test_pin_sweep_pins_the_layer_within_the_same_budget() -> None:
+    """tools/bench_pin_sweep.py: each re-allocated row has the layer at its pinned width and stays within the
+    flash of the proxy's plan's budget; the over-budget row differs from the proxy's plan in that layer only."""
+    from bench_pin_sweep import pin_sweep_plans
+    from bench_plan import fake_quant_runtime
+
+    from tap_edge.graph.models import load_graph, load_model
+    from tap_edge.plan.budgets import flash_of_uniform
+
+    graph = load_graph(load_model("efficientnet_lite0"))
+    ops = graph.quantizable_ops()
+    # a cost that falls with the width, larger for bigger layers: the ILP then spreads the bits
+    table = {op.name: {(w, 8): float(op.weight_params) * 4.0 ** (8 - w) for w in range(2, 9)} for op in ops}
+    rows = pin_sweep_plans(graph, table, 4, "classifier", [5, 6])
+    budget = flash_of_uniform(graph, 4, fake_quant_runtime())
+    (_, base, base_flash), pinned, (_, over, over_flash) = rows[0], rows[1:-1], rows[-1]
+    assert 0 < base_flash <= budget
+    for (_, bits, flash), w in zip(pinned, (5, 6), strict=True):
+        assert bits.to_dict()["layers"]["classifier"]["w"] == w and 0 < flash <= budget
+    assert over_flash == -1 and over.to_dict()["layers"]["classifier"]["w"] == 8
+    base_layers, over_layers = base.to_dict()["layers"], over.to_dict()["layers"]
+    assert {k for k in base_layers if base_layers[k] != over_layers[k]} <= {"classifier"}
