@@ -23,14 +23,12 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_plan import SAMPLE, _bootstrap, fake_quant_runtime  # noqa: E402 - the shared bench helpers
+from bench_plan import SAMPLE, _bootstrap, fake_quant_runtime, lite0_photo_split  # noqa: E402 - the shared bench helpers
 
 from tap_edge.fit.bits import BitAssignment  # noqa: E402
 from tap_edge.graph.graph import ModelGraph  # noqa: E402
-from tap_edge.graph.models import load_graph, load_model  # noqa: E402
 from tap_edge.plan.allocate import CostTable, allocate  # noqa: E402
 from tap_edge.plan.budgets import Budgets, flash_of_uniform  # noqa: E402
-from tap_edge.plan.calib import labels_for, load_images, load_labels  # noqa: E402
 from tap_edge.plan.proxies import ProxyContext, get_proxy  # noqa: E402
 from tap_edge.plan.stats import compute_layer_stats  # noqa: E402
 from tap_edge.quantize.evaluate import compare_logits, logits  # noqa: E402
@@ -67,12 +65,7 @@ def main() -> None:
     args = ap.parse_args()
     con = Console()
     PTQConfig(rounding=args.rounding)  # a bad name fails before any work
-    lm = load_model("efficientnet_lite0")
-    graph = load_graph(lm)
-    pool, _ = load_images(args.data, lm.preprocess, limit=args.ptq_samples)
-    images, names = load_images(args.data, lm.preprocess, skip=args.ptq_samples)
-    labels = labels_for(names, load_labels(args.data / "labels.csv"))
-    float_logits = logits(lm.module, images)
+    lm, graph, pool, images, labels, float_logits = lite0_photo_split(args.data, args.ptq_samples)
     calib16 = pool[:16]
     stats = compute_layer_stats(lm.module, graph, calib16)
     wcost = get_proxy(args.proxy)(stats, ProxyContext(model=lm.module, graph=graph, calib=calib16))

@@ -56,6 +56,17 @@ def fake_quant_runtime():  # noqa: ANN201 - a devices.Runtime
                                  "activations": {k: [8] for k in rt.activations}, "code_bytes": 0})
 
 
+def lite0_photo_split(data: Path, n_calib: int):  # noqa: ANN201 - (LoadedModel, graph, 4 tensors)
+    """EfficientNet-Lite0, its graph, the first ``n_calib`` photos of ``data`` (calibration), the rest (scoring)
+    with their labels, and the float model's logits on the rest: the split the PTQ benches share."""
+    lm = load_model("efficientnet_lite0")
+    graph = load_graph(lm)
+    pool, _ = load_images(data, lm.preprocess, limit=n_calib)
+    images, names = load_images(data, lm.preprocess, skip=n_calib)
+    labels = labels_for(names, load_labels(data / "labels.csv"))
+    return lm, graph, pool, images, labels, logits(lm.module, images)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=SAMPLE)
