@@ -75,12 +75,18 @@ def test_plan_and_fake_quant_agree_with_pytorch(spec: str, dynamo: bool, tmp_pat
     images, _ = load_images(SAMPLE_DIR, lm.preprocess, limit=256)
     bits = BitAssignment.from_plan({"layers": {k: {"w": w, "a": a} for k, (w, a) in from_torch.items()}})
     calib, scored = images[:16], images[16:]
-    outs = []
+    outs, steps = [], []
     for model in (lm, converted):
         q = quantize_model(model.module, bits, calib, graph=load_graph(model))
         with torch.no_grad():
             outs.append(torch.cat([q(scored[i:i + 64]) for i in range(0, len(scored), 64)]))
-    agreement = float((outs[0].argmax(1) == outs[1].argmax(1)).float().mean())
+        steps.append(q.tap_edge_ptq.output_qparams[1] if q.tap_edge_ptq.output_qparams else 0.0)
+    # top-1 must agree wherever the best two classes are more than two output-grid steps apart: a step either
+    # way is the output quantizer's rounding (a random-weight network has many near ties, where it decides)
+    top2 = outs[0].topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * max(steps)
+    assert int(clear.sum()) >= len(scored) // 2, int(clear.sum())
+    agreement = float((outs[0].argmax(1) == outs[1].argmax(1))[clear].float().mean())
     assert agreement >= 0.99, agreement
     # the same logits up to the output quantizer's grid (a zero point on a rounding boundary moves it a step)
     cosine = torch.nn.functional.cosine_similarity(outs[0].flatten(1), outs[1].flatten(1)).mean()
