@@ -23,16 +23,15 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_plan import SAMPLE, _bootstrap, fake_quant_runtime, lite0_photo_split  # noqa: E402 - the shared bench helpers
+from bench_plan import SAMPLE, ci_text, fake_quant_runtime, lite0_photo_split, proxy_cost_table, score_ptq  # noqa: E402 - the shared bench helpers
 
 from tap_edge.fit.bits import BitAssignment  # noqa: E402
 from tap_edge.graph.graph import ModelGraph  # noqa: E402
 from tap_edge.plan.allocate import CostTable, allocate  # noqa: E402
 from tap_edge.plan.budgets import Budgets, flash_of_uniform  # noqa: E402
-from tap_edge.plan.proxies import ProxyContext, get_proxy  # noqa: E402
 from tap_edge.plan.stats import compute_layer_stats  # noqa: E402
-from tap_edge.quantize.evaluate import compare_logits, logits  # noqa: E402
-from tap_edge.quantize.ptq import PTQConfig, quantize_model  # noqa: E402
+from tap_edge.quantize.evaluate import compare_logits  # noqa: E402
+from tap_edge.quantize.ptq import PTQConfig  # noqa: E402
 
 
 def pin_sweep_plans(graph: ModelGraph, table: CostTable, budget_bits: int, layer: str,
@@ -42,12 +41,12 @@ def pin_sweep_plans(graph: ModelGraph, table: CostTable, budget_bits: int, layer
     runtime = fake_quant_runtime()
     budget = Budgets(flash_of_uniform(graph, budget_bits, runtime), None)
     base = allocate(graph, table, runtime, budget, check_arena=False)
-    planned = base.bits().to_dict()["layers"][layer]["w"]
-    rows = [(f"proxy's plan ({layer} at w{planned})", base.bits(), base.flash_bytes)]
+    base_bits = base.bits()
+    over = base_bits.to_dict()
+    rows = [(f"proxy's plan ({layer} at w{over['layers'][layer]['w']})", base_bits, base.flash_bytes)]
     for w in widths:
         a = allocate(graph, table, runtime, budget, check_arena=False, pins={layer: (w, None)})
         rows.append((f"{layer} pinned at w{w}, same budget", a.bits(), a.flash_bytes))
-    over = base.bits().to_dict()
     over["layers"][layer]["w"] = 8
     rows.append((f"proxy's plan, {layer} at w8 (over budget)", BitAssignment.from_plan(over), -1))
     return rows
@@ -68,16 +67,12 @@ def main() -> None:
     lm, graph, pool, images, labels, float_logits = lite0_photo_split(args.data, args.ptq_samples)
     calib16 = pool[:16]
     stats = compute_layer_stats(lm.module, graph, calib16)
-    wcost = get_proxy(args.proxy)(stats, ProxyContext(model=lm.module, graph=graph, calib=calib16))
-    table = {op: {(w, 8): float(c) for w, c in row.items()} for op, row in wcost.items()}
+    table = proxy_cost_table(args.proxy, lm, graph, stats, calib16)
     rows = pin_sweep_plans(graph, table, args.budget, args.layer, [int(w) for w in args.widths.split(",")])
     results, ref = [], None
     for label, bits, flash in rows:
         t = time.perf_counter()
-        q = quantize_model(lm.module, bits, pool, config=PTQConfig(rounding=args.rounding), graph=graph)
-        got = logits(q, images)
-        m = compare_logits(float_logits, got, labels)
-        agree = (got.argmax(1) == float_logits.argmax(1)).numpy()
+        m, agree = score_ptq(lm, graph, bits, pool, args.rounding, images, float_logits, labels)
         ref = agree if ref is None else ref
         results.append((label, flash, m, agree))
         con.print(f"{label}: agreement {100 * m['agreement']:.1f}%, KL {m['kl']:.4f}, top-1 {100 * m['top1']:.1f}% "
@@ -89,10 +84,7 @@ def main() -> None:
     for col in ("plan", "weight bytes", "top-1 %", "agreement %", "KL", "d agreement vs the proxy's plan [95% CI]"):
         t.add_column(col, justify="left" if col == "plan" else "right")
     for i, (label, flash, m, agree) in enumerate(results):
-        ci = "-"
-        if i:
-            d, lo, hi = _bootstrap(agree, ref)
-            ci = f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        ci = ci_text(agree, ref) if i else "-"
         t.add_row(label, f"{flash:,}" if flash >= 0 else "over", f"{100 * m['top1']:.1f}",
                   f"{100 * m['agreement']:.1f}", f"{m['kl']:.4f}", ci)
     con.print(t)

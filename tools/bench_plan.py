@@ -67,6 +67,27 @@ def lite0_photo_split(data: Path, n_calib: int):  # noqa: ANN201 - (LoadedModel,
     return lm, graph, pool, images, labels, logits(lm.module, images)
 
 
+def proxy_cost_table(proxy: str, lm, graph, stats, calib: torch.Tensor) -> dict:  # noqa: ANN001
+    """The allocator's table (8-bit activations) from ``proxy``'s weight costs on ``stats`` / ``calib``."""
+    wcost = get_proxy(proxy)(stats, ProxyContext(model=lm.module, graph=graph, calib=calib))
+    return {op: {(w, 8): float(c) for w, c in row.items()} for op, row in wcost.items()}
+
+
+def score_ptq(lm, graph, bits: BitAssignment, pool: torch.Tensor, rounding: str, images: torch.Tensor,  # noqa: ANN001
+              float_logits: torch.Tensor, labels: torch.Tensor) -> tuple[dict, np.ndarray]:
+    """PTQ of ``lm`` with ``bits`` and ``rounding`` on ``pool``, scored on ``images``: (metrics of
+    ``compare_logits``, per-photo top-1 agreement with float as 0/1 for the paired bootstrap)."""
+    q = quantize_model(lm.module, bits, pool, config=PTQConfig(rounding=rounding), graph=graph)
+    got = logits(q, images)
+    return compare_logits(float_logits, got, labels), (got.argmax(1) == float_logits.argmax(1)).numpy()
+
+
+def ci_text(a: np.ndarray, b: np.ndarray) -> str:
+    """``d [lo, hi]`` in points: the paired bootstrap 95 % interval of :func:`_bootstrap`."""
+    d, lo, hi = _bootstrap(a, b)
+    return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=SAMPLE)

@@ -22,16 +22,15 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_plan import SAMPLE, _bootstrap, fake_quant_runtime, lite0_photo_split  # noqa: E402 - the shared bench helpers
+from bench_plan import SAMPLE, ci_text, fake_quant_runtime, lite0_photo_split, proxy_cost_table, score_ptq  # noqa: E402 - the shared bench helpers
 
 from tap_edge.fit.bits import BitAssignment  # noqa: E402
 from tap_edge.graph.graph import Op  # noqa: E402
 from tap_edge.plan.allocate import allocate  # noqa: E402
 from tap_edge.plan.budgets import Budgets, flash_of_uniform  # noqa: E402
-from tap_edge.plan.proxies import ProxyContext, get_proxy  # noqa: E402
 from tap_edge.plan.stats import compute_layer_stats  # noqa: E402
-from tap_edge.quantize.evaluate import compare_logits, logits  # noqa: E402
-from tap_edge.quantize.ptq import PTQConfig, quantize_model  # noqa: E402
+from tap_edge.quantize.evaluate import compare_logits  # noqa: E402
+from tap_edge.quantize.ptq import PTQConfig  # noqa: E402
 
 #: Layer classes of an EfficientNet-Lite given 8-bit weights in the diagnostic rows (module-name tests).
 CLASSES: dict[str, Callable[[str], bool]] = {
@@ -69,8 +68,7 @@ def main() -> None:
     calib16 = pool[:16]
     stats = compute_layer_stats(lm.module, graph, calib16)
     for proxy in args.proxies.split(","):
-        wcost = get_proxy(proxy)(stats, ProxyContext(model=lm.module, graph=graph, calib=calib16))
-        table = {op: {(w, 8): float(c) for w, c in row.items()} for op, row in wcost.items()}
+        table = proxy_cost_table(proxy, lm, graph, stats, calib16)
         for width in (4, 3):
             bits = allocate(graph, table, runtime, Budgets(flash_of_uniform(graph, width, runtime), None),
                             check_arena=False).bits()
@@ -79,10 +77,7 @@ def main() -> None:
     ref = None
     for label, rounding, bits in rows:
         t = time.perf_counter()
-        q = quantize_model(lm.module, bits, pool, config=PTQConfig(rounding=rounding), graph=graph)
-        got = logits(q, images)
-        m = compare_logits(float_logits, got, labels)
-        agree = (got.argmax(1) == float_logits.argmax(1)).numpy()
+        m, agree = score_ptq(lm, graph, bits, pool, rounding, images, float_logits, labels)
         if label == "w4a8":
             ref = agree
         results.append((label, rounding, m, agree))
@@ -96,8 +91,7 @@ def main() -> None:
     for label, rounding, m, agree in results:
         ci = "-"
         if ref is not None and label != "w4a8":
-            d, lo, hi = _bootstrap(agree, ref)
-            ci = f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+            ci = ci_text(agree, ref)
         t.add_row(label, rounding, f"{100 * m['top1']:.1f}", f"{100 * m['agreement']:.1f}", f"{m['kl']:.4f}", ci)
     con.print(t)
     con.print(f"command: .venv/bin/python tools/bench_ptq_ceiling.py --rounding {args.rounding} "
