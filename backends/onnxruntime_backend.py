@@ -23,6 +23,15 @@ adjustment off: the stored integers and scales are exactly the fake-quant model'
 semantics unchanged), its packed uint4 weights are the same integers + 8 (the default zero point, so no zero
 points are stored), every block of an output channel carries that channel's scale (the same weights exactly).
 
+Run: every session tap-edge opens (compile's agreement check, ``measure``, TVM's same-graph reference) sets
+:data:`SESSION_CONFIG`: ``session.x64quantprecision=1`` makes ONNX Runtime use its exact U8U8 integer kernel on
+x86-64 CPUs without VNNI (AVX2, AVX-512 without VNNI), where the default U8S8 kernel (``vpmaddubsw``) saturates
+a 16-bit sum of two uint8 x int8 products: 8-bit weights beside activations near 255 give wrong answers
+(seen in CI on such a CPU: TVM agreed with ONNX Runtime's w8a8 EfficientNet-Lite0 on 90.6 % of photos; the
+same kernel under ``qemu-x86_64 -cpu Haswell`` turns an exact 200 into 101, tests/test_backends.py). The
+option changes nothing on CPUs with VNNI or on ARM; the manifest records it (``backend_facts.session_config``)
+and a deployment on such a CPU needs it too.
+
 Options: :class:`OnnxRuntimeOptions`. The artifact's outputs are compared with the PTQ fake-quant model
 (``tap_edge.quantize.ptq``) on the check inputs by :meth:`tap_edge.backends.Backend.compile`.
 """
@@ -55,6 +64,22 @@ OPSET = 21
 _WEIGHTED = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 LINEAR_INT4 = ("qdq", "matmulnbits")
 _BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two >= 16 (MLAS' fast kernels: up to 256)
+#: Session config entries of every ONNX Runtime session tap-edge opens (the module docstring says why).
+SESSION_CONFIG = {"session.x64quantprecision": "1"}
+
+
+def session_options(threads: int | None = None) -> Any:
+    """ONNX Runtime ``SessionOptions`` with :data:`SESSION_CONFIG` (exact integer kernels on x86-64 without
+    VNNI), warnings off and ``threads`` intra-op threads (None: ONNX Runtime's default)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads is not None:
+        so.intra_op_num_threads = threads
+    for key, value in SESSION_CONFIG.items():
+        so.add_session_config_entry(key, value)
+    return so
 
 
 def node_module(node_name: str) -> str | None:
@@ -243,7 +268,8 @@ class OnnxRuntimeBackend(Backend):
             weights=ArtifactWeights(planned_form_bytes=wb.pop("total_planned_form"), stored_bytes=wb.pop("total"),
                                     by_role=wb),
             facts={"opset": OPSET, "layers": layers, "weights_prequantized": prequant,
-                   "linear_int4": options.linear_int4, **({"matmulnbits": nbits} if nbits else {})},
+                   "linear_int4": options.linear_int4, "session_config": dict(SESSION_CONFIG),
+                   **({"matmulnbits": nbits} if nbits else {})},
         )
 
     def outputs(self, artifact: Path, xs: np.ndarray) -> np.ndarray:
@@ -273,9 +299,7 @@ class OnnxRuntimeBackend(Backend):
 
         baseline()
         rss0 = vm_rss()
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.intra_op_num_threads = threads
+        so = session_options(threads)
         sess = ort.InferenceSession(str(artifact), so, providers=["CPUExecutionProvider"])
         specs = [_spec(i) for i in sess.get_inputs()]
         shapes = [i.shape for i in resolve_shapes(specs, feed, f"{artifact.name}: ")]
@@ -289,6 +313,7 @@ class OnnxRuntimeBackend(Backend):
             "threads": so.intra_op_num_threads,
             "runtime": f"onnxruntime {ort.__version__}",
             "inputs": [fed_input(s, shape, feed, len(specs)) for s, shape in zip(specs, shapes, strict=True)],
+            "ort_session_config": dict(SESSION_CONFIG),
             "ort_session_rss_bytes": rss_loaded - rss0,
             "ort_inference_growth_bytes": max(vm_hwm() - loaded_hwm, 0),
             "runtime_figures_note": "ONNX Runtime exposes no arena statistics to Python: session RSS = RSS "
@@ -312,12 +337,10 @@ def _spec(node_arg: Any) -> TensorSpec:
 
 
 def onnx_outputs(path: Path, xs: np.ndarray) -> np.ndarray:
-    """ONNX Runtime's first output on each of ``xs`` (batch 1 as exported; CPU, warnings off)."""
+    """ONNX Runtime's first output on each of ``xs`` (batch 1 as exported; CPU, :func:`session_options`)."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
     return np.stack([sess.run(None, {"input": x[None]})[0][0] for x in xs])
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from tap_edge.backends import BackendUnavailable, backend_for_artifact, get_backend, read_manifest
 from tap_edge.backends.measure import MeasureError, latency_stats, measure_artifact, run_child
-from tap_edge.backends.onnxruntime_backend import OnnxRuntimeOptions
+from tap_edge.backends.onnxruntime_backend import OnnxRuntimeOptions, onnx_outputs
 from tap_edge.backends.reference import agreement
 from tap_edge.backends.tvm_backend import TVMOptions
 from tap_edge.backends.verdict import build_report
@@ -731,21 +731,81 @@ def test_onnx_matmulnbits_weights_are_the_fake_quant_weights(tiny: LoadedModel, 
 
 
 def test_onnx_matmulnbits_agrees_with_qdq_int4(tiny: LoadedModel, tmp_path: Path) -> None:
-    import onnxruntime as ort
-
     plan = BitAssignment.from_plan({"default": {"w": 8, "a": 8}, "layers": {"fc": {"w": 4, "a": 8}}})
     b, g, xs = get_backend("onnxruntime"), load_graph(tiny), _inputs()
     qdq = b.compile(tiny, g, plan, tmp_path / "qdq", calib=xs).path
     nb = b.compile(tiny, g, plan, tmp_path / "nb", calib=xs, options=OnnxRuntimeOptions(linear_int4="matmulnbits")).path
     assert read_manifest(qdq).backend_facts["layers"]["fc"]["stored"] == "int4"
     check = np.random.default_rng(7).standard_normal((64, 3, 16, 16)).astype(np.float32)
-
-    def run(p: Path) -> np.ndarray:
-        s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-        return np.stack([s.run(None, {"input": x[None]})[0][0] for x in check])
-
-    r = agreement(run(qdq), run(nb))
+    r = agreement(onnx_outputs(qdq, check), onnx_outputs(nb, check))
     assert r["top1_agreement"] == 1.0 and r["cosine"] > 0.999
+
+
+#: Input channels of :func:`_saturating_qdq_conv`: each output sums K products 255 x 127.
+_K = 64
+#: Its output scale: the exact answer is the integer 200 (u8S8 saturation gives about 101).
+_SAT_SCALE = 255 * 127 * _K / 200
+
+
+def _saturating_qdq_conv(path: Path) -> Path:
+    """A 1x1 QDQ conv (uint8 input, int8 weights all 127, uint8 output) that ONNX Runtime fuses into QLinearConv;
+    fed 255 everywhere, each pair of products is 64,770, past the int16 sum of the U8S8 kernel of x86-64 CPUs
+    without VNNI (``vpmaddubsw``), which saturates at 32,767."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(a, n) for n, a in (
+        ("xs", np.array(1.0, np.float32)), ("xz", np.array(0, np.uint8)),
+        ("wq", np.full((8, _K, 1, 1), 127, np.int8)), ("ws", np.ones(8, np.float32)), ("wz", np.zeros(8, np.int8)),
+        ("ys", np.array(_SAT_SCALE, np.float32)), ("yz", np.array(0, np.uint8)))]
+    nodes = [helper.make_node("QuantizeLinear", ["input", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xf"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wf"], axis=0),
+             helper.make_node("Conv", ["xf", "wf"], ["y"]),
+             helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["output"])]
+    graph = helper.make_graph(nodes, "saturating_conv", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                         [1, _K, 4, 4])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 4, 4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), str(path))
+    return path
+
+
+#: Child: the saturating conv through tap-edge's sessions and through a default session, as integers.
+_SATURATION_CHILD = """
+import json, sys, numpy as np, onnxruntime as ort
+from tap_edge.backends.onnxruntime_backend import onnx_outputs
+x = np.full((1, {k}, 4, 4), 255, np.float32)
+ours = np.unique(np.round(onnx_outputs(sys.argv[1], x) / {scale}))
+plain = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"]).run(None, {{"input": x}})[0]
+print("RESULT", json.dumps([ours.tolist(), np.unique(np.round(plain / {scale})).tolist()]))
+"""
+
+
+def test_onnx_runtime_sessions_use_exact_integer_kernels(tmp_path: Path) -> None:
+    """tap-edge's ONNX Runtime sessions give the exact integer answer where 8-bit weights meet activations near
+    255, on this CPU and, when ``qemu-x86_64`` is installed (Debian's qemu-user), on an emulated Haswell
+    (AVX2, no VNNI), where a default session is shown to saturate: so the test fails on any CPU if the
+    exact-kernel option goes."""
+    import platform
+    import shutil
+    import subprocess
+    import sys
+
+    model = _saturating_qdq_conv(tmp_path / "saturating_conv.onnx")
+    got = onnx_outputs(model, np.full((1, _K, 4, 4), 255, np.float32)) / _SAT_SCALE
+    assert np.unique(np.round(got)).tolist() == [200.0]
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None or platform.machine() != "x86_64":
+        pytest.skip("qemu-x86_64 not installed (Debian qemu-user): the CPU without VNNI is not emulated")
+    code = _SATURATION_CHILD.format(k=_K, scale=_SAT_SCALE)
+    out = subprocess.run([qemu, "-cpu", "Haswell", sys.executable, "-c", code, str(model)], capture_output=True,
+                         text=True, timeout=300)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT")), None)
+    assert line is not None, out.stderr[-2000:]
+    ours, plain = json.loads(line.split(" ", 1)[1])
+    assert plain != [200.0], "the emulated CPU did not saturate: the check would prove nothing"
+    assert ours == [200.0]
 
 
 def test_onnx_linear_int4_option_is_checked(tiny: LoadedModel, tmp_path: Path) -> None:

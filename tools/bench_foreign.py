@@ -409,12 +409,12 @@ def ort_truth(path: str, shapes: dict[str, list[int]], values: dict[str, int]) -
     import onnx
     import onnxruntime as ort
 
+    from tap_edge.backends.onnxruntime_backend import session_options
+
     res: dict[str, Any] = {"facts": _onnx_facts(path)}
     res["dtype"] = res["facts"]["dtype"]
     t0 = time.perf_counter()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts = session_options(threads=1)
     stage = "load"
     try:
         sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
