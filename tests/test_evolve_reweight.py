@@ -97,7 +97,7 @@ def test_loop_in_reweight_mode(tmp_path: Path) -> None:
     summary, events, edits = run_edit_mode(tmp_path, "reweight", REWEIGHT_GRAMMAR, reply, features_listed)
     for e in edits:
         assert re.search(r"return \[layer_weight \* c \*\* width_power for c in parent_costs\]", e["code"])
-    assert summary.valid == len([e for e in events if e["type"] == "program"])
+    assert summary.valid == len([e for e in events if e["type"] == "program"]), summary.invalid_reasons
 
 
 def test_survivors_are_distinct_behaviours(tmp_path: Path) -> None:
