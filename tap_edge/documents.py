@@ -486,6 +486,8 @@ class PTQSettings(Part):
     act_percentile: float = 99.99
     fold_bn: bool = True
     quantize_output: bool = True
+    quantize_joins: bool = True
+    quantize_bias: bool = True
     calib_batch_size: int = 32
 
 

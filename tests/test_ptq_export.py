@@ -74,15 +74,16 @@ def test_efficientnet_lite0_gptq_artifact_agrees_with_fake_quant(backend: str, t
     assert man.ptq is not None and man.ptq.rounding == "gptq" and man.calibration.samples == CALIB
     ag = man.agreement
     print(f"{backend}: {bits.label()} top-1 agreement {ag.top1_agreement:.4f} on {ag.n}, cosine {ag.cosine}")
-    if backend == "tvm":  # TVM is compared with ONNX Runtime on the same graph; that one with the fake-quant model
-        assert ag.reference == "ONNX Runtime (same graph)" and ag.top1_agreement >= 0.99
-        return
-    assert ag.reference == "fake-quant" and ag.n == CHECK and ag.top1_agreement >= 0.97 and ag.cosine >= 0.997
     xs = sample_inputs(lm, max(CALIB, CHECK), PHOTOS).array
+    if backend == "tvm":  # compile compares TVM with ONNX Runtime on the same graph; here with the fake-quant model
+        assert ag.reference == "ONNX Runtime (same graph)"
+    else:
+        assert ag.reference == "fake-quant" and ag.n == CHECK and ag.top1_agreement >= 0.97 and ag.cosine >= 0.997
     ref = reference_outputs(fake_quant_model(lm, load_graph(lm), bits, xs[:CALIB], _gptq()), xs[:CHECK])
     ref, got = ref.reshape(CHECK, -1), get_backend(backend).outputs(art.path, xs[:CHECK]).reshape(CHECK, -1)
     top2 = np.sort(ref, 1)[:, -2:]
     clear = top2[:, 1] - top2[:, 0] > CLEAR_MARGIN
     same = ref.argmax(1) == got.argmax(1)
-    print(f"{backend}: {clear.sum()} clear decisions, agreement there {same[clear].mean():.4f}")
-    assert clear.mean() >= 0.5 and same[clear].mean() >= 0.99
+    print(f"{backend}: {same.mean():.4f} of {CHECK}; {clear.sum()} clear decisions, agreement there "
+          f"{same[clear].mean():.4f}; flips' top-2 gaps {np.round(top2[~same, 1] - top2[~same, 0], 3).tolist()}")
+    assert same.mean() >= 0.98 and clear.mean() >= 0.5 and same[clear].mean() >= 0.99

@@ -25,6 +25,7 @@ from tap_edge.quantize.ptq import (
     quantize_weight,
     weight_quant_table,
     weight_scales,
+    weights_only,
 )
 
 
@@ -94,7 +95,7 @@ def test_plan_with_per_layer_widths(digits: dict) -> None:
     assert ("0", "1") in info.folded and ("3", "4") in info.folded
     assert info.act_bits["3"] == 16  # the input of layer 3 is produced by layer 0 (16-bit activations)
     # the quantized conv weights take at most 2^b - 1 distinct values per output channel
-    w = q[0].weight.detach()
+    w = q.get_submodule("0").weight.detach()
     assert max(len(torch.unique(w[c])) for c in range(w.shape[0])) <= 15
     with torch.no_grad():
         assert torch.isfinite(q(x)).all()
@@ -111,6 +112,72 @@ def test_float_activations_and_16bit_stay_exact(digits: dict) -> None:
         q16 = quantize_model(model, BitAssignment(32, 16), calib)
         assert (q16(x) - ref).abs().max() < 1e-2
     assert quantize_model(model, "w8a8", calib, config=PTQConfig(act_calib="percentile")) is not None
+
+
+class Residual(nn.Module):
+    """conv-relu, conv, a residual add, pool, linear: a tensor between layers at every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.relu = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv1(x))
+        return self.fc(self.pool(self.conv2(x) + x).flatten(1))
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "gptq"])
+def test_tensors_between_layers_are_quantized_once(rounding: str) -> None:
+    """The add reads the skip on conv2's input grid and conv2's output on a grid of its own, the pool reads the
+    sum on one too (as QDQ and TFLite run them); the extra ranges come from float activations, as the runtimes
+    calibrate; without ``quantize_joins`` the add sums float values."""
+    model = Residual().eval()
+    calib = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    q = ptq(model, PTQConfig(bits="w4a8", rounding=rounding), calib)
+    info = q.tap_edge_ptq
+    assert info.join_quant == {"relu": "shared", "conv2": "own", "add": "own"}
+    own_y, own_sum = q.get_submodule("join_quant_conv2"), q.get_submodule("join_quant_add")
+    skip_q = q.get_submodule("conv2").input_quant
+    fc_q = q.get_submodule("fc").input_quant
+    with torch.no_grad():
+        x = calib[:4]
+        x0 = skip_q(q.relu(q.conv1(x)))  # conv1's pre-hook quantizes the model input
+        want = q.fc(fc_q(q.pool(own_sum(own_y(q.conv2(x0)) + x0)).flatten(1)))
+        torch.testing.assert_close(q(x), want, rtol=0, atol=0)
+        # the own quantizers' ranges: the float-activation model (weights on their grid) on the calibration batch
+        f = weights_only(q)
+        y_float = f.conv2(f.relu(f.conv1(calib)))
+        assert float(own_y.scale) == pytest.approx((float(y_float.max()) - min(float(y_float.min()), 0.0)) / 255)
+        plain = ptq(model, PTQConfig(bits="w4a8", rounding=rounding, quantize_joins=False), calib)
+        assert plain.tap_edge_ptq.join_quant == {} and not torch.equal(plain(calib), q(calib))
+
+
+def test_biases_are_on_the_runtimes_int32_grid() -> None:
+    """Each bias is an integer times s_in * s_w (float32, per channel), what ONNX Runtime and TFLite store; the
+    ones of a float-input layer stay float; ``quantize_bias=False`` keeps them all float."""
+    model = Residual().eval()
+    calib = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    bits = BitAssignment.from_plan({"default": {"w": 3, "a": 8}, "layers": {"conv2": {"w": 3, "a": 32}}})
+    q = ptq(model, PTQConfig(bits=bits), calib)
+    info = q.tap_edge_ptq
+    assert "fc" not in info.input_qparams  # conv2's output is float, so the sum the pool and fc read
+    on_grid = []
+    for name in ("conv1", "conv2", "fc"):
+        b = q.get_submodule(name).bias.detach()
+        if name not in info.input_qparams:
+            torch.testing.assert_close(b, model.get_submodule(name).bias.detach(), rtol=0, atol=0)
+            continue
+        step = torch.tensor(info.input_qparams[name][1], dtype=torch.float32) * info.weight_scales[name]
+        torch.testing.assert_close(torch.round(b / step) * step, b, rtol=0, atol=0)
+        on_grid.append(name)
+    assert on_grid == ["conv1", "conv2"]
+    plain = ptq(model, PTQConfig(bits=bits, quantize_bias=False), calib)
+    b = plain.get_submodule("conv1").bias.detach()
+    step = torch.tensor(plain.tap_edge_ptq.input_qparams["conv1"][1]) * plain.tap_edge_ptq.weight_scales["conv1"]
+    assert not torch.equal(torch.round(b / step) * step, b)
 
 
 # ---- BN folding and the weight quantizer ----------------------------------------------------------------

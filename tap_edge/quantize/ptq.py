@@ -18,7 +18,11 @@ One config object (:class:`PTQConfig`, torchao style) describes the whole transf
   (TFLite 16x8); 32: float, untouched. Ranges are calibrated on the calibration batch with the weights
   already quantized: ``act_calib="minmax"`` (default; the TFLite converter's choice) or ``"percentile"``
   (``act_percentile`` of the values, on a strided subsample of at most 2**20 values per tensor).
-- Biases stay float (an int32 bias at scale ``s_w * s_a`` adds no visible error).
+  ``quantize_joins`` (default) also fake-quantizes, once per tensor, what the ops between layers read (residual
+  adds, pools, concats: :func:`quantize_joins`), because integer runtimes quantize those tensors too; the model
+  is then a ``torch.fx.GraphModule`` running the same modules.
+- Biases are rounded to the int32 grid a runtime stores them on (step ``s_w * s_a`` per channel,
+  ``quantize_bias``): with 3-4-bit weights that step is not negligible against an output step.
 - **Rounding** (``rounding``): ``"nearest"`` rounds every weight on its own (the default, in parallel);
   ``"gptq"`` and ``"adaround"`` choose the integers that best reproduce each layer's float output on the
   calibration batch (:mod:`tap_edge.quantize.rounding`), layer after layer on inputs from the already-quantized
@@ -42,7 +46,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
+import torch.fx
 from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from tap_edge.core.errors import UserError
 from tap_edge.core.threads import run_tasks, worker_threads
@@ -270,6 +276,7 @@ class FakeQuantAct(nn.Module):
         super().__init__()
         self.bits, self.method, self.percentile = int(bits), method, float(percentile)
         self.observing = True
+        self.bypass = False  # a pass with float activations (see _calibrate_pending)
         self.lo, self.hi = math.inf, -math.inf
         self._sample: list[torch.Tensor] = []  # "mse": a strided subsample of what was observed
         self.register_buffer("scale", torch.tensor(1.0))
@@ -334,8 +341,12 @@ class FakeQuantAct(nn.Module):
         self.zero_point.fill_(zero)
         self.observing = False
 
+    def restart(self) -> None:
+        """Forget what was observed and observe again."""
+        self.observing, self.lo, self.hi, self._sample = True, math.inf, -math.inf, []
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bits >= 32:
+        if self.bits >= 32 or self.bypass:
             return x
         if self.observing:
             self.observe(x)
@@ -369,7 +380,9 @@ class PTQConfig:
     ``act_order``: GPTQ's damping (fraction of the mean Hessian diagonal) and column order; ``clip``:
     ``"mse"`` (searched) or ``"max"`` weight clipping; ``act_calib``: ``"minmax"``, ``"percentile"``
     (``act_percentile``) or ``"mse"`` (range with the least squared error); ``fold_bn``: fold BatchNorm first;
-    ``quantize_output``: fake-quantize the model output when a quantizable layer makes it.
+    ``quantize_output``: fake-quantize the model output when a quantizable layer makes it; ``quantize_joins``:
+    fake-quantize the tensors the ops between layers read (residual adds, pools, ...), as integer runtimes do
+    (:func:`quantize_joins`); ``quantize_bias``: round biases to the runtimes' int32 grid (``s_in * s_w``).
     Any rounding other than nearest, or bias correction, calibrates sequentially
     (:mod:`tap_edge.quantize.sequential`). ``to_dict`` / ``from_dict`` round-trip it."""
 
@@ -385,6 +398,8 @@ class PTQConfig:
     act_percentile: float = 99.99
     fold_bn: bool = True
     quantize_output: bool = True
+    quantize_joins: bool = True
+    quantize_bias: bool = True
     calib_batch_size: int = 32
 
     def __post_init__(self) -> None:
@@ -449,6 +464,9 @@ class PTQInfo:
     #: affine, ``zero_point`` in 0..255; 16: symmetric, 0); ``output_qparams``: the model output's, if quantized
     input_qparams: dict[str, tuple[int, float, int]] = field(default_factory=dict)
     output_qparams: tuple[int, float, int] | None = None
+    #: per tensor an op between layers reads (torch.fx node name), its quantizer: ``"shared"`` with the layer
+    #: that also reads it (that layer's input quantizer), else ``"own"`` (calibrated on float activations)
+    join_quant: dict[str, str] = field(default_factory=dict)
 
 
 def _graph_of(model: nn.Module, calib: torch.Tensor) -> ModelGraph:
@@ -510,37 +528,181 @@ def ptq(model: nn.Module, config: PTQConfig, calib: torch.Tensor, graph: ModelGr
                 mod.register_forward_hook(lambda m, args, out: m.output_quant(out))
                 quants.append(fo)
                 info.output_bits = ob
+    if config.quantize_joins:
+        q = quantize_joins(q, graph, bits, widths, info, config, calib[:1])
+        quants += [m for m in q.modules() if isinstance(m, FakeQuantAct) and m not in quants]
     todo = dict(info.weight_bits)
     if float_model is not None:
         done = _sequential(q, float_model, config, calib, info)
         todo = {k: v for k, v in todo.items() if k not in done}
     _round_to_nearest(modules, todo, config.clip, info.weight_scales)
-    pending = [fq for fq in quants if fq.observing]
-    if pending:
-        with torch.no_grad():
-            for i in range(0, len(calib), config.calib_batch_size):
-                q(calib[i:i + config.calib_batch_size])
-        for fq in pending:
-            fq.finish()
+    own = [q.get_submodule(_join_quant_name(n)) for n, how in info.join_quant.items() if how == "own"]
+    for fq in own:  # the runtimes calibrate these on float activations: so do we (again below, biases final)
+        fq.restart()
+    _calibrate_pending(q, quants, calib, config.calib_batch_size)
     for name, mod in modules.items():
         if isinstance(getattr(mod, "input_quant", None), FakeQuantAct):
             info.input_qparams[name] = mod.input_quant.qparams()
         if isinstance(getattr(mod, "output_quant", None), FakeQuantAct):
             info.output_qparams = mod.output_quant.qparams()
+    if config.quantize_bias and _bias_on_int32_grid(modules, info) and own:
+        for fq in own:
+            fq.restart()
+        _calibrate_pending(q, quants, calib, config.calib_batch_size)
     q.tap_edge_ptq = info  # type: ignore[assignment]
     return q
+
+
+def _bias_on_int32_grid(modules: dict[str, nn.Module], info: PTQInfo) -> bool:
+    """Round the bias of every layer with integer weights and an integer input to the int32 grid the runtimes
+    store it on (step ``s_in * s_w`` per channel, both float32, as ONNX Runtime's ``quantize_static`` and the
+    TFLite converters compute it): with 3-4-bit weights that step is a sizeable part of an output step, so a
+    float bias rounds a tenth of the outputs differently from the artifact. Returns whether any bias moved."""
+    moved = False
+    with torch.no_grad():
+        for name, s_w in info.weight_scales.items():
+            mod, qp = modules[name], info.input_qparams.get(name)
+            if qp is None or getattr(mod, "bias", None) is None:
+                continue
+            step = torch.tensor(qp[1], dtype=torch.float32) * s_w.to(torch.float32)
+            on_grid = torch.clamp(torch.round(mod.bias / step), -(2 ** 31), 2 ** 31 - 1) * step
+            moved = moved or not torch.equal(on_grid, mod.bias)
+            mod.bias.copy_(on_grid)
+    return moved
+
+
+def _calibrate_pending(q: nn.Module, quants: list[FakeQuantAct], calib: torch.Tensor, batch: int) -> None:
+    """Calibrate the quantizers still observing in one pass over ``calib`` with float activations (the
+    finished ones bypassed): as ONNX Runtime's and the TFLite converters' calibration run the float model."""
+    pending = [fq for fq in quants if fq.observing]
+    if not pending:
+        return
+    done = [fq for fq in quants if not fq.observing]
+    for fq in done:
+        fq.bypass = True
+    try:
+        with torch.no_grad():
+            for i in range(0, len(calib), batch):
+                q(calib[i:i + batch])
+    finally:
+        for fq in done:
+            fq.bypass = False
+    for fq in pending:
+        fq.finish()
 
 
 def weights_only(model: nn.Module) -> nn.Module:
     """A copy of a :func:`ptq` model with every activation quantizer replaced by an identity: the module an
     exporter converts (its weights, biases and ``tap_edge_ptq`` are the fake-quant model's; the runtime
-    quantizes the activations itself, with the ranges of ``tap_edge_ptq.input_qparams``)."""
-    m = copy.deepcopy(model)
+    quantizes the activations itself, with the ranges of ``tap_edge_ptq.input_qparams``). It has the model's
+    own module tree (a :func:`quantize_joins` graph module gives back the tree it was traced from), so the
+    exporters name its nodes after the model's modules."""
+    tree = getattr(model, _TREE, None)
+    m = copy.deepcopy(tree if tree is not None else model)
+    if tree is not None:
+        m.tap_edge_ptq = model.tap_edge_ptq  # type: ignore[assignment]
     for mod in list(m.modules()):
         for attr in ("input_quant", "output_quant"):
             if isinstance(getattr(mod, attr, None), FakeQuantAct):
                 setattr(mod, attr, nn.Identity())
     return m
+
+
+# ---- the tensors between layers ---------------------------------------------------------------------------
+#: Modules, functions and methods a runtime runs without a quantizer between them and their producer: they move
+#: values, or clamp them inside the producer's requantization (QDQ Conv+Relu, TFLite fused activations).
+_PASS_MODULES = (nn.Identity, nn.Dropout, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Flatten, nn.Unflatten)
+_PASS_FUNCTIONS = {torch.flatten, torch.reshape, torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6,
+                   torch.nn.functional.hardtanh, torch.nn.functional.dropout, torch.clamp, torch.squeeze,
+                   torch.unsqueeze, torch.permute, torch.transpose, getattr}
+_PASS_METHODS = {"flatten", "view", "reshape", "relu", "relu_", "clamp", "clamp_", "contiguous", "permute",
+                 "transpose", "squeeze", "unsqueeze", "size", "dim", "float", "to"}
+#: Where a graph module made by :func:`quantize_joins` keeps the module tree it was traced from.
+_TREE = "_tap_edge_module_tree"
+
+
+def _join_quant_name(node: str) -> str:
+    return f"join_quant_{node}"
+
+
+def _is_join(node: torch.fx.Node, modules: dict[str, nn.Module], layers: set[str]) -> bool:
+    """Whether ``node`` computes between layers on values an integer runtime has quantized (an add, a pool, a
+    concat, an activation it does not fuse...)."""
+    if node.op == "call_module":
+        target = str(node.target)
+        mod = modules.get(target)
+        return target not in layers and mod is not None and not isinstance(mod, _PASS_MODULES + (FakeQuantAct,))
+    if node.op == "call_function":
+        return node.target not in _PASS_FUNCTIONS
+    if node.op == "call_method":
+        return str(node.target) not in _PASS_METHODS
+    return False
+
+
+def quantize_joins(q: nn.Module, graph: ModelGraph, bits: BitAssignment, widths: dict[str, int], info: PTQInfo,
+                   config: PTQConfig, example: torch.Tensor) -> nn.Module:
+    """``q`` as a torch.fx graph module in which every tensor an op between layers reads is fake-quantized once,
+    for all its readers, at its planned width: integer runtimes quantize every tensor (QDQ puts Q/DQ on a
+    residual add's inputs and output, TFLite gives every tensor a scale), while the layer input quantizers of
+    :func:`ptq` see only what the layers read, so a residual add would otherwise sum float values.
+
+    A tensor a layer also reads uses that layer's input quantizer (one scale per tensor, as in the artifact);
+    another one (a project conv's output before the add, the head's output before the pool) gets its own,
+    calibrated like the runtimes' own calibration on float activations, so the exporters need not carry its
+    range. The graph module runs the same leaf modules (and hooks) as ``q``; ``q``'s tree is kept for export
+    (:func:`weights_only`). Recorded in ``info.join_quant``; with no such tensor ``q`` itself is returned."""
+    from tap_edge.quantize.sequential import trace
+
+    fx_graph = trace(q, "quantizing the tensors between layers",
+                     "set quantize_joins off (PTQConfig(quantize_joins=False)) for this model")
+    modules = dict(q.named_modules())
+    gm = torch.fx.GraphModule(q, fx_graph)
+    quantizers = [m for m in modules.values() if isinstance(m, FakeQuantAct)]
+    for fq in quantizers:  # which nodes are tensors: one batch-1 pass that no quantizer observes
+        fq.bypass = True
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example)
+    finally:
+        for fq in quantizers:
+            fq.bypass = False
+    tensors = {n for n in fx_graph.nodes if isinstance(n.meta.get("tensor_meta"), TensorMetadata)}
+    layers = set(info.weight_bits)
+    ops = {op.module: op for op in graph.quantizable_ops() if op.module}
+    placeholder_bits = widths.get(graph.inputs[0], bits.default_a) if len(graph.inputs) == 1 else bits.default_a
+    width: dict[torch.fx.Node, int] = {}
+    for node in fx_graph.nodes:
+        if node not in tensors or node.op == "get_attr":  # constants: weights, not activations
+            continue
+        inputs = [width[a] for a in node.all_input_nodes if a in width]
+        a = bits.act_bits(ops[str(node.target)]) if node.op == "call_module" and str(node.target) in ops else None
+        if node.op == "placeholder":
+            a = placeholder_bits
+        width[node] = a if a is not None else max(inputs, default=bits.default_a)
+    readers = {n: [u for u in n.users if u.op == "call_module" and str(u.target) in layers] for n in fx_graph.nodes}
+    made: dict[torch.fx.Node, torch.fx.Node] = {}
+    for node in list(fx_graph.nodes):
+        if not _is_join(node, modules, layers):
+            continue
+        for tensor in node.all_input_nodes:
+            if tensor not in width or width[tensor] >= 32:
+                continue
+            if tensor not in made:
+                shared = next((f"{u.target}.input_quant" for u in readers[tensor]
+                               if getattr(modules[str(u.target)], "input_quant", None) is not None
+                               and modules[str(u.target)].input_quant.bits == width[tensor]), None)
+                if shared is None:
+                    target = _join_quant_name(tensor.name)
+                    gm.add_submodule(target, FakeQuantAct(width[tensor], config.act_calib, config.act_percentile))
+                info.join_quant[tensor.name] = "shared" if shared else "own"
+                with fx_graph.inserting_after(tensor):
+                    made[tensor] = fx_graph.call_module(shared or target, (tensor,))
+            node.replace_input_with(tensor, made[tensor])
+    if not made:
+        return q
+    gm.recompile()
+    object.__setattr__(gm, _TREE, q)  # not a submodule: the same modules, once
+    return gm
 
 
 def _round_to_nearest(modules: dict[str, nn.Module], layer_bits: dict[str, int], clip: str,
@@ -590,7 +752,7 @@ def _sequential(q: nn.Module, float_model: nn.Module, config: PTQConfig, calib: 
         w.copy_((levels * sg[..., None]).reshape(w.shape))
         info.rounded.append(name)
 
-    graph = trace(float_model)
+    graph = q.graph if isinstance(q, torch.fx.GraphModule) else trace(float_model)
     jobs = [LayerJob(name, wb) for name, wb in info.weight_bits.items()]
     with worker_threads():  # one OpenMP thread: on shared cores, intra-op threads spin (2-4x slower under load)
         return run_sequential(q, float_model, graph, jobs, calib, round_layer, f"PTQ ({config.rounding})",

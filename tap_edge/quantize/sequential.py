@@ -37,15 +37,15 @@ class LayerJob:
     weight_bits: int
 
 
-def trace(model: nn.Module) -> Graph:
+def trace(model: nn.Module, needed_by: str = "sequential PTQ",
+          hint: str = "use rounding 'nearest' without bias correction for this model") -> Graph:
     """The torch.fx graph of ``model`` with the graph front-end's tracer (torch.nn and timm leaves kept whole)."""
     from tap_edge.graph.frontends.torch_frontend import _Tracer
 
     try:
         return _Tracer().trace(model)
-    except Exception as e:  # noqa: BLE001 - user model code: say which method needs the trace
-        raise UserError(f"sequential PTQ needs a model torch.fx can trace ({type(e).__name__}: {e})",
-                        "use rounding 'nearest' without bias correction for this model") from None
+    except Exception as e:  # noqa: BLE001 - user model code: say which step needs the trace
+        raise UserError(f"{needed_by} needs a model torch.fx can trace ({type(e).__name__}: {e})", hint) from None
 
 
 def _attr(root: nn.Module, path: str) -> Any:
@@ -53,6 +53,14 @@ def _attr(root: nn.Module, path: str) -> Any:
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _has_module(root: nn.Module, target: str) -> bool:
+    try:
+        root.get_submodule(target)
+    except AttributeError:
+        return False
+    return True
 
 
 def _run_node(root: nn.Module, node: Node, env: dict[Node, Any], args_in: Any = None) -> Any:
@@ -73,7 +81,8 @@ def _run_node(root: nn.Module, node: Node, env: dict[Node, Any], args_in: Any = 
 def run_sequential(q: nn.Module, f: nn.Module, graph: Graph, jobs: list[LayerJob], calib: torch.Tensor,
                    round_layer: Callable[[str, nn.Module, torch.Tensor, torch.Tensor, int], None],
                    description: str, bias_correction: bool = False) -> set[str]:
-    """Run ``f`` (float) and ``q`` (being quantized) over ``graph`` on ``calib``; at each job's first call,
+    """Run ``f`` (float) and ``q`` (being quantized) over ``graph`` on ``calib`` (a module of the graph that only
+    ``q`` has is an identity in ``f``); at each job's first call,
     calibrate its input quantizer, call ``round_layer(name, mod_q, x_q, x_f, bits)``, then run the layer and
     (``bias_correction``) add the mean output shift to the bias, and calibrate its output quantizer. Returns
     the modules handled (the others were not reached)."""
@@ -119,6 +128,10 @@ def run_sequential(q: nn.Module, f: nn.Module, graph: Graph, jobs: list[LayerJob
                 env_f[node] = out_f
                 done.add(target)
                 bar.advance()
+            elif node.op == "call_module" and not _has_module(f, target):
+                # a module only the quantized model has (a tensor's activation quantizer): identity in float
+                env_q[node] = _run_node(q, node, env_q, calib)
+                env_f[node] = env_f[node.args[0]]
             else:
                 env_q[node] = _run_node(q, node, env_q, calib)
                 env_f[node] = _run_node(f, node, env_f, calib)
