@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_quantize import Residual
 from torch import nn
 
 from tap_edge.backends import BackendUnavailable, backend_for_artifact, get_backend, read_manifest
@@ -249,21 +250,6 @@ def test_onnx_stores_the_fake_quant_integers_and_scales(tiny: LoadedModel, tmp_p
     assert info.output_qparams is not None and inits[out_dq.input[1]] == np.float32(info.output_qparams[1])
 
 
-class TinyResidual(nn.Module):
-    """conv-relu, conv, a residual add, pool, linear: tensors between layers that QDQ quantizes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.conv1, self.relu = nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()
-        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
-        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(16, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.conv1(x))
-        return self.fc(self.pool(self.conv2(x) + x).flatten(1))
-
-
 @pytest.mark.parametrize("rounding", ["nearest", "gptq"])
 def test_onnx_runtime_computes_what_the_fake_quant_model_computes(tmp_path: Path, rounding: str) -> None:
     """With the add's inputs and the pool's input quantized once per tensor and the biases on the int32 grid,
@@ -272,7 +258,7 @@ def test_onnx_runtime_computes_what_the_fake_quant_model_computes(tmp_path: Path
     many outputs."""
     from tap_edge.backends.reference import fake_quant_model
 
-    lm = LoadedModel("tiny_residual", "torch", TinyResidual().eval(),
+    lm = LoadedModel("tiny_residual", "torch", Residual(channels=16, classes=10, seed=3).eval(),
                      preprocess=Preprocess((3, 16, 16), 16, (0.0,) * 3, (1.0,) * 3))
     g, xs, plan = load_graph(lm), _inputs(32), BitAssignment.parse("w3a8")
     steps = {}

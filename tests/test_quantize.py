@@ -115,14 +115,15 @@ def test_float_activations_and_16bit_stay_exact(digits: dict) -> None:
 
 
 class Residual(nn.Module):
-    """conv-relu, conv, a residual add, pool, linear: a tensor between layers at every step."""
+    """conv-relu, conv, a residual add, pool, linear: a tensor between layers at every step (the ones a runtime
+    quantizes and the layer input quantizers do not see)."""
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int = 8, classes: int = 4, seed: int = 0) -> None:
         super().__init__()
-        torch.manual_seed(0)
-        self.conv1, self.relu = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 4)
+        torch.manual_seed(seed)
+        self.conv1, self.relu = nn.Conv2d(3, channels, 3, padding=1), nn.ReLU()
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(channels, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.conv1(x))
