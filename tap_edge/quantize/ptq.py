@@ -752,7 +752,7 @@ def _sequential(q: nn.Module, float_model: nn.Module, config: PTQConfig, calib: 
         w.copy_((levels * sg[..., None]).reshape(w.shape))
         info.rounded.append(name)
 
-    graph = q.graph if isinstance(q, torch.fx.GraphModule) else trace(float_model)
+    graph = q.graph if getattr(q, _TREE, None) is not None else trace(float_model)  # quantize_joins' graph
     jobs = [LayerJob(name, wb) for name, wb in info.weight_bits.items()]
     with worker_threads():  # one OpenMP thread: on shared cores, intra-op threads spin (2-4x slower under load)
         return run_sequential(q, float_model, graph, jobs, calib, round_layer, f"PTQ ({config.rounding})",
