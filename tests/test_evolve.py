@@ -146,8 +146,9 @@ def _settings(url: str, **kw: object) -> EvolveSettings:
 
     base = {"population": 4, "generations": 3, "tasks": ["synthetic"], "executor": "thread", "workers": 2,
             "seed_builtins": True, "llm": asdict(_llm(url)),
-            # generous: a loaded CI machine once timed a valid candidate out at 2 s CPU / 4 s wall
-            "limits": {"cpu_seconds": 10, "memory_mb": 512, "wall_seconds": 20}}
+            # generous: CI once saw one valid program of eight fail (reason not recorded) under 2 s CPU, 512 MB,
+            # 4 s wall; no test here relies on these limits (the sandbox's own tests set theirs)
+            "limits": {"cpu_seconds": 10, "memory_mb": 1024, "wall_seconds": 20}}
     base.update(kw)
     return EvolveSettings(**base)  # type: ignore[arg-type]
 
