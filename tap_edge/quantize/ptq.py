@@ -41,7 +41,8 @@ from __future__ import annotations
 import copy
 import difflib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -571,22 +572,27 @@ def _bias_on_int32_grid(modules: dict[str, nn.Module], info: PTQInfo) -> bool:
     return moved
 
 
+@contextmanager
+def _bypassed(quantizers: list[FakeQuantAct]) -> Iterator[None]:
+    """Within the block ``quantizers`` pass values through unchanged (and observe nothing)."""
+    for fq in quantizers:
+        fq.bypass = True
+    try:
+        yield
+    finally:
+        for fq in quantizers:
+            fq.bypass = False
+
+
 def _calibrate_pending(q: nn.Module, quants: list[FakeQuantAct], calib: torch.Tensor, batch: int) -> None:
     """Calibrate the quantizers still observing in one pass over ``calib`` with float activations (the
     finished ones bypassed): as ONNX Runtime's and the TFLite converters' calibration run the float model."""
     pending = [fq for fq in quants if fq.observing]
     if not pending:
         return
-    done = [fq for fq in quants if not fq.observing]
-    for fq in done:
-        fq.bypass = True
-    try:
-        with torch.no_grad():
-            for i in range(0, len(calib), batch):
-                q(calib[i:i + batch])
-    finally:
-        for fq in done:
-            fq.bypass = False
+    with _bypassed([fq for fq in quants if not fq.observing]), torch.no_grad():
+        for i in range(0, len(calib), batch):
+            q(calib[i:i + batch])
     for fq in pending:
         fq.finish()
 
@@ -631,7 +637,7 @@ def _is_join(node: torch.fx.Node, modules: dict[str, nn.Module], layers: set[str
     if node.op == "call_module":
         target = str(node.target)
         mod = modules.get(target)
-        return target not in layers and mod is not None and not isinstance(mod, _PASS_MODULES + (FakeQuantAct,))
+        return target not in layers and mod is not None and not isinstance(mod, _PASS_MODULES)
     if node.op == "call_function":
         return node.target not in _PASS_FUNCTIONS
     if node.op == "call_method":
@@ -657,19 +663,15 @@ def quantize_joins(q: nn.Module, graph: ModelGraph, bits: BitAssignment, widths:
                      "set quantize_joins off (PTQConfig(quantize_joins=False)) for this model")
     modules = dict(q.named_modules())
     gm = torch.fx.GraphModule(q, fx_graph)
-    quantizers = [m for m in modules.values() if isinstance(m, FakeQuantAct)]
-    for fq in quantizers:  # which nodes are tensors: one batch-1 pass that no quantizer observes
-        fq.bypass = True
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example)
-    finally:
-        for fq in quantizers:
-            fq.bypass = False
+    # which nodes are tensors: one batch-1 pass that no quantizer observes
+    with _bypassed([m for m in modules.values() if isinstance(m, FakeQuantAct)]), torch.no_grad():
+        ShapeProp(gm).propagate(example)
     tensors = {n for n in fx_graph.nodes if isinstance(n.meta.get("tensor_meta"), TensorMetadata)}
     layers = set(info.weight_bits)
     ops = {op.module: op for op in graph.quantizable_ops() if op.module}
     placeholder_bits = widths.get(graph.inputs[0], bits.default_a) if len(graph.inputs) == 1 else bits.default_a
+    # tensor_bits' rule on the torch.fx nodes of the folded model (the graph's tensor names are the unfolded
+    # model's): a layer's output has its planned width, anything else the widest of its inputs
     width: dict[torch.fx.Node, int] = {}
     for node in fx_graph.nodes:
         if node not in tensors or node.op == "get_attr":  # constants: weights, not activations
