@@ -481,7 +481,9 @@ class PTQSettings(Part):
     percdamp: float = 0.01
     act_order: bool = True
     iters: int = 400
-    clip: str = "mse"
+    clip: Literal["mse", "output", "max"] = Field(
+        "mse", description="weight clipping: searched on the weight error (mse), on the layer's output error "
+        "(output: gptq / adaround only) or none (max)")
     act_calib: str = "minmax"
     act_percentile: float = 99.99
     fold_bn: bool = True

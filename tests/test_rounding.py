@@ -101,6 +101,29 @@ def test_gptq_and_adaround_never_worse_than_nearest(bits: int, kind: str) -> Non
             assert got.sum() < 0.95 * near.sum(), (kind, bits, float(got.sum() / near.sum()))
 
 
+@pytest.mark.parametrize("kind", ["linear", "depthwise"])
+def test_output_clipping_never_worse_than_the_weight_mse_clip(kind: str) -> None:
+    """``clip="output"`` picks each row's scale on the output error of nearest rounding: never above the weight-MSE
+    scale's, and clearly below it at 2-3 bits when a few inputs carry most of the energy (the weight error
+    treats every weight alike)."""
+    torch.manual_seed(3)
+    if kind == "linear":
+        mod, x = nn.Linear(32, 12), _correlated(300, 32) * torch.logspace(-1, 1, 32)
+    else:
+        mod, x = nn.Conv2d(6, 6, 3, padding=1, groups=6), torch.randn(8, 6, 10, 10).cumsum(3)
+    w, stats = R.grouped_weight(mod), _stats(mod, x)
+    for bits in (2, 3, 4):
+        qmax = qmax_of(bits)
+        mse = weight_scales(mod.weight, bits)[0].reshape(w.shape[0], w.shape[1])
+        out = R.output_scales(w, stats, mse, bits)
+        assert out.shape == mse.shape and (out > 0).all()
+        before = R.objective(w, R.nearest_levels(w, mse, qmax) * mse[..., None], stats)
+        after = R.objective(w, R.nearest_levels(w, out, qmax) * out[..., None], stats)
+        assert (after <= before).all()
+        if bits <= 3:
+            assert after.sum() < 0.9 * before.sum(), (kind, bits, float(after.sum() / before.sum()))
+
+
 def test_depthwise_channels_are_separate_problems() -> None:
     """GPTQ on a depthwise conv equals GPTQ on each channel alone (its own 9 inputs, its own Hessian)."""
     torch.manual_seed(2)
@@ -206,6 +229,8 @@ def test_config_round_trip_and_document_fields() -> None:
     again = PTQConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and again.bias_correction is True
     assert PTQConfig().bias_correction is False  # nearest: plain round-to-nearest unless asked
+    clipped = PTQConfig(rounding="adaround", clip="output")
+    assert PTQConfig.from_dict(json.loads(json.dumps(clipped.to_dict()))) == clipped
     settings = set(PTQSettings.model_fields) - {"samples"}
     assert settings == set(cfg.to_dict()) - {"bits"}  # the plan document records every setting
     with pytest.raises(UserError, match="did you mean rounding"):
@@ -224,6 +249,9 @@ def test_bad_input_is_one_line() -> None:
     with pytest.raises(UserError) as e:
         PTQConfig(rounding="gtpq")
     assert "unknown rounding 'gtpq'" in _one_line(e) and "did you mean gptq" in str(e.value)
+    with pytest.raises(UserError) as e:
+        PTQConfig(clip="output")
+    assert "needs the layer inputs that gptq / adaround collect" in _one_line(e)
     with pytest.raises(UserError) as e:
         ptq(model, PTQConfig(rounding="gptq"), calib[:0])
     assert "non-empty calibration batch" in _one_line(e)
@@ -271,6 +299,14 @@ def test_plan_records_the_rounding_and_eval_uses_it(run_cli, calib_dir: Path, tm
     m = json.loads(r.out)
     assert m["ptq"]["rounding"] == "gptq" and m["ptq"]["samples"] == 8 and m["calib_samples"] == 8
     assert m["n_images"] == 12 and m["seconds"] >= m["ptq_s"] > 0
+    plan["ptq"]["clip"] = "output"  # a setting edited in plan.json reaches the PTQ eval runs
+    out.write_text(json.dumps(plan))
+    r = run_cli("eval", "resnet8", "--data", str(calib_dir), "--plan", str(out), "--json")
+    assert r.code == 0 and json.loads(r.out)["ptq"]["clip"] == "output", r.err
+    plan["ptq"]["rounding"] = "nearest"
+    (tmp_path / "bad.json").write_text(json.dumps(plan))
+    r = run_cli("eval", "resnet8", "--data", str(calib_dir), "--plan", str(tmp_path / "bad.json"))
+    assert r.code == 2 and "needs the layer inputs that gptq / adaround collect" in r.err and "Traceback" not in r.err
     r = run_cli("eval", "resnet8", "--data", str(calib_dir), "--plan", str(out), "--rounding", "nearest", "--json")
     m = json.loads(r.out)
     assert r.code == 0 and m["ptq"]["rounding"] == "nearest" and m["ptq"]["samples"] == 16  # nearest's default

@@ -358,6 +358,7 @@ class FakeQuantAct(nn.Module):
 # ---- the transformation -----------------------------------------------------------------------------------
 ROUNDINGS = ("nearest", "gptq", "adaround")
 ACT_CALIBS = ("minmax", "percentile", "mse")
+CLIPS = ("mse", "output", "max")
 #: Calibration samples of the PTQ step by rounding method (measured on EfficientNet-Lite0: tools/bench_plan.py).
 DEFAULT_PTQ_SAMPLES = {"nearest": 16, "gptq": 64, "adaround": 64}
 
@@ -379,7 +380,9 @@ class PTQConfig:
     calibration batch (None: on for gptq / adaround, off for nearest); ``float_target``: round to reproduce
     the float layer on the float input (else the layer's own output on its quantized input); ``percdamp``,
     ``act_order``: GPTQ's damping (fraction of the mean Hessian diagonal) and column order; ``clip``:
-    ``"mse"`` (searched) or ``"max"`` weight clipping; ``act_calib``: ``"minmax"``, ``"percentile"``
+    the weight clipping: ``"mse"`` (searched on the weight error), ``"output"`` (searched on the layer's output
+    error on the calibration inputs, :func:`tap_edge.quantize.rounding.output_scales`; gptq / adaround only)
+    or ``"max"``; ``act_calib``: ``"minmax"``, ``"percentile"``
     (``act_percentile``) or ``"mse"`` (range with the least squared error); ``fold_bn``: fold BatchNorm first;
     ``quantize_output``: fake-quantize the model output when a quantizable layer makes it; ``quantize_joins``:
     fake-quantize the tensors the ops between layers read (residual adds, pools, ...), as integer runtimes do
@@ -411,7 +414,10 @@ class PTQConfig:
         _choice(self.rounding, ROUNDINGS, "rounding")
         if self.bias_correction is None:
             self.bias_correction = self.rounding != "nearest"
-        _choice(self.clip, ("mse", "max"), "weight clipping")
+        _choice(self.clip, CLIPS, "weight clipping")
+        if self.clip == "output" and self.rounding == "nearest":
+            raise UserError("weight clipping 'output' needs the layer inputs that gptq / adaround collect",
+                            "use rounding gptq or adaround, or clip 'mse'")
         _choice(self.act_calib, ACT_CALIBS, "activation calibration")
         if not 50.0 < self.act_percentile <= 100.0:
             raise UserError(f"activation percentile {self.act_percentile} out of range", "use e.g. 99.99")
@@ -738,7 +744,8 @@ def _sequential(q: nn.Module, float_model: nn.Module, config: PTQConfig, calib: 
             w.copy_(w.half().float())
         if wb > 8:
             return
-        scale = info.weight_scales[name] = weight_scales(w, wb, config.clip)[0]
+        scale = info.weight_scales[name] = weight_scales(w, wb, "mse" if config.clip == "output" else config.clip)[0]
+        # "output" starts from the weight-MSE scales and refines them once the layer's inputs are known
         if config.rounding == "nearest" or not R.supports(mod):
             w.copy_(quantize_weight(w, scale, wb))
             return
@@ -746,6 +753,9 @@ def _sequential(q: nn.Module, float_model: nn.Module, config: PTQConfig, calib: 
         wg = R.grouped_weight(mod)
         sg = scale.reshape(wg.shape[0], wg.shape[1])
         target = R.float_target(wg, stats, config.percdamp) if config.float_target else wg
+        if config.clip == "output":
+            sg = R.output_scales(target, stats, sg, wb)
+            info.weight_scales[name] = sg.reshape(-1)
         if config.rounding == "gptq":
             levels = R.gptq_round(wg, stats, sg, wb, percdamp=config.percdamp, act_order=config.act_order,
                                   w_target=target)
