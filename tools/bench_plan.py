@@ -13,12 +13,13 @@ top-1 (lower is better, so the sign is flipped). The correlation table scores pl
 With ``--rounding`` only the rounding table is made: for each budget (uniform w4a8, and the tap proxy's plan
 at the flash of uniform 3 / 4 / 6-bit weights: "mixed-N") and each rounding method, the PTQ seconds, top-1,
 agreement with float and KL on the evaluation photos, and paired bootstrap 95 % intervals (2,000 resamples of
-the same images) of the difference to round-to-nearest in agreement and in top-1. The PTQ step calibrates on
-the first --ptq-samples photos (a list tries several: the proxy keeps the first 16); every row is scored on
-the photos after the largest count, so rows are paired.
+the same images) of the difference to round-to-nearest in agreement, top-1 and per-image KL. The PTQ step
+calibrates on the first --ptq-samples photos (a list tries several: the proxy keeps the first 16); every row is
+scored on the photos after the largest count, so rows are paired. ``--clip mse,output`` gives gptq / adaround one
+row per weight-clipping search (nearest always uses mse); ``--plan-proxy`` chooses the proxy of the mixed plans.
 
     .venv/bin/python tools/bench_plan.py --rounding nearest,gptq,adaround [--ptq-samples 64]
-        [--budgets uniform4,mixed3,mixed4,mixed6]
+        [--budgets uniform4,mixed3,mixed4,mixed6] [--clip mse,output] [--plan-proxy fisher]
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def main() -> None:
                                                          "(default: each method's default)")
     ap.add_argument("--budgets", default="uniform4,mixed3,mixed4,mixed6")
     ap.add_argument("--iters", type=int, default=None, help="AdaRound iterations per layer (default: PTQConfig's)")
+    ap.add_argument("--clip", default=None, help="weight clipping of gptq / adaround rows, e.g. mse,output "
+                                                  "(default: PTQConfig's)")
+    ap.add_argument("--plan-proxy", default="tap", help="the proxy whose plans are the mixed-N budgets")
     args = ap.parse_args()
     con = Console(width=150)
     torch.manual_seed(0)
@@ -181,7 +185,7 @@ def main() -> None:
 
 
 def _bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000) -> tuple[float, float, float]:
-    """Mean of ``a - b`` (per-image 0/1 outcomes of two methods on the same images) and its paired bootstrap
+    """Mean of ``a - b`` (per-image outcomes of two methods on the same images: 0/1, or KL) and its paired bootstrap
     95 % interval (images resampled with replacement, seeded)."""
     rng = np.random.default_rng(0)
     d = a.astype(float) - b.astype(float)
@@ -193,8 +197,11 @@ def _bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000) -> tuple[float, floa
 def rounding_table(args: argparse.Namespace, con: Console) -> None:
     """The rounding table of the module docstring."""
     methods = args.rounding.split(",")
+    clips: list[str | None] = list(args.clip.split(",")) if args.clip else [None]
     for m in methods:
-        PTQConfig(rounding=m)  # a bad name fails before any work
+        for c in clips:
+            PTQConfig(rounding=m, clip=c if m != "nearest" else None)  # a bad name fails before any work
+    get_proxy(args.plan_proxy)
     counts = [int(x) for x in args.ptq_samples.split(",")] if args.ptq_samples else None
     lm = load_model("efficientnet_lite0")
     graph = load_graph(lm)
@@ -204,11 +211,12 @@ def rounding_table(args: argparse.Namespace, con: Console) -> None:
     labels = labels_for(names, load_labels(args.data / "labels.csv"))
     float_logits = logits(lm.module, images)
     float_pred = float_logits.argmax(1)
+    float_logp = torch.log_softmax(float_logits, 1)
     runtime = fake_quant_runtime()
     budgets: dict[str, BitAssignment] = {}
     calib16 = pool[:16]
     stats = compute_layer_stats(lm.module, graph, calib16)
-    wcost = get_proxy("tap")(stats, ProxyContext(model=lm.module, graph=graph, calib=calib16))
+    wcost = get_proxy(args.plan_proxy)(stats, ProxyContext(model=lm.module, graph=graph, calib=calib16))
     table = {op: {(w, 8): float(c) for w, c in row.items()} for op, row in wcost.items()}
     for name in args.budgets.split(","):
         width = int(name[-1])
@@ -219,12 +227,13 @@ def rounding_table(args: argparse.Namespace, con: Console) -> None:
                                      check_arena=False).bits()
     load = open("/proc/loadavg").read().split()[0] if Path("/proc/loadavg").exists() else "?"
     rows = []
-    ref: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    ref: dict[tuple[str, int], tuple[np.ndarray, ...]] = {}
+    runs = [(m, c if m != "nearest" else None) for m in methods for c in (clips if m != "nearest" else [None])]
     for bname, bits in budgets.items():
         for n in counts or [None]:
-            for method in methods:
+            for method, clip in runs:
                 samples = n or default_ptq_samples(method)
-                cfg = PTQConfig(rounding=method, **({"iters": args.iters} if args.iters else {}))
+                cfg = PTQConfig(rounding=method, clip=clip, **({"iters": args.iters} if args.iters else {}))
                 t = time.perf_counter()
                 q = quantize_model(lm.module, bits, pool[:samples], config=cfg, graph=graph)
                 ptq_s = time.perf_counter() - t
@@ -232,31 +241,35 @@ def rounding_table(args: argparse.Namespace, con: Console) -> None:
                 m = compare_logits(float_logits, got, labels)
                 agree = (got.argmax(1) == float_pred).numpy()
                 correct = (got.argmax(1) == labels).numpy()
+                kl = (float_logp.exp() * (float_logp - torch.log_softmax(got, 1))).sum(1).numpy()
                 key = (bname, n or 0)
                 if method == "nearest" and key not in ref:
-                    ref[key] = (agree, correct)
-                rows.append((bname, method, samples, ptq_s, m, agree, correct, key))
-                con.print(f"{bname} {method} ({samples} samples): top-1 {100 * m['top1']:.1f}%, agreement "
-                          f"{100 * m['agreement']:.1f}%, KL {m['kl']:.4f}, PTQ {ptq_s:.1f} s")
+                    ref[key] = (agree, correct, kl)
+                rows.append((bname, f"{method} ({cfg.clip})", samples, ptq_s, m, (agree, correct, kl), key))
+                con.print(f"{bname} {method} clip {cfg.clip} ({samples} samples): top-1 {100 * m['top1']:.1f}%, "
+                          f"agreement {100 * m['agreement']:.1f}%, KL {m['kl']:.4f}, PTQ {ptq_s:.1f} s")
     t = Table(title=f"EfficientNet-Lite0, rounding: {len(images)} evaluation photos (after the first {n_max}), a8, "
                     f"load average {load} at the start")
-    for col in ("budget", "rounding", "samples", "PTQ s", "top-1 %", "agreement %", "KL",
-                "d agreement vs nearest [95% CI]", "d top-1 vs nearest [95% CI]"):
+    for col in ("budget", "rounding (clip)", "samples", "PTQ s", "top-1 %", "agreement %", "KL",
+                "d agreement vs nearest [95% CI]", "d top-1 vs nearest [95% CI]", "d KL vs nearest [95% CI]"):
         t.add_column(col, justify="left" if col in ("budget", "rounding") else "right")
     float_top1 = compare_logits(float_logits, float_logits, labels)["top1"]
-    t.add_row("float", "-", "-", "-", f"{100 * float_top1:.1f}", "100.0", "0", "-", "-")
-    for bname, method, samples, ptq_s, m, agree, correct, key in rows:
-        cis = ["-", "-"]
-        if method != "nearest" and key in ref:
-            cis = [f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-                   for d, lo, hi in (_bootstrap(agree, ref[key][0]), _bootstrap(correct, ref[key][1]))]
+    t.add_row("float", "-", "-", "-", f"{100 * float_top1:.1f}", "100.0", "0", "-", "-", "-")
+    for bname, method, samples, ptq_s, m, outcomes, key in rows:
+        cis = ["-", "-", "-"]
+        if not method.startswith("nearest") and key in ref:
+            agree, correct, kl = (_bootstrap(a, b) for a, b in zip(outcomes, ref[key], strict=True))
+            cis = [f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for d, lo, hi in (agree, correct)]
+            cis.append("{:+.4f} [{:+.4f}, {:+.4f}]".format(*kl))
         t.add_row(bname, method, str(samples), f"{ptq_s:.1f}", f"{100 * m['top1']:.1f}", f"{100 * m['agreement']:.1f}",
                   f"{m['kl']:.4f}", *cis)
     con.print(t)
     con.print("command: .venv/bin/python tools/bench_plan.py --rounding " + args.rounding
               + (f" --ptq-samples {args.ptq_samples}" if args.ptq_samples else "")
               + (f" --budgets {args.budgets}" if args.budgets != "uniform4,mixed3,mixed4,mixed6" else "")
-              + (f" --iters {args.iters}" if args.iters else ""))
+              + (f" --iters {args.iters}" if args.iters else "")
+              + (f" --clip {args.clip}" if args.clip else "")
+              + (f" --plan-proxy {args.plan_proxy}" if args.plan_proxy != "tap" else ""))
 
 
 if __name__ == "__main__":
