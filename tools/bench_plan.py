@@ -194,13 +194,18 @@ def _bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000) -> tuple[float, floa
     return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def _clip(method: str, clip: str | None) -> dict[str, str]:
+    """The PTQConfig keyword of a row's clipping (nearest and no --clip: PTQConfig's default)."""
+    return {"clip": clip} if clip and method != "nearest" else {}
+
+
 def rounding_table(args: argparse.Namespace, con: Console) -> None:
     """The rounding table of the module docstring."""
     methods = args.rounding.split(",")
     clips: list[str | None] = list(args.clip.split(",")) if args.clip else [None]
     for m in methods:
         for c in clips:
-            PTQConfig(rounding=m, clip=c if m != "nearest" else None)  # a bad name fails before any work
+            PTQConfig(rounding=m, **_clip(m, c))  # a bad name fails before any work
     get_proxy(args.plan_proxy)
     counts = [int(x) for x in args.ptq_samples.split(",")] if args.ptq_samples else None
     lm = load_model("efficientnet_lite0")
@@ -233,7 +238,7 @@ def rounding_table(args: argparse.Namespace, con: Console) -> None:
         for n in counts or [None]:
             for method, clip in runs:
                 samples = n or default_ptq_samples(method)
-                cfg = PTQConfig(rounding=method, clip=clip, **({"iters": args.iters} if args.iters else {}))
+                cfg = PTQConfig(rounding=method, **_clip(method, clip), **({"iters": args.iters} if args.iters else {}))
                 t = time.perf_counter()
                 q = quantize_model(lm.module, bits, pool[:samples], config=cfg, graph=graph)
                 ptq_s = time.perf_counter() - t
