@@ -250,12 +250,12 @@ def test_onnx_stores_the_fake_quant_integers_and_scales(tiny: LoadedModel, tmp_p
     assert info.output_qparams is not None and inits[out_dq.input[1]] == np.float32(info.output_qparams[1])
 
 
-@pytest.mark.parametrize("rounding", ["nearest", "gptq"])
-def test_onnx_runtime_computes_what_the_fake_quant_model_computes(tmp_path: Path, rounding: str) -> None:
+@pytest.mark.parametrize("rounding, clip", [("nearest", "mse"), ("gptq", "mse"), ("gptq", "output")])
+def test_onnx_runtime_computes_what_the_fake_quant_model_computes(tmp_path: Path, rounding: str, clip: str) -> None:
     """With the add's inputs and the pool's input quantized once per tensor and the biases on the int32 grid,
     ONNX Runtime's outputs differ from the fake-quant model's by at most one output step (integer versus float
     arithmetic at rounding ties) and almost never; with neither (the fake-quant model of an earlier version) on
-    many outputs."""
+    many outputs. ``clip="output"``: the scales chosen after the layer's inputs are known are the ones stored."""
     from tap_edge.backends.reference import fake_quant_model
 
     lm = LoadedModel("tiny_residual", "torch", Residual(channels=16, classes=10, seed=3).eval(),
@@ -263,7 +263,8 @@ def test_onnx_runtime_computes_what_the_fake_quant_model_computes(tmp_path: Path
     g, xs, plan = load_graph(lm), _inputs(32), BitAssignment.parse("w3a8")
     steps = {}
     for exact in (True, False):
-        settings = _ptq_settings(rounding, 16).model_copy(update={"quantize_joins": exact, "quantize_bias": exact})
+        settings = _ptq_settings(rounding, 16).model_copy(update={"quantize_joins": exact, "quantize_bias": exact,
+                                                                  "clip": clip})
         art = get_backend("onnxruntime").compile(lm, g, plan, tmp_path / str(exact), calib=xs[:16], ptq=settings)
         fq = fake_quant_model(lm, g, plan, xs[:16], settings)
         with torch.no_grad():
