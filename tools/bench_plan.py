@@ -42,7 +42,7 @@ from tap_edge.plan.budgets import Budgets, flash_of_uniform
 from tap_edge.plan.calib import labels_for, load_images, load_labels
 from tap_edge.plan.proxies import ProxyContext, get_proxy, list_proxies
 from tap_edge.plan.stats import compute_layer_stats
-from tap_edge.quantize.evaluate import compare_logits, logits
+from tap_edge.quantize.evaluate import compare_logits, logits, per_sample_kl
 from tap_edge.quantize.ptq import PTQConfig, default_ptq_samples, quantize_model
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
@@ -216,7 +216,6 @@ def rounding_table(args: argparse.Namespace, con: Console) -> None:
     labels = labels_for(names, load_labels(args.data / "labels.csv"))
     float_logits = logits(lm.module, images)
     float_pred = float_logits.argmax(1)
-    float_logp = torch.log_softmax(float_logits, 1)
     runtime = fake_quant_runtime()
     budgets: dict[str, BitAssignment] = {}
     calib16 = pool[:16]
@@ -233,7 +232,7 @@ def rounding_table(args: argparse.Namespace, con: Console) -> None:
     load = open("/proc/loadavg").read().split()[0] if Path("/proc/loadavg").exists() else "?"
     rows = []
     ref: dict[tuple[str, int], tuple[np.ndarray, ...]] = {}
-    runs = [(m, c if m != "nearest" else None) for m in methods for c in (clips if m != "nearest" else [None])]
+    runs = [(m, c) for m in methods for c in (clips if m != "nearest" else [None])]
     for bname, bits in budgets.items():
         for n in counts or [None]:
             for method, clip in runs:
@@ -246,7 +245,7 @@ def rounding_table(args: argparse.Namespace, con: Console) -> None:
                 m = compare_logits(float_logits, got, labels)
                 agree = (got.argmax(1) == float_pred).numpy()
                 correct = (got.argmax(1) == labels).numpy()
-                kl = (float_logp.exp() * (float_logp - torch.log_softmax(got, 1))).sum(1).numpy()
+                kl = per_sample_kl(float_logits, got).numpy()
                 key = (bname, n or 0)
                 if method == "nearest" and key not in ref:
                     ref[key] = (agree, correct, kl)
@@ -257,7 +256,7 @@ def rounding_table(args: argparse.Namespace, con: Console) -> None:
                     f"load average {load} at the start")
     for col in ("budget", "rounding (clip)", "samples", "PTQ s", "top-1 %", "agreement %", "KL",
                 "d agreement vs nearest [95% CI]", "d top-1 vs nearest [95% CI]", "d KL vs nearest [95% CI]"):
-        t.add_column(col, justify="left" if col in ("budget", "rounding") else "right")
+        t.add_column(col, justify="left" if col in ("budget", "rounding (clip)") else "right")
     float_top1 = compare_logits(float_logits, float_logits, labels)["top1"]
     t.add_row("float", "-", "-", "-", f"{100 * float_top1:.1f}", "100.0", "0", "-", "-", "-")
     for bname, method, samples, ptq_s, m, outcomes, key in rows:

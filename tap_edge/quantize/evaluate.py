@@ -40,19 +40,24 @@ def logits(model: nn.Module, images: torch.Tensor, batch_size: int = 32,
     return torch.cat(outs)
 
 
+def per_sample_kl(ref: torch.Tensor, got: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref || p_got) of the softmax outputs per sample [N] (dense outputs: averaged over positions), the
+    per-image figure paired comparisons resample."""
+    logp_r = F.log_softmax(ref.double(), 1)
+    logp_g = F.log_softmax(got.double(), 1)
+    return (logp_r.exp() * (logp_r - logp_g)).sum(1).reshape(len(ref), -1).mean(1)
+
+
 def compare_logits(ref: torch.Tensor, got: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, Any]:
     """The metrics of the module docstring from two logit batches [N, C, ...]."""
     if ref.shape != got.shape:
         raise UserError(f"output shapes differ: float {list(ref.shape)} vs quantized {list(got.shape)}")
     n = len(ref)
     pr, pg = ref.argmax(1), got.argmax(1)
-    logp_r = F.log_softmax(ref.double(), 1)
-    logp_g = F.log_softmax(got.double(), 1)
-    kl = (logp_r.exp() * (logp_r - logp_g)).sum(1)  # [N, ...]
     res: dict[str, Any] = {
         "n": n,
         "agreement": float((pr == pg).double().mean()),
-        "kl": float(kl.reshape(n, -1).mean(1).mean()),
+        "kl": float(per_sample_kl(ref, got).mean()),
         "top1": None,
         "float_top1": None,
     }

@@ -225,7 +225,7 @@ def output_scales(w_target: torch.Tensor, stats: LayerStats, scale: torch.Tensor
         best = torch.where(better, err, best)
         out = torch.where(better, cand, out)
 
-    trial(out.clone())
+    trial(out)
     step = 0.7 / (coarse - 1)
     ratio = (out * qmax / top).clamp(0.05, 1.0)  # the weight-MSE clip, until a coarse clip beats it
     for r in torch.linspace(0.3, 1.0, coarse).tolist():
